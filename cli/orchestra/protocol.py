@@ -1,0 +1,349 @@
+"""The wire protocol that the daemon and its clients share.
+
+Everything both sides must agree on lives here and nowhere else: the task statuses, the
+priority names, the requests a client may send, the replies and typed errors the daemon
+sends back, and the views of tasks it returns. The daemon imports this module; the clients
+import this module and never the daemon.
+
+Messages are msgspec Structs encoded as MessagePack inside length-prefixed frames (see
+`orchestra.wire`). Schema evolution follows msgspec's rules: a new field always has a
+default, an existing field never changes type, and a new request gets a new tag. A client
+opens every connection with `Hello`; a daemon that speaks another major protocol version
+answers with an error saying which, so nobody gets a confusing decode failure instead.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Literal, Union
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 16 << 20  # bytes; larger frames are refused without being read
+
+# ---------------------------------------------------------------------------------------
+# Vocabulary
+
+
+class Status(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING = "waiting"  # the agent asked something and waits for a person
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # the daemon went away while it ran
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def active(self) -> bool:
+        return self in (Status.RUNNING, Status.WAITING)
+
+
+FINISHED = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED}
+)
+
+PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
+
+AGENTS = ("claude", "command")
+ROLES = ("architect", "implementer", "tester", "reviewer", "devops", "documenter", "generalist")
+
+
+def parse_priority(text: str | int) -> int:
+    """`high` -> 10, `"7"` -> 7; a ValueError that says what is accepted otherwise."""
+    if isinstance(text, int):
+        value = text
+    elif text.strip().lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[text.strip().lower()]
+    else:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(
+                f"priority {text!r} is not a number or one of {', '.join(PRIORITY_NAMES)}"
+            ) from None
+    if not PRIORITY_MIN <= value <= PRIORITY_MAX:
+        raise ValueError(f"priority {value} is out of range {PRIORITY_MIN}..{PRIORITY_MAX}")
+    return value
+
+
+class ErrorCode(str, enum.Enum):
+    BAD_REQUEST = "bad_request"  # the request is well-formed but asks for something invalid
+    NOT_FOUND = "not_found"  # no such task, role, workflow or key
+    CONFLICT = "conflict"  # valid, but not in the task's current state
+    PROTOCOL = "protocol"  # malformed, oversized or version-mismatched frames
+    UNAVAILABLE = "unavailable"  # the daemon cannot take work now (disk full, shutting down)
+    INTERNAL = "internal"
+
+
+# ---------------------------------------------------------------------------------------
+# Requests. One closed set; the daemon has one handler per request type.
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="method", tag=str.lower):
+    pass
+
+
+class Hello(Request):
+    version: int
+    client: str = ""
+
+
+class Submit(Request):
+    """Queue a task. Exactly one of `prompt` (for an agent) or `argv` (command agent)."""
+
+    cwd: str
+    prompt: str = ""
+    argv: list[str] = []
+    role: str | None = None  # None: the configured default role
+    agent: str | None = None  # None: `command` when argv is given, else the default agent
+    priority: int = 0
+    after: list[int] = []
+    env: dict[str, str] = {}
+    timeout: float | None = None  # seconds of wall-clock time
+    idle_timeout: float | None = None  # seconds without output
+    budget_usd: float | None = None
+    model: str | None = None
+    title: str = ""
+
+
+class ListTasks(Request):
+    status: list[Status] = []
+    role: str | None = None
+    include_finished: bool = True
+
+
+class Show(Request):
+    task: int
+
+
+class Logs(Request):
+    """The task's output. `follow` turns the reply into a stream of `LogChunk` frames."""
+
+    task: int
+    follow: bool = False
+    tail: int | None = None  # last N lines only
+    raw: bool = False
+
+
+class Respond(Request):
+    """Answer a waiting task, or write a line to a command agent's stdin."""
+
+    task: int
+    text: str | None = None
+    allow: bool = False
+    deny: bool = False
+    message: str = ""
+
+
+class Stop(Request):
+    """End a task: a queued one is cancelled, an active one is terminated."""
+
+    task: int
+
+
+class SetPriority(Request):
+    task: int
+    priority: int
+
+
+class Remove(Request):
+    task: int
+
+
+class AssignRole(Request):
+    task: int
+    role: str
+
+
+class Queue(Request):
+    pass
+
+
+class Wait(Request):
+    """Block until every named task has finished; answered with their views."""
+
+    tasks: list[int]
+
+
+class Watch(Request):
+    """A stream of `TaskView` frames: one per task change, starting with every live task."""
+
+    pass
+
+
+ConfigValue = Union[str, int, float, bool, None, list[str], dict[str, int]]
+
+
+class ConfigGet(Request):
+    key: str | None = None
+
+
+class ConfigSet(Request):
+    key: str
+    value: ConfigValue
+
+
+class Info(Request):
+    """The daemon's own status (pid, uptime, counts)."""
+
+    pass
+
+
+class Shutdown(Request):
+    pass
+
+
+AnyRequest = Union[
+    Hello,
+    Submit,
+    ListTasks,
+    Show,
+    Logs,
+    Respond,
+    Stop,
+    SetPriority,
+    Remove,
+    AssignRole,
+    Queue,
+    Wait,
+    Watch,
+    ConfigGet,
+    ConfigSet,
+    Info,
+    Shutdown,
+]
+
+# Requests that change state: their reply is sent only after the events they caused are durable.
+MUTATING = (Submit, Respond, Stop, SetPriority, Remove, AssignRole, ConfigSet)
+
+# ---------------------------------------------------------------------------------------
+# Replies
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, tag_field="reply", tag=str.lower):
+    pass
+
+
+class Ok(Reply):
+    result: Any = None
+
+
+class Error(Reply):
+    code: ErrorCode
+    message: str
+
+
+class End(Reply):
+    """Closes a stream; `error` is set when it ended for a reason other than the request's."""
+
+    error: Error | None = None
+
+
+AnyReply = Union[Ok, Error, End]
+
+
+class OrchestraError(Exception):
+    """An error with a code and a message written for the person who will read it."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_reply(self) -> Error:
+        return Error(code=self.code, message=self.message)
+
+
+def not_found(message: str) -> OrchestraError:
+    return OrchestraError(ErrorCode.NOT_FOUND, message)
+
+
+def bad_request(message: str) -> OrchestraError:
+    return OrchestraError(ErrorCode.BAD_REQUEST, message)
+
+
+def conflict(message: str) -> OrchestraError:
+    return OrchestraError(ErrorCode.CONFLICT, message)
+
+
+# ---------------------------------------------------------------------------------------
+# Results
+
+
+class Question(msgspec.Struct, frozen=True, kw_only=True):
+    """What a waiting task asks a person."""
+
+    request_id: str
+    kind: Literal["permission", "question", "input"]
+    prompt: str  # one line a person can decide on
+    options: list[str] = []  # numbered choices, when the agent offered some
+    tool: str = ""
+    since: float = 0.0
+
+
+class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    status: Status
+    role: str
+    agent: str
+    priority: int
+    after: list[int]
+    title: str
+    prompt: str
+    argv: list[str]
+    cwd: str
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    runtime: float | None = None  # seconds, up to now for an active task
+    attempts: int = 0
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    waiting: Question | None = None
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    session_id: str = ""
+    output_bytes: int = 0
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    budget_usd: float | None = None
+    env_keys: list[str] = []
+    workflow: int | None = None
+
+
+class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+class LogsResult(msgspec.Struct, frozen=True, kw_only=True):
+    task: int
+    chunks: list[LogChunk]
+
+
+class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
+    pid: int
+    version: str
+    protocol: int
+    home: str
+    socket: str
+    started_at: float
+    last_seq: int
+    counts: dict[str, int]
+
+
+class Welcome(msgspec.Struct, frozen=True, kw_only=True):
+    version: int
+    daemon: str
+    pid: int

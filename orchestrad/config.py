@@ -1,0 +1,69 @@
+"""Settings that shape scheduling and supervision, and their validation.
+
+The settings in force are part of the state: they change only through `ConfigChanged`
+events, so a replay schedules exactly as the live daemon did. Pure: no I/O here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from orchestra.protocol import AGENTS, ConfigValue
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    max_concurrent: int = 2  # agent processes at once (running or waiting for input)
+    role_limits: dict[str, int] = {}  # optional per-role caps within max_concurrent
+    default_agent: str = "claude"
+    default_role: str = "generalist"
+    default_timeout: float | None = None  # seconds; None: no limit
+    default_idle_timeout: float | None = None
+    kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
+    retention_days: float = 7.0  # finished tasks older than this may be purged
+    snapshot_every: int = 20_000  # events between snapshots
+
+
+DEFAULT = Config()
+KEYS = tuple(Config.__struct_fields__)
+
+_CHECKS: dict[str, tuple[str, Any]] = {
+    "max_concurrent": ("a whole number of at least 1", lambda v: isinstance(v, int) and v >= 1),
+    "role_limits": (
+        "a table of role name to a whole number of at least 0",
+        lambda v: isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values()),
+    ),
+    "default_agent": (f"one of {', '.join(AGENTS)}", lambda v: v in AGENTS),
+    "default_role": ("a role name", lambda v: isinstance(v, str) and v != ""),
+    "default_timeout": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
+    "default_idle_timeout": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
+    "kill_grace": ("seconds of at least 0", lambda v: _number(v) and v >= 0),
+    "retention_days": ("days of at least 0", lambda v: _number(v) and v >= 0),
+    "snapshot_every": ("a whole number of at least 100", lambda v: isinstance(v, int) and v >= 100),
+}
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _positive(v: object) -> bool:
+    return _number(v) and v > 0  # type: ignore[operator]
+
+
+def check(key: str, value: ConfigValue) -> str | None:
+    """None when `value` may be stored under `key`, else a sentence saying what is expected."""
+    if key not in _CHECKS:
+        return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
+    what, ok = _CHECKS[key]
+    if isinstance(value, bool) and key != "default_agent":
+        return f"{key} must be {what}, not {value!r}"
+    if not ok(value):
+        return f"{key} must be {what}, not {value!r}"
+    return None
+
+
+def apply(config: Config, changes: dict[str, ConfigValue]) -> Config:
+    """The config with `changes` applied. Changes were checked when they were decided."""
+    return msgspec.structs.replace(config, **changes)

@@ -1,0 +1,268 @@
+"""Decide: what a command means, given the state. Pure: no clock, no I/O, no randomness.
+
+`decide(state, command, now)` returns the events a command causes, or raises an
+`OrchestraError` whose message says what went wrong and what to do instead. New task ids
+come from the state (`state.next_task`), so deciding is deterministic; the single writer
+applies the events before it decides the next command.
+
+The other functions here decide what the shell's observations mean: a process exited, a
+process could not be started, the daemon restarted while tasks ran, retention is due.
+"""
+
+from __future__ import annotations
+
+import re
+import signal as signal_mod
+
+from orchestra import protocol as p
+from orchestra.protocol import AGENTS, ROLES, Status, bad_request, conflict, not_found
+from orchestrad import config as config_mod
+from orchestrad import events as ev
+from orchestrad.state import State, Task
+
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def split_env(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(plain, secret): values whose names look secret never reach the log."""
+    plain = {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
+    secret = {k: v for k, v in env.items() if SECRET_NAME.search(k)}
+    return plain, secret
+
+
+def get_task(state: State, task_id: int) -> Task:
+    task = state.tasks.get(task_id)
+    if task is None:
+        if 0 < task_id < state.next_task:
+            raise not_found(f"task {task_id} was removed or purged; `orchestra ps` lists tasks")
+        raise not_found(f"no task {task_id}; `orchestra ps` lists tasks")
+    return task
+
+
+def describe(task: Task) -> str:
+    return f"task {task.id} is {task.status.value}"
+
+
+def decide(state: State, command: p.Request, now: float) -> list[ev.Event]:
+    """The events `command` causes in `state` at time `now`; OrchestraError if it is invalid."""
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        raise bad_request(f"{type(command).__name__} is not a command that changes anything")
+    return handler(state, command, now)
+
+
+def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
+    cfg = state.config
+    if cmd.prompt and cmd.argv:
+        raise bad_request("give either a prompt or a command after `--`, not both")
+    agent = cmd.agent or ("command" if cmd.argv else cfg.default_agent)
+    if agent not in AGENTS:
+        raise bad_request(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
+    if agent == "command" and not cmd.argv:
+        raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
+    if agent != "command" and not cmd.prompt.strip():
+        raise bad_request(f"the {agent} agent needs a prompt saying what to do")
+    role = cmd.role or cfg.default_role
+    if role not in ROLES:
+        raise bad_request(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    priority = _checked_priority(cmd.priority)
+    if not cmd.cwd.startswith("/"):
+        raise bad_request(f"working directory {cmd.cwd!r} must be an absolute path")
+    for name, value in (("timeout", cmd.timeout), ("idle timeout", cmd.idle_timeout)):
+        if value is not None and not value > 0:
+            raise bad_request(f"{name} must be a number of seconds above 0, not {value}")
+    if cmd.budget_usd is not None and not cmd.budget_usd > 0:
+        raise bad_request(f"budget must be above 0 dollars, not {cmd.budget_usd}")
+    after = list(dict.fromkeys(cmd.after))
+    for dep in after:
+        dep_task = get_task(state, dep)
+        if dep_task.status.finished and dep_task.status is not Status.SUCCEEDED:
+            raise conflict(
+                f"task {dep} already ended {dep_task.status.value}, so a task after it would "
+                f"never run; resubmit task {dep} first or drop --after {dep}"
+            )
+    plain, secret = split_env(cmd.env)
+    spec = ev.TaskSpec(
+        prompt=cmd.prompt,
+        argv=list(cmd.argv),
+        role=role,
+        agent=agent,
+        priority=priority,
+        after=after,
+        cwd=cmd.cwd,
+        env=plain,
+        secret_env=sorted(secret),
+        timeout=cmd.timeout if cmd.timeout is not None else cfg.default_timeout,
+        idle_timeout=cmd.idle_timeout if cmd.idle_timeout is not None else cfg.default_idle_timeout,
+        budget_usd=cmd.budget_usd,
+        model=cmd.model,
+        title=cmd.title or _title(cmd.prompt, cmd.argv),
+    )
+    return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
+
+
+def _title(prompt: str, argv: list[str]) -> str:
+    text = " ".join(argv) if argv else " ".join(prompt.split())
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _checked_priority(value: int) -> int:
+    try:
+        return p.parse_priority(value)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _set_priority(state: State, cmd: p.SetPriority, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    priority = _checked_priority(cmd.priority)
+    if task.status is not Status.QUEUED:
+        raise conflict(f"{describe(task)}; priority only orders tasks that are still queued")
+    if priority == task.priority:
+        return []
+    return [ev.TaskReprioritized(task=task.id, priority=priority)]
+
+
+def _remove(state: State, cmd: p.Remove, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    if task.status is not Status.QUEUED:
+        hint = f"use `orchestra stop {task.id}`" if task.status.active else "it is history now"
+        raise conflict(f"{describe(task)}, so it is no longer in the queue; {hint}")
+    return [ev.TaskRemoved(task=task.id)]
+
+
+def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    if task.status is Status.QUEUED:
+        return [ev.TaskCancelled(task=task.id, reason="stopped before it started")]
+    if task.status.active:
+        if task.stopping is not None:
+            return []  # already on its way out
+        return [ev.StopRequested(task=task.id, outcome=Status.CANCELLED, reason="stopped on request")]
+    raise conflict(f"{describe(task)} already; there is nothing to stop")
+
+
+def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    if cmd.allow and cmd.deny:
+        raise bad_request("answer with --allow or --deny, not both")
+    question = task.waiting
+    if question is None:
+        if task.status is Status.RUNNING and task.spec.agent == "command":
+            if cmd.allow or cmd.deny or cmd.text is None:
+                raise bad_request("a command agent takes a line of text on its stdin")
+            return [ev.InputGiven(task=task.id, request_id="", answer=cmd.text)]
+        raise conflict(f"{describe(task)}, not waiting for input; `orchestra ps` shows who is")
+    return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question))]
+
+
+def _answer(cmd: p.Respond, question: p.Question) -> str:
+    """The answer in the agent-neutral form the adapters understand."""
+    if question.kind == "permission":
+        if cmd.allow:
+            return "allow"
+        if cmd.deny:
+            return "deny" + (f": {cmd.message}" if cmd.message else "")
+        text = (cmd.text or "").strip().lower()
+        if text in ("y", "yes", "allow"):
+            return "allow"
+        if text in ("n", "no", "deny"):
+            return "deny" + (f": {cmd.message}" if cmd.message else "")
+        raise bad_request(f"task asks permission for {question.tool or 'a tool'}: answer --allow or --deny")
+    if cmd.allow or cmd.deny:
+        raise bad_request("the task asks a question, not for permission: answer it with text")
+    text = cmd.text
+    if text is None or not text.strip():
+        raise bad_request("give an answer: an option number, an option, or your own words")
+    if question.options and text.strip().isdigit():
+        number = int(text.strip())
+        if not 1 <= number <= len(question.options):
+            raise bad_request(f"option {number} does not exist; choose 1..{len(question.options)}")
+        return question.options[number - 1]
+    return text
+
+
+def _assign_role(state: State, cmd: p.AssignRole, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    if cmd.role not in ROLES:
+        raise bad_request(f"unknown role {cmd.role!r}; choose one of: {', '.join(ROLES)}")
+    if cmd.role == task.role:
+        return []
+    return [ev.TaskRoleChanged(task=task.id, role=cmd.role)]
+
+
+def _config_set(state: State, cmd: p.ConfigSet, now: float) -> list[ev.Event]:
+    problem = config_mod.check(cmd.key, cmd.value)
+    if problem is not None:
+        raise bad_request(problem)
+    value = cmd.value
+    if isinstance(value, int) and isinstance(getattr(config_mod.DEFAULT, cmd.key), float):
+        value = float(value)
+    if getattr(state.config, cmd.key) == value:
+        return []
+    return [ev.ConfigChanged(changes={cmd.key: value})]
+
+
+_HANDLERS = {
+    p.Submit: _submit,
+    p.SetPriority: _set_priority,
+    p.Remove: _remove,
+    p.Stop: _stop,
+    p.Respond: _respond,
+    p.AssignRole: _assign_role,
+    p.ConfigSet: _config_set,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# What the shell's observations mean
+
+
+def process_exited(
+    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None
+) -> list[ev.Event]:
+    task = state.tasks[task_id]
+    exited = ev.ProcessExited(task=task_id, pid=pid, exit_code=exit_code, signal=signal)
+    if task.stopping is not None:
+        return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
+    if exit_code == 0:
+        return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]
+    return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=exit_reason(exit_code, signal))]
+
+
+def exit_reason(exit_code: int | None, signal: int | None) -> str:
+    if signal is not None:
+        try:
+            name = signal_mod.Signals(signal).name
+        except ValueError:
+            name = f"signal {signal}"
+        return f"killed by {name}"
+    return f"exited with code {exit_code}"
+
+
+def spawn_failed(state: State, task_id: int, reason: str) -> list[ev.Event]:
+    return [ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
+
+
+def reconcile(state: State) -> list[ev.Event]:
+    """At start-up: tasks the log shows as active lost their process with the old daemon."""
+    return [
+        ev.TaskFinished(
+            task=task_id,
+            outcome=Status.INTERRUPTED,
+            reason="the daemon stopped while it ran",
+        )
+        for task_id in sorted(state.active)
+    ]
+
+
+def purge(state: State, now: float) -> list[ev.Event]:
+    """Finished tasks older than the retention, except those an unfinished task waits on."""
+    horizon = now - state.config.retention_days * 86400
+    needed = {dep for tid in state.queued for dep in state.tasks[tid].spec.after}
+    old = [
+        t.id
+        for t in state.tasks.values()
+        if t.status.finished and t.finished_at is not None and t.finished_at < horizon and t.id not in needed
+    ]
+    return [ev.TasksPurged(tasks=old)] if old else []

@@ -1,0 +1,208 @@
+"""Events: the facts the daemon records, in the past tense.
+
+The log holds nothing else, and the daemon's state is what `state.evolve` folds out of these
+events. Each event is a frozen msgspec Struct tagged with its class name, encoded as a
+MessagePack array (``array_like``) inside a `Record` that adds the wall-clock time. The
+sequence number is the record's position in the log, so it is not repeated here.
+
+Schema evolution (an event, once written, is never reinterpreted):
+
+* a new field goes at the end of its struct and has a default, so old records decode;
+* a field never changes type and is never reordered or removed;
+* a new kind of event gets a new class (and so a new tag); old kinds stay decodable forever;
+* the log's own framing is versioned in each segment's header (see `orchestrad.log`).
+
+`tests/data/golden.log` holds a log written by the first version; every later version must
+still load it (tests/test_golden.py).
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+from orchestra.protocol import ConfigValue, Status
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag=True):
+    pass
+
+
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """What a person asked for, after defaults were filled in. Secret env values are absent."""
+
+    prompt: str
+    argv: list[str]
+    role: str
+    agent: str
+    priority: int
+    after: list[int]
+    cwd: str
+    env: dict[str, str]
+    secret_env: list[str]  # names whose values were withheld from the log
+    timeout: float | None
+    idle_timeout: float | None
+    budget_usd: float | None
+    model: str | None
+    title: str
+    workflow: int | None = None
+
+
+class DaemonStarted(Event):
+    pid: int
+    version: str
+
+
+class TaskSubmitted(Event):
+    task: int
+    spec: TaskSpec
+
+
+class TaskReprioritized(Event):
+    task: int
+    priority: int
+
+
+class TaskRoleChanged(Event):
+    task: int
+    role: str
+
+
+class TaskRemoved(Event):
+    """A queued task was taken out of the queue before it ever ran."""
+
+    task: int
+
+
+class TaskCancelled(Event):
+    """A queued task will not run (cancelled by a person, or a dependency failed)."""
+
+    task: int
+    reason: str
+
+
+class StopRequested(Event):
+    """An active task is to be ended; the outcome it will have once its process is gone."""
+
+    task: int
+    outcome: Status
+    reason: str
+
+
+class ProcessSpawned(Event):
+    task: int
+    attempt: int
+    pid: int
+    argv: list[str]
+
+
+class SessionStarted(Event):
+    """An agent reported its conversation id (used to continue or resume it)."""
+
+    task: int
+    session_id: str
+    model: str = ""
+
+
+class OutputAppended(Event):
+    """A coalesced chunk of a task's output. The bytes are the record's data, not in here."""
+
+    task: int
+    stream: str  # "stdout" | "stderr"
+    size: int
+
+
+class InputRequested(Event):
+    task: int
+    request_id: str
+    kind: str  # "permission" | "question" | "input"
+    prompt: str
+    options: list[str] = []
+    tool: str = ""
+
+
+class InputGiven(Event):
+    task: int
+    request_id: str  # "" for a line written to a command agent's stdin
+    answer: str
+
+
+class UsageRecorded(Event):
+    """Cost and tokens spent since the previous record for this task (deltas, not totals)."""
+
+    task: int
+    cost_usd: float
+    input_tokens: int
+    output_tokens: int
+
+
+class ProcessExited(Event):
+    task: int
+    pid: int
+    exit_code: int | None
+    signal: int | None
+
+
+class TaskFinished(Event):
+    task: int
+    outcome: Status
+    reason: str
+
+
+class WorkflowCreated(Event):
+    workflow: int
+    template: str
+    goal: str
+    steps: dict[str, int]  # step name -> task id
+
+
+class ConfigChanged(Event):
+    changes: dict[str, ConfigValue]
+
+
+class TasksPurged(Event):
+    """Finished tasks dropped by retention; their output may then be compacted away."""
+
+    tasks: list[int]
+
+
+AnyEvent = Union[
+    DaemonStarted,
+    TaskSubmitted,
+    TaskReprioritized,
+    TaskRoleChanged,
+    TaskRemoved,
+    TaskCancelled,
+    StopRequested,
+    ProcessSpawned,
+    SessionStarted,
+    OutputAppended,
+    InputRequested,
+    InputGiven,
+    UsageRecorded,
+    ProcessExited,
+    TaskFinished,
+    WorkflowCreated,
+    ConfigChanged,
+    TasksPurged,
+]
+
+
+class Record(msgspec.Struct, frozen=True, array_like=True):
+    """The body of one log record: when it happened, and what."""
+
+    ts: float
+    event: AnyEvent
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Record)
+
+
+def encode(ts: float, event: Event) -> bytes:
+    return _encoder.encode(Record(ts, event))
+
+
+def decode(body: bytes | memoryview) -> Record:
+    return _decoder.decode(body)

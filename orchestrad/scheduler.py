@@ -1,0 +1,122 @@
+"""The scheduler: what should happen next, given the state and the time. Pure.
+
+`plan(state, now)` looks only at the work in flight (the state's `queued` and `active`
+indexes), never at the whole history, so it stays cheap however long the daemon has run.
+It returns a `Plan`:
+
+* `start` — queued tasks to start now, in order: every dependency has succeeded, a slot is
+  free (globally, and for the task's role where a per-role limit is set); highest priority
+  first, then oldest;
+* `events` — decisions that are facts to record: a queued task that can never run because a
+  dependency failed, was cancelled or removed (it is cancelled, and the reason names the
+  dependency), and an active task past its timeout, idle timeout or budget (a stop is
+  requested with the outcome it will have);
+* `wake_at` — the earliest moment a deadline falls due, so the shell sets one timer
+  instead of polling.
+
+A task waiting for a person keeps its slot (its process is alive) and its wall-clock
+timeout, but its idle timeout is paused: silence is expected while a person decides.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from orchestra.protocol import Status
+from orchestrad import events as ev
+from orchestrad.state import State, Task
+
+
+class Plan(msgspec.Struct, frozen=True):
+    start: list[int]
+    events: list[ev.Event]
+    wake_at: float | None
+
+
+def plan(state: State, now: float) -> Plan:
+    events: list[ev.Event] = []
+    wake_at: float | None = None
+
+    for task_id in sorted(state.active):
+        task = state.tasks[task_id]
+        if task.stopping is not None:
+            continue
+        expired, deadline = _expiry(task, now)
+        if expired is not None:
+            events.append(expired)
+        elif deadline is not None and (wake_at is None or deadline < wake_at):
+            wake_at = deadline
+
+    ready: list[Task] = []
+    for task_id in state.queued:
+        task = state.tasks[task_id]
+        blocker = _blocked_for_good(state, task)
+        if blocker is not None:
+            events.append(ev.TaskCancelled(task=task_id, reason=blocker))
+        elif all(_succeeded(state, dep) for dep in task.spec.after):
+            ready.append(task)
+    events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
+
+    config = state.config
+    running = len(state.active)
+    per_role: dict[str, int] = {}
+    for task_id in state.active:
+        role = state.tasks[task_id].role
+        per_role[role] = per_role.get(role, 0) + 1
+
+    start: list[int] = []
+    ready.sort(key=lambda t: (-t.priority, t.submitted_seq, t.id))
+    for task in ready:
+        if running >= config.max_concurrent:
+            break
+        limit = config.role_limits.get(task.role)
+        if limit is not None and per_role.get(task.role, 0) >= limit:
+            continue
+        start.append(task.id)
+        running += 1
+        per_role[task.role] = per_role.get(task.role, 0) + 1
+    return Plan(start=start, events=events, wake_at=wake_at)
+
+
+def _succeeded(state: State, task_id: int) -> bool:
+    dep = state.tasks.get(task_id)
+    return dep is not None and dep.status is Status.SUCCEEDED
+
+
+def _blocked_for_good(state: State, task: Task) -> str | None:
+    for dep_id in task.spec.after:
+        dep = state.tasks.get(dep_id)
+        if dep is None:
+            return f"not run: dependency {dep_id} was removed from the queue"
+        if dep.status.finished and dep.status is not Status.SUCCEEDED:
+            return f"not run: dependency {dep_id} ended {dep.status.value}"
+    return None
+
+
+def _expiry(task: Task, now: float) -> tuple[ev.Event | None, float | None]:
+    """A stop to request if a limit is exceeded, else the next deadline (or None)."""
+    spec = task.spec
+    deadlines: list[float] = []
+    if spec.budget_usd is not None and task.cost_usd > spec.budget_usd:
+        return _stop(task, Status.FAILED, f"budget of ${spec.budget_usd:.2f} exceeded (${task.cost_usd:.2f} spent)"), None
+    if spec.timeout is not None and task.started_at is not None:
+        deadline = task.started_at + spec.timeout
+        if now >= deadline:
+            return _stop(task, Status.TIMED_OUT, f"timed out after {_seconds(spec.timeout)}"), None
+        deadlines.append(deadline)
+    if spec.idle_timeout is not None and task.status is Status.RUNNING:
+        deadline = task.last_activity + spec.idle_timeout
+        if now >= deadline:
+            return _stop(task, Status.TIMED_OUT, f"no output for {_seconds(spec.idle_timeout)} (idle timeout)"), None
+        deadlines.append(deadline)
+    return None, min(deadlines) if deadlines else None
+
+
+def _stop(task: Task, outcome: Status, reason: str) -> ev.StopRequested:
+    return ev.StopRequested(task=task.id, outcome=outcome, reason=reason)
+
+
+def _seconds(value: float) -> str:
+    if value >= 120 and value % 60 == 0:
+        return f"{int(value // 60)} min"
+    return f"{value:g} s"

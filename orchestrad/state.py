@@ -1,0 +1,315 @@
+"""The daemon's state, and `evolve`, the fold that builds it from events.
+
+`evolve(state, event, seq=, ts=, data=)` is deterministic and does no I/O: no clock (the
+record's timestamp is passed in), no randomness. It updates `state` in place and returns it.
+The state is owned by a single writer (the daemon's core), and an in-place fold keeps replay
+O(1) per event; a copy-on-write map of every task would make a long history quadratic to
+replay. Everything that only reads the state (`decide`, `scheduler.plan`, the views) never
+writes to it, and tests check that the live state equals a fresh replay of its log.
+
+The state keeps two small indexes, `queued` and `active`, so that scheduling looks only at
+work in flight, never at the whole history; and for each task the places in the log where
+its output lies (`outputs`), so its output is read back without scanning the log.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgspec
+
+from orchestra.protocol import Question, Status, TaskView
+from orchestrad import config as config_mod
+from orchestrad import events as ev
+
+
+class OutputRef(msgspec.Struct, frozen=True, array_like=True):
+    """Where one output chunk's bytes lie in the log (the record's data)."""
+
+    stream: str
+    segment: int
+    offset: int
+    length: int
+    crc: int
+
+
+class Stopping(msgspec.Struct, frozen=True, array_like=True):
+    outcome: Status
+    reason: str
+
+
+class Task(msgspec.Struct, kw_only=True):
+    id: int
+    spec: ev.TaskSpec
+    status: Status = Status.QUEUED
+    priority: int = 0
+    role: str = ""
+    submitted_at: float = 0.0
+    submitted_seq: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    waiting: Question | None = None
+    stopping: Stopping | None = None
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    session_id: str = ""
+    output_bytes: int = 0
+    last_activity: float = 0.0
+
+
+class Workflow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    template: str
+    goal: str
+    steps: dict[str, int]
+    created_at: float
+
+
+class State(msgspec.Struct, kw_only=True):
+    last_seq: int = 0
+    next_task: int = 1
+    next_workflow: int = 1
+    config: config_mod.Config = config_mod.DEFAULT
+    tasks: dict[int, Task] = {}
+    outputs: dict[int, list[OutputRef]] = {}
+    workflows: dict[int, Workflow] = {}
+    queued: set[int] = set()  # ids of queued tasks
+    active: set[int] = set()  # ids of running or waiting tasks
+
+
+# ---------------------------------------------------------------------------------------
+# The fold: one small function per event kind, dispatched through a table.
+
+
+def _daemon_started(s: State, e: ev.DaemonStarted, ts: float, data) -> None:
+    pass
+
+
+def _submitted(s: State, e: ev.TaskSubmitted, ts: float, data) -> None:
+    s.tasks[e.task] = Task(
+        id=e.task,
+        spec=e.spec,
+        priority=e.spec.priority,
+        role=e.spec.role,
+        submitted_at=ts,
+        submitted_seq=s.last_seq,
+    )
+    s.queued.add(e.task)
+    s.next_task = max(s.next_task, e.task + 1)
+
+
+def _reprioritized(s: State, e: ev.TaskReprioritized, ts: float, data) -> None:
+    s.tasks[e.task].priority = e.priority
+
+
+def _role_changed(s: State, e: ev.TaskRoleChanged, ts: float, data) -> None:
+    s.tasks[e.task].role = e.role
+
+
+def _removed(s: State, e: ev.TaskRemoved, ts: float, data) -> None:
+    s.tasks.pop(e.task, None)
+    s.outputs.pop(e.task, None)
+    s.queued.discard(e.task)
+
+
+def _cancelled(s: State, e: ev.TaskCancelled, ts: float, data) -> None:
+    _finish(s, s.tasks[e.task], Status.CANCELLED, e.reason, ts)
+
+
+def _stop_requested(s: State, e: ev.StopRequested, ts: float, data) -> None:
+    s.tasks[e.task].stopping = Stopping(e.outcome, e.reason)
+
+
+def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.RUNNING
+    t.attempts = e.attempt
+    t.pid = e.pid
+    t.started_at = ts
+    t.finished_at = None
+    t.exit_code = t.signal = None
+    t.reason = ""
+    t.stopping = None
+    t.last_activity = ts
+    s.queued.discard(e.task)
+    s.active.add(e.task)
+
+
+def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
+    s.tasks[e.task].session_id = e.session_id
+
+
+def _output(s: State, e: ev.OutputAppended, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.output_bytes += e.size
+    t.last_activity = ts
+    if data is not None:
+        ref = OutputRef(e.stream, data.segment, data.offset, data.length, data.crc)
+        s.outputs.setdefault(e.task, []).append(ref)
+
+
+def _input_requested(s: State, e: ev.InputRequested, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.WAITING
+    t.waiting = Question(
+        request_id=e.request_id,
+        kind=e.kind,  # type: ignore[arg-type]
+        prompt=e.prompt,
+        options=e.options,
+        tool=e.tool,
+        since=ts,
+    )
+
+
+def _input_given(s: State, e: ev.InputGiven, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.last_activity = ts
+    if t.waiting is not None and t.waiting.request_id == e.request_id:
+        t.waiting = None
+        t.status = Status.RUNNING
+
+
+def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.cost_usd += e.cost_usd
+    t.input_tokens += e.input_tokens
+    t.output_tokens += e.output_tokens
+
+
+def _exited(s: State, e: ev.ProcessExited, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.pid = None
+    t.exit_code = e.exit_code
+    t.signal = e.signal
+
+
+def _finished(s: State, e: ev.TaskFinished, ts: float, data) -> None:
+    _finish(s, s.tasks[e.task], e.outcome, e.reason, ts)
+
+
+def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
+    t.status = outcome
+    t.reason = reason
+    t.finished_at = ts
+    t.waiting = None
+    t.stopping = None
+    t.pid = None
+    s.queued.discard(t.id)
+    s.active.discard(t.id)
+
+
+def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
+    s.workflows[e.workflow] = Workflow(
+        id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts
+    )
+    s.next_workflow = max(s.next_workflow, e.workflow + 1)
+
+
+def _config(s: State, e: ev.ConfigChanged, ts: float, data) -> None:
+    s.config = config_mod.apply(s.config, e.changes)
+
+
+def _purged(s: State, e: ev.TasksPurged, ts: float, data) -> None:
+    for task in e.tasks:
+        s.tasks.pop(task, None)
+        s.outputs.pop(task, None)
+
+
+_FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
+    ev.DaemonStarted: _daemon_started,
+    ev.TaskSubmitted: _submitted,
+    ev.TaskReprioritized: _reprioritized,
+    ev.TaskRoleChanged: _role_changed,
+    ev.TaskRemoved: _removed,
+    ev.TaskCancelled: _cancelled,
+    ev.StopRequested: _stop_requested,
+    ev.ProcessSpawned: _spawned,
+    ev.SessionStarted: _session,
+    ev.OutputAppended: _output,
+    ev.InputRequested: _input_requested,
+    ev.InputGiven: _input_given,
+    ev.UsageRecorded: _usage,
+    ev.ProcessExited: _exited,
+    ev.TaskFinished: _finished,
+    ev.WorkflowCreated: _workflow,
+    ev.ConfigChanged: _config,
+    ev.TasksPurged: _purged,
+}
+
+
+def evolve(state: State, event: ev.Event, *, seq: int, ts: float, data=None) -> State:
+    """Fold one event (the record at `seq`, written at `ts`) into `state`."""
+    state.last_seq = seq
+    _FOLD[type(event)](state, event, ts, data)
+    return state
+
+
+def replay(records, state: State | None = None) -> State:
+    """Fold `(seq, ts, event, data)` tuples into `state` (a new one by default)."""
+    state = State() if state is None else state
+    fold = _FOLD
+    for seq, ts, event, data in records:
+        state.last_seq = seq
+        fold[type(event)](state, event, ts, data)
+    return state
+
+
+# ---------------------------------------------------------------------------------------
+# Snapshots of the state and views of it
+
+
+_snapshot_encoder = msgspec.msgpack.Encoder()
+_snapshot_decoder = msgspec.msgpack.Decoder(State)
+
+
+def to_snapshot(state: State) -> bytes:
+    return _snapshot_encoder.encode(state)
+
+
+def from_snapshot(payload: bytes) -> State:
+    return _snapshot_decoder.decode(payload)
+
+
+def view(task: Task, now: float) -> TaskView:
+    spec = task.spec
+    runtime = None
+    if task.started_at is not None:
+        runtime = (task.finished_at if task.finished_at is not None else now) - task.started_at
+    return TaskView(
+        id=task.id,
+        status=task.status,
+        role=task.role,
+        agent=spec.agent,
+        priority=task.priority,
+        after=spec.after,
+        title=spec.title,
+        prompt=spec.prompt,
+        argv=spec.argv,
+        cwd=spec.cwd,
+        submitted_at=task.submitted_at,
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        runtime=runtime,
+        attempts=task.attempts,
+        pid=task.pid,
+        exit_code=task.exit_code,
+        signal=task.signal,
+        reason=task.reason,
+        waiting=task.waiting,
+        cost_usd=task.cost_usd,
+        input_tokens=task.input_tokens,
+        output_tokens=task.output_tokens,
+        session_id=task.session_id,
+        output_bytes=task.output_bytes,
+        timeout=spec.timeout,
+        idle_timeout=spec.idle_timeout,
+        budget_usd=spec.budget_usd,
+        env_keys=sorted([*spec.env, *spec.secret_env]),
+        workflow=spec.workflow,
+    )

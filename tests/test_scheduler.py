@@ -1,0 +1,146 @@
+"""scheduler.plan(state, now): start order, limits, dependencies and deadlines."""
+
+from __future__ import annotations
+
+from orchestra import protocol as p
+from orchestra.protocol import Status
+from orchestrad import events as ev
+from tests.core import Core
+
+
+def test_highest_priority_first_then_oldest():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=10))
+    low = core.submit(priority=-10)
+    first = core.submit()
+    urgent = core.submit(priority=20)
+    second = core.submit()
+    assert core.plan().start == [urgent, first, second, low]
+
+
+def test_reprioritized_task_moves_ahead():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=1))
+    a, b = core.submit(), core.submit()
+    core.do(p.SetPriority(task=b, priority=5))
+    assert core.plan().start == [b]
+    assert a in core.state.queued
+
+
+def test_global_limit_counts_running_and_waiting():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=2))
+    tasks = [core.submit() for _ in range(4)]
+    assert core.tick() == tasks[:2]
+    assert core.plan().start == []
+    core.apply([ev.InputRequested(task=tasks[0], request_id="r", kind="input", prompt="?")])
+    assert core.plan().start == []  # a waiting task keeps its slot
+    core.exit(tasks[1])
+    assert core.tick() == [tasks[2]]
+
+
+def test_per_role_limit_lets_other_roles_pass():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=3))
+    core.do(p.ConfigSet(key="role_limits", value={"tester": 1}))
+    t1 = core.submit(role="tester")
+    t2 = core.submit(role="tester")
+    r1 = core.submit(role="reviewer")
+    assert core.tick() == [t1, r1]
+    core.exit(t1)
+    assert core.tick() == [t2]
+
+
+def test_dependencies_wait_for_success():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=4))
+    a = core.submit()
+    b = core.submit(after=[a], priority=20)
+    assert core.tick() == [a]
+    assert core.tick() == []
+    core.exit(a, 0)
+    assert core.tick() == [b]
+
+
+def test_failed_dependency_cancels_dependents_with_its_name():
+    core = Core()
+    a = core.submit()
+    b = core.submit(after=[a])
+    c = core.submit(after=[b])
+    core.tick()
+    core.exit(a, 2)
+    core.tick()
+    assert core.status(b) is Status.CANCELLED
+    assert core.state.tasks[b].reason == f"not run: dependency {a} ended failed"
+    core.tick()
+    assert core.status(c) is Status.CANCELLED
+    assert core.state.tasks[c].reason == f"not run: dependency {b} ended cancelled"
+
+
+def test_removed_dependency_cancels_dependents():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=1))
+    blocker = core.submit()
+    a = core.submit()
+    b = core.submit(after=[a])
+    core.tick()
+    core.do(p.Remove(task=a))
+    core.tick()
+    assert core.status(b) is Status.CANCELLED and "was removed" in core.state.tasks[b].reason
+    assert core.status(blocker) is Status.RUNNING
+
+
+def test_timeout_requests_a_stop_and_sets_the_wakeup():
+    core = Core()
+    task = core.submit(timeout=30)
+    core.tick()
+    started = core.now
+    assert core.plan().wake_at == started + 30
+    core.now = started + 29.9
+    assert core.plan().events == []
+    core.now = started + 30
+    [stop] = core.plan().events
+    assert stop == ev.StopRequested(task=task, outcome=Status.TIMED_OUT, reason="timed out after 30 s")
+    core.apply([stop])
+    assert core.plan().events == []  # asked once
+    core.exit(task, None, 15)
+    assert core.status(task) is Status.TIMED_OUT
+
+
+def test_idle_timeout_follows_output_and_pauses_while_waiting():
+    core = Core()
+    task = core.submit(idle_timeout=10)
+    core.tick()
+    core.now += 8
+    core.apply([ev.OutputAppended(task=task, stream="stdout", size=3)])
+    core.now += 8
+    assert core.plan().events == []
+    assert core.plan().wake_at == core.now + 2
+    core.apply([ev.InputRequested(task=task, request_id="r", kind="input", prompt="name?")])
+    core.now += 100
+    assert core.plan().events == [] and core.plan().wake_at is None
+    core.apply([ev.InputGiven(task=task, request_id="r", answer="x")])
+    core.now += 10
+    [stop] = core.plan().events
+    assert stop.outcome is Status.TIMED_OUT and "idle" in stop.reason
+
+
+def test_budget_exceeded_fails_the_task():
+    core = Core()
+    task = core.submit(prompt="x", budget_usd=1.0)
+    core.tick()
+    core.apply([ev.UsageRecorded(task=task, cost_usd=0.6, input_tokens=10, output_tokens=5)])
+    assert core.plan().events == []
+    core.apply([ev.UsageRecorded(task=task, cost_usd=0.6, input_tokens=10, output_tokens=5)])
+    [stop] = core.plan().events
+    assert stop.outcome is Status.FAILED and "budget of $1.00 exceeded" in stop.reason
+
+
+def test_plan_looks_only_at_work_in_flight():
+    core = Core()
+    for _ in range(200):
+        task = core.submit()
+        core.tick()
+        core.exit(task)
+    assert core.state.queued == set() and core.state.active == set()
+    assert core.plan().start == [] and core.plan().events == []

@@ -1,0 +1,155 @@
+"""evolve(state, event): what each event does to the state, and replay properties."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestra import protocol as p
+from orchestra.protocol import OrchestraError, Status
+from orchestrad import events as ev
+from orchestrad.state import State, from_snapshot, replay, to_snapshot, view
+from tests.core import Core
+
+
+def test_lifecycle_through_events():
+    core = Core()
+    task = core.submit(prompt="build it", budget_usd=3.0)
+    t = core.state.tasks[task]
+    assert (t.status, t.attempts, core.state.queued, core.state.active) == (Status.QUEUED, 0, {task}, set())
+    core.spawn(task, pid=4242)
+    assert (t.status, t.pid, t.attempts, core.state.active) == (Status.RUNNING, 4242, 1, {task})
+    core.apply([ev.SessionStarted(task=task, session_id="s-1", model="m")])
+    core.apply([ev.InputRequested(task=task, request_id="q", kind="permission", prompt="Bash: rm x", tool="Bash")])
+    assert t.status is Status.WAITING and t.waiting.prompt == "Bash: rm x" and t.waiting.since == core.now
+    core.apply([ev.InputGiven(task=task, request_id="other", answer="allow")])
+    assert t.status is Status.WAITING  # an answer to another request changes nothing
+    core.apply([ev.InputGiven(task=task, request_id="q", answer="allow")])
+    assert t.status is Status.RUNNING and t.waiting is None
+    core.apply([ev.UsageRecorded(task=task, cost_usd=0.25, input_tokens=100, output_tokens=7)] * 2)
+    assert (t.cost_usd, t.input_tokens, t.output_tokens) == (0.5, 200, 14)
+    core.now += 12
+    core.exit(task, 0)
+    assert (t.status, t.pid, t.exit_code, t.session_id) == (Status.SUCCEEDED, None, 0, "s-1")
+    shown = view(t, core.now + 100)
+    assert shown.runtime == 12 and shown.cost_usd == 0.5 and shown.budget_usd == 3.0
+
+
+def test_output_locations_are_kept_per_task():
+    class Where:
+        def __init__(self, offset):
+            self.segment, self.offset, self.length, self.crc = 1, offset, 5, 99
+
+    state = State()
+    core = Core()
+    task = core.submit()
+    state = replay(core.records)
+    ev_out = ev.OutputAppended(task=task, stream="stderr", size=5)
+    from orchestrad.state import evolve
+
+    evolve(state, ev_out, seq=2, ts=1.0, data=Where(100))
+    evolve(state, ev_out, seq=3, ts=2.0, data=Where(200))
+    assert [(o.stream, o.offset) for o in state.outputs[task]] == [("stderr", 100), ("stderr", 200)]
+    assert state.tasks[task].output_bytes == 10 and state.tasks[task].last_activity == 2.0
+
+
+def test_workflow_and_purge():
+    core = Core()
+    a = core.submit()
+    core.apply([ev.WorkflowCreated(workflow=1, template="bug-fix", goal="g", steps={"fix": a})])
+    assert core.state.workflows[1].steps == {"fix": a} and core.state.next_workflow == 2
+    core.apply([ev.TasksPurged(tasks=[a])])
+    assert a not in core.state.tasks and core.state.next_task == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Property: the live state always equals a replay, and a snapshot plus the tail.
+
+action = st.one_of(
+    st.tuples(st.just("submit"), st.integers(-20, 20), st.lists(st.integers(1, 30), max_size=2), st.booleans()),
+    st.tuples(st.just("tick")),
+    st.tuples(st.just("exit"), st.integers(0, 30), st.sampled_from([0, 1, None])),
+    st.tuples(st.just("stop"), st.integers(1, 30)),
+    st.tuples(st.just("remove"), st.integers(1, 30)),
+    st.tuples(st.just("priority"), st.integers(1, 30), st.integers(-150, 150)),
+    st.tuples(st.just("ask"), st.integers(0, 30)),
+    st.tuples(st.just("respond"), st.integers(1, 30), st.sampled_from(["allow", "deny", "1", "words"])),
+    st.tuples(st.just("output"), st.integers(0, 30)),
+    st.tuples(st.just("time"), st.floats(0, 120)),
+    st.tuples(st.just("config"), st.sampled_from(["max_concurrent", "kill_grace"]), st.integers(0, 4)),
+    st.tuples(st.just("snapshot")),
+)
+
+
+def run(core: Core, actions) -> list[tuple[int, bytes]]:
+    snapshots = []
+    for a in actions:
+        try:
+            run_one(core, a, snapshots)
+        except OrchestraError:
+            pass
+    return snapshots
+
+
+def run_one(core: Core, a, snapshots) -> None:
+    kind = a[0]
+    active = sorted(core.state.active)
+    if kind == "submit":
+        _, priority, after, is_command = a
+        kw = {"argv": ["true"]} if is_command else {"prompt": "p"}
+        core.do(p.Submit(cwd="/tmp", priority=priority, after=after, timeout=60, idle_timeout=30, **kw))
+    elif kind == "tick":
+        before = len(core.state.active)
+        core.tick()
+        assert len(core.state.active) <= max(before, core.state.config.max_concurrent)
+    elif kind in ("exit", "ask", "output") and active:
+        task = active[a[1] % len(active)]
+        if kind == "exit":
+            code = a[2]
+            core.exit(task, code, None if code is not None else 9)
+        elif kind == "ask":
+            core.apply([ev.InputRequested(task=task, request_id=f"r{len(core.records)}", kind="question", prompt="?", options=["a", "b"])])
+        else:
+            core.apply([ev.OutputAppended(task=task, stream="stdout", size=10)])
+    elif kind == "stop":
+        core.do(p.Stop(task=a[1]))
+    elif kind == "remove":
+        core.do(p.Remove(task=a[1]))
+    elif kind == "priority":
+        core.do(p.SetPriority(task=a[1], priority=a[2]))
+    elif kind == "respond":
+        answer = a[2]
+        core.do(p.Respond(task=a[1], allow=answer == "allow", deny=answer == "deny", text=None if answer in ("allow", "deny") else answer))
+    elif kind == "time":
+        core.now += a[1]
+    elif kind == "config":
+        core.do(p.ConfigSet(key=a[1], value=a[2]))
+    elif kind == "snapshot":
+        snapshots.append((len(core.records), to_snapshot(core.state)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(action, max_size=80))
+def test_live_state_equals_full_replay_and_snapshot_plus_tail(actions):
+    core = Core()
+    snapshots = run(core, actions)
+    assert core.replayed() == core.state
+    for seq, payload in snapshots:
+        restored = from_snapshot(payload)
+        assert restored.last_seq == seq
+        assert replay(core.records[seq:], restored) == core.state
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_invariants_hold(actions):
+    core = Core()
+    run(core, actions)
+    s = core.state
+    assert s.queued == {t.id for t in s.tasks.values() if t.status is Status.QUEUED}
+    assert s.active == {t.id for t in s.tasks.values() if t.status.active}
+    for t in s.tasks.values():
+        assert (t.waiting is not None) == (t.status is Status.WAITING)
+        assert (t.finished_at is not None) == t.status.finished
+    for seq, ts, event, data in core.records:  # every event survives an encode/decode round trip
+        assert ev.decode(ev.encode(ts, event)).event == event
