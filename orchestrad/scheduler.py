@@ -20,6 +20,8 @@ timeout, but its idle timeout is paused: silence is expected while a person deci
 
 from __future__ import annotations
 
+from typing import Collection
+
 import msgspec
 
 from orchestra.protocol import Status
@@ -33,7 +35,8 @@ class Plan(msgspec.Struct, frozen=True):
     wake_at: float | None
 
 
-def plan(state: State, now: float) -> Plan:
+def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
+    """`starting`: tasks the shell is starting now; they hold a slot and are not started twice."""
     events: list[ev.Event] = []
     wake_at: float | None = None
 
@@ -49,6 +52,8 @@ def plan(state: State, now: float) -> Plan:
 
     ready: list[Task] = []
     for task_id in state.queued:
+        if task_id in starting:
+            continue
         task = state.tasks[task_id]
         blocker = _blocked_for_good(state, task)
         if blocker is not None:
@@ -58,14 +63,14 @@ def plan(state: State, now: float) -> Plan:
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
 
     config = state.config
-    running = len(state.active)
+    running = len(state.active) + len(starting)
     per_role: dict[str, int] = {}
-    for task_id in state.active:
+    for task_id in (*state.active, *starting):
         role = state.tasks[task_id].role
         per_role[role] = per_role.get(role, 0) + 1
 
     start: list[int] = []
-    ready.sort(key=lambda t: (-t.priority, t.submitted_seq, t.id))
+    ready.sort(key=_order)
     for task in ready:
         if running >= config.max_concurrent:
             break
@@ -76,6 +81,15 @@ def plan(state: State, now: float) -> Plan:
         running += 1
         per_role[task.role] = per_role.get(task.role, 0) + 1
     return Plan(start=start, events=events, wake_at=wake_at)
+
+
+def run_order(state: State) -> list[int]:
+    """Queued tasks in the order they would start, dependencies permitting."""
+    return sorted(state.queued, key=lambda t: _order(state.tasks[t]))
+
+
+def _order(task: Task) -> tuple[int, int, int]:
+    return (-task.priority, task.submitted_seq, task.id)
 
 
 def _succeeded(state: State, task_id: int) -> bool:

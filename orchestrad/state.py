@@ -14,7 +14,8 @@ its output lies (`outputs`), so its output is read back without scanning the log
 
 from __future__ import annotations
 
-from typing import Callable
+import struct
+from typing import Callable, Iterator
 
 import msgspec
 
@@ -31,6 +32,25 @@ class OutputRef(msgspec.Struct, frozen=True, array_like=True):
     offset: int
     length: int
     crc: int
+
+
+# A task's output places are packed 25 bytes each into one bytearray per task, not kept as
+# a list of objects: a long history then costs little memory, and a snapshot decodes one
+# bytes object per task instead of one object per chunk (this is what keeps start-up fast).
+_REF = struct.Struct("<QQIIB")
+_STREAMS = ("stdout", "stderr")
+
+
+def output_refs(state: "State", task_id: int, start: int = 0) -> Iterator[OutputRef]:
+    packed = state.outputs.get(task_id)
+    if not packed:
+        return
+    for segment, offset, length, crc, stream in _REF.iter_unpack(memoryview(packed)[start * _REF.size :]):
+        yield OutputRef(_STREAMS[stream], segment, offset, length, crc)
+
+
+def output_count(state: "State", task_id: int) -> int:
+    return len(state.outputs.get(task_id, b"")) // _REF.size
 
 
 class Stopping(msgspec.Struct, frozen=True, array_like=True):
@@ -77,7 +97,7 @@ class State(msgspec.Struct, kw_only=True):
     next_workflow: int = 1
     config: config_mod.Config = config_mod.DEFAULT
     tasks: dict[int, Task] = {}
-    outputs: dict[int, list[OutputRef]] = {}
+    outputs: dict[int, bytearray] = {}  # task -> packed output places (see output_refs)
     workflows: dict[int, Workflow] = {}
     queued: set[int] = set()  # ids of queued tasks
     active: set[int] = set()  # ids of running or waiting tasks
@@ -150,8 +170,10 @@ def _output(s: State, e: ev.OutputAppended, ts: float, data) -> None:
     t.output_bytes += e.size
     t.last_activity = ts
     if data is not None:
-        ref = OutputRef(e.stream, data.segment, data.offset, data.length, data.crc)
-        s.outputs.setdefault(e.task, []).append(ref)
+        packed = s.outputs.get(e.task)
+        if packed is None:
+            packed = s.outputs[e.task] = bytearray()
+        packed += _REF.pack(data.segment, data.offset, data.length, data.crc, e.stream == "stderr")
 
 
 def _input_requested(s: State, e: ev.InputRequested, ts: float, data) -> None:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestrad import events as ev
-from orchestrad.state import State, from_snapshot, replay, to_snapshot, view
+from orchestrad.state import State, from_snapshot, output_refs, replay, to_snapshot, view
 from tests.core import Core
 
 
@@ -49,7 +49,8 @@ def test_output_locations_are_kept_per_task():
 
     evolve(state, ev_out, seq=2, ts=1.0, data=Where(100))
     evolve(state, ev_out, seq=3, ts=2.0, data=Where(200))
-    assert [(o.stream, o.offset) for o in state.outputs[task]] == [("stderr", 100), ("stderr", 200)]
+    assert [(o.stream, o.offset) for o in output_refs(state, task)] == [("stderr", 100), ("stderr", 200)]
+    assert [o.offset for o in output_refs(state, task, 1)] == [200]
     assert state.tasks[task].output_bytes == 10 and state.tasks[task].last_activity == 2.0
 
 

@@ -1,0 +1,72 @@
+"""Connecting to the daemon: the handshake, and starting a daemon when none answers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from orchestra import protocol as p
+from orchestra.paths import Paths
+from orchestra.wire import Connection, DaemonUnreachable
+
+AUTOSTART_ENV = "ORCHESTRA_NO_AUTOSTART"
+START_TIMEOUT = 10.0
+
+
+def connect(paths: Paths, *, timeout: float | None = 30.0) -> Connection:
+    """A connection that has passed the version handshake; DaemonUnreachable otherwise."""
+    conn = Connection(str(paths.socket), timeout=timeout)
+    try:
+        welcome = conn.call(p.Hello(version=p.PROTOCOL_VERSION, client="orchestra"), p.Welcome)
+    except BaseException:
+        conn.close()
+        raise
+    if welcome.version != p.PROTOCOL_VERSION:  # pragma: no cover - the daemon refuses first
+        conn.close()
+        raise DaemonUnreachable(f"daemon speaks protocol {welcome.version}, this client {p.PROTOCOL_VERSION}")
+    return conn
+
+
+def connect_or_start(paths: Paths, *, autostart: bool = True, timeout: float | None = 30.0, quiet: bool = False) -> Connection:
+    """Connect; if no daemon answers and autostart is on, start one in the background."""
+    try:
+        return connect(paths, timeout=timeout)
+    except DaemonUnreachable:
+        if not autostart or os.environ.get(AUTOSTART_ENV):
+            raise
+    if not quiet:
+        print(f"orchestra: no daemon was running; starting one (log: {paths.daemon_log})", file=sys.stderr)
+    start_daemon(paths)
+    return connect(paths, timeout=timeout)
+
+
+def start_daemon(paths: Paths) -> int:
+    """Start `orchestrad` detached from this terminal; wait until it answers. Its pid."""
+    paths.state.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "orchestrad"]
+    if paths.home is not None:
+        argv += ["--home", str(paths.home)]
+    with open(paths.daemon_log, "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            connect(paths, timeout=2.0).close()
+            return proc.pid
+        except DaemonUnreachable:
+            code = proc.poll()
+            if code is not None and code != 0:
+                raise DaemonUnreachable(
+                    f"the daemon exited at start-up with code {code}; see {paths.daemon_log}"
+                ) from None
+            time.sleep(0.02)
+    raise DaemonUnreachable(f"the daemon did not answer within {START_TIMEOUT:g} s; see {paths.daemon_log}")

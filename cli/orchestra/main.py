@@ -1,0 +1,482 @@
+"""`orchestra`: the command-line client.
+
+Every command is a thin call to one daemon request. Read commands take `--json`. Errors are
+one line on stderr saying what went wrong and what to do, with exit codes that mean
+something (see `Exit`). Imports are kept to what a command needs, so `orchestra ps` starts
+fast: nothing here imports the daemon, asyncio or the MCP SDK at module level.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import sys
+from typing import Any, NoReturn
+
+import click
+import msgspec
+
+from orchestra import protocol as p
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    TASK_FAILED = 1  # `wait`: a task ended other than succeeded
+    BAD_INPUT = 2  # also click's own usage errors
+    UNREACHABLE = 3  # no daemon answers (and none could be started)
+    NOT_FOUND = 4
+    CONFLICT = 5  # valid, but not in the task's current state
+    UNAVAILABLE = 6  # the daemon refuses work for now (shutting down, disk full)
+
+
+_EXIT_FOR = {
+    p.ErrorCode.BAD_REQUEST: Exit.BAD_INPUT,
+    p.ErrorCode.NOT_FOUND: Exit.NOT_FOUND,
+    p.ErrorCode.CONFLICT: Exit.CONFLICT,
+    p.ErrorCode.PROTOCOL: Exit.UNREACHABLE,
+    p.ErrorCode.UNAVAILABLE: Exit.UNAVAILABLE,
+    p.ErrorCode.INTERNAL: Exit.UNAVAILABLE,
+}
+
+
+def fail(message: str, code: Exit) -> NoReturn:
+    click.echo(f"orchestra: {message}", err=True)
+    sys.exit(int(code))
+
+
+class App:
+    def __init__(self, home: str | None, autostart: bool) -> None:
+        from orchestra.paths import resolve
+
+        self.paths = resolve(home)
+        self.autostart = autostart
+        self._conn = None
+
+    def connection(self, *, timeout: float | None = 30.0):
+        from orchestra.client import connect_or_start
+        from orchestra.wire import DaemonUnreachable
+
+        if self._conn is None:
+            try:
+                self._conn = connect_or_start(self.paths, autostart=self.autostart, timeout=timeout)
+            except DaemonUnreachable as exc:
+                hint = "start it with `orchestra daemon start`" if not self.autostart else "see `orchestra daemon status`"
+                fail(f"{exc}; {hint}", Exit.UNREACHABLE)
+        return self._conn
+
+    def call(self, request: p.Request, result_type: Any = Any, *, timeout: float | None = 30.0) -> Any:
+        try:
+            return self.connection(timeout=timeout).call(request, result_type)
+        except p.OrchestraError as exc:
+            fail(exc.message, _EXIT_FOR.get(exc.code, Exit.UNAVAILABLE))
+        except OSError as exc:
+            fail(f"lost the connection to the daemon: {exc}", Exit.UNREACHABLE)
+
+    def stream(self, request: p.Request, item_type: Any = Any):
+        try:
+            yield from self.connection(timeout=None).stream(request, item_type)
+        except p.OrchestraError as exc:
+            fail(exc.message, _EXIT_FOR.get(exc.code, Exit.UNAVAILABLE))
+        except OSError as exc:
+            fail(f"lost the connection to the daemon: {exc}", Exit.UNREACHABLE)
+
+
+def echo_json(value: Any) -> None:
+    click.echo(msgspec.json.encode(value).decode())
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", envvar="ORCHESTRA_HOME", help="Directory for config, state and socket (default: the platform's places).")
+@click.option("--no-autostart", is_flag=True, envvar="ORCHESTRA_NO_AUTOSTART", help="Do not start a daemon when none is running.")
+@click.version_option(package_name="orchestra")
+@click.pass_context
+def cli(ctx: click.Context, home: str | None, no_autostart: bool) -> None:
+    """Run a team of coding agents: queue tasks, watch them, answer them."""
+    ctx.obj = App(home, autostart=not no_autostart)
+
+
+def task_id(value: str) -> int:
+    try:
+        number = int(value.lstrip("#"))
+    except ValueError:
+        fail(f"{value!r} is not a task id (a number, as `orchestra ps` shows)", Exit.BAD_INPUT)
+    return number
+
+
+# ---------------------------------------------------------------------------------------
+# submit
+
+
+class _SplitAtDashes(click.Command):
+    """Everything after `--` is the command to run, kept apart from the prompt words."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            index = args.index("--")
+            ctx.meta["argv"] = args[index + 1 :]
+            args = args[:index]
+        return super().parse_args(ctx, args)
+
+
+def _priority(ctx, param, value):
+    if value is None:
+        return 0
+    try:
+        return p.parse_priority(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@cli.command(cls=_SplitAtDashes)
+@click.argument("prompt", nargs=-1)
+@click.option("--role", "-r", help=f"Role: {', '.join(p.ROLES)} (default from config).")
+@click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
+@click.option("--priority", "-p", callback=_priority, help="A number, or low/normal/high/urgent.")
+@click.option("--after", multiple=True, type=int, help="Start only after this task succeeded (repeatable).")
+@click.option("--timeout", type=float, help="Seconds of wall-clock time before it is stopped.")
+@click.option("--idle-timeout", type=float, help="Seconds without output before it is stopped.")
+@click.option("--budget", type=float, help="Dollars the agent may spend.")
+@click.option("--model", help="Model for the agent.")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory (default: here).")
+@click.option("--env", "-e", multiple=True, help="NAME=VALUE for the task's environment (repeatable).")
+@click.option("--title", default="", help="A short name shown by `ps`.")
+@json_option
+@click.pass_context
+def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, as_json):
+    """Queue a task: a prompt for an agent, or a command after `--`.
+
+    \b
+      orchestra submit --role tester "write tests for the parser"
+      orchestra submit --agent command -- pytest -q
+    """
+    app: App = ctx.obj
+    argv = ctx.meta.get("argv", [])
+    env_map = {}
+    for item in env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--env {item!r} must look like NAME=VALUE", Exit.BAD_INPUT)
+        env_map[name] = value
+    request = p.Submit(
+        cwd=os.path.abspath(cwd or os.getcwd()),
+        prompt=" ".join(prompt),
+        argv=list(argv),
+        role=role,
+        agent=agent,
+        priority=priority,
+        after=list(after),
+        env=env_map,
+        timeout=timeout,
+        idle_timeout=idle_timeout,
+        budget_usd=budget,
+        model=model,
+        title=title,
+    )
+    task = app.call(request, p.TaskView)
+    if as_json:
+        echo_json(task)
+    else:
+        click.echo(task.id)
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+@cli.command()
+@click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
+@click.option("--role", "-r", help="Only tasks with this role.")
+@click.option("--active", is_flag=True, help="Only queued, running and waiting tasks.")
+@json_option
+@click.pass_obj
+def ps(app: App, statuses, role, active, as_json):
+    """List tasks: status, role, runtime, cost, and what waiting tasks ask."""
+    tasks = app.call(
+        p.ListTasks(status=[p.Status(s) for s in statuses], role=role, include_finished=not active),
+        list[p.TaskView],
+    )
+    tasks.sort(key=lambda t: t.id)
+    if as_json:
+        echo_json(tasks)
+    elif tasks:
+        from orchestra.render import table
+
+        click.echo(table(tasks, width=_width()))
+    else:
+        click.echo("no tasks", err=True)
+
+
+def _width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+@cli.command()
+@click.argument("task", type=task_id)
+@json_option
+@click.pass_obj
+def show(app: App, task, as_json):
+    """Everything about one task."""
+    view = app.call(p.Show(task=task), p.TaskView)
+    if as_json:
+        echo_json(view)
+    else:
+        from orchestra.render import details
+
+        click.echo(details(view))
+
+
+@cli.command()
+@click.argument("task", type=task_id)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the task ends.")
+@click.option("--tail", "-n", type=int, help="Start from the last N lines.")
+@click.option("--raw", is_flag=True, help="The agent's raw output (e.g. JSON lines).")
+@json_option
+@click.pass_obj
+def logs(app: App, task, follow, tail, raw, as_json):
+    """A task's output."""
+    out = sys.stdout.buffer
+    chunks = app.stream(p.Logs(task=task, follow=follow, tail=tail, raw=raw), p.LogChunk)
+    if as_json:
+        echo_json([{"stream": c.stream, "text": c.data.decode(errors="replace")} for c in chunks])
+        return
+    try:
+        for chunk in chunks:
+            out.write(chunk.data)
+            out.flush()
+    except BrokenPipeError:  # `orchestra logs 3 | head`
+        sys.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------
+# acting on tasks
+
+
+@cli.command()
+@click.argument("task", type=task_id)
+@click.argument("text", nargs=-1)
+@click.option("--allow", is_flag=True, help="Allow what the task asks permission for.")
+@click.option("--deny", is_flag=True, help="Deny it.")
+@click.option("--message", "-m", default="", help="With --deny: why, for the agent.")
+@json_option
+@click.pass_obj
+def respond(app: App, task, text, allow, deny, message, as_json):
+    """Answer a waiting task (option number, option, or your words), or write a line to a
+    command's stdin."""
+    answer = " ".join(text) if text else None
+    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message), p.TaskView)
+    if as_json:
+        echo_json(view)
+    else:
+        click.echo(f"task {view.id} is {view.status.value}")
+
+
+@cli.command()
+@click.argument("task", type=task_id)
+@json_option
+@click.pass_obj
+def stop(app: App, task, as_json):
+    """Stop a task: cancel it if queued, terminate it if running."""
+    view = app.call(p.Stop(task=task), p.TaskView)
+    if as_json:
+        echo_json(view)
+    else:
+        state = "stopping" if view.status.active else view.status.value
+        click.echo(f"task {view.id} is {state}")
+
+
+@cli.command()
+@click.argument("tasks", nargs=-1, required=True, type=task_id)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@json_option
+@click.pass_obj
+def wait(app: App, tasks, timeout, as_json):
+    """Block until the tasks have finished. Exit 0 if all succeeded, 1 if any did not."""
+    import socket
+
+    try:
+        views = app.connection(timeout=timeout).call(p.Wait(tasks=list(tasks)), list[p.TaskView])
+    except socket.timeout:
+        fail(f"tasks still running after {timeout:g} s", Exit.TASK_FAILED)
+    except p.OrchestraError as exc:
+        fail(exc.message, _EXIT_FOR.get(exc.code, Exit.UNAVAILABLE))
+    if as_json:
+        echo_json(views)
+    else:
+        for v in views:
+            click.echo(f"task {v.id} {v.status.value}" + (f": {v.reason}" if v.reason else ""))
+    if any(v.status is not p.Status.SUCCEEDED for v in views):
+        sys.exit(int(Exit.TASK_FAILED))
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def queue(ctx, as_json):
+    """The queue in run order; change a task's priority or remove it."""
+    if ctx.invoked_subcommand is None:
+        tasks = ctx.obj.call(p.Queue(), list[p.TaskView])
+        if as_json:
+            echo_json(tasks)
+        elif tasks:
+            from orchestra.render import table
+
+            click.echo(table(tasks, width=_width()))
+        else:
+            click.echo("the queue is empty", err=True)
+
+
+@queue.command("priority")
+@click.argument("task", type=task_id)
+@click.argument("priority")
+@click.pass_obj
+def queue_priority(app: App, task, priority):
+    """Set a queued task's priority (a number or low/normal/high/urgent)."""
+    try:
+        value = p.parse_priority(priority)
+    except ValueError as exc:
+        fail(str(exc), Exit.BAD_INPUT)
+    view = app.call(p.SetPriority(task=task, priority=value), p.TaskView)
+    click.echo(f"task {view.id} has priority {view.priority}")
+
+
+@queue.command("remove")
+@click.argument("task", type=task_id)
+@click.pass_obj
+def queue_remove(app: App, task):
+    """Take a queued task out of the queue."""
+    app.call(p.Remove(task=task))
+    click.echo(f"task {task} removed")
+
+
+# ---------------------------------------------------------------------------------------
+# config and the daemon
+
+
+@cli.group()
+def config():
+    """Read or change settings (recorded in the daemon's log)."""
+
+
+@config.command("get")
+@click.argument("key", required=False)
+@json_option
+@click.pass_obj
+def config_get(app: App, key, as_json):
+    values = app.call(p.ConfigGet(key=key))
+    if as_json:
+        echo_json(values)
+    else:
+        for name, value in values.items():
+            click.echo(f"{name} = {msgspec.json.encode(value).decode()}")
+
+
+@config.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_obj
+def config_set(app: App, key, value):
+    """VALUE is JSON where it parses as JSON (4, 2.5, null, {"tester": 1}), else text."""
+    try:
+        parsed = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        parsed = value
+    result = app.call(p.ConfigSet(key=key, value=parsed))
+    for name, v in result.items():
+        click.echo(f"{name} = {msgspec.json.encode(v).decode()}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def daemon(ctx):
+    """Run the daemon in the foreground, or start, stop or check it."""
+    if ctx.invoked_subcommand is None:
+        from orchestrad.__main__ import main as daemon_main
+
+        app: App = ctx.obj
+        sys.exit(daemon_main(["--home", str(app.paths.home)] if app.paths.home else []))
+
+
+@daemon.command("start")
+@click.pass_obj
+def daemon_start(app: App):
+    """Start the daemon in the background if it is not running."""
+    from orchestra.client import connect, start_daemon
+    from orchestra.wire import DaemonUnreachable
+
+    try:
+        connect(app.paths, timeout=5).close()
+        click.echo("the daemon is already running")
+        return
+    except DaemonUnreachable:
+        pass
+    try:
+        pid = start_daemon(app.paths)
+    except DaemonUnreachable as exc:
+        fail(str(exc), Exit.UNREACHABLE)
+    click.echo(f"started orchestrad (pid {pid}); socket {app.paths.socket}")
+
+
+@daemon.command("stop")
+@click.pass_obj
+def daemon_stop(app: App):
+    """Stop the daemon; running tasks are stopped and recorded as interrupted."""
+    from orchestra.client import connect
+    from orchestra.wire import DaemonUnreachable
+
+    try:
+        conn = connect(app.paths, timeout=5)
+    except DaemonUnreachable:
+        click.echo("the daemon is not running")
+        return
+    result = conn.call(p.Shutdown())
+    pid = result["stopping"]
+    _wait_gone(conn)
+    click.echo(f"stopped orchestrad (pid {pid})")
+
+
+def _wait_gone(conn) -> None:
+    """The daemon closes every connection last thing before it exits."""
+    conn.sock.settimeout(60)
+    try:
+        while conn.sock.recv(65536):
+            pass
+    except OSError:
+        pass
+    conn.close()
+
+
+@daemon.command("status")
+@json_option
+@click.pass_obj
+def daemon_status(app: App, as_json):
+    """Whether the daemon runs, where, and what it holds."""
+    from orchestra.client import connect
+    from orchestra.wire import DaemonUnreachable
+
+    try:
+        conn = connect(app.paths, timeout=5)
+    except DaemonUnreachable as exc:
+        if as_json:
+            echo_json({"running": False, "socket": str(app.paths.socket)})
+        else:
+            click.echo(f"not running ({exc})")
+        sys.exit(int(Exit.UNREACHABLE))
+    info = conn.call(p.Info(), p.DaemonStatus)
+    if as_json:
+        echo_json({"running": True, **msgspec.structs.asdict(info)})
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(info.counts.items())) or "no tasks"
+        click.echo(f"running: pid {info.pid}, version {info.version}, socket {info.socket}\n{counts}")
+
+
+def main() -> None:
+    cli(prog_name="orchestra")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Where orchestra keeps its files: config, state (the log and snapshots) and the socket.
+
+`ORCHESTRA_HOME` (or `--home` on either command) puts all three under one directory, for
+tests and for running several independent instances. Otherwise the platform's own places are
+used (platformdirs): on Linux `~/.config/orchestra`, `~/.local/state/orchestra` and
+`$XDG_RUNTIME_DIR/orchestra`; where there is no runtime directory, the socket lives in
+`<state>/run` instead of a world-readable temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+APP = "orchestra"
+SOCKET_NAME = "orchestrad.sock"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path | None
+    config: Path
+    state: Path
+    runtime: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.runtime / SOCKET_NAME
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state / "log"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.state / "snapshots"
+
+    @property
+    def lock(self) -> Path:
+        return self.state / "orchestrad.lock"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.state / "orchestrad.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.config / "config.toml"
+
+
+def resolve(home: str | os.PathLike | None = None) -> Paths:
+    """The paths for `home`, or for $ORCHESTRA_HOME, or the platform's defaults."""
+    home = home or os.environ.get("ORCHESTRA_HOME") or None
+    if home is not None:
+        root = Path(home).expanduser().absolute()
+        return Paths(home=root, config=root / "config", state=root / "state", runtime=root / "run")
+    import platformdirs
+
+    config = Path(platformdirs.user_config_dir(APP))
+    state = Path(platformdirs.user_state_dir(APP))
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and Path(xdg).is_dir():
+        runtime = Path(xdg) / APP
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            candidate = Path(platformdirs.user_runtime_dir(APP))
+        # platformdirs falls back to a directory under /tmp, which others can pre-create:
+        # use it only if it is ours already, else keep the socket beside the state.
+        runtime = candidate if _owned_by_us(candidate.parent) else state / "run"
+    return Paths(home=None, config=config, state=state, runtime=runtime)
+
+
+def _owned_by_us(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and (st.st_mode & 0o077) == 0
+
+
+def check_socket_path(path: Path) -> str | None:
+    """A message if `path` is too long to bind a Unix socket to, else None."""
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        return (
+            f"the socket path {path} is longer than {MAX_SOCKET_PATH} bytes, which Unix sockets "
+            "cannot use; set ORCHESTRA_HOME (or --home) to a shorter directory"
+        )
+    return None

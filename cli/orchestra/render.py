@@ -1,0 +1,115 @@
+"""Human-readable renderings of the daemon's answers: tables, task details, durations."""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from orchestra.protocol import TaskView
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def cost(usd: float) -> str:
+    return f"${usd:.2f}" if usd else "-"
+
+
+def doing(task: TaskView) -> str:
+    """What a person most wants to know about the task in one line."""
+    if task.waiting is not None:
+        text = f"asks: {task.waiting.prompt}"
+        if task.waiting.options:
+            text += " [" + " / ".join(f"{i}. {o}" for i, o in enumerate(task.waiting.options, 1)) + "]"
+        return text
+    if task.reason:
+        return f"{task.title} ({task.reason})"
+    return task.title
+
+
+def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
+    headers = ("ID", "STATUS", "ROLE", "AGENT", "PRI", "AFTER", "RUNTIME", "COST", "TASK")
+    rows = [
+        (
+            str(t.id),
+            t.status.value,
+            t.role,
+            t.agent,
+            str(t.priority),
+            ",".join(map(str, t.after)) or "-",
+            duration(t.runtime),
+            cost(t.cost_usd),
+            doing(t),
+        )
+        for t in tasks
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = []
+    for row in [headers, *rows]:
+        fixed = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1]))
+        room = max(20, width - len(fixed) - 2)
+        last = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        lines.append(f"{fixed}  {last}".rstrip())
+    return "\n".join(lines)
+
+
+def details(task: TaskView) -> str:
+    def when(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+    lines = [
+        f"task {task.id}: {task.title}",
+        f"  status     {task.status.value}" + (f" ({task.reason})" if task.reason else ""),
+        f"  role       {task.role}",
+        f"  agent      {task.agent}",
+        f"  priority   {task.priority}",
+        f"  after      {', '.join(map(str, task.after)) or '-'}",
+        f"  cwd        {task.cwd}",
+    ]
+    if task.argv:
+        lines.append(f"  command    {' '.join(task.argv)}")
+    if task.prompt:
+        lines.append(f"  prompt     {task.prompt}")
+    lines += [
+        f"  submitted  {when(task.submitted_at)}",
+        f"  started    {when(task.started_at)}",
+        f"  finished   {when(task.finished_at)}",
+        f"  runtime    {duration(task.runtime)}",
+        f"  attempts   {task.attempts}",
+    ]
+    if task.pid is not None:
+        lines.append(f"  pid        {task.pid}")
+    if task.exit_code is not None or task.signal is not None:
+        lines.append(f"  exit       {task.exit_code if task.signal is None else 'signal ' + str(task.signal)}")
+    limits = [
+        f"timeout {duration(task.timeout)}" if task.timeout else "",
+        f"idle timeout {duration(task.idle_timeout)}" if task.idle_timeout else "",
+        f"budget ${task.budget_usd:.2f}" if task.budget_usd else "",
+    ]
+    if any(limits):
+        lines.append(f"  limits     {', '.join(x for x in limits if x)}")
+    if task.cost_usd or task.input_tokens or task.output_tokens:
+        lines.append(f"  cost       {cost(task.cost_usd)} ({task.input_tokens} tokens in, {task.output_tokens} out)")
+    if task.session_id:
+        lines.append(f"  session    {task.session_id}")
+    if task.env_keys:
+        lines.append(f"  env        {', '.join(task.env_keys)} (values not shown)")
+    lines.append(f"  output     {task.output_bytes} bytes")
+    if task.waiting is not None:
+        w = task.waiting
+        lines.append(f"  waiting    {w.kind}: {w.prompt}")
+        for i, option in enumerate(w.options, 1):
+            lines.append(f"             {i}. {option}")
+        hint = "--allow / --deny" if w.kind == "permission" else '"your answer"'
+        lines.append(f"  answer     orchestra respond {task.id} {hint}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""`orchestrad`: run the daemon in the foreground, or repair or verify its log."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="orchestrad", description="The orchestra daemon (runs in the foreground).")
+    parser.add_argument("--home", help="keep config, state and socket under this directory (default: $ORCHESTRA_HOME or the platform's places)")
+    parser.add_argument("--repair", action="store_true", help="move a damaged part of the log aside, keep the good records before it, and exit")
+    parser.add_argument("--verify", action="store_true", help="replay the whole log and compare it with the state from the snapshots, and exit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from orchestra.paths import resolve
+
+    paths = resolve(args.home)
+    if args.repair:
+        return _repair(paths)
+    if args.verify:
+        return _verify(paths)
+    from orchestrad.daemon import Daemon, run_loop
+
+    daemon = Daemon(paths)
+    return run_loop(daemon.main())
+
+
+def _repair(paths) -> int:
+    from orchestrad.log import repair
+
+    for line in repair(paths.log_dir):
+        print(line)
+    return 0
+
+
+def _verify(paths) -> int:
+    from orchestrad.log import LogCorrupt
+    from orchestrad.store import Store
+
+    try:
+        store = Store.open(paths.log_dir, paths.snapshot_dir)
+    except LogCorrupt as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    notes = store.verify()
+    for line in store.notes + notes:
+        print(line)
+    return 1 if any(n.startswith("MISMATCH") for n in notes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

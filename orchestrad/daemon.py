@@ -1,0 +1,156 @@
+"""The daemon's lifecycle: start-up, serve, graceful shutdown.
+
+start-up  take the home's lock (one daemon per home), open the store (replay, reconcile),
+          replace a stale socket, listen;
+serve     until SIGTERM or SIGINT (the handlers only set a flag) or a Shutdown request;
+shutdown  stop accepting, stop running agents with a grace period (recorded as
+          interrupted), flush the log, write a snapshot, remove the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+from orchestra.paths import Paths, check_socket_path
+from orchestrad.engine import Engine
+from orchestrad.server import Server
+from orchestrad.store import Store
+
+log = logging.getLogger("orchestrad")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_DAMAGED = 2
+EXIT_ALREADY_RUNNING = 3
+
+
+class StartupError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def run_loop(coro) -> int:
+    """Run on uvloop where it is installed, plain asyncio otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on supported platforms
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+class Daemon:
+    def __init__(self, paths: Paths, *, shutdown_grace: float | None = None) -> None:
+        self.paths = paths
+        self.shutdown_grace = shutdown_grace
+        self._stop = asyncio.Event()
+        self._lock_fd: int | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def main(self) -> int:
+        try:
+            store = self._start_up()
+        except StartupError as exc:
+            log.error("%s", exc)
+            return exc.code
+        engine = Engine(store)
+        store.attach()
+        await engine.start()
+        server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
+        sock = self._listen()
+        listener = await asyncio.start_unix_server(server.serve_connection, sock=sock)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+        log.info("orchestrad %s listening on %s (home %s, %d tasks)", os.getpid(), self.paths.socket, self.paths.home or "default", len(store.state.tasks))
+        try:
+            await self._stop.wait()
+        finally:
+            log.info("shutting down")
+            listener.close()
+            grace = self.shutdown_grace if self.shutdown_grace is not None else store.state.config.kill_grace
+            await engine.shutdown(grace)
+            await server.close_connections()
+            await store.close()
+            store.snapshot_now()
+            self._remove_socket()
+            self._release_lock()
+            log.info("stopped")
+        return EXIT_OK
+
+    # -- start-up -----------------------------------------------------------------------
+
+    def _start_up(self) -> Store:
+        paths = self.paths
+        for directory in (paths.state, paths.runtime, paths.config):
+            directory.mkdir(parents=True, exist_ok=True)
+        os.chmod(paths.runtime, 0o700)
+        os.chmod(paths.state, 0o700)
+        problem = check_socket_path(paths.socket)
+        if problem:
+            raise StartupError(problem)
+        self._take_lock()
+        from orchestrad.log import LogCorrupt
+
+        try:
+            store = Store.open(paths.log_dir, paths.snapshot_dir)
+        except LogCorrupt as exc:
+            raise StartupError(f"{exc}", EXIT_DAMAGED) from None
+        for note in store.notes:
+            log.warning("%s", note)
+        return store
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StartupError(
+                f"another orchestrad (pid {pid}) is already running for {self.paths.state}; "
+                "use `orchestra daemon stop` first, or --home for a separate instance",
+                EXIT_ALREADY_RUNNING,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _listen(self) -> socket.socket:
+        """Bind the socket. We hold the lock, so a socket file already there is stale."""
+        path = self.paths.socket
+        if path.exists() or path.is_symlink():
+            log.warning("replacing the stale socket %s left by a daemon that is gone", path)
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        sock.listen(512)
+        sock.setblocking(False)
+        return sock
+
+    def _remove_socket(self) -> None:
+        try:
+            Path(self.paths.socket).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,259 @@
+"""The engine: the single writer. It owns the store (and so the log and the state), runs
+commands through `decide`, records what the supervisor observes, and acts on the
+scheduler's plan. Everything else asks it.
+
+One pass, always the same: decide -> append (the state is folded at once, in log order) ->
+let watchers know -> plan -> start, stop, or set the next timer. A command's caller gets the
+durability future and replies only once it is done. Nothing polls: the engine runs when a
+request arrives, a process writes or exits, or the one timer for the next deadline fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+from orchestra import protocol as p
+from orchestra.protocol import Status
+from orchestrad import decide as d
+from orchestrad import events as ev
+from orchestrad import scheduler
+from orchestrad.agents import Agent, agent_for
+from orchestrad.state import Task
+from orchestrad.store import Item, Store
+from orchestrad.supervisor import SpawnError, Supervisor
+
+log = logging.getLogger(__name__)
+
+
+class Watcher:
+    """One client's subscription to task changes: a set of dirty task ids and a flag.
+
+    The set is bounded by the number of tasks, however slowly the client reads, so a
+    stalled reader costs the daemon a little memory, never a growing queue.
+    """
+
+    def __init__(self) -> None:
+        self.dirty: set[int] = set()
+        self.flag = asyncio.Event()
+
+    def mark(self, tasks: set[int]) -> None:
+        self.dirty |= tasks
+        self.flag.set()
+
+    async def next(self) -> set[int]:
+        await self.flag.wait()
+        self.flag.clear()
+        dirty, self.dirty = self.dirty, set()
+        return dirty
+
+
+class Engine:
+    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time, base_env: dict[str, str] | None = None) -> None:
+        self.store = store
+        self.clock = clock
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)
+        self.watchers: set[Watcher] = set()
+        self.secrets: dict[int, dict[str, str]] = {}  # task -> withheld env values, memory only
+        self._starting: set[int] = set()
+        self._agents: dict[int, Agent] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._accepting = True
+        self.refusal: str | None = None  # why new work is refused (disk full), when it is
+
+    @property
+    def state(self):
+        return self.store.state
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # -- commands -----------------------------------------------------------------------
+
+    async def execute(self, command: p.Request) -> list[ev.Event]:
+        """Decide and record `command`; return its events once they are durable."""
+        if not self._accepting:
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, "the daemon is shutting down; try again once it is back")
+        events = d.decide(self.state, command, self.clock())
+        if isinstance(command, p.Submit) and events:
+            _, secret = d.split_env(command.env)
+            if secret:
+                self.secrets[events[0].task] = secret  # type: ignore[attr-defined]
+        if events:
+            await self.record(events)
+        return events
+
+    def record_nowait(self, items: Sequence[Item]) -> asyncio.Future:
+        """Append `items`, act on them, and return the durability future."""
+        try:
+            durable = self.store.append(self.clock(), items)
+        except OSError as exc:
+            self.refusal = f"the daemon cannot write its log ({exc.strerror or exc}); free disk space, then retry"
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, self.refusal) from exc
+        self.refusal = None
+        changed = {_task_of(item) for item in items} - {None}
+        for item in items:
+            self._act(item[0] if isinstance(item, tuple) else item)
+        if changed:
+            for watcher in self.watchers:
+                watcher.mark(changed)  # type: ignore[arg-type]
+        self.schedule()
+        return durable
+
+    async def record(self, items: Sequence[Item]) -> None:
+        durable = self.record_nowait(items)
+        try:
+            await asyncio.shield(durable)
+        except OSError as exc:
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, f"the log could not be made durable: {exc}") from exc
+
+    def _act(self, event: ev.Event) -> None:
+        """Side effects that follow from a recorded fact."""
+        if isinstance(event, ev.StopRequested):
+            self.supervisor.terminate(event.task, self.state.config.kill_grace)
+        elif isinstance(event, ev.InputGiven):
+            agent = self._agents.get(event.task)
+            task = self.state.tasks.get(event.task)
+            if agent is not None and task is not None:
+                data = agent.answer(task, event)
+                if data:
+                    try:
+                        self.supervisor.write(event.task, data)
+                    except Exception as exc:  # the process went away or stopped reading
+                        log.warning("task %s: could not deliver input: %s", event.task, exc)
+        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskRemoved):
+            self._forget(event.task)
+        elif isinstance(event, ev.TasksPurged):
+            for task in event.tasks:
+                self._forget(task)
+
+    def _forget(self, task: int) -> None:
+        self._agents.pop(task, None)
+        self.secrets.pop(task, None)
+
+    # -- scheduling ---------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        """Act on the plan: record its decisions, start what may start, set the next timer."""
+        if not self._accepting:
+            return
+        now = self.clock()
+        plan = scheduler.plan(self.state, now, starting=self._starting)
+        if plan.events:
+            self.record_nowait(plan.events)  # re-plans, so chains of cancellations settle
+            return
+        for task_id in plan.start:
+            self._starting.add(task_id)
+            asyncio.get_running_loop().create_task(self._start(task_id))
+        self._set_timer(plan.wake_at, now)
+
+    def _set_timer(self, wake_at: float | None, now: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if wake_at is not None:
+            delay = max(0.0, wake_at - now)
+            self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.schedule)
+
+    async def _start(self, task_id: int) -> None:
+        task = self.state.tasks[task_id]
+        agent = agent_for(task.spec.agent)
+        try:
+            argv = agent.command(task, self.state.config)
+            env = {**self.base_env, **task.spec.env, **self.secrets.get(task_id, {})}
+            pid = await self.supervisor.start(task_id, argv, cwd=task.spec.cwd, env=env)
+        except SpawnError as exc:
+            self._starting.discard(task_id)
+            self.record_nowait(d.spawn_failed(self.state, task_id, str(exc)))
+            return
+        except Exception as exc:  # a bug must not leave the task "starting" forever
+            log.exception("task %s: could not start", task_id)
+            self._starting.discard(task_id)
+            self.record_nowait(d.spawn_failed(self.state, task_id, f"could not start: {exc}"))
+            return
+        self._starting.discard(task_id)
+        self._agents[task_id] = agent
+        self.record_nowait([ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=argv)])
+        greeting = agent.greeting(task)
+        if greeting:
+            self.supervisor.write(task_id, greeting)
+
+    # -- observations from the supervisor -----------------------------------------------
+
+    def _on_output(self, task_id: int, stream: str, chunk: bytes) -> None:
+        agent = self._agents.get(task_id)
+        if agent is None or task_id not in self.state.tasks:
+            return
+        items = agent.output(self.state.tasks[task_id], stream, chunk)
+        if items:
+            self._observe(items)
+
+    def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+        if task_id not in self.state.active:
+            return
+        self._observe(d.process_exited(self.state, task_id, pid, exit_code, signal))
+
+    def _observe(self, items: Sequence[Item]) -> None:
+        try:
+            self.record_nowait(items)
+        except p.OrchestraError as exc:
+            log.error("could not record what a process did: %s", exc.message)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reconcile what the log says with reality, then schedule."""
+        from orchestrad.supervisor import kill_process_group
+
+        for task_id in sorted(self.state.active):
+            pid = self.state.tasks[task_id].pid
+            if pid is not None and kill_process_group(pid):
+                log.warning("task %s: killed process group %s left from the previous daemon", task_id, pid)
+        reconciled = d.reconcile(self.state)
+        events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=_version())]
+        await self.record([*events, *reconciled])
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop starting work, stop running agents (recorded as interrupted), flush."""
+        self._accepting = False
+        if self._timer is not None:
+            self._timer.cancel()
+        interrupted = [
+            ev.StopRequested(task=t, outcome=Status.INTERRUPTED, reason="the daemon was shut down while it ran")
+            for t in sorted(self.state.active)
+            if self.state.tasks[t].stopping is None
+        ]
+        if interrupted:
+            self.store.append(self.clock(), interrupted)
+        await self.supervisor.shutdown(grace)
+        # Exits arrive through _on_exit -> record_nowait, which works while not accepting.
+        leftovers = d.reconcile(self.state)
+        if leftovers:
+            self.store.append(self.clock(), leftovers)
+        for watcher in self.watchers:
+            watcher.flag.set()
+
+
+def _task_of(item: Item) -> int | None:
+    event = item[0] if isinstance(item, tuple) else item
+    return getattr(event, "task", None)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("orchestra")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
+
+
+def task_view(engine: Engine, task: Task) -> p.TaskView:
+    from orchestrad.state import view
+
+    return view(task, engine.clock())

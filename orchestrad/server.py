@@ -1,0 +1,350 @@
+"""The RPC server: frames on a Unix socket, one small handler per request.
+
+A connection starts with `Hello` (the protocol version is checked) and then carries one
+request at a time. A request is answered with `Ok` or `Error`; a streaming request (`Logs`
+with follow, `Watch`) with many `Ok` frames and a closing `End`. Bad input never takes the
+daemon down: an undecodable or ill-typed frame gets an `Error` reply and the connection
+carries on; a frame longer than the limit gets an `Error` and the connection is closed,
+since the stream can no longer be trusted. The peer's uid is checked (SO_PEERCRED) before
+anything is read: only the daemon's own user may talk to it.
+
+Streams never buffer without bound: each awaits the socket's drain before producing more,
+log followers pull chunks from the log as they go, and watchers hold only a set of changed
+task ids, so a reader that stalls costs the daemon almost nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import msgspec
+
+from orchestra import protocol as p
+from orchestra.protocol import OrchestraError, Status
+from orchestra.wire import HEADER, encoder, request_decoder
+from orchestrad import scheduler
+from orchestrad.decide import get_task
+from orchestrad.engine import Engine, Watcher
+from orchestrad.state import view
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 30.0
+
+
+class Server:
+    def __init__(self, engine: Engine, *, socket_path: str, home: str, on_shutdown: Callable[[], None]) -> None:
+        self.engine = engine
+        self.socket_path = socket_path
+        self.home = home
+        self.on_shutdown = on_shutdown
+        self.started_at = engine.clock()
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
+            p.Submit: self.submit,
+            p.ListTasks: self.list_tasks,
+            p.Show: self.show,
+            p.Respond: self.change,
+            p.Stop: self.change,
+            p.SetPriority: self.change,
+            p.Remove: self.remove,
+            p.AssignRole: self.assign_role,
+            p.Queue: self.queue,
+            p.Wait: self.wait,
+            p.ConfigGet: self.config_get,
+            p.ConfigSet: self.config_set,
+            p.Info: self.info,
+            p.Shutdown: self.shutdown,
+        }
+        self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
+            p.Logs: self.logs,
+            p.Watch: self.watch,
+        }
+
+    # -- connections --------------------------------------------------------------------
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections[task] = writer
+        try:
+            if not _peer_is_us(writer):
+                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="this daemon serves only its own user"))
+                return
+            await self._converse(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
+            pass
+        except Exception:  # a bug in a handler must not take the daemon down
+            log.exception("connection failed")
+        finally:
+            self.connections.pop(task, None)
+            writer.close()
+
+    async def close_connections(self, timeout: float = 2.0) -> None:
+        """Close every client connection (their handlers see EOF and end), then wait."""
+        for writer in self.connections.values():
+            writer.close()
+        tasks = list(self.connections)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        greeted = False
+        while True:
+            try:
+                body = await asyncio.wait_for(_read_frame(reader), None if greeted else HELLO_TIMEOUT)
+            except asyncio.TimeoutError:
+                return
+            except FrameTooBig as exc:
+                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
+                return
+            if body is None:
+                return
+            try:
+                request = request_decoder.decode(body)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=f"bad request: {exc}"))
+                continue
+            if not greeted:
+                if not isinstance(request, p.Hello):
+                    await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="say Hello first"))
+                    return
+                if request.version != p.PROTOCOL_VERSION:
+                    await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
+                        f"this daemon speaks protocol {p.PROTOCOL_VERSION} and the client {request.version}; "
+                        "use the same orchestra version for both (restart the daemon after upgrading)")))
+                    return
+                greeted = True
+                await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=_version(), pid=os.getpid())))
+                continue
+            await self._dispatch(request, writer)
+
+    async def _dispatch(self, request: p.Request, writer: asyncio.StreamWriter) -> None:
+        stream = self._streams.get(type(request))
+        if stream is not None:
+            try:
+                async for item in stream(request):
+                    await self._send(writer, p.Ok(result=item))
+                await self._send(writer, p.End())
+            except OrchestraError as exc:
+                await self._send(writer, p.End(error=exc.to_reply()))
+            return
+        handler = self._handlers.get(type(request))
+        if handler is None:
+            reply: p.Reply = p.Error(code=p.ErrorCode.BAD_REQUEST, message=f"{type(request).__name__} is not something to ask now")
+        else:
+            try:
+                reply = p.Ok(result=await handler(request))
+            except OrchestraError as exc:
+                reply = exc.to_reply()
+        await self._send(writer, reply)
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, message: p.Reply) -> None:
+        body = encoder.encode(message)
+        writer.write(HEADER.pack(len(body)) + body)
+        await writer.drain()
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def _view(self, task_id: int) -> p.TaskView:
+        return view(get_task(self.engine.state, task_id), self.engine.clock())
+
+    async def submit(self, request: p.Submit) -> p.TaskView:
+        if not os.path.isdir(request.cwd):
+            raise p.bad_request(f"working directory {request.cwd} does not exist")
+        [event] = await self.engine.execute(request)
+        return self._view(event.task)  # type: ignore[attr-defined]
+
+    async def change(self, request: Any) -> p.TaskView:
+        await self.engine.execute(request)
+        return self._view(request.task)
+
+    async def remove(self, request: p.Remove) -> dict:
+        await self.engine.execute(request)
+        return {"removed": request.task}
+
+    async def assign_role(self, request: p.AssignRole) -> dict:
+        task = get_task(self.engine.state, request.task)
+        await self.engine.execute(request)
+        if task.status is Status.QUEUED:
+            note = f"task {task.id} will run as {request.role}"
+        else:
+            note = f"task {task.id} is {task.status.value}; the role {request.role} applies from its next attempt"
+        return {"task": self._view(task.id), "note": note}
+
+    async def list_tasks(self, request: p.ListTasks) -> list[p.TaskView]:
+        now = self.engine.clock()
+        wanted = set(request.status)
+        return [
+            view(t, now)
+            for t in self.engine.state.tasks.values()
+            if (not wanted or t.status in wanted)
+            and (request.role is None or t.role == request.role)
+            and (request.include_finished or not t.status.finished)
+        ]
+
+    async def show(self, request: p.Show) -> p.TaskView:
+        return self._view(request.task)
+
+    async def queue(self, request: p.Queue) -> list[p.TaskView]:
+        now = self.engine.clock()
+        state = self.engine.state
+        return [view(state.tasks[t], now) for t in scheduler.run_order(state)]
+
+    async def wait(self, request: p.Wait) -> list[p.TaskView]:
+        for task_id in request.tasks:
+            get_task(self.engine.state, task_id)
+        watcher = Watcher()
+        self.engine.watchers.add(watcher)
+        try:
+            while not all(self._finished(t) for t in request.tasks):
+                await watcher.next()
+        finally:
+            self.engine.watchers.discard(watcher)
+        return [self._view(t) for t in request.tasks]
+
+    def _finished(self, task_id: int) -> bool:
+        task = self.engine.state.tasks.get(task_id)
+        if task is None:
+            raise p.not_found(f"task {task_id} was removed while you waited for it")
+        return task.status.finished
+
+    async def config_get(self, request: p.ConfigGet) -> Any:
+        config = msgspec.structs.asdict(self.engine.state.config)
+        if request.key is None:
+            return config
+        if request.key not in config:
+            raise p.not_found(f"unknown setting {request.key!r}; known settings: {', '.join(config)}")
+        return {request.key: config[request.key]}
+
+    async def config_set(self, request: p.ConfigSet) -> Any:
+        await self.engine.execute(request)
+        return await self.config_get(p.ConfigGet(key=request.key))
+
+    async def info(self, request: p.Info) -> p.DaemonStatus:
+        counts: dict[str, int] = {}
+        for t in self.engine.state.tasks.values():
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        return p.DaemonStatus(
+            pid=os.getpid(),
+            version=_version(),
+            protocol=p.PROTOCOL_VERSION,
+            home=self.home,
+            socket=self.socket_path,
+            started_at=self.started_at,
+            last_seq=self.engine.state.last_seq,
+            counts=counts,
+        )
+
+    async def shutdown(self, request: p.Shutdown) -> dict:
+        asyncio.get_running_loop().call_soon(self.on_shutdown)
+        return {"stopping": os.getpid()}
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def logs(self, request: p.Logs) -> AsyncIterator[p.LogChunk]:
+        store = self.engine.store
+        task_id = request.task
+        get_task(self.engine.state, task_id)
+        sent = 0
+        if request.tail is not None:
+            sent, last = _tail(store, task_id, request.tail)
+            if last is not None:
+                yield last
+        watcher = Watcher() if request.follow else None
+        if watcher is not None:
+            self.engine.watchers.add(watcher)
+        try:
+            while True:
+                count = store.output_count(task_id)
+                for stream, data in store.output(task_id, sent):
+                    sent += 1
+                    yield p.LogChunk(stream=stream, data=data)
+                    if sent >= count:
+                        break
+                task = self.engine.state.tasks.get(task_id)
+                if watcher is None or task is None or (task.status.finished and sent >= store.output_count(task_id)):
+                    return
+                if sent >= store.output_count(task_id):
+                    await watcher.next()
+        finally:
+            if watcher is not None:
+                self.engine.watchers.discard(watcher)
+
+    async def watch(self, request: p.Watch) -> AsyncIterator[p.TaskView]:
+        engine = self.engine
+        watcher = Watcher()
+        engine.watchers.add(watcher)
+        try:
+            for task in list(engine.state.tasks.values()):
+                if not task.status.finished:
+                    yield view(task, engine.clock())
+            while True:
+                changed = await watcher.next()
+                if not engine.accepting:
+                    return
+                for task_id in sorted(changed):
+                    task = engine.state.tasks.get(task_id)
+                    if task is not None:
+                        yield view(task, engine.clock())
+        finally:
+            engine.watchers.discard(watcher)
+
+
+def _tail(store, task_id: int, lines: int) -> tuple[int, p.LogChunk | None]:
+    """The last `lines` lines of output as one chunk, and the index of the next chunk."""
+    count = store.output_count(task_id)
+    picked: list[bytes] = []
+    stream = "stdout"
+    for index in range(count - 1, -1, -1):
+        stream, data = next(store.output(task_id, index))
+        picked.append(data)
+        if b"".join(reversed(picked)).rstrip(b"\n").count(b"\n") >= lines:
+            break
+    if not picked or lines <= 0:
+        return count, None
+    text = b"".join(reversed(picked)).splitlines(keepends=True)[-lines:]
+    return count, p.LogChunk(stream=stream, data=b"".join(text))
+
+
+class FrameTooBig(Exception):
+    pass
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        header = await reader.readexactly(HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise
+        return None
+    (size,) = HEADER.unpack(header)
+    if size > p.MAX_FRAME:
+        raise FrameTooBig(f"frame of {size} bytes is over the limit of {p.MAX_FRAME}; closing the connection")
+    return await reader.readexactly(size)
+
+
+_PEERCRED = struct.Struct("3i")
+
+
+def _peer_is_us(writer: asyncio.StreamWriter) -> bool:
+    sock = writer.get_extra_info("socket")
+    if sock is None or not hasattr(socket, "SO_PEERCRED"):
+        return True  # platforms without SO_PEERCRED rely on the 0700 directory and 0600 socket
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    _pid, uid, _gid = _PEERCRED.unpack(creds)
+    return uid == os.getuid()
+
+
+def _version() -> str:
+    from orchestrad.engine import _version as v
+
+    return v()
