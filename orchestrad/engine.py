@@ -24,7 +24,7 @@ from orchestrad import scheduler
 from orchestrad.agents import Agent, agent_for
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
-from orchestrad.supervisor import SpawnError, Supervisor
+from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class Engine:
                 if data:
                     try:
                         self.supervisor.write(event.task, data)
-                    except Exception as exc:  # the process went away or stopped reading
+                    except WriteError as exc:  # the process went away or stopped reading
                         log.warning("task %s: could not deliver input: %s", event.task, exc)
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskRemoved):
             self._forget(event.task)
@@ -181,7 +181,10 @@ class Engine:
         self.record_nowait([ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=argv)])
         greeting = agent.greeting(task)
         if greeting:
-            self.supervisor.write(task_id, greeting)
+            try:
+                self.supervisor.write(task_id, greeting)
+            except WriteError as exc:  # it exited at once; its exit tells the rest
+                log.warning("task %s: could not write its first input: %s", task_id, exc)
 
     # -- observations from the supervisor -----------------------------------------------
 

@@ -157,12 +157,14 @@ def test_bad_frames_get_errors_while_another_client_keeps_working(daemon):
     assert reply["code"] == "protocol" and "over the limit" in reply["message"]
     assert raw.recv(10) == b""  # closed after an oversized frame
     assert good.call(p.Info(), p.DaemonStatus).pid > 0
+    raw.close()
+    good.close()
 
 
 def test_wrong_protocol_version_gets_a_clear_error(daemon):
-    conn = Connection(str(daemon.paths.socket))
-    with pytest.raises(p.OrchestraError, match="protocol 1 and the client 99"):
-        conn.call(p.Hello(version=99))
+    with Connection(str(daemon.paths.socket)) as conn:
+        with pytest.raises(p.OrchestraError, match="protocol 1 and the client 99"):
+            conn.call(p.Hello(version=99))
 
 
 def test_second_daemon_refused_and_stale_socket_replaced(daemon):

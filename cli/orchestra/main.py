@@ -52,6 +52,11 @@ class App:
         self.autostart = autostart
         self._conn = None
 
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     def connection(self, *, timeout: float | None = 30.0):
         from orchestra.client import connect_or_start
         from orchestra.wire import DaemonUnreachable
@@ -96,6 +101,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON f
 def cli(ctx: click.Context, home: str | None, no_autostart: bool) -> None:
     """Run a team of coding agents: queue tasks, watch them, answer them."""
     ctx.obj = App(home, autostart=not no_autostart)
+    ctx.call_on_close(ctx.obj.close)
 
 
 def task_id(value: str) -> int:

@@ -1,0 +1,462 @@
+"""Start, feed and stop child processes; report their output and their exits.
+
+Process mechanics only: this module knows nothing of events, logs or state. The engine
+calls `Supervisor.start`, `write`, `close_stdin`, `terminate` and `shutdown`; the
+supervisor calls back `on_output(task_id, stream, chunk)` and, once per process,
+`on_exit(task_id, pid, exit_code, signal)`. Nothing here blocks or polls: it wakes when a
+pipe is readable, when a process exits (asyncio's child watcher, or libuv's under uvloop)
+and when one of its timers fires.
+
+Process groups. Every child starts in a session of its own, so its process group id is its
+pid, and a signal sent to the group reaches everything it started that stayed in the
+group. `terminate` sends SIGTERM to the group at once and SIGKILL to the group after the
+grace period if the child has not exited by then. When the child has exited, the group is
+sent SIGKILL too, so no member outlives it.
+
+Escaped grandchildren. A grandchild that calls setsid() leaves the group and cannot be
+signalled through it; if it inherited our stdout or stderr, those pipes stay open after
+the child has gone. So once the child has been reaped, the supervisor waits at most
+`EOF_GRACE` seconds for end-of-file on both pipes, then closes its own ends (flushing what
+it has read) and reports the exit anyway. The escaped process is left alone: it is not in
+our group, and may not be ours to kill.
+
+Output. stdout and stderr are read concurrently, in large reads, and each is coalesced on
+its own: a chunk is delivered when `coalesce_bytes` have gathered, or `coalesce_delay`
+seconds after the first byte of the chunk arrived, whichever comes first, and whatever
+is left is delivered at end-of-file. Chunks are raw bytes, never longer than
+`coalesce_bytes`, cut wherever the limit falls (not at line ends), so a stream without a
+newline costs no more memory than one with. Splitting into lines is the reader's job.
+
+Order of callbacks. Nothing is reported for a process before `start` has returned its
+pid; `on_exit` comes after the last `on_output` of both streams, exactly once.
+
+Input. `write` hands bytes to the stdin pipe without waiting. A child that does not read
+its input can have at most `STDIN_LIMIT` bytes waiting for it; beyond that `write`
+raises `WriteError` rather than buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+
+__all__ = ["EOF_GRACE", "STDIN_LIMIT", "SpawnError", "Supervisor", "WriteError", "kill_process_group"]
+
+EOF_GRACE = 1.0
+"""Seconds to wait for end-of-file on stdout and stderr once the child has been reaped."""
+
+STDIN_LIMIT = 1 << 20
+"""Bytes that may wait in a child's stdin buffer before `write` refuses more."""
+
+_STREAMS = {1: "stdout", 2: "stderr"}
+
+OutputCallback = Callable[[int, str, bytes], None]
+ExitCallback = Callable[[int, int, int | None, int | None], None]
+
+
+class SpawnError(Exception):
+    """A process could not be started. The message is written for a person."""
+
+
+class WriteError(Exception):
+    """Input could not be handed to a process. The message is written for a person."""
+
+
+class Supervisor:
+    """Runs one process per task id and reports what they do through two callbacks.
+
+    `max_line_buffer` is not used here (output is delivered as raw chunks, not lines); it
+    is kept so that the limit for line-splitting readers is configured in one place.
+    """
+
+    def __init__(
+        self,
+        *,
+        on_output: OutputCallback,
+        on_exit: ExitCallback,
+        coalesce_bytes: int = 64 * 1024,
+        coalesce_delay: float = 0.05,
+        max_line_buffer: int = 1 << 20,
+    ) -> None:
+        if coalesce_bytes < 1:
+            raise ValueError("coalesce_bytes must be at least 1")
+        if coalesce_delay < 0:
+            raise ValueError("coalesce_delay must not be negative")
+        self.on_output = on_output
+        self.on_exit = on_exit
+        self.coalesce_bytes = coalesce_bytes
+        self.coalesce_delay = coalesce_delay
+        self.max_line_buffer = max_line_buffer
+        self._procs: dict[int, _Process] = {}
+        self._closing = False
+
+    async def start(self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True) -> int:
+        """Start `argv` in `cwd` with exactly `env`, in a new session; return its pid.
+
+        stdin is a pipe (see `write`) when `stdin` is true, else /dev/null.
+        """
+        if self._closing:
+            raise SpawnError("not starting new processes: the supervisor is shutting down")
+        if not argv:
+            raise SpawnError("nothing to run: the command is empty")
+        if task_id in self._procs:
+            raise SpawnError(f"task {task_id} already has a process running (pid {self._procs[task_id].pid})")
+        _check_cwd(cwd)
+        loop = asyncio.get_running_loop()
+        proc = _Process(self, loop, task_id, stdin)
+        self._procs[task_id] = proc
+        try:
+            await loop.subprocess_exec(
+                lambda: proc,
+                *argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except (OSError, ValueError) as exc:
+            proc.abandon()
+            raise _spawn_error(exc, argv[0], cwd, env) from exc
+        except BaseException:  # cancelled while starting: leave nothing behind
+            proc.abandon()
+            raise
+        loop.call_soon(proc.release)  # callbacks may flow once our caller has the pid
+        return proc.pid
+
+    def write(self, task_id: int, data: bytes) -> None:
+        """Queue `data` for the process's stdin without waiting for it to be read."""
+        proc = self._procs.get(task_id)
+        if proc is None or proc.returncode is not None:
+            raise WriteError(f"cannot send input to task {task_id}: it has no running process")
+        proc.write(data)
+
+    def close_stdin(self, task_id: int) -> None:
+        """Close the process's stdin once what was written has been delivered. Idempotent."""
+        proc = self._procs.get(task_id)
+        if proc is not None:
+            proc.close_stdin()
+
+    def terminate(self, task_id: int, grace: float) -> None:
+        """SIGTERM the process group now, SIGKILL it after `grace` seconds if the process
+        is still alive. Idempotent: a second call never postpones the SIGKILL, but an
+        earlier deadline wins."""
+        proc = self._procs.get(task_id)
+        if proc is not None:
+            proc.terminate(grace)
+
+    def pids(self) -> dict[int, int]:
+        """task_id -> pid of every process that is running (started and not yet reaped)."""
+        return {t: p.pid for t, p in self._procs.items() if p.pid and p.returncode is None}
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new processes, terminate all (SIGKILL after `grace`), and return once
+        every `on_exit` has been called."""
+        self._closing = True
+        procs = list(self._procs.values())
+        for proc in procs:
+            proc.terminate(grace)
+        await asyncio.gather(*(proc.reported for proc in procs))
+
+    # -- called by _Process ----------------------------------------------------------
+
+    def _forget(self, proc: _Process) -> None:
+        if self._procs.get(proc.task_id) is proc:
+            del self._procs[proc.task_id]
+
+
+def kill_process_group(pgid: int) -> bool:
+    """SIGKILL the process group `pgid`, left over from a previous daemon.
+
+    True if there was such a group and it was signalled (a group whose members are all
+    zombies still counts); False if there is none, or it belongs to someone else and so is
+    not ours to kill. Refuses (ValueError) our own group and the ids 0 and 1.
+    """
+    if pgid <= 1 or pgid == os.getpgrp():
+        raise ValueError(f"refusing to kill process group {pgid}")
+    return _signal_group(pgid, signal.SIGKILL)
+
+
+class _Process(asyncio.SubprocessProtocol):
+    """One child: its pipes, its output buffers, its timers, and when to report its exit."""
+
+    def __init__(self, supervisor: Supervisor, loop: asyncio.AbstractEventLoop, task_id: int, stdin: bool) -> None:
+        self.sup = supervisor
+        self.loop = loop
+        self.task_id = task_id
+        self.has_stdin = stdin
+        self.pid = 0
+        self.transport: asyncio.SubprocessTransport | None = None
+        self.returncode: int | None = None
+        self.open_streams = set(_STREAMS)
+        self.buffers = {fd: bytearray() for fd in _STREAMS}
+        self.flush_timers: dict[int, asyncio.TimerHandle] = {}
+        self.kill_timer: asyncio.TimerHandle | None = None
+        self.kill_deadline: float | None = None
+        self.pending_grace: float | None = None  # terminate() before the pid was known
+        self.terminating = False
+        self.eof_timer: asyncio.TimerHandle | None = None
+        self.stdin_open = stdin
+        self.held: list[tuple[Callable[..., None], tuple]] | None = []  # until start() returns
+        self.finished = False
+        self.reported: asyncio.Future[None] = loop.create_future()
+
+    # -- asyncio protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.pid = transport.get_pid()
+        if self.pending_grace is not None:
+            self.terminate(self.pending_grace)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd not in self.open_streams:
+            return
+        buf = self.buffers[fd]
+        buf += data
+        limit = self.sup.coalesce_bytes
+        if len(buf) >= limit:
+            self._cancel_flush(fd)
+            while len(buf) >= limit:
+                chunk = bytes(buf[:limit])
+                del buf[:limit]
+                self._emit(fd, chunk)
+        if buf and fd not in self.flush_timers:
+            self.flush_timers[fd] = self.loop.call_later(self.sup.coalesce_delay, self._flush, fd)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 0:
+            self.stdin_open = False
+        elif fd in self.open_streams:
+            self._close_stream(fd)
+            self._maybe_finish()
+
+    def process_exited(self) -> None:
+        assert self.transport is not None
+        self.returncode = self.transport.get_returncode()
+        if self.kill_timer is not None:
+            self.kill_timer.cancel()
+            self.kill_timer = None
+        _signal_group(self.pid, signal.SIGKILL)  # members it left behind in its group
+        if self.open_streams and not self.finished:
+            # Something outside the group may still hold the pipes: do not wait forever.
+            self.eof_timer = self.loop.call_later(EOF_GRACE, self._abandon_streams)
+        self._maybe_finish()
+
+    # -- what the supervisor asks ----------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.has_stdin:
+            raise WriteError(f"cannot send input to task {self.task_id}: it was started without an input pipe")
+        pipe = self._stdin_pipe()
+        if pipe is None:
+            raise WriteError(f"cannot send input to task {self.task_id}: its input is closed")
+        pending = pipe.get_write_buffer_size()
+        if pending and pending + len(data) > STDIN_LIMIT:
+            raise WriteError(
+                f"cannot send input to task {self.task_id}: it is not reading its input "
+                f"({pending} bytes are still waiting; the limit is {STDIN_LIMIT})"
+            )
+        pipe.write(data)
+
+    def close_stdin(self) -> None:
+        pipe = self._stdin_pipe()
+        self.stdin_open = False
+        if pipe is not None:
+            pipe.close()  # after what is buffered has been written
+
+    def terminate(self, grace: float) -> None:
+        if self.finished or self.returncode is not None:
+            return
+        if not self.pid:
+            self.pending_grace = grace if self.pending_grace is None else min(grace, self.pending_grace)
+            return
+        if not self.terminating:
+            self.terminating = True
+            _signal_group(self.pid, signal.SIGTERM)
+        deadline = self.loop.time() + max(0.0, grace)
+        if self.kill_deadline is None or deadline < self.kill_deadline:
+            if self.kill_timer is not None:
+                self.kill_timer.cancel()
+            self.kill_deadline = deadline
+            self.kill_timer = self.loop.call_at(deadline, self._kill)
+
+    def release(self) -> None:
+        """start() has returned: deliver what was held back, and stop holding."""
+        held, self.held = self.held, None
+        for fn, args in held or ():
+            self._call(fn, *args)
+
+    def abandon(self) -> None:
+        """start() failed or was cancelled: make sure nothing is left running or open."""
+        self.finished = True
+        self.sup._forget(self)
+        for timer in (*self.flush_timers.values(), self.kill_timer, self.eof_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.transport is not None:
+            if self.returncode is None:
+                _signal_group(self.pid, signal.SIGKILL)
+            self.transport.close()
+        if not self.reported.done():
+            self.reported.set_result(None)
+
+    # -- inside ----------------------------------------------------------------------
+
+    def _stdin_pipe(self) -> asyncio.WriteTransport | None:
+        if not self.stdin_open or self.transport is None:
+            return None
+        pipe = self.transport.get_pipe_transport(0)
+        if pipe is None or pipe.is_closing():
+            return None
+        return pipe  # type: ignore[return-value]
+
+    def _kill(self) -> None:
+        self.kill_timer = None
+        if self.returncode is None:
+            _signal_group(self.pid, signal.SIGKILL)
+
+    def _flush(self, fd: int) -> None:
+        self._cancel_flush(fd)
+        buf = self.buffers[fd]
+        if buf:
+            chunk = bytes(buf)
+            buf.clear()
+            self._emit(fd, chunk)
+
+    def _cancel_flush(self, fd: int) -> None:
+        timer = self.flush_timers.pop(fd, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _close_stream(self, fd: int) -> None:
+        self._flush(fd)
+        self.open_streams.discard(fd)
+
+    def _abandon_streams(self) -> None:
+        self.eof_timer = None
+        assert self.transport is not None
+        for fd in sorted(self.open_streams):
+            self._close_stream(fd)
+            pipe = self.transport.get_pipe_transport(fd)
+            if pipe is not None:
+                pipe.close()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.finished or self.returncode is None or self.open_streams:
+            return
+        self.finished = True
+        if self.eof_timer is not None:
+            self.eof_timer.cancel()
+            self.eof_timer = None
+        assert self.transport is not None
+        stdin = self.transport.get_pipe_transport(0)
+        if stdin is not None and (not stdin.is_closing() or stdin.get_write_buffer_size()):
+            stdin.abort()  # nobody is left to read what it still holds
+        self.transport.close()
+        self.sup._forget(self)
+        rc = self.returncode
+        code, sig = (rc, None) if rc >= 0 else (None, -rc)
+        self._deliver(self._report_exit, code, sig)
+
+    def _report_exit(self, code: int | None, sig: int | None) -> None:
+        try:
+            self.sup.on_exit(self.task_id, self.pid, code, sig)
+        finally:
+            self.reported.set_result(None)
+
+    def _emit(self, fd: int, chunk: bytes) -> None:
+        self._deliver(self.sup.on_output, self.task_id, _STREAMS[fd], chunk)
+
+    def _deliver(self, fn: Callable[..., None], *args: object) -> None:
+        if self.held is not None:
+            self.held.append((fn, args))
+        else:
+            self._call(fn, *args)
+
+    def _call(self, fn: Callable[..., None], *args: object) -> None:
+        # A failing callback must not break the bookkeeping of this process or others.
+        try:
+            fn(*args)
+        except Exception as exc:
+            self.loop.call_exception_handler(
+                {"message": f"supervisor callback for task {self.task_id} failed", "exception": exc}
+            )
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    if pgid <= 1:
+        return False
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _check_cwd(cwd: str) -> None:
+    if not os.path.isdir(cwd):
+        if os.path.exists(cwd):
+            raise SpawnError(f"working directory {cwd} is not a directory")
+        raise SpawnError(f"working directory {cwd} does not exist")
+    if not os.access(cwd, os.X_OK):
+        raise SpawnError(f"working directory {cwd} cannot be entered (permission denied)")
+
+
+def _spawn_error(exc: OSError | ValueError, program: str, cwd: str, env: dict[str, str]) -> SpawnError:
+    """Say, for a person, why `program` did not start."""
+    if isinstance(exc, ValueError):
+        return SpawnError(f"cannot start {program!r}: {exc}")
+    try:
+        _check_cwd(cwd)  # it may have gone away since the first check
+    except SpawnError as gone:
+        return gone
+    search = env.get("PATH", os.defpath)
+    if "/" in program:
+        path: str | None = os.path.normpath(os.path.join(cwd, program))
+    else:
+        path = _find_on_path(program, search)
+    if isinstance(exc, FileNotFoundError):
+        if path is None:
+            return SpawnError(f"no such program: {program!r} (not on PATH)")
+        if not os.path.exists(path):
+            return SpawnError(f"no such program: {path} (no such file)")
+        interpreter = _interpreter(path)
+        if interpreter is not None:
+            return SpawnError(f"cannot run {path}: its interpreter {interpreter} does not exist (see its #! line)")
+        return SpawnError(f"cannot run {path}: {exc.strerror}")
+    if isinstance(exc, PermissionError):
+        if path is not None and os.path.isdir(path):
+            return SpawnError(f"not executable: {path} (it is a directory)")
+        return SpawnError(f"not executable: {path or program}")
+    return SpawnError(f"cannot start {path or program!r}: {exc.strerror or exc}")
+
+
+def _find_on_path(program: str, search: str) -> str | None:
+    """The file exec would have tried: the first executable, else the first that exists."""
+    found = shutil.which(program, path=search)
+    if found is not None:
+        return found
+    for directory in search.split(os.pathsep):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def _interpreter(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = first[2:].split()
+    return os.fsdecode(words[0]) if words else None
