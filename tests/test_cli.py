@@ -1,0 +1,127 @@
+"""The `orchestra` CLI against a real daemon: output, --json, and exit codes that mean something."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from orchestra.main import Exit
+from orchestra.protocol import FINISHED
+from tests.daemon import Daemon, wait_for
+
+
+def test_submit_prints_the_id_and_ps_json_has_the_fields(daemon):
+    first = daemon.cli("submit", "--title", "gate", "--", sys.executable, "-c", "input()")
+    assert first.exit_code == 0 and first.output.strip() == "1"
+    second = daemon.cli("submit", "--priority", "high", "--after", "1", "--role", "tester", "--", "echo", "hi")
+    assert second.output.strip() == "2"
+    rows = json.loads(daemon.cli("ps", "--json").output)
+    assert [r["id"] for r in rows] == [1, 2]
+    for key in ("id", "status", "role", "agent", "priority", "after"):
+        assert key in rows[1]
+    assert rows[1]["priority"] == 10 and rows[1]["after"] == [1] and rows[1]["role"] == "tester"
+    assert rows[1]["agent"] == "command" and rows[1]["status"] == "queued"
+    table = daemon.cli("ps").output
+    assert "STATUS" in table and "gate" in table
+    only = json.loads(daemon.cli("ps", "--json", "--role", "tester").output)
+    assert [r["id"] for r in only] == [2]
+    daemon.cli("respond", "1", "go")
+    assert daemon.cli("wait", "1", "2").exit_code == 0
+    assert daemon.cli("logs", "2").output == "hi\n"
+
+
+def test_exit_codes(daemon):
+    assert daemon.cli("show", "99").exit_code == Exit.NOT_FOUND
+    bad = daemon.cli("submit", "--priority", "soonish", "--", "true")
+    assert bad.exit_code == Exit.BAD_INPUT and "soonish" in bad.output
+    assert daemon.cli("submit", "--role", "chef", "--", "true").exit_code == Exit.BAD_INPUT
+    done = daemon.cli("submit", "--", "true").output.strip()
+    assert daemon.cli("wait", done).exit_code == 0
+    conflict = daemon.cli("queue", "remove", done)
+    assert conflict.exit_code == Exit.CONFLICT and "no longer in the queue" in conflict.output
+    failing = daemon.cli("submit", "--", "false").output.strip()
+    result = daemon.cli("wait", failing)
+    assert result.exit_code == Exit.TASK_FAILED and "exited with code 1" in result.output
+
+
+def test_errors_are_one_line_with_what_to_do(daemon):
+    result = daemon.run_cli("respond", "7", "hello")
+    assert result.returncode == Exit.NOT_FOUND
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("orchestra: no task 7") and "orchestra ps" in result.stderr
+
+
+def test_unreachable_daemon_exit_code():
+    home = Path(tempfile.mkdtemp(prefix="orc-"))
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestra.main", "--home", str(home), "--no-autostart", "ps"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == Exit.UNREACHABLE
+    assert "no daemon is listening" in result.stderr and "orchestra daemon start" in result.stderr
+
+
+def test_a_client_that_finds_no_daemon_starts_one():
+    d = Daemon()
+    d.env.pop("ORCHESTRA_NO_AUTOSTART")
+    try:
+        result = d.run_cli("submit", "--", "echo", "auto")
+        assert result.returncode == 0, result.stderr
+        assert "starting one" in result.stderr
+        task = int(result.stdout)
+        assert d.wait_status(task, *FINISHED).exit_code == 0
+        status = d.run_cli("daemon", "status")
+        assert status.returncode == 0 and "running: pid" in status.stdout
+        stopped = d.run_cli("daemon", "stop")
+        assert stopped.returncode == 0 and "stopped orchestrad" in stopped.stdout
+        assert d.run_cli("daemon", "status").returncode == Exit.UNREACHABLE
+    finally:
+        d.run_cli("daemon", "stop")
+        d.cleanup()
+
+
+def test_daemon_start_is_idempotent():
+    d = Daemon()
+    try:
+        started = d.run_cli("daemon", "start")
+        assert started.returncode == 0 and "started orchestrad" in started.stdout
+        again = d.run_cli("daemon", "start")
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        d.run_cli("daemon", "stop")
+        d.cleanup()
+
+
+def test_queue_order_priority_and_remove(daemon):
+    daemon.cli("config", "set", "max_concurrent", "1")
+    gate = daemon.cli("submit", "--", sys.executable, "-c", "input()").output.strip()
+    wait_for(lambda: json.loads(daemon.cli("show", "--json", gate).output)["status"] == "running")
+    a = daemon.cli("submit", "--", "true").output.strip()
+    b = daemon.cli("submit", "--", "true").output.strip()
+    assert daemon.cli("queue", "priority", b, "urgent").output.strip() == f"task {b} has priority 20"
+    order = [t["id"] for t in json.loads(daemon.cli("queue", "--json").output)]
+    assert order == [int(b), int(a)]
+    assert daemon.cli("queue", "remove", a).exit_code == 0
+    assert [t["id"] for t in json.loads(daemon.cli("queue", "--json").output)] == [int(b)]
+    assert daemon.cli("stop", gate).exit_code == 0
+
+
+def test_config_get_and_set(daemon):
+    assert daemon.cli("config", "set", "role_limits", '{"tester": 1}').output.strip() == 'role_limits = {"tester":1}'
+    assert json.loads(daemon.cli("config", "get", "--json").output)["role_limits"] == {"tester": 1}
+    bad = daemon.cli("config", "set", "max_concurrent", "zero")
+    assert bad.exit_code == Exit.BAD_INPUT and "at least 1" in bad.output
+
+
+def test_show_and_logs_of_stderr(daemon):
+    task = daemon.cli("submit", "--timeout", "30", "--env", "A=1", "--", "sh", "-c", "echo to-err >&2").output.strip()
+    daemon.cli("wait", task)
+    shown = daemon.cli("show", task).output
+    assert "succeeded" in shown and "timeout 30.0s" in shown and "env        A" in shown
+    assert daemon.cli("logs", task).output == "to-err\n"
+    assert json.loads(daemon.cli("logs", "--json", task).output) == [{"stream": "stderr", "text": "to-err\n"}]
+    bad_env = daemon.cli("submit", "--env", "NOEQUALS", "--", "true")
+    assert bad_env.exit_code == Exit.BAD_INPUT and "NAME=VALUE" in bad_env.output
