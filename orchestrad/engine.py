@@ -207,6 +207,22 @@ class Engine:
         except p.OrchestraError as exc:
             log.error("could not record what a process did: %s", exc.message)
 
+    # -- retention ----------------------------------------------------------------------
+
+    async def cleanup(self) -> p.CleanupResult:
+        """Purge finished tasks past the retention, snapshot, and drop segments behind it."""
+        events = d.purge(self.state, self.clock())
+        if events:
+            await self.record(events)
+        await self.store.snapshot_settled()
+        self.store.snapshot_now()
+        segments, freed = self.store.compact()
+        return p.CleanupResult(
+            purged=events[0].tasks if events else [],  # type: ignore[attr-defined]
+            segments_removed=segments,
+            bytes_freed=freed,
+        )
+
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -59,6 +59,7 @@ class Server:
             p.ConfigGet: self.config_get,
             p.ConfigSet: self.config_set,
             p.Info: self.info,
+            p.Cleanup: self.cleanup,
             p.Shutdown: self.shutdown,
         }
         self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
@@ -243,6 +244,9 @@ class Server:
             last_seq=self.engine.state.last_seq,
             counts=counts,
         )
+
+    async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
+        return await self.engine.cleanup()
 
     async def shutdown(self, request: p.Shutdown) -> dict:
         asyncio.get_running_loop().call_soon(self.on_shutdown)

@@ -100,10 +100,30 @@ class Store:
         loop = asyncio.get_running_loop()
         self._snapshot_task = loop.run_in_executor(None, self.snapshots.write, seq, payload)
 
+    async def snapshot_settled(self) -> None:
+        """Wait for a snapshot being written in the background, if any."""
+        if self._snapshot_task is not None:
+            await asyncio.shield(self._snapshot_task)
+
     def snapshot_now(self) -> None:
         """Synchronously (at shutdown, after the log is flushed)."""
         self.snapshots.write(self.state.last_seq, to_snapshot(self.state))
         self._since_snapshot = 0
+
+    def compact(self) -> tuple[int, int]:
+        """Drop the oldest segments that nothing needs any more: every record in them is
+        covered by the newest snapshot, and no task still in the state has output there.
+        Call right after `snapshot_now`. Returns (segments removed, bytes freed)."""
+        if len(self.log.segments()) < 2:
+            return 0, 0
+        keep_from = self.state.last_seq + 1
+        for task_id in self.state.outputs:
+            for ref in output_refs(self.state, task_id):
+                keep_from = min(keep_from, ref.segment)
+                break  # a task's first chunk is its oldest
+        before = _size(self.log.directory)
+        removed = self.log.drop_segments_before(keep_from)
+        return len(removed), before - _size(self.log.directory)
 
     # -- reading ------------------------------------------------------------------------
 
@@ -133,6 +153,10 @@ class Store:
         else:
             notes.append(f"ok: replaying {replayed.last_seq} records gives the live state")
         return notes
+
+
+def _size(directory: Path) -> int:
+    return sum(f.stat().st_size for f in directory.glob("*.seg"))
 
 
 def replay_log(log_: Log, state: State) -> State:

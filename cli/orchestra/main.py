@@ -396,6 +396,19 @@ def config_set(app: App, key, value):
         click.echo(f"{name} = {msgspec.json.encode(v).decode()}")
 
 
+@cli.command()
+@json_option
+@click.pass_obj
+def cleanup(app: App, as_json):
+    """Forget finished tasks older than the retention (config retention_days) and free
+    the log space only they used."""
+    result = app.call(p.Cleanup(), p.CleanupResult)
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(f"purged {len(result.purged)} finished task(s); removed {result.segments_removed} log segment(s), {result.bytes_freed:,} bytes")
+
+
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def daemon(ctx):

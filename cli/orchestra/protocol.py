@@ -191,6 +191,12 @@ class ConfigSet(Request):
     value: ConfigValue
 
 
+class Cleanup(Request):
+    """Purge finished tasks older than the retention, then compact the log behind them."""
+
+    pass
+
+
 class Info(Request):
     """The daemon's own status (pid, uptime, counts)."""
 
@@ -218,6 +224,7 @@ AnyRequest = Union[
     ConfigGet,
     ConfigSet,
     Info,
+    Cleanup,
     Shutdown,
 ]
 
@@ -341,6 +348,12 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     last_seq: int
     counts: dict[str, int]
+
+
+class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):
+    purged: list[int]
+    segments_removed: int
+    bytes_freed: int
 
 
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,0 +1,165 @@
+"""Snapshot files: the daemon's state at some seq, so a restart need not replay everything.
+
+A snapshot is an optimisation, never a source of truth: the log can always rebuild the
+state. So a damaged snapshot is skipped with a warning rather than stopping the daemon,
+and the store keeps the newest two, so that one damaged file still leaves a recent one.
+
+The payload is opaque bytes (the caller encodes the state). File format, version 1,
+little-endian, named ``snap-<seq, 20 digits>.bin``::
+
+    8s  magic     b"ORCHSNP\\x00"
+    u16 version   1
+    u16 reserved  0
+    u64 seq       the last log record the state includes
+    u64 length    of the payload
+    u32 crc       zlib.crc32 of the 28 bytes above + the payload
+    payload
+
+A snapshot is written to a temporary file, fsynced, renamed into place and the directory
+fsynced, so a crash leaves either the whole new file or none of it. A leftover temporary
+file is never read, and the next write removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+__all__ = ["SnapshotStore"]
+
+MAGIC = b"ORCHSNP\x00"
+FORMAT_VERSION = 1
+KEEP = 2
+
+_HEADER = struct.Struct("<8sHHQQI")
+_NAME = re.compile(r"^snap-(\d{20})\.bin$")
+_TEMP = re.compile(r"^\.snap-\d{20}\.bin\.tmp$")
+DISCARDED_DIR = "discarded"
+
+
+class SnapshotStore:
+    """The snapshots in one directory. One writer (the daemon)."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.warnings: list[str] = []
+
+    def write(self, seq: int, payload: bytes) -> Path:
+        """Store `payload` as the state at `seq`, atomically; keep only the newest two."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self._path(seq)
+        temp = self.directory / f".{path.name}.tmp"
+        head = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, seq, len(payload), 0)[:-4]
+        crc = zlib.crc32(payload, zlib.crc32(head))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(head)
+                f.write(struct.pack("<I", crc))
+                f.write(payload)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.directory)
+        self._prune()
+        return path
+
+    def all(self) -> list[int]:
+        """The seqs of the snapshot files present, oldest first (not checked)."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
+
+    def latest(self) -> tuple[int, bytes] | None:
+        """The newest snapshot that checks out, as (seq, payload), or None.
+
+        A damaged one is skipped and a warning saying so is added to `self.warnings`.
+        """
+        for seq in reversed(self.all()):
+            path = self._path(seq)
+            try:
+                return seq, _read(path, seq)
+            except (OSError, _Damaged) as exc:
+                self.warnings.append(
+                    f"snapshot {path} is unusable ({exc}); ignoring it and using "
+                    f"an older snapshot or none: the state is rebuilt from the log instead"
+                )
+        return None
+
+    def discard_after(self, seq: int) -> list[Path]:
+        """Move snapshots newer than `seq` into ``discarded/`` (after a repair cut the log).
+
+        A snapshot past the end of the log describes records that no longer exist, so it
+        must not be loaded; it is moved, not deleted, in case a person wants it.
+        """
+        moved = []
+        target_dir = self.directory / DISCARDED_DIR
+        for s in self.all():
+            if s > seq:
+                target_dir.mkdir(mode=0o700, exist_ok=True)
+                target = _unused_name(target_dir / self._path(s).name)
+                os.replace(self._path(s), target)
+                moved.append(target)
+        if moved:
+            _fsync_dir(target_dir)
+            _fsync_dir(self.directory)
+        return moved
+
+    def _path(self, seq: int) -> Path:
+        return self.directory / f"snap-{seq:020d}.bin"
+
+    def _prune(self) -> None:
+        """Delete all but the newest KEEP snapshots, and temporary files left by a crash."""
+        doomed = [self._path(s) for s in self.all()[:-KEEP]]
+        doomed += [self.directory / n for n in os.listdir(self.directory) if _TEMP.match(n)]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            _fsync_dir(self.directory)
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _read(path: Path, seq: int) -> bytes:
+    data = path.read_bytes()
+    if len(data) < _HEADER.size:
+        raise _Damaged(f"only {len(data)} bytes, shorter than its header")
+    magic, version, _reserved, head_seq, length, crc = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise _Damaged("not a snapshot file (bad magic bytes)")
+    if version != FORMAT_VERSION:
+        raise _Damaged(f"format version {version}, this orchestrad reads {FORMAT_VERSION}")
+    if head_seq != seq:
+        raise _Damaged(f"its header says seq {head_seq}, its name says {seq}")
+    payload = data[_HEADER.size :]
+    if len(payload) != length:
+        raise _Damaged(f"payload is {len(payload):,} bytes, its header says {length:,}")
+    if zlib.crc32(payload, zlib.crc32(data[: _HEADER.size - 4])) != crc:
+        raise _Damaged("checksum mismatch")
+    return payload
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unused_name(path: Path) -> Path:
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate
