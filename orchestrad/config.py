@@ -12,6 +12,8 @@ import msgspec
 
 from orchestra.protocol import AGENTS, ConfigValue
 
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     max_concurrent: int = 2  # agent processes at once (running or waiting for input)
@@ -23,6 +25,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     retention_days: float = 7.0  # finished tasks older than this may be purged
     snapshot_every: int = 20_000  # events between snapshots
+    claude_path: str = "claude"  # the Claude Code CLI: a name on PATH or a path
+    permission_mode: str = "default"  # default | acceptEdits | plan | bypassPermissions
+    allowed_tools: list[str] = []  # tools agents may use without asking (added to the role's)
+    disallowed_tools: list[str] = []  # tools agents may never use (added to the role's)
+    auto_resume: bool = False  # after a restart, resume interrupted Claude tasks
+    auto_deny_after: float | None = None  # seconds a question may wait before it is denied
 
 
 DEFAULT = Config()
@@ -41,7 +49,20 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "kill_grace": ("seconds of at least 0", lambda v: _number(v) and v >= 0),
     "retention_days": ("days of at least 0", lambda v: _number(v) and v >= 0),
     "snapshot_every": ("a whole number of at least 100", lambda v: isinstance(v, int) and v >= 100),
+    "claude_path": ("a program name or path", lambda v: isinstance(v, str) and v.strip() != ""),
+    "permission_mode": (
+        f"one of {', '.join(PERMISSION_MODES)}",
+        lambda v: v in PERMISSION_MODES,
+    ),
+    "allowed_tools": ("a list of tool names", lambda v: _names(v)),
+    "disallowed_tools": ("a list of tool names", lambda v: _names(v)),
+    "auto_resume": ("true or false", lambda v: isinstance(v, bool)),
+    "auto_deny_after": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
 }
+
+
+def _names(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)
 
 
 def _number(v: object) -> bool:
@@ -57,7 +78,7 @@ def check(key: str, value: ConfigValue) -> str | None:
     if key not in _CHECKS:
         return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
     what, ok = _CHECKS[key]
-    if isinstance(value, bool) and key != "default_agent":
+    if isinstance(value, bool) and key != "auto_resume":
         return f"{key} must be {what}, not {value!r}"
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"

@@ -147,6 +147,8 @@ def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
     if cmd.allow and cmd.deny:
         raise bad_request("answer with --allow or --deny, not both")
     question = task.waiting
+    if question is None and task.status.finished and task.spec.agent != "command":
+        return _follow_up(task, cmd)
     if question is None:
         if task.status is Status.RUNNING and task.spec.agent == "command":
             if cmd.allow or cmd.deny or cmd.text is None:
@@ -154,6 +156,33 @@ def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
             return [ev.InputGiven(task=task.id, request_id="", answer=cmd.text)]
         raise conflict(f"{describe(task)}, not waiting for input; `orchestra ps` shows who is")
     return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question))]
+
+
+def _follow_up(task: Task, cmd: p.Respond) -> list[ev.Event]:
+    """A message to a finished agent task continues its conversation as a new attempt."""
+    if cmd.allow or cmd.deny or not (cmd.text or "").strip():
+        raise bad_request(f"{describe(task)}; to continue its conversation, send a message: orchestra respond {task.id} \"...\"")
+    if not task.session_id:
+        raise conflict(f"{describe(task)} and never started a conversation to continue; use `orchestra resume {task.id}` to run it again")
+    return [ev.TaskContinued(task=task.id, message=cmd.text or "", reason="follow-up")]
+
+
+RESUME_MESSAGE = "You were interrupted. Continue the task from where you stopped."
+
+
+def _resume(state: State, cmd: p.Resume, now: float) -> list[ev.Event]:
+    task = get_task(state, cmd.task)
+    if not task.status.finished:
+        raise conflict(f"{describe(task)}; only a finished task can be resumed")
+    if task.status is Status.SUCCEEDED and not cmd.message:
+        raise conflict(f"{describe(task)}; to continue it, send a message: orchestra respond {task.id} \"...\"")
+    for dep in task.spec.after:
+        dep_task = state.tasks.get(dep)
+        if dep_task is not None and dep_task.status.finished and dep_task.status is not Status.SUCCEEDED:
+            raise conflict(f"task {task.id} runs after task {dep}, which ended {dep_task.status.value}; resume task {dep} first")
+    if task.spec.agent != "command" and task.session_id:
+        return [ev.TaskContinued(task=task.id, message=cmd.message or RESUME_MESSAGE, reason="resume")]
+    return [ev.TaskContinued(task=task.id, message=cmd.message, reason="retry")]
 
 
 def _answer(cmd: p.Respond, question: p.Question) -> str:
@@ -209,6 +238,7 @@ _HANDLERS = {
     p.Remove: _remove,
     p.Stop: _stop,
     p.Respond: _respond,
+    p.Resume: _resume,
     p.AssignRole: _assign_role,
     p.ConfigSet: _config_set,
 }
@@ -219,15 +249,26 @@ _HANDLERS = {
 
 
 def process_exited(
-    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None
+    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str = ""
 ) -> list[ev.Event]:
+    """How a task ends when its process exits; `detail` is the agent's own last words
+    (e.g. the last line it wrote to stderr), quoted in a failure's reason."""
     task = state.tasks[task_id]
     exited = ev.ProcessExited(task=task_id, pid=pid, exit_code=exit_code, signal=signal)
     if task.stopping is not None:
         return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
+    if task.result_error:
+        reason = f"the agent reported an error: {_first_line(task.result) or detail or 'no message'}"
+        return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
     if exit_code == 0:
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]
-    return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=exit_reason(exit_code, signal))]
+    reason = exit_reason(exit_code, signal) + (f": {detail}" if detail else "")
+    return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def exit_reason(exit_code: int | None, signal: int | None) -> str:
@@ -245,15 +286,16 @@ def spawn_failed(state: State, task_id: int, reason: str) -> list[ev.Event]:
 
 
 def reconcile(state: State) -> list[ev.Event]:
-    """At start-up: tasks the log shows as active lost their process with the old daemon."""
-    return [
-        ev.TaskFinished(
-            task=task_id,
-            outcome=Status.INTERRUPTED,
-            reason="the daemon stopped while it ran",
-        )
-        for task_id in sorted(state.active)
-    ]
+    """At start-up: tasks the log shows as active lost their process with the old daemon.
+    With `auto_resume`, agent tasks that had a conversation go back in the queue to
+    continue it."""
+    events: list[ev.Event] = []
+    for task_id in sorted(state.active):
+        events.append(ev.TaskFinished(task=task_id, outcome=Status.INTERRUPTED, reason="the daemon stopped while it ran"))
+        task = state.tasks[task_id]
+        if state.config.auto_resume and task.spec.agent != "command" and task.session_id:
+            events.append(ev.TaskContinued(task=task_id, message=RESUME_MESSAGE, reason="resume"))
+    return events
 
 
 def purge(state: State, now: float) -> list[ev.Event]:

@@ -21,7 +21,7 @@ from orchestra.protocol import Status
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import scheduler
-from orchestrad.agents import Agent, agent_for
+from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
@@ -97,12 +97,16 @@ class Engine:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, self.refusal) from exc
         self.refusal = None
         changed = {_task_of(item) for item in items} - {None}
+        follow_ups: list[Item] = []
         for item in items:
-            self._act(item[0] if isinstance(item, tuple) else item)
+            follow_ups += self._act(item[0] if isinstance(item, tuple) else item)
         if changed:
             for watcher in self.watchers:
                 watcher.mark(changed)  # type: ignore[arg-type]
-        self.schedule()
+        if follow_ups:
+            self.record_nowait(follow_ups)
+        else:
+            self.schedule()
         return durable
 
     async def record(self, items: Sequence[Item]) -> None:
@@ -112,25 +116,32 @@ class Engine:
         except OSError as exc:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, f"the log could not be made durable: {exc}") from exc
 
-    def _act(self, event: ev.Event) -> None:
-        """Side effects that follow from a recorded fact."""
+    def _act(self, event: ev.Event) -> list[Item]:
+        """Side effects that follow from a recorded fact; returns further facts to record."""
         if isinstance(event, ev.StopRequested):
             self.supervisor.terminate(event.task, self.state.config.kill_grace)
         elif isinstance(event, ev.InputGiven):
             agent = self._agents.get(event.task)
             task = self.state.tasks.get(event.task)
             if agent is not None and task is not None:
-                data = agent.answer(task, event)
-                if data:
-                    try:
-                        self.supervisor.write(event.task, data)
-                    except WriteError as exc:  # the process went away or stopped reading
-                        log.warning("task %s: could not deliver input: %s", event.task, exc)
+                return self._react(event.task, agent.answer(task, event))
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskRemoved):
             self._forget(event.task)
         elif isinstance(event, ev.TasksPurged):
             for task in event.tasks:
                 self._forget(task)
+        return []
+
+    def _react(self, task_id: int, reaction: Reaction) -> list[Item]:
+        """Carry out an adapter's reaction's I/O; its events are for the caller to record."""
+        try:
+            if reaction.write:
+                self.supervisor.write(task_id, reaction.write)
+            if reaction.close_stdin:
+                self.supervisor.close_stdin(task_id)
+        except WriteError as exc:  # the process went away or stopped reading
+            log.warning("task %s: could not write to it: %s", task_id, exc)
+        return list(reaction.items)
 
     def _forget(self, task: int) -> None:
         self._agents.pop(task, None)
@@ -165,11 +176,12 @@ class Engine:
         agent = agent_for(task.spec.agent)
         try:
             argv = agent.command(task, self.state.config)
+            greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             env = {**self.base_env, **task.spec.env, **self.secrets.get(task_id, {})}
             pid = await self.supervisor.start(task_id, argv, cwd=task.spec.cwd, env=env)
         except SpawnError as exc:
             self._starting.discard(task_id)
-            self.record_nowait(d.spawn_failed(self.state, task_id, str(exc)))
+            self.record_nowait(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
         except Exception as exc:  # a bug must not leave the task "starting" forever
             log.exception("task %s: could not start", task_id)
@@ -178,13 +190,8 @@ class Engine:
             return
         self._starting.discard(task_id)
         self._agents[task_id] = agent
-        self.record_nowait([ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=argv)])
-        greeting = agent.greeting(task)
-        if greeting:
-            try:
-                self.supervisor.write(task_id, greeting)
-            except WriteError as exc:  # it exited at once; its exit tells the rest
-                log.warning("task %s: could not write its first input: %s", task_id, exc)
+        spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=_shown(argv))
+        self.record_nowait([spawned, *self._react(task_id, greeting)])
 
     # -- observations from the supervisor -----------------------------------------------
 
@@ -192,14 +199,16 @@ class Engine:
         agent = self._agents.get(task_id)
         if agent is None or task_id not in self.state.tasks:
             return
-        items = agent.output(self.state.tasks[task_id], stream, chunk)
+        items = self._react(task_id, agent.output(self.state.tasks[task_id], stream, chunk))
         if items:
             self._observe(items)
 
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
             return
-        self._observe(d.process_exited(self.state, task_id, pid, exit_code, signal))
+        agent = self._agents.get(task_id)
+        detail = agent.failure_detail() if agent is not None else ""
+        self._observe(d.process_exited(self.state, task_id, pid, exit_code, signal, detail))
 
     def _observe(self, items: Sequence[Item]) -> None:
         try:
@@ -256,6 +265,11 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
+
+
+def _shown(argv: list[str], limit: int = 200) -> list[str]:
+    """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
+    return [a if len(a) <= limit else a[: limit - 1] + "…" for a in argv]
 
 
 def _task_of(item: Item) -> int | None:

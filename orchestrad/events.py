@@ -137,6 +137,34 @@ class UsageRecorded(Event):
     output_tokens: int
 
 
+class ToolUsed(Event):
+    """The agent used a tool (a one-line summary of its input)."""
+
+    task: int
+    tool: str
+    summary: str
+
+
+class AgentResult(Event):
+    """The agent's final answer for this attempt."""
+
+    task: int
+    text: str
+    is_error: bool
+    subtype: str = ""
+    turns: int = 0
+    duration_ms: int = 0
+
+
+class TaskContinued(Event):
+    """A finished task goes back in the queue for another attempt: a follow-up message to
+    its conversation, a resume of an interrupted one, or a plain retry."""
+
+    task: int
+    message: str
+    reason: str  # "follow-up" | "resume" | "retry"
+
+
 class ProcessExited(Event):
     task: int
     pid: int
@@ -181,6 +209,9 @@ AnyEvent = Union[
     InputRequested,
     InputGiven,
     UsageRecorded,
+    ToolUsed,
+    AgentResult,
+    TaskContinued,
     ProcessExited,
     TaskFinished,
     WorkflowCreated,

@@ -9,8 +9,9 @@ It returns a `Plan`:
   first, then oldest;
 * `events` — decisions that are facts to record: a queued task that can never run because a
   dependency failed, was cancelled or removed (it is cancelled, and the reason names the
-  dependency), and an active task past its timeout, idle timeout or budget (a stop is
-  requested with the outcome it will have);
+  dependency), an active task past its timeout, idle timeout or budget (a stop is
+  requested with the outcome it will have), and a question left unanswered past
+  `auto_deny_after` (it is denied);
 * `wake_at` — the earliest moment a deadline falls due, so the shell sets one timer
   instead of polling.
 
@@ -26,6 +27,7 @@ import msgspec
 
 from orchestra.protocol import Status
 from orchestrad import events as ev
+from orchestrad.config import Config
 from orchestrad.state import State, Task
 
 
@@ -44,7 +46,7 @@ def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
         task = state.tasks[task_id]
         if task.stopping is not None:
             continue
-        expired, deadline = _expiry(task, now)
+        expired, deadline = _expiry(task, state.config, now)
         if expired is not None:
             events.append(expired)
         elif deadline is not None and (wake_at is None or deadline < wake_at):
@@ -107,7 +109,7 @@ def _blocked_for_good(state: State, task: Task) -> str | None:
     return None
 
 
-def _expiry(task: Task, now: float) -> tuple[ev.Event | None, float | None]:
+def _expiry(task: Task, config: Config, now: float) -> tuple[ev.Event | None, float | None]:
     """A stop to request if a limit is exceeded, else the next deadline (or None)."""
     spec = task.spec
     deadlines: list[float] = []
@@ -117,6 +119,12 @@ def _expiry(task: Task, now: float) -> tuple[ev.Event | None, float | None]:
         deadline = task.started_at + spec.timeout
         if now >= deadline:
             return _stop(task, Status.TIMED_OUT, f"timed out after {_seconds(spec.timeout)}"), None
+        deadlines.append(deadline)
+    if config.auto_deny_after is not None and task.waiting is not None:
+        deadline = task.waiting.since + config.auto_deny_after
+        if now >= deadline:
+            answer = f"deny: no answer came within {_seconds(config.auto_deny_after)}"
+            return ev.InputGiven(task=task.id, request_id=task.waiting.request_id, answer=answer), None
         deadlines.append(deadline)
     if spec.idle_timeout is not None and task.status is Status.RUNNING:
         deadline = task.last_activity + spec.idle_timeout

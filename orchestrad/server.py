@@ -28,6 +28,7 @@ from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder, request_decoder
 from orchestrad import scheduler
+from orchestrad.agents import renderer
 from orchestrad.decide import get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.state import view
@@ -51,6 +52,7 @@ class Server:
             p.Show: self.show,
             p.Respond: self.change,
             p.Stop: self.change,
+            p.Resume: self.change,
             p.SetPriority: self.change,
             p.Remove: self.remove,
             p.AssignRole: self.assign_role,
@@ -257,10 +259,10 @@ class Server:
     async def logs(self, request: p.Logs) -> AsyncIterator[p.LogChunk]:
         store = self.engine.store
         task_id = request.task
-        get_task(self.engine.state, task_id)
+        render = None if request.raw else renderer(get_task(self.engine.state, task_id).spec.agent)
         sent = 0
         if request.tail is not None:
-            sent, last = _tail(store, task_id, request.tail)
+            sent, last = _tail(store, task_id, request.tail, render)
             if last is not None:
                 yield last
         watcher = Watcher() if request.follow else None
@@ -271,7 +273,10 @@ class Server:
                 count = store.output_count(task_id)
                 for stream, data in store.output(task_id, sent):
                     sent += 1
-                    yield p.LogChunk(stream=stream, data=data)
+                    if render is not None:
+                        data = render(stream, data)
+                    if data:
+                        yield p.LogChunk(stream=stream, data=data)
                     if sent >= count:
                         break
                 task = self.engine.state.tasks.get(task_id)
@@ -303,14 +308,14 @@ class Server:
             engine.watchers.discard(watcher)
 
 
-def _tail(store, task_id: int, lines: int) -> tuple[int, p.LogChunk | None]:
+def _tail(store, task_id: int, lines: int, render) -> tuple[int, p.LogChunk | None]:
     """The last `lines` lines of output as one chunk, and the index of the next chunk."""
     count = store.output_count(task_id)
     picked: list[bytes] = []
     stream = "stdout"
     for index in range(count - 1, -1, -1):
         stream, data = next(store.output(task_id, index))
-        picked.append(data)
+        picked.append(render(stream, data) if render is not None else data)
         if b"".join(reversed(picked)).rstrip(b"\n").count(b"\n") >= lines:
             break
     if not picked or lines <= 0:

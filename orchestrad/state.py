@@ -38,7 +38,7 @@ class OutputRef(msgspec.Struct, frozen=True, array_like=True):
 # a list of objects: a long history then costs little memory, and a snapshot decodes one
 # bytes object per task instead of one object per chunk (this is what keeps start-up fast).
 _REF = struct.Struct("<QQIIB")
-_STREAMS = ("stdout", "stderr")
+_STREAMS = ("stdout", "stderr", "stdin")  # stdin: what was written to the agent, kept for transcripts
 
 
 def output_refs(state: "State", task_id: int, start: int = 0) -> Iterator[OutputRef]:
@@ -81,6 +81,11 @@ class Task(msgspec.Struct, kw_only=True):
     session_id: str = ""
     output_bytes: int = 0
     last_activity: float = 0.0
+    activity: str = ""  # the latest thing the agent did (a tool use), for `ps`
+    result: str = ""  # the agent's final answer of its latest attempt
+    result_error: bool = False
+    pending_message: str = ""  # what the next attempt starts with (follow-up or resume)
+    continued: str = ""  # why the next attempt happens: "follow-up" | "resume" | "retry"
 
 
 class Workflow(msgspec.Struct, frozen=True, kw_only=True):
@@ -157,6 +162,7 @@ def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
     t.reason = ""
     t.stopping = None
     t.last_activity = ts
+    t.pending_message = ""
     s.queued.discard(e.task)
     s.active.add(e.task)
 
@@ -173,7 +179,7 @@ def _output(s: State, e: ev.OutputAppended, ts: float, data) -> None:
         packed = s.outputs.get(e.task)
         if packed is None:
             packed = s.outputs[e.task] = bytearray()
-        packed += _REF.pack(data.segment, data.offset, data.length, data.crc, e.stream == "stderr")
+        packed += _REF.pack(data.segment, data.offset, data.length, data.crc, _STREAMS.index(e.stream))
 
 
 def _input_requested(s: State, e: ev.InputRequested, ts: float, data) -> None:
@@ -202,6 +208,29 @@ def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
     t.cost_usd += e.cost_usd
     t.input_tokens += e.input_tokens
     t.output_tokens += e.output_tokens
+
+
+def _tool_used(s: State, e: ev.ToolUsed, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.activity = f"{e.tool}: {e.summary}" if e.summary else e.tool
+    t.last_activity = ts
+
+
+def _agent_result(s: State, e: ev.AgentResult, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.result = e.text
+    t.result_error = e.is_error
+
+
+def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.QUEUED
+    t.pending_message = e.message
+    t.continued = e.reason
+    t.finished_at = None
+    t.reason = ""
+    t.result_error = False
+    s.queued.add(e.task)
 
 
 def _exited(s: State, e: ev.ProcessExited, ts: float, data) -> None:
@@ -257,6 +286,9 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.InputRequested: _input_requested,
     ev.InputGiven: _input_given,
     ev.UsageRecorded: _usage,
+    ev.ToolUsed: _tool_used,
+    ev.AgentResult: _agent_result,
+    ev.TaskContinued: _continued,
     ev.ProcessExited: _exited,
     ev.TaskFinished: _finished,
     ev.WorkflowCreated: _workflow,
@@ -334,4 +366,6 @@ def view(task: Task, now: float) -> TaskView:
         budget_usd=spec.budget_usd,
         env_keys=sorted([*spec.env, *spec.secret_env]),
         workflow=spec.workflow,
+        activity=task.activity,
+        result=task.result,
     )

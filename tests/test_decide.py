@@ -47,16 +47,16 @@ def outcome(core: Core, command: p.Request) -> str:
         return exc.code.value
 
 
-# status -> expected result of (stop, remove, set priority, respond allow, assign role)
+# status -> expected result of (stop, remove, set priority, respond allow, assign role, resume)
 EXPECTED = {
-    Status.QUEUED: ("TaskCancelled", "TaskRemoved", "TaskReprioritized", "conflict", "TaskRoleChanged"),
-    Status.RUNNING: ("StopRequested", "conflict", "conflict", "conflict", "TaskRoleChanged"),
-    Status.WAITING: ("StopRequested", "conflict", "conflict", "InputGiven", "TaskRoleChanged"),
-    Status.SUCCEEDED: ("conflict", "conflict", "conflict", "conflict", "TaskRoleChanged"),
-    Status.FAILED: ("conflict", "conflict", "conflict", "conflict", "TaskRoleChanged"),
-    Status.TIMED_OUT: ("conflict", "conflict", "conflict", "conflict", "TaskRoleChanged"),
-    Status.CANCELLED: ("conflict", "conflict", "conflict", "conflict", "TaskRoleChanged"),
-    Status.INTERRUPTED: ("conflict", "conflict", "conflict", "conflict", "TaskRoleChanged"),
+    Status.QUEUED: ("TaskCancelled", "TaskRemoved", "TaskReprioritized", "conflict", "TaskRoleChanged", "conflict"),
+    Status.RUNNING: ("StopRequested", "conflict", "conflict", "conflict", "TaskRoleChanged", "conflict"),
+    Status.WAITING: ("StopRequested", "conflict", "conflict", "InputGiven", "TaskRoleChanged", "conflict"),
+    Status.SUCCEEDED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "conflict"),
+    Status.FAILED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
+    Status.TIMED_OUT: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
+    Status.CANCELLED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
+    Status.INTERRUPTED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
 }
 
 
@@ -69,8 +69,9 @@ EXPECTED = {
         (2, lambda t: p.SetPriority(task=t, priority=5)),
         (3, lambda t: p.Respond(task=t, allow=True)),
         (4, lambda t: p.AssignRole(task=t, role="tester")),
+        (5, lambda t: p.Resume(task=t)),
     ],
-    ids=["stop", "remove", "priority", "respond", "assign-role"],
+    ids=["stop", "remove", "priority", "respond", "assign-role", "resume"],
 )
 def test_every_command_in_every_status(status, index, make):
     core = Core()
@@ -293,3 +294,72 @@ class TestObservations:
         assert old not in core.state.tasks and needed in core.state.tasks and recent in core.state.tasks
         with pytest.raises(OrchestraError, match="removed or purged"):
             d.get_task(core.state, old)
+
+
+class TestContinuing:
+    def finished_with_session(self, core: Core, status: Status = Status.SUCCEEDED) -> int:
+        task = core.submit(prompt="build it")
+        core.spawn(task)
+        core.apply([ev.SessionStarted(task=task, session_id="sess-1")])
+        if status is Status.INTERRUPTED:
+            core.apply(d.reconcile(core.state))
+        else:
+            core.exit(task, 0 if status is Status.SUCCEEDED else 1)
+        return task
+
+    def test_follow_up_message_continues_the_conversation(self):
+        core = Core()
+        task = self.finished_with_session(core)
+        [event] = core.do(p.Respond(task=task, text="now add tests"))
+        assert event == ev.TaskContinued(task=task, message="now add tests", reason="follow-up")
+        t = core.state.tasks[task]
+        assert t.status is Status.QUEUED and t.pending_message == "now add tests"
+        assert core.tick() == [task]
+        assert t.attempts == 2 and t.pending_message == "" and t.session_id == "sess-1"
+
+    def test_follow_up_needs_a_conversation(self):
+        core = Core()
+        task = core.submit(prompt="x")
+        core.apply(d.spawn_failed(core.state, task, "claude not found"))
+        with pytest.raises(OrchestraError, match="never started a conversation"):
+            core.do(p.Respond(task=task, text="hello?"))
+
+    def test_resume_an_interrupted_conversation(self):
+        core = Core()
+        task = self.finished_with_session(core, Status.INTERRUPTED)
+        [event] = core.do(p.Resume(task=task))
+        assert event.reason == "resume" and event.message == d.RESUME_MESSAGE
+
+    def test_command_tasks_are_retried_from_scratch(self):
+        core = Core()
+        task = task_in(core, Status.FAILED, agent="command")
+        [event] = core.do(p.Resume(task=task))
+        assert event.reason == "retry" and event.message == ""
+
+    def test_auto_resume_after_restart(self):
+        core = Core()
+        core.do(p.ConfigSet(key="auto_resume", value=True))
+        task = core.submit(prompt="x")
+        core.spawn(task)
+        core.apply([ev.SessionStarted(task=task, session_id="s")])
+        command = core.submit(argv=["sleep", "9"])
+        core.spawn(command)
+        core.apply(d.reconcile(core.state))
+        assert core.status(task) is Status.QUEUED and core.state.tasks[task].continued == "resume"
+        assert core.status(command) is Status.INTERRUPTED
+
+    def test_agent_error_result_fails_the_task_with_its_message(self):
+        core = Core()
+        task = core.submit(prompt="x")
+        core.spawn(task)
+        core.apply([ev.AgentResult(task=task, text="API Error: 401 invalid x-api-key\nmore", is_error=True)])
+        core.exit(task, 1)
+        assert core.status(task) is Status.FAILED
+        assert core.state.tasks[task].reason == "the agent reported an error: API Error: 401 invalid x-api-key"
+
+    def test_exit_reason_quotes_the_agents_last_words(self):
+        core = Core()
+        task = core.submit(prompt="x")
+        core.spawn(task)
+        core.apply(d.process_exited(core.state, task, 1, 2, None, "Invalid model name"))
+        assert core.state.tasks[task].reason == "exited with code 2: Invalid model name"

@@ -144,3 +144,17 @@ def test_plan_looks_only_at_work_in_flight():
         core.exit(task)
     assert core.state.queued == set() and core.state.active == set()
     assert core.plan().start == [] and core.plan().events == []
+
+
+def test_auto_deny_answers_a_question_left_waiting():
+    core = Core()
+    core.do(p.ConfigSet(key="auto_deny_after", value=60))
+    task = core.submit(prompt="x")
+    core.tick()
+    core.apply([ev.InputRequested(task=task, request_id="r", kind="permission", prompt="Bash: ls", tool="Bash")])
+    assert core.plan().wake_at == core.now + 60
+    core.now += 60
+    [deny] = core.plan().events
+    assert deny == ev.InputGiven(task=task, request_id="r", answer="deny: no answer came within 60 s")
+    core.apply([deny])
+    assert core.status(task) is Status.RUNNING

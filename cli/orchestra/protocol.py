@@ -149,6 +149,13 @@ class Stop(Request):
     task: int
 
 
+class Resume(Request):
+    """Run a finished task again: a Claude task continues its conversation where it stopped."""
+
+    task: int
+    message: str = ""
+
+
 class SetPriority(Request):
     task: int
     priority: int
@@ -215,6 +222,7 @@ AnyRequest = Union[
     Logs,
     Respond,
     Stop,
+    Resume,
     SetPriority,
     Remove,
     AssignRole,
@@ -229,7 +237,7 @@ AnyRequest = Union[
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
-MUTATING = (Submit, Respond, Stop, SetPriority, Remove, AssignRole, ConfigSet)
+MUTATING = (Submit, Respond, Stop, Resume, SetPriority, Remove, AssignRole, ConfigSet)
 
 # ---------------------------------------------------------------------------------------
 # Replies
@@ -327,6 +335,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     budget_usd: float | None = None
     env_keys: list[str] = []
     workflow: int | None = None
+    activity: str = ""  # the latest thing the agent did
+    result: str = ""  # the agent's final answer of its latest attempt
 
 
 class LogChunk(msgspec.Struct, frozen=True, kw_only=True):

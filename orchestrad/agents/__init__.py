@@ -1,12 +1,25 @@
 """Agent adapters: how to start one kind of agent and turn its I/O into events.
 
-An adapter is told about a task's process at three points — what to run (`command`), what
-to write first (`greeting`), and each chunk of output (`output`) — and turns a recorded
-answer into bytes for the process's stdin (`answer`). It does no I/O itself; the engine and
-the supervisor do. New agents (Codex CLI, Gemini CLI) fit the same interface.
+The engine tells an adapter about its task's process at a few points and acts on what it
+returns; the adapter itself does no I/O:
+
+* `command(task, config)` — the argv to run;
+* `greeting(task)` — what to write to stdin first (a `Reaction`);
+* `output(task, stream, chunk)` — a chunk of output becomes a `Reaction`: events to record
+  (the output itself, and whatever the adapter understood in it), bytes to write back, and
+  whether to close stdin;
+* `answer(task, given)` — a person's recorded answer becomes a `Reaction`;
+* `spawn_error(message)` and `failure_detail()` — words for a person when it goes wrong;
+* `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`.
+
+One adapter instance serves one process, so it may keep what it needs between chunks
+(a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
+fit the same interface.
 """
 
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 from orchestrad import events as ev
 from orchestrad.config import Config
@@ -15,41 +28,53 @@ from orchestrad.state import Task
 Item = ev.Event | tuple[ev.Event, bytes]
 
 
+class Reaction(NamedTuple):
+    items: list[Item] = []
+    write: bytes = b""
+    close_stdin: bool = False
+
+
 class Agent:
     name = ""
 
     def command(self, task: Task, config: Config) -> list[str]:
         raise NotImplementedError
 
-    def greeting(self, task: Task) -> bytes:
-        return b""
+    def greeting(self, task: Task) -> Reaction:
+        return Reaction()
 
-    def output(self, task: Task, stream: str, chunk: bytes) -> list[Item]:
-        return [(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)]
+    def output(self, task: Task, stream: str, chunk: bytes) -> Reaction:
+        return Reaction([(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)])
 
-    def answer(self, task: Task, given: ev.InputGiven) -> bytes:
-        return b""
+    def answer(self, task: Task, given: ev.InputGiven) -> Reaction:
+        return Reaction()
 
+    def spawn_error(self, message: str) -> str:
+        return message
 
-class CommandAgent(Agent):
-    """Any argv: scripts, tests, other CLIs. Its output is kept as it is; a response is a
-    line written to its stdin."""
+    def failure_detail(self) -> str:
+        return ""
 
-    name = "command"
-
-    def command(self, task: Task, config: Config) -> list[str]:
-        return list(task.spec.argv)
-
-    def answer(self, task: Task, given: ev.InputGiven) -> bytes:
-        text = given.answer
-        return (text if text.endswith("\n") else text + "\n").encode()
+    @staticmethod
+    def render(stream: str, data: bytes) -> bytes:
+        return b"" if stream == "stdin" else data
 
 
-_AGENTS: dict[str, Agent] = {"command": CommandAgent()}
+def _factories() -> dict[str, Callable[[], Agent]]:
+    from orchestrad.agents.claude import ClaudeAgent
+    from orchestrad.agents.command import CommandAgent
+
+    return {"command": CommandAgent, "claude": ClaudeAgent}
 
 
 def agent_for(name: str) -> Agent:
-    try:
-        return _AGENTS[name]
-    except KeyError:
-        raise LookupError(f"no adapter for agent {name!r}") from None
+    """A fresh adapter for one process of agent `name`."""
+    factory = _factories().get(name)
+    if factory is None:
+        raise LookupError(f"no adapter for agent {name!r}")
+    return factory()
+
+
+def renderer(name: str) -> Callable[[str, bytes], bytes]:
+    factory = _factories().get(name)
+    return factory.render if factory is not None else Agent.render

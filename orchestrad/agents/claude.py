@@ -1,0 +1,351 @@
+"""The `claude` agent: Claude Code in print mode, speaking stream-json on stdin and stdout.
+
+Started as::
+
+    claude -p --input-format stream-json --output-format stream-json --verbose
+           --permission-prompt-tool stdio --permission-mode MODE
+           [--append-system-prompt ROLE_PROMPT] [--allowed-tools ...] [--disallowed-tools ...]
+           [--model M] [--max-budget-usd B] [--resume SESSION]
+
+stdin gets one JSON object per line: an `initialize` control request, then the user's
+message. stdout gives one JSON object per line: `system/init` (the session id), `assistant`
+(text and tool uses), `user` (tool results), `result` (the answer, cost and tokens), and
+`control_request`s of subtype `can_use_tool` when the CLI wants permission for a tool, or
+asks the person a question (tool `AskUserQuestion`). Those become `InputRequested`; the
+person's answer goes back as a `control_response`. After the result, stdin is closed and
+the CLI exits.
+
+Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
+written to stdin is stored too, as stream "stdin", so that `render` can show a readable
+transcript with the questions and their answers.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from orchestrad import events as ev
+from orchestrad import roles
+from orchestrad.agents import Agent, Item, Reaction
+from orchestrad.config import Config
+from orchestrad.state import Task
+
+MAX_LINE = 16 << 20  # a longer line is stored unparsed rather than buffered further
+NOT_FOUND = (
+    "claude not found: install @anthropic-ai/claude-code or set the agent path in config "
+    "(orchestra config set claude_path /path/to/claude)"
+)
+QUESTION_TOOL = "AskUserQuestion"
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+
+def _line(obj: Any) -> bytes:
+    return _encode(obj) + b"\n"
+
+
+def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
+    """One line a person can decide on: the command, the file, the pattern, the URL."""
+    text = ""
+    if isinstance(tool_input, dict):
+        for key in ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt"):
+            value = tool_input.get(key)
+            if isinstance(value, str) and value.strip():
+                text = value
+                break
+        else:
+            text = json.dumps(tool_input, ensure_ascii=False, sort_keys=True)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class ClaudeAgent(Agent):
+    name = "claude"
+
+    def __init__(self) -> None:
+        self._partial = bytearray()
+        self._last_stderr = ""
+        self._pending: dict[str, dict[str, Any]] = {}  # control request id -> what it asked
+
+    # -- starting -----------------------------------------------------------------------
+
+    def command(self, task: Task, config: Config) -> list[str]:
+        role = roles.get(task.role)
+        argv = [
+            config.claude_path, "-p",
+            "--input-format", "stream-json",
+            "--output-format", "stream-json",
+            "--verbose",
+            "--permission-prompt-tool", "stdio",
+        ]
+        mode = config.permission_mode
+        if role is not None and role.permission_mode != "default":
+            mode = role.permission_mode
+        argv += ["--permission-mode", mode]
+        if role is not None and role.prompt:
+            argv += ["--append-system-prompt", role.prompt]
+        allowed = [*(role.allowed_tools if role else []), *config.allowed_tools]
+        disallowed = [*(role.disallowed_tools if role else []), *config.disallowed_tools]
+        if allowed:
+            argv += ["--allowed-tools", ",".join(dict.fromkeys(allowed))]
+        if disallowed:
+            argv += ["--disallowed-tools", ",".join(dict.fromkeys(disallowed))]
+        model = task.spec.model or (role.model if role else None)
+        if model:
+            argv += ["--model", model]
+        if task.spec.budget_usd is not None:
+            argv += ["--max-budget-usd", f"{task.spec.budget_usd:g}"]
+        if task.session_id and task.continued in ("follow-up", "resume"):
+            argv += ["--resume", task.session_id]
+        return argv
+
+    def greeting(self, task: Task) -> Reaction:
+        text = task.pending_message or task.spec.prompt
+        init = _line({"type": "control_request", "request_id": f"init-{task.id}", "request": {"subtype": "initialize", "hooks": None}})
+        user = _line({"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": None, "session_id": ""})
+        return Reaction(items=[_stdin(task, user)], write=init + user)
+
+    def spawn_error(self, message: str) -> str:
+        return NOT_FOUND if message.startswith("no such program") else message
+
+    def failure_detail(self) -> str:
+        return self._last_stderr
+
+    # -- output -------------------------------------------------------------------------
+
+    def output(self, task: Task, stream: str, chunk: bytes) -> Reaction:
+        if stream != "stdout":
+            lines = [line for line in chunk.decode(errors="replace").splitlines() if line.strip()]
+            if lines:
+                self._last_stderr = lines[-1].strip()[:300]
+            return Reaction([(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)])
+        self._partial += chunk
+        end = self._partial.rfind(b"\n") + 1
+        if end == 0:
+            if len(self._partial) <= MAX_LINE:
+                return Reaction()
+            end = len(self._partial)  # give up on parsing this monster; keep it raw
+        whole = bytes(self._partial[:end])
+        del self._partial[:end]
+        items: list[Item] = [(ev.OutputAppended(task=task.id, stream="stdout", size=len(whole)), whole)]
+        write = bytearray()
+        close = False
+        for line in whole.splitlines():
+            try:
+                message = _decode(line)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(message, dict):
+                reaction = self._message(task, message)
+                items += reaction.items
+                write += reaction.write
+                close = close or reaction.close_stdin
+        return Reaction(items, bytes(write), close)
+
+    def _message(self, task: Task, m: dict[str, Any]) -> Reaction:
+        kind = m.get("type")
+        if kind == "system" and m.get("subtype") == "init" and m.get("session_id"):
+            return Reaction([ev.SessionStarted(task=task.id, session_id=str(m["session_id"]), model=str(m.get("model") or ""))])
+        if kind == "assistant":
+            return Reaction([
+                ev.ToolUsed(task=task.id, tool=str(block.get("name", "?")), summary=summarize(str(block.get("name")), block.get("input")))
+                for block in _content(m)
+                if block.get("type") == "tool_use"
+            ])
+        if kind == "result":
+            return self._result(task, m)
+        if kind == "control_request":
+            return self._control_request(task, m)
+        if kind == "control_cancel_request":
+            request_id = str(m.get("request_id", ""))
+            if self._pending.pop(request_id, None) is not None:
+                return Reaction([ev.InputGiven(task=task.id, request_id=_waiting_id(request_id, task), answer="(withdrawn by the agent)")])
+        return Reaction()
+
+    def _result(self, task: Task, m: dict[str, Any]) -> Reaction:
+        usage = m.get("usage") or {}
+        tokens_in = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        text = m.get("result")
+        if not isinstance(text, str):
+            errors = m.get("errors")
+            text = "; ".join(map(str, errors)) if isinstance(errors, list) and errors else str(m.get("subtype", ""))
+        items: list[Item] = [
+            ev.AgentResult(
+                task=task.id,
+                text=text,
+                is_error=bool(m.get("is_error")),
+                subtype=str(m.get("subtype", "")),
+                turns=int(m.get("num_turns") or 0),
+                duration_ms=int(m.get("duration_ms") or 0),
+            ),
+            ev.UsageRecorded(
+                task=task.id,
+                cost_usd=float(m.get("total_cost_usd") or 0.0),
+                input_tokens=tokens_in,
+                output_tokens=int(usage.get("output_tokens") or 0),
+            ),
+        ]
+        return Reaction(items, close_stdin=True)  # the conversation turn is over: let it exit
+
+    def _control_request(self, task: Task, m: dict[str, Any]) -> Reaction:
+        request_id = str(m.get("request_id", ""))
+        request = m.get("request") or {}
+        if request.get("subtype") != "can_use_tool":
+            error = {"type": "control_response", "response": {"subtype": "error", "request_id": request_id, "error": f"orchestra does not handle {request.get('subtype')!r}"}}
+            return Reaction(write=_line(error))
+        tool = str(request.get("tool_name", "?"))
+        tool_input = request.get("input") if isinstance(request.get("input"), dict) else {}
+        if tool == QUESTION_TOOL and isinstance(tool_input.get("questions"), list) and tool_input["questions"]:
+            self._pending[request_id] = {"tool": tool, "input": tool_input, "answers": {}, "index": 0}
+            return Reaction([self._ask(task, request_id)])
+        self._pending[request_id] = {"tool": tool, "input": tool_input}
+        prompt = f"{tool}: {summarize(tool, tool_input)}"
+        if request.get("blocked_path"):
+            prompt += f" (outside the allowed directories: {request['blocked_path']})"
+        return Reaction([ev.InputRequested(task=task.id, request_id=request_id, kind="permission", prompt=prompt, tool=tool)])
+
+    def _ask(self, task: Task, request_id: str) -> ev.InputRequested:
+        pending = self._pending[request_id]
+        questions = pending["input"]["questions"]
+        index = pending["index"]
+        q = questions[index] if isinstance(questions[index], dict) else {"question": str(questions[index])}
+        prompt = str(q.get("question", ""))
+        if len(questions) > 1:
+            prompt = f"({index + 1}/{len(questions)}) {prompt}"
+        options = [str(o.get("label", "")) for o in q.get("options") or [] if isinstance(o, dict)]
+        return ev.InputRequested(
+            task=task.id,
+            request_id=request_id if len(questions) == 1 else f"{request_id}#{index}",
+            kind="question",
+            prompt=prompt,
+            options=options,
+            tool=QUESTION_TOOL,
+        )
+
+    # -- answers ------------------------------------------------------------------------
+
+    def answer(self, task: Task, given: ev.InputGiven) -> Reaction:
+        request_id = given.request_id.split("#", 1)[0]
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return Reaction()
+        denied = given.answer == "deny" or given.answer.startswith("deny: ")
+        if pending["tool"] == QUESTION_TOOL and not denied:
+            questions = pending["input"]["questions"]
+            q = questions[pending["index"]]
+            pending["answers"][str(q.get("question", "")) if isinstance(q, dict) else str(q)] = given.answer
+            pending["index"] += 1
+            if pending["index"] < len(questions):
+                return Reaction([self._ask(task, request_id)])
+            verdict = {"behavior": "allow", "updatedInput": {**pending["input"], "answers": pending["answers"]}}
+        elif denied:
+            message = given.answer[len("deny: "):] if given.answer.startswith("deny: ") else ""
+            verdict = {"behavior": "deny", "message": message or "The user denied this request."}
+        else:
+            verdict = {"behavior": "allow", "updatedInput": pending["input"]}
+        del self._pending[request_id]
+        line = _line({"type": "control_response", "response": {"subtype": "success", "request_id": request_id, "response": verdict}})
+        return Reaction([_stdin(task, line)], write=line)
+
+    # -- transcripts --------------------------------------------------------------------
+
+    @staticmethod
+    def render(stream: str, data: bytes) -> bytes:
+        if stream == "stderr":
+            return data
+        out: list[str] = []
+        for raw in data.splitlines():
+            try:
+                m = _decode(raw)
+            except msgspec.DecodeError:
+                out.append(raw.decode(errors="replace"))
+                continue
+            if isinstance(m, dict):
+                out += _render_stdin(m) if stream == "stdin" else _render_stdout(m)
+        return "".join(line + "\n" for line in out).encode()
+
+
+def _stdin(task: Task, line: bytes) -> tuple[ev.Event, bytes]:
+    return (ev.OutputAppended(task=task.id, stream="stdin", size=len(line)), line)
+
+
+def _content(m: dict[str, Any]) -> list[dict[str, Any]]:
+    message = m.get("message") or {}
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [b for b in content or [] if isinstance(b, dict)]
+
+
+def _waiting_id(request_id: str, task: Task) -> str:
+    if task.waiting is not None and task.waiting.request_id.split("#", 1)[0] == request_id:
+        return task.waiting.request_id
+    return request_id
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    line = next((x for x in text.splitlines() if x.strip()), "")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _render_stdout(m: dict[str, Any]) -> list[str]:
+    kind = m.get("type")
+    if kind == "system" and m.get("subtype") == "init":
+        return [f"── session {m.get('session_id', '?')} · {m.get('model', '?')} · {m.get('cwd', '')}"]
+    if kind == "assistant":
+        lines = []
+        for block in _content(m):
+            if block.get("type") == "text" and str(block.get("text", "")).strip():
+                lines.append(str(block["text"]).rstrip())
+            elif block.get("type") == "tool_use":
+                lines.append(f"→ {block.get('name')}: {summarize(str(block.get('name')), block.get('input'))}")
+        return lines
+    if kind == "user":
+        lines = []
+        for block in _content(m):
+            if block.get("type") == "tool_result":
+                content = block.get("content")
+                if isinstance(content, list):
+                    content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+                mark = "✗" if block.get("is_error") else "←"
+                lines.append(f"  {mark} {_first_line(str(content or ''))}")
+        return lines
+    if kind == "result":
+        mark = "✗" if m.get("is_error") else "✓"
+        text = m.get("result") if isinstance(m.get("result"), str) else m.get("subtype", "")
+        cost = float(m.get("total_cost_usd") or 0.0)
+        seconds = int(m.get("duration_ms") or 0) / 1000
+        return [f"{mark} {text}", f"  ${cost:.4f} · {m.get('num_turns', 0)} turns · {seconds:.1f}s"]
+    if kind == "control_request":
+        request = m.get("request") or {}
+        if request.get("subtype") == "can_use_tool":
+            tool = str(request.get("tool_name", "?"))
+            tool_input = request.get("input") or {}
+            if tool == QUESTION_TOOL:
+                lines = []
+                for q in tool_input.get("questions") or []:
+                    if isinstance(q, dict):
+                        options = " / ".join(f"{i}. {o.get('label')}" for i, o in enumerate(q.get("options") or [], 1) if isinstance(o, dict))
+                        lines.append(f"? {q.get('question', '')}" + (f" [{options}]" if options else ""))
+                return lines
+            return [f"? permission for {tool}: {summarize(tool, tool_input)}"]
+    return []
+
+
+def _render_stdin(m: dict[str, Any]) -> list[str]:
+    if m.get("type") == "user":
+        return [f"» {_first_line(str(_content(m)[0].get('text', '')) if _content(m) else '', 500)}"]
+    if m.get("type") == "control_response":
+        verdict = (m.get("response") or {}).get("response") or {}
+        if verdict.get("behavior") == "deny":
+            return [f"  denied: {verdict.get('message', '')}"]
+        answers = (verdict.get("updatedInput") or {}).get("answers")
+        if isinstance(answers, dict) and answers:
+            return [f"  answered: {a}" for a in answers.values()]
+        if verdict.get("behavior") == "allow":
+            return ["  allowed"]
+    return []

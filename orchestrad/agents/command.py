@@ -1,0 +1,20 @@
+"""The `command` agent: any argv (scripts, tests, other CLIs). Its output is kept as it is;
+a response is a line written to its stdin."""
+
+from __future__ import annotations
+
+from orchestrad import events as ev
+from orchestrad.agents import Agent, Reaction
+from orchestrad.config import Config
+from orchestrad.state import Task
+
+
+class CommandAgent(Agent):
+    name = "command"
+
+    def command(self, task: Task, config: Config) -> list[str]:
+        return list(task.spec.argv)
+
+    def answer(self, task: Task, given: ev.InputGiven) -> Reaction:
+        text = given.answer
+        return Reaction(write=(text if text.endswith("\n") else text + "\n").encode())
