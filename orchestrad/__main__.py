@@ -13,6 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repair", action="store_true", help="move a damaged part of the log aside, keep the good records before it, and exit")
     parser.add_argument("--verify", action="store_true", help="replay the whole log and compare it with the state from the snapshots, and exit")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--segment-bytes", type=int, default=64 << 20, help=argparse.SUPPRESS)  # for tests
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(paths)
     from orchestrad.daemon import Daemon, run_loop
 
-    daemon = Daemon(paths)
+    daemon = Daemon(paths, segment_bytes=args.segment_bytes)
     return run_loop(daemon.main())
 
 
@@ -42,11 +43,11 @@ def _repair(paths) -> int:
 
 def _verify(paths) -> int:
     from orchestrad.log import LogCorrupt
-    from orchestrad.store import Store
+    from orchestrad.store import Store, StoreError
 
     try:
         store = Store.open(paths.log_dir, paths.snapshot_dir)
-    except LogCorrupt as exc:
+    except (LogCorrupt, StoreError) as exc:
         print(exc, file=sys.stderr)
         return 2
     notes = store.verify()

@@ -21,7 +21,7 @@ from pathlib import Path
 from orchestra.paths import Paths, check_socket_path
 from orchestrad.engine import Engine
 from orchestrad.server import Server
-from orchestrad.store import Store
+from orchestrad.store import Store, StoreError
 
 log = logging.getLogger("orchestrad")
 
@@ -47,8 +47,9 @@ def run_loop(coro) -> int:
 
 
 class Daemon:
-    def __init__(self, paths: Paths, *, shutdown_grace: float | None = None) -> None:
+    def __init__(self, paths: Paths, *, shutdown_grace: float | None = None, segment_bytes: int = 64 << 20) -> None:
         self.paths = paths
+        self.segment_bytes = segment_bytes
         self.shutdown_grace = shutdown_grace
         self._stop = asyncio.Event()
         self._lock_fd: int | None = None
@@ -102,8 +103,8 @@ class Daemon:
         from orchestrad.log import LogCorrupt
 
         try:
-            store = Store.open(paths.log_dir, paths.snapshot_dir)
-        except LogCorrupt as exc:
+            store = Store.open(paths.log_dir, paths.snapshot_dir, segment_bytes=self.segment_bytes)
+        except (LogCorrupt, StoreError) as exc:
             raise StartupError(f"{exc}", EXIT_DAMAGED) from None
         for note in store.notes:
             log.warning("%s", note)

@@ -41,9 +41,9 @@ class Store:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, log_dir: Path, snapshot_dir: Path) -> "Store":
+    def open(cls, log_dir: Path, snapshot_dir: Path, *, segment_bytes: int = 64 << 20) -> "Store":
         """Open the log (cutting a torn tail) and rebuild the state. LogCorrupt if damaged."""
-        log_ = Log.open(log_dir)
+        log_ = Log.open(log_dir, segment_bytes=segment_bytes)
         notes = [
             f"cut a torn record at the end of {path} (offset {offset}, {cut} bytes): {why}"
             for path, offset, cut, why in log_.report.truncated

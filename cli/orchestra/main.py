@@ -296,6 +296,21 @@ def stop(app: App, task, as_json):
 
 
 @cli.command()
+@click.argument("task", type=task_id)
+@click.argument("message", nargs=-1)
+@json_option
+@click.pass_obj
+def resume(app: App, task, message, as_json):
+    """Run a finished task again. A Claude task continues its conversation where it
+    stopped (after a crash, a shutdown or a stop); MESSAGE replaces the default nudge."""
+    view = app.call(p.Resume(task=task, message=" ".join(message)), p.TaskView)
+    if as_json:
+        echo_json(view)
+    else:
+        click.echo(f"task {view.id} is {view.status.value} again")
+
+
+@cli.command()
 @click.argument("tasks", nargs=-1, required=True, type=task_id)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
 @json_option

@@ -34,6 +34,8 @@ def doing(task: TaskView) -> str:
         return text
     if task.reason:
         return f"{task.title} ({task.reason})"
+    if task.status.active and task.activity:
+        return f"{task.title} · {task.activity}"
     return task.title
 
 
@@ -102,6 +104,11 @@ def details(task: TaskView) -> str:
         lines.append(f"  cost       {cost(task.cost_usd)} ({task.input_tokens} tokens in, {task.output_tokens} out)")
     if task.session_id:
         lines.append(f"  session    {task.session_id}")
+    if task.activity:
+        lines.append(f"  activity   {task.activity}")
+    if task.result:
+        result = task.result.strip().replace("\n", "\n             ")
+        lines.append(f"  result     {result}")
     if task.env_keys:
         lines.append(f"  env        {', '.join(task.env_keys)} (values not shown)")
     lines.append(f"  output     {task.output_bytes} bytes")

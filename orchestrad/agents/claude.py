@@ -205,7 +205,7 @@ class ClaudeAgent(Agent):
         self._pending[request_id] = {"tool": tool, "input": tool_input}
         prompt = f"{tool}: {summarize(tool, tool_input)}"
         if request.get("blocked_path"):
-            prompt += f" (outside the allowed directories: {request['blocked_path']})"
+            prompt += f" (touches {request['blocked_path']})"
         return Reaction([ev.InputRequested(task=task.id, request_id=request_id, kind="permission", prompt=prompt, tool=tool)])
 
     def _ask(self, task: Task, request_id: str) -> ev.InputRequested:
