@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from orchestra.protocol import AGENTS, ConfigValue
+from orchestra.protocol import AGENTS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 
@@ -83,6 +83,19 @@ def check(key: str, value: ConfigValue) -> str | None:
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"
     return None
+
+
+def file_changes(config_file: dict[str, ConfigValue], values: dict[str, ConfigValue]) -> dict[str, ConfigValue]:
+    """What a new config.toml changes, compared with what it said when last applied: only
+    keys whose value in the file changed (so `config set` holds until the file says
+    otherwise); a key taken out of the file goes back to its default."""
+    changes = {k: v for k, v in values.items() if config_file.get(k, _MISSING) != v}
+    for key in config_file.keys() - values.keys():
+        changes[key] = getattr(DEFAULT, key)
+    return {k: float(v) if isinstance(v, int) and not isinstance(v, bool) and isinstance(getattr(DEFAULT, k), float) else v for k, v in changes.items()}
+
+
+_MISSING = object()
 
 
 def apply(config: Config, changes: dict[str, ConfigValue]) -> Config:

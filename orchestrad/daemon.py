@@ -63,9 +63,10 @@ class Daemon:
         except StartupError as exc:
             log.error("%s", exc)
             return exc.code
-        engine = Engine(store)
+        engine = Engine(store, paths=self.paths)
         store.attach()
         await engine.start()
+        watching = asyncio.ensure_future(engine.watch_files(self._stop))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
         sock = self._listen()
         listener = await asyncio.start_unix_server(server.serve_connection, sock=sock)
@@ -81,6 +82,7 @@ class Daemon:
             grace = self.shutdown_grace if self.shutdown_grace is not None else store.state.config.kill_grace
             await engine.shutdown(grace)
             await server.close_connections()
+            await asyncio.wait([watching], timeout=2)
             await store.close()
             store.snapshot_now()
             self._remove_socket()

@@ -15,8 +15,10 @@ import re
 import signal as signal_mod
 
 from orchestra import protocol as p
-from orchestra.protocol import AGENTS, ROLES, Status, bad_request, conflict, not_found
+from orchestra.protocol import AGENTS, Status, bad_request, conflict, not_found
 from orchestrad import config as config_mod
+from orchestrad import roles as roles_mod
+from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
 from orchestrad.state import State, Task
 
@@ -62,9 +64,8 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
         raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
     if agent != "command" and not cmd.prompt.strip():
         raise bad_request(f"the {agent} agent needs a prompt saying what to do")
-    role = cmd.role or cfg.default_role
-    if role not in ROLES:
-        raise bad_request(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    role_name = cmd.role or cfg.default_role
+    role = _role(state, role_name)
     priority = _checked_priority(cmd.priority)
     if not cmd.cwd.startswith("/"):
         raise bad_request(f"working directory {cmd.cwd!r} must be an absolute path")
@@ -85,20 +86,88 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
     spec = ev.TaskSpec(
         prompt=cmd.prompt,
         argv=list(cmd.argv),
-        role=role,
+        role=role.name,
         agent=agent,
         priority=priority,
         after=after,
         cwd=cmd.cwd,
         env=plain,
         secret_env=sorted(secret),
-        timeout=cmd.timeout if cmd.timeout is not None else cfg.default_timeout,
-        idle_timeout=cmd.idle_timeout if cmd.idle_timeout is not None else cfg.default_idle_timeout,
-        budget_usd=cmd.budget_usd,
-        model=cmd.model,
+        timeout=_first(cmd.timeout, role.timeout, cfg.default_timeout),
+        idle_timeout=_first(cmd.idle_timeout, role.idle_timeout, cfg.default_idle_timeout),
+        budget_usd=_first(cmd.budget_usd, role.budget_usd),
+        model=cmd.model or role.model,
         title=cmd.title or _title(cmd.prompt, cmd.argv),
+        worktree=_first(cmd.worktree, role.worktree) or False,
     )
     return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
+
+
+def _first(*values):
+    """The first value that is not None: what was asked, else the role's, else the config's."""
+    return next((v for v in values if v is not None), None)
+
+
+def _role(state: State, name: str) -> p.Role:
+    role = roles_mod.get(name, state.roles)
+    if role is None:
+        raise bad_request(f"unknown role {name!r}; choose one of: {', '.join(roles_mod.names(state.roles))}")
+    return role
+
+
+def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event]:
+    template = workflows_mod.get(cmd.template, state.templates)
+    if template is None:
+        raise not_found(f"no workflow template {cmd.template!r}; `orchestra workflow list` shows them")
+    if not cmd.goal.strip():
+        raise bad_request("say what the workflow is for: give it a goal")
+    if not cmd.cwd.startswith("/"):
+        raise bad_request(f"working directory {cmd.cwd!r} must be an absolute path")
+    problems = workflows_mod.check(template, workflows_mod.role_names(state.roles))
+    if problems:
+        raise bad_request(f"workflow template {template.name!r} cannot run: {'; '.join(problems)}")
+    if cmd.agent is not None and cmd.agent not in AGENTS:
+        raise bad_request(f"unknown agent {cmd.agent!r}; choose one of: {', '.join(AGENTS)}")
+    priority = _checked_priority(cmd.priority)
+    cfg = state.config
+    workflow = state.next_workflow
+    worktree = template.worktree if cmd.worktree is None else cmd.worktree
+    ids: dict[str, int] = {}
+    submitted: list[ev.Event] = []
+    for step in workflows_mod.order(template):
+        task_id = state.next_task + len(ids)
+        ids[step.name] = task_id
+        role = _role(state, step.role)
+        agent = step.agent or cmd.agent or ("command" if step.argv else cfg.default_agent)
+        condition = None
+        if step.if_succeeded:
+            condition = ev.Condition(ids[step.if_succeeded], Status.SUCCEEDED)
+        elif step.if_failed:
+            condition = ev.Condition(ids[step.if_failed], Status.FAILED)
+        spec = ev.TaskSpec(
+            prompt=step.prompt,
+            argv=list(step.argv),
+            role=role.name,
+            agent=agent,
+            priority=priority,
+            after=[ids[dep] for dep in step.after],
+            cwd=cmd.cwd,
+            env={},
+            secret_env=[],
+            timeout=_first(role.timeout, cfg.default_timeout),
+            idle_timeout=_first(role.idle_timeout, cfg.default_idle_timeout),
+            budget_usd=role.budget_usd,
+            model=role.model,
+            title=_title(f"{step.name}: {cmd.goal}", []),
+            workflow=workflow,
+            step=step.name,
+            run_if=condition,
+            worktree=worktree,
+            workspace=step.workspace,
+        )
+        submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
+    created = ev.WorkflowCreated(workflow=workflow, template=template.name, goal=cmd.goal, steps=ids, cwd=cmd.cwd, worktree=worktree)
+    return [created, *submitted]
 
 
 def _title(prompt: str, argv: list[str]) -> str:
@@ -213,8 +282,7 @@ def _answer(cmd: p.Respond, question: p.Question) -> str:
 
 def _assign_role(state: State, cmd: p.AssignRole, now: float) -> list[ev.Event]:
     task = get_task(state, cmd.task)
-    if cmd.role not in ROLES:
-        raise bad_request(f"unknown role {cmd.role!r}; choose one of: {', '.join(ROLES)}")
+    _role(state, cmd.role)
     if cmd.role == task.role:
         return []
     return [ev.TaskRoleChanged(task=task.id, role=cmd.role)]
@@ -241,6 +309,7 @@ _HANDLERS = {
     p.Resume: _resume,
     p.AssignRole: _assign_role,
     p.ConfigSet: _config_set,
+    p.RunWorkflow: _run_workflow,
 }
 
 

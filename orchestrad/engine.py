@@ -14,17 +14,25 @@ import asyncio
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Callable, Sequence
+
+import msgspec
 
 from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import scheduler
+from orchestra.paths import Paths
+from orchestrad import config as config_mod
+from orchestrad import configfiles, worktrees
+from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
+from orchestrad.worktrees import WorktreeError
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +60,23 @@ class Watcher:
 
 
 class Engine:
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time, base_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        paths: Paths | None = None,
+        clock: Callable[[], float] = time.time,
+        base_env: dict[str, str] | None = None,
+    ) -> None:
         self.store = store
+        self.paths = paths
         self.clock = clock
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)
         self.watchers: set[Watcher] = set()
         self.secrets: dict[int, dict[str, str]] = {}  # task -> withheld env values, memory only
         self._starting: set[int] = set()
+        self._worktree_jobs: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
         self._agents: dict[int, Agent] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
@@ -175,11 +192,13 @@ class Engine:
         task = self.state.tasks[task_id]
         agent = agent_for(task.spec.agent)
         try:
-            argv = agent.command(task, self.state.config)
+            cwd = await self._workdir(task)
+            task = self._prepared(self.state.tasks[task_id])
+            argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             env = {**self.base_env, **task.spec.env, **self.secrets.get(task_id, {})}
-            pid = await self.supervisor.start(task_id, argv, cwd=task.spec.cwd, env=env)
-        except SpawnError as exc:
+            pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env)
+        except (SpawnError, WorktreeError) as exc:
             self._starting.discard(task_id)
             self.record_nowait(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
@@ -192,6 +211,51 @@ class Engine:
         self._agents[task_id] = agent
         spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=_shown(argv))
         self.record_nowait([spawned, *self._react(task_id, greeting)])
+
+    def _prepared(self, task: Task) -> Task:
+        """The task as its agent should see it: a workflow step's prompt (or argv) with the
+        goal and the earlier steps' results filled in."""
+        workflow = self.state.workflows.get(task.spec.workflow) if task.spec.workflow else None
+        if workflow is None:
+            return task
+        results = {}
+        for step, step_task in workflow.steps.items():
+            t = self.state.tasks.get(step_task)
+            if t is not None:
+                results[step] = (t.status.value, t.result)
+        spec = msgspec.structs.replace(
+            task.spec,
+            prompt=workflows_mod.render(task.spec.prompt, workflow.goal, results),
+            argv=[workflows_mod.render(a, workflow.goal, results) for a in task.spec.argv],
+        )
+        return msgspec.structs.replace(task, spec=spec)
+
+    async def _workdir(self, task: Task) -> str:
+        """Where the task works: its own worktree, its workflow's shared one (made once, on
+        first need), or the directory it was submitted from."""
+        if not task.spec.worktree or task.workdir:
+            return task.cwd
+        root = self._worktree_root()
+        workflow = self.state.workflows.get(task.spec.workflow) if task.spec.workflow else None
+        if workflow is not None and task.spec.workspace == "shared":
+            job = self._worktree_jobs.get(workflow.id)
+            if job is None:
+                name = f"w{workflow.id}-{worktrees.slug(workflow.goal)}"
+                job = asyncio.ensure_future(worktrees.create(workflow.cwd or task.spec.cwd, root, name))
+                self._worktree_jobs[workflow.id] = job
+                path, branch, repo, workdir = await job
+                self.record_nowait([ev.WorktreeCreated(path=path, branch=branch, repo=repo, workflow=workflow.id, workdir=workdir)])
+            else:
+                await job
+            return self.state.tasks[task.id].cwd
+        path, branch, repo, workdir = await worktrees.create(task.spec.cwd, root, f"{task.id}-{worktrees.slug(task.spec.title)}")
+        self.record_nowait([ev.WorktreeCreated(path=path, branch=branch, repo=repo, task=task.id, workdir=workdir)])
+        return workdir
+
+    def _worktree_root(self) -> Path:
+        if self.paths is None:
+            raise WorktreeError("this daemon has no state directory for worktrees")
+        return self.paths.state / "worktrees"
 
     # -- observations from the supervisor -----------------------------------------------
 
@@ -208,7 +272,24 @@ class Engine:
             return
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
-        self._observe(d.process_exited(self.state, task_id, pid, exit_code, signal, detail))
+        items: list[Item] = []
+        if self.state.tasks[task_id].spec.agent == "command":
+            items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
+        self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail)])
+
+    def _stdout_tail(self, task_id: int) -> str:
+        """A command's result: the end of what it wrote to stdout."""
+        limit = workflows_mod.RESULT_LIMIT
+        chunks: list[bytes] = []
+        size = 0
+        for index in range(self.store.output_count(task_id) - 1, -1, -1):
+            stream, data = next(self.store.output(task_id, index))
+            if stream == "stdout":
+                chunks.append(data)
+                size += len(data)
+                if size >= limit:
+                    break
+        return b"".join(reversed(chunks))[-limit:].decode(errors="replace").strip()
 
     def _observe(self, items: Sequence[Item]) -> None:
         try:
@@ -219,7 +300,9 @@ class Engine:
     # -- retention ----------------------------------------------------------------------
 
     async def cleanup(self) -> p.CleanupResult:
-        """Purge finished tasks past the retention, snapshot, and drop segments behind it."""
+        """Remove worktrees of finished work past the retention (their branches stay), purge
+        those tasks, snapshot, and drop the log segments nothing needs any more."""
+        await self._remove_old_worktrees()
         events = d.purge(self.state, self.clock())
         if events:
             await self.record(events)
@@ -231,6 +314,52 @@ class Engine:
             segments_removed=segments,
             bytes_freed=freed,
         )
+
+    async def _remove_old_worktrees(self) -> None:
+        horizon = self.clock() - self.state.config.retention_days * 86400
+        for tree in list(self.state.worktrees.values()):
+            owners = [tree.task] if tree.task is not None else list(self.state.workflows[tree.workflow].steps.values()) if tree.workflow in self.state.workflows else []
+            tasks = [self.state.tasks.get(t) for t in owners]
+            if all(t is None or (t.status.finished and (t.finished_at or 0) < horizon) for t in tasks):
+                try:
+                    await worktrees.remove(tree.repo, tree.path)
+                except WorktreeError as exc:
+                    log.warning("could not remove worktree %s: %s", tree.path, exc)
+                    continue
+                await self.record([ev.WorktreeRemoved(path=tree.path)])
+
+    # -- configuration files ------------------------------------------------------------
+
+    def reload_files(self) -> None:
+        """Load config.toml, roles/ and workflows/; record what changed."""
+        if self.paths is None:
+            return
+        state = self.state
+        roles, templates, problems = configfiles.load_catalog(self.paths.config, state.roles, state.templates)
+        values, config_problems = configfiles.load_settings(self.paths.config_file)
+        problems += config_problems
+        items: list[Item] = []
+        if roles != list(state.roles.values()) or templates != list(state.templates.values()) or problems != state.catalog_problems:
+            items.append(ev.CatalogChanged(roles=roles, templates=templates, problems=problems))
+            for problem in problems:
+                log.warning("%s", problem)
+        if values is not None:
+            changes = config_mod.file_changes(state.config_file, values)
+            if changes:
+                items.append(ev.ConfigChanged(changes=changes, source="file"))
+        if items:
+            self._observe(items)
+
+    async def watch_files(self, stop: asyncio.Event) -> None:
+        """Reload whenever something in the config directory changes (debounced)."""
+        import watchfiles
+
+        assert self.paths is not None
+        async for _ in watchfiles.awatch(self.paths.config, debounce=200, step=50, stop_event=stop, recursive=True):
+            try:
+                self.reload_files()
+            except Exception:  # never let a bad file take the daemon down
+                log.exception("could not reload the configuration files")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -245,6 +374,7 @@ class Engine:
         reconciled = d.reconcile(self.state)
         events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=_version())]
         await self.record([*events, *reconciled])
+        self.reload_files()
 
     async def shutdown(self, grace: float) -> None:
         """Stop starting work, stop running agents (recorded as interrupted), flush."""

@@ -23,10 +23,19 @@ from typing import Union
 import msgspec
 
 from orchestra.protocol import ConfigValue, Status
+from orchestrad.roles import Role
+from orchestrad.workflows import Template
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag=True):
     pass
+
+
+class Condition(msgspec.Struct, frozen=True, array_like=True):
+    """Run only if `task` ended with `outcome` (a workflow step's if_succeeded/if_failed)."""
+
+    task: int
+    outcome: Status
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -47,6 +56,10 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     model: str | None
     title: str
     workflow: int | None = None
+    step: str = ""  # the workflow step this task is
+    run_if: Condition | None = None
+    worktree: bool = False  # run in a git worktree (its own, or the workflow's shared one)
+    workspace: str = ""  # for a workflow step: "shared" or "own"
 
 
 class DaemonStarted(Event):
@@ -183,10 +196,37 @@ class WorkflowCreated(Event):
     template: str
     goal: str
     steps: dict[str, int]  # step name -> task id
+    cwd: str = ""
+    worktree: bool = False
+
+
+class WorktreeCreated(Event):
+    """A git worktree on a new branch, for a task or for a workflow's shared steps."""
+
+    path: str
+    branch: str
+    repo: str
+    task: int | None = None
+    workflow: int | None = None
+    workdir: str = ""  # where the work happens inside it (the submitted cwd's counterpart)
+
+
+class WorktreeRemoved(Event):
+    path: str
+
+
+class CatalogChanged(Event):
+    """The roles and workflow templates people keep as files, as loaded; and what was wrong
+    with the files that could not be loaded (the last good version stays in force)."""
+
+    roles: list[Role]
+    templates: list[Template]
+    problems: list[str]
 
 
 class ConfigChanged(Event):
     changes: dict[str, ConfigValue]
+    source: str = ""  # "file" when config.toml changed; "" for `orchestra config set`
 
 
 class TasksPurged(Event):
@@ -215,6 +255,9 @@ AnyEvent = Union[
     ProcessExited,
     TaskFinished,
     WorkflowCreated,
+    WorktreeCreated,
+    WorktreeRemoved,
+    CatalogChanged,
     ConfigChanged,
     TasksPurged,
 ]

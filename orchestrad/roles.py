@@ -1,29 +1,34 @@
 """Roles: named profiles that specialise an agent for one job.
 
 A role carries a system prompt appended to the agent's own, the tools it may use without
-asking and the tools it may never use, its permission mode, and optionally a model and
-limits. The seven built-ins below are written for their jobs; reviewer and architect are
-read-only by default.
+asking and the tools it may never use, its permission mode, and optionally a model, limits
+and whether its tasks get their own git worktree. The seven built-ins below are written for
+their jobs; reviewer and architect are read-only by default.
+
+People add or override roles with TOML files in `<config dir>/roles/NAME.toml`::
+
+    description = "Reviews database migrations"
+    prompt = "You review SQL migrations for locking and data loss..."
+    allowed_tools = ["Read", "Grep"]
+    disallowed_tools = ["Write", "Edit"]
+    permission_mode = "default"
+    model = "claude-sonnet-4-5"
+    timeout = 1800
+    worktree = false
+
+Loaded roles are recorded in the log (`CatalogChanged`), so the Role struct is part of the
+log's schema: fields are only ever added at the end, with defaults.
 """
 
 from __future__ import annotations
 
+import tomllib
+
 import msgspec
 
+from orchestra.protocol import Role
+
 READ_ONLY_DENIED = ["Write", "Edit", "MultiEdit", "NotebookEdit"]
-
-
-class Role(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    description: str
-    prompt: str
-    allowed_tools: list[str] = []
-    disallowed_tools: list[str] = []
-    permission_mode: str = "default"
-    model: str | None = None
-    timeout: float | None = None
-    idle_timeout: float | None = None
-    budget_usd: float | None = None
 
 
 BUILTIN: dict[str, Role] = {
@@ -115,7 +120,52 @@ BUILTIN: dict[str, Role] = {
 }
 
 NAMES = tuple(BUILTIN)
+PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 
 
-def get(name: str) -> Role | None:
+def get(name: str, custom: dict[str, Role] | None = None) -> Role | None:
+    """The role called `name`: a user's file overrides a built-in of the same name."""
+    if custom and name in custom:
+        return custom[name]
     return BUILTIN.get(name)
+
+
+def names(custom: dict[str, Role] | None = None) -> list[str]:
+    return sorted({*BUILTIN, *(custom or {})})
+
+
+class _RoleFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    description: str = ""
+    prompt: str
+    allowed_tools: list[str] = []
+    disallowed_tools: list[str] = []
+    permission_mode: str = "default"
+    model: str | None = None
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    budget_usd: float | None = None
+    worktree: bool = False
+
+
+def parse(name: str, text: str) -> Role:
+    """A role from a TOML file's text; ValueError saying what is wrong, with the line where
+    the TOML parser knows it."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"role name {name!r} may use only letters, digits, - and _")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        spec = msgspec.convert(raw, _RoleFile)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    if spec.permission_mode not in PERMISSION_MODES:
+        raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {spec.permission_mode!r}")
+    if not spec.prompt.strip():
+        raise ValueError("prompt is empty: say what this role does and how")
+    for field in ("timeout", "idle_timeout", "budget_usd"):
+        value = getattr(spec, field)
+        if value is not None and value <= 0:
+            raise ValueError(f"{field} must be above 0, not {value}")
+    return Role(name=name, **msgspec.structs.asdict(spec))

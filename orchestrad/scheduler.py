@@ -60,7 +60,7 @@ def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
         blocker = _blocked_for_good(state, task)
         if blocker is not None:
             events.append(ev.TaskCancelled(task=task_id, reason=blocker))
-        elif all(_succeeded(state, dep) for dep in task.spec.after):
+        elif all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task):
             ready.append(task)
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
 
@@ -94,12 +94,28 @@ def _order(task: Task) -> tuple[int, int, int]:
     return (-task.priority, task.submitted_seq, task.id)
 
 
+def _condition_met(state: State, task: Task) -> bool:
+    condition = task.spec.run_if
+    if condition is None:
+        return True
+    dep = state.tasks.get(condition.task)
+    return dep is not None and dep.status is condition.outcome
+
+
 def _succeeded(state: State, task_id: int) -> bool:
     dep = state.tasks.get(task_id)
     return dep is not None and dep.status is Status.SUCCEEDED
 
 
 def _blocked_for_good(state: State, task: Task) -> str | None:
+    condition = task.spec.run_if
+    if condition is not None:
+        dep = state.tasks.get(condition.task)
+        if dep is None:
+            return f"not run: task {condition.task}, which it depends on, was removed"
+        if dep.status.finished and dep.status is not condition.outcome:
+            name = f"step {dep.spec.step}" if dep.spec.step else f"task {dep.id}"
+            return f"skipped: it runs only if {name} {condition.outcome.value}, and it {dep.status.value}"
     for dep_id in task.spec.after:
         dep = state.tasks.get(dep_id)
         if dep is None:

@@ -28,6 +28,9 @@ from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder, request_decoder
 from orchestrad import scheduler
+from orchestrad import roles as roles_mod
+from orchestrad import workflows as workflows_mod
+from orchestrad import worktrees
 from orchestrad.agents import renderer
 from orchestrad.decide import get_task
 from orchestrad.engine import Engine, Watcher
@@ -60,6 +63,11 @@ class Server:
             p.Wait: self.wait,
             p.ConfigGet: self.config_get,
             p.ConfigSet: self.config_set,
+            p.Roles: self.roles,
+            p.Templates: self.templates,
+            p.RunWorkflow: self.run_workflow,
+            p.ShowWorkflow: self.show_workflow,
+            p.ListWorkflows: self.list_workflows,
             p.Info: self.info,
             p.Cleanup: self.cleanup,
             p.Shutdown: self.shutdown,
@@ -161,10 +169,61 @@ class Server:
         return view(get_task(self.engine.state, task_id), self.engine.clock())
 
     async def submit(self, request: p.Submit) -> p.TaskView:
-        if not os.path.isdir(request.cwd):
-            raise p.bad_request(f"working directory {request.cwd} does not exist")
+        _check_directory(request.cwd, request.worktree)
         [event] = await self.engine.execute(request)
+        if event.spec.worktree and request.worktree is None:  # type: ignore[attr-defined]
+            _check_directory(request.cwd, True)  # the role asked for one
         return self._view(event.task)  # type: ignore[attr-defined]
+
+    async def run_workflow(self, request: p.RunWorkflow) -> p.WorkflowView:
+        _check_directory(request.cwd, request.worktree)
+        events = await self.engine.execute(request)
+        created = events[0]
+        if created.worktree and request.worktree is None:  # type: ignore[attr-defined]
+            _check_directory(request.cwd, True)
+        return self._workflow_view(created.workflow)  # type: ignore[attr-defined]
+
+    async def show_workflow(self, request: p.ShowWorkflow) -> p.WorkflowView:
+        return self._workflow_view(request.workflow)
+
+    async def list_workflows(self, request: p.ListWorkflows) -> list[p.WorkflowView]:
+        return [self._workflow_view(w) for w in sorted(self.engine.state.workflows)]
+
+    def _workflow_view(self, workflow_id: int) -> p.WorkflowView:
+        state = self.engine.state
+        workflow = state.workflows.get(workflow_id)
+        if workflow is None:
+            raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
+        now = self.engine.clock()
+        tasks = [view(state.tasks[t], now) for t in workflow.steps.values() if t in state.tasks]
+        return p.WorkflowView(
+            id=workflow.id,
+            template=workflow.template,
+            goal=workflow.goal,
+            status=workflow_status(tasks),
+            cost_usd=sum(t.cost_usd for t in tasks),
+            created_at=workflow.created_at,
+            cwd=workflow.cwd,
+            worktree=workflow.workdir,
+            steps=workflow.steps,
+            tasks=tasks,
+        )
+
+    async def roles(self, request: p.Roles) -> p.RolesResult:
+        state = self.engine.state
+        return p.RolesResult(
+            roles=[roles_mod.get(n, state.roles) for n in roles_mod.names(state.roles)],  # type: ignore[misc]
+            custom=sorted(state.roles),
+            problems=[x for x in state.catalog_problems if "/roles/" in x],
+        )
+
+    async def templates(self, request: p.Templates) -> p.TemplatesResult:
+        state = self.engine.state
+        return p.TemplatesResult(
+            templates=[workflows_mod.get(n, state.templates) for n in workflows_mod.names(state.templates)],  # type: ignore[misc]
+            custom=sorted(state.templates),
+            problems=[x for x in state.catalog_problems if "/roles/" not in x],
+        )
 
     async def change(self, request: Any) -> p.TaskView:
         await self.engine.execute(request)
@@ -306,6 +365,29 @@ class Server:
                         yield view(task, engine.clock())
         finally:
             engine.watchers.discard(watcher)
+
+
+def _check_directory(cwd: str, worktree: bool | None) -> None:
+    if not os.path.isdir(cwd):
+        raise p.bad_request(f"working directory {cwd} does not exist")
+    if worktree and worktrees.repo_root(cwd) is None:
+        raise p.bad_request(f"{cwd} is not in a git repository, so it cannot have a worktree; drop --worktree or run it in a repository")
+
+
+def workflow_status(tasks: list[p.TaskView]) -> str:
+    """One word for a workflow: what its steps add up to."""
+    statuses = {t.status for t in tasks}
+    if Status.WAITING in statuses:
+        return "waiting"
+    if Status.RUNNING in statuses:
+        return "running"
+    if Status.QUEUED in statuses:
+        return "queued" if statuses == {Status.QUEUED} else "running"
+    if statuses & {Status.FAILED, Status.TIMED_OUT, Status.INTERRUPTED}:
+        return "failed"
+    if any(t.status is Status.CANCELLED and not t.reason.startswith("skipped") for t in tasks):
+        return "cancelled"
+    return "succeeded"
 
 
 def _tail(store, task_id: int, lines: int, render) -> tuple[int, p.LogChunk | None]:

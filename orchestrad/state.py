@@ -22,6 +22,8 @@ import msgspec
 from orchestra.protocol import Question, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
+from orchestrad import roles as roles_mod
+from orchestrad import workflows as workflows_mod
 
 
 class OutputRef(msgspec.Struct, frozen=True, array_like=True):
@@ -86,13 +88,30 @@ class Task(msgspec.Struct, kw_only=True):
     result_error: bool = False
     pending_message: str = ""  # what the next attempt starts with (follow-up or resume)
     continued: str = ""  # why the next attempt happens: "follow-up" | "resume" | "retry"
+    workdir: str = ""  # its git worktree, once made; else it works in spec.cwd
+
+    @property
+    def cwd(self) -> str:
+        return self.workdir or self.spec.cwd
 
 
-class Workflow(msgspec.Struct, frozen=True, kw_only=True):
+class Workflow(msgspec.Struct, kw_only=True):
     id: int
     template: str
     goal: str
     steps: dict[str, int]
+    created_at: float
+    cwd: str = ""
+    worktree: bool = False
+    workdir: str = ""  # the shared worktree of its steps, once made
+
+
+class Worktree(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    branch: str
+    repo: str
+    task: int | None
+    workflow: int | None
     created_at: float
 
 
@@ -104,6 +123,11 @@ class State(msgspec.Struct, kw_only=True):
     tasks: dict[int, Task] = {}
     outputs: dict[int, bytearray] = {}  # task -> packed output places (see output_refs)
     workflows: dict[int, Workflow] = {}
+    worktrees: dict[str, Worktree] = {}  # path -> what it is for
+    roles: dict[str, roles_mod.Role] = {}  # roles people keep as files (override built-ins)
+    templates: dict[str, workflows_mod.Template] = {}  # workflow templates people keep as files
+    catalog_problems: list[str] = []  # files that could not be loaded, and why
+    config_file: dict[str, config_mod.ConfigValue] = {}  # what config.toml said when last applied
     queued: set[int] = set()  # ids of queued tasks
     active: set[int] = set()  # ids of running or waiting tasks
 
@@ -257,13 +281,39 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
 
 def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
     s.workflows[e.workflow] = Workflow(
-        id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts
+        id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts, cwd=e.cwd, worktree=e.worktree
     )
     s.next_workflow = max(s.next_workflow, e.workflow + 1)
 
 
+def _worktree_created(s: State, e: ev.WorktreeCreated, ts: float, data) -> None:
+    s.worktrees[e.path] = Worktree(path=e.path, branch=e.branch, repo=e.repo, task=e.task, workflow=e.workflow, created_at=ts)
+    workdir = e.workdir or e.path
+    if e.task is not None and e.task in s.tasks:
+        s.tasks[e.task].workdir = workdir
+    if e.workflow is not None and e.workflow in s.workflows:
+        wf = s.workflows[e.workflow]
+        wf.workdir = workdir
+        for task_id in wf.steps.values():  # every shared step works there
+            t = s.tasks.get(task_id)
+            if t is not None and t.spec.worktree and t.spec.workspace == "shared":
+                t.workdir = workdir
+
+
+def _worktree_removed(s: State, e: ev.WorktreeRemoved, ts: float, data) -> None:
+    s.worktrees.pop(e.path, None)
+
+
+def _catalog(s: State, e: ev.CatalogChanged, ts: float, data) -> None:
+    s.roles = {r.name: r for r in e.roles}
+    s.templates = {t.name: t for t in e.templates}
+    s.catalog_problems = list(e.problems)
+
+
 def _config(s: State, e: ev.ConfigChanged, ts: float, data) -> None:
     s.config = config_mod.apply(s.config, e.changes)
+    if e.source == "file":
+        s.config_file = {**s.config_file, **e.changes}
 
 
 def _purged(s: State, e: ev.TasksPurged, ts: float, data) -> None:
@@ -292,6 +342,9 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.ProcessExited: _exited,
     ev.TaskFinished: _finished,
     ev.WorkflowCreated: _workflow,
+    ev.WorktreeCreated: _worktree_created,
+    ev.WorktreeRemoved: _worktree_removed,
+    ev.CatalogChanged: _catalog,
     ev.ConfigChanged: _config,
     ev.TasksPurged: _purged,
 }
@@ -345,7 +398,7 @@ def view(task: Task, now: float) -> TaskView:
         title=spec.title,
         prompt=spec.prompt,
         argv=spec.argv,
-        cwd=spec.cwd,
+        cwd=task.cwd,
         submitted_at=task.submitted_at,
         started_at=task.started_at,
         finished_at=task.finished_at,
@@ -368,4 +421,6 @@ def view(task: Task, now: float) -> TaskView:
         workflow=spec.workflow,
         activity=task.activity,
         result=task.result,
+        step=spec.step,
+        worktree=task.workdir,
     )

@@ -138,7 +138,7 @@ def _priority(ctx, param, value):
 
 @cli.command(cls=_SplitAtDashes)
 @click.argument("prompt", nargs=-1)
-@click.option("--role", "-r", help=f"Role: {', '.join(p.ROLES)} (default from config).")
+@click.option("--role", "-r", help=f"Role: {', '.join(p.BUILTIN_ROLES)}, or one of yours (default from config).")
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
 @click.option("--priority", "-p", callback=_priority, help="A number, or low/normal/high/urgent.")
 @click.option("--after", multiple=True, type=int, help="Start only after this task succeeded (repeatable).")

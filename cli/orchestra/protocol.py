@@ -53,7 +53,7 @@ PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 AGENTS = ("claude", "command")
-ROLES = ("architect", "implementer", "tester", "reviewer", "devops", "documenter", "generalist")
+BUILTIN_ROLES = ("architect", "implementer", "tester", "reviewer", "devops", "documenter", "generalist")
 
 
 def parse_priority(text: str | int) -> int:
@@ -112,6 +112,7 @@ class Submit(Request):
     budget_usd: float | None = None
     model: str | None = None
     title: str = ""
+    worktree: bool | None = None  # None: as the role says
 
 
 class ListTasks(Request):
@@ -204,6 +205,33 @@ class Cleanup(Request):
     pass
 
 
+class Roles(Request):
+    pass
+
+
+class Templates(Request):
+    pass
+
+
+class RunWorkflow(Request):
+    """Turn a goal into a team: one task per step of the template, wired by dependencies."""
+
+    template: str
+    goal: str
+    cwd: str
+    worktree: bool | None = None  # None: as the template says
+    priority: int = 0
+    agent: str | None = None  # run every step with this agent (default: the configured one)
+
+
+class ShowWorkflow(Request):
+    workflow: int
+
+
+class ListWorkflows(Request):
+    pass
+
+
 class Info(Request):
     """The daemon's own status (pid, uptime, counts)."""
 
@@ -231,13 +259,18 @@ AnyRequest = Union[
     Watch,
     ConfigGet,
     ConfigSet,
+    Roles,
+    Templates,
+    RunWorkflow,
+    ShowWorkflow,
+    ListWorkflows,
     Info,
     Cleanup,
     Shutdown,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
-MUTATING = (Submit, Respond, Stop, Resume, SetPriority, Remove, AssignRole, ConfigSet)
+MUTATING = (Submit, Respond, Stop, Resume, SetPriority, Remove, AssignRole, ConfigSet, RunWorkflow)
 
 # ---------------------------------------------------------------------------------------
 # Replies
@@ -337,6 +370,71 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     workflow: int | None = None
     activity: str = ""  # the latest thing the agent did
     result: str = ""  # the agent's final answer of its latest attempt
+    step: str = ""  # the workflow step it is
+    worktree: str = ""  # its git worktree, when it has one
+
+
+# Roles and workflow templates: what people write in their files, and what the daemon
+# shows. They are recorded in the daemon's log too, so fields are only ever added at the
+# end, with defaults.
+
+
+class Role(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str
+    prompt: str
+    allowed_tools: list[str] = []
+    disallowed_tools: list[str] = []
+    permission_mode: str = "default"
+    model: str | None = None
+    timeout: float | None = None
+    idle_timeout: float | None = None
+    budget_usd: float | None = None
+    worktree: bool = False
+
+
+class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    role: str = "generalist"
+    prompt: str = ""
+    argv: list[str] = []  # for the command agent, instead of a prompt
+    agent: str | None = None
+    after: list[str] = []
+    workspace: Literal["shared", "own"] = "shared"
+    if_succeeded: str | None = None  # run only if this step succeeded
+    if_failed: str | None = None  # run only if this step failed
+
+
+class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    description: str = ""
+    steps: list[WorkflowStep]
+    worktree: bool = False  # run in a git worktree unless the run says otherwise
+
+
+class RolesResult(msgspec.Struct, frozen=True, kw_only=True):
+    roles: list[Role]
+    custom: list[str]  # names defined (or overridden) by files
+    problems: list[str]  # files that could not be loaded, and why
+
+
+class TemplatesResult(msgspec.Struct, frozen=True, kw_only=True):
+    templates: list[WorkflowTemplate]
+    custom: list[str]
+    problems: list[str]
+
+
+class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    template: str
+    goal: str
+    status: str  # queued | running | waiting | succeeded | failed | cancelled
+    cost_usd: float
+    created_at: float
+    cwd: str
+    worktree: str
+    steps: dict[str, int]
+    tasks: list[TaskView]
 
 
 class LogChunk(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,7 +3,7 @@
 The engine tells an adapter about its task's process at a few points and acts on what it
 returns; the adapter itself does no I/O:
 
-* `command(task, config)` — the argv to run;
+* `command(task, config, custom_roles)` — the argv to run;
 * `greeting(task)` — what to write to stdin first (a `Reaction`);
 * `output(task, stream, chunk)` — a chunk of output becomes a `Reaction`: events to record
   (the output itself, and whatever the adapter understood in it), bytes to write back, and
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from orchestra.protocol import Role
 from orchestrad import events as ev
 from orchestrad.config import Config
 from orchestrad.state import Task
@@ -37,7 +38,7 @@ class Reaction(NamedTuple):
 class Agent:
     name = ""
 
-    def command(self, task: Task, config: Config) -> list[str]:
+    def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         raise NotImplementedError
 
     def greeting(self, task: Task) -> Reaction:

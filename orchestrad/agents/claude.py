@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from orchestra.protocol import Role
 from orchestrad import events as ev
 from orchestrad import roles
 from orchestrad.agents import Agent, Item, Reaction
@@ -73,8 +74,8 @@ class ClaudeAgent(Agent):
 
     # -- starting -----------------------------------------------------------------------
 
-    def command(self, task: Task, config: Config) -> list[str]:
-        role = roles.get(task.role)
+    def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
+        role = roles.get(task.role, custom_roles)
         argv = [
             config.claude_path, "-p",
             "--input-format", "stream-json",

@@ -3,6 +3,7 @@ a response is a line written to its stdin."""
 
 from __future__ import annotations
 
+from orchestra.protocol import Role
 from orchestrad import events as ev
 from orchestrad.agents import Agent, Reaction
 from orchestrad.config import Config
@@ -12,7 +13,7 @@ from orchestrad.state import Task
 class CommandAgent(Agent):
     name = "command"
 
-    def command(self, task: Task, config: Config) -> list[str]:
+    def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         return list(task.spec.argv)
 
     def answer(self, task: Task, given: ev.InputGiven) -> Reaction:

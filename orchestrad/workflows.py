@@ -1,0 +1,289 @@
+"""Workflow templates: a goal becomes a small team, each step's result feeding the next.
+
+A template is a small DAG of steps. Each step has a name, a role, a prompt template (or an
+argv, for the command agent), the steps it runs after, its workspace, and optionally a
+condition: run only if a named step succeeded, or only if it failed. A prompt may quote the
+goal and earlier steps' results: ``{goal}``, ``{steps.design.result}``,
+``{steps.design.status}``. Quoting is resolved when the step starts, so it carries what the
+earlier step actually produced (long results are shortened in the middle).
+
+Workspaces, when the workflow runs with a git worktree: ``shared`` steps work in the
+workflow's worktree (so the tester sees the implementer's change), ``own`` steps get a
+worktree of their own. Without a worktree every step works in the workflow's directory.
+
+People add templates as TOML files in `<config dir>/workflows/NAME.toml`::
+
+    description = "Fix a flaky test"
+    worktree = true
+
+    [[steps]]
+    name = "reproduce"
+    role = "tester"
+    prompt = "Find out why this test is flaky: {goal}"
+
+    [[steps]]
+    name = "fix"
+    role = "implementer"
+    after = ["reproduce"]
+    prompt = "Fix it. What the tester found:\\n{steps.reproduce.result}"
+
+Loaded templates are recorded in the log (`CatalogChanged`): fields are only ever added at
+the end, with defaults. Pure: parsing, checking and rendering do no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import msgspec
+
+from orchestra.protocol import WorkflowStep as Step
+from orchestra.protocol import WorkflowTemplate as Template
+from orchestrad import roles as roles_mod
+
+RESULT_LIMIT = 6000  # characters of an earlier step's result quoted in a later prompt
+_PLACEHOLDER = re.compile(r"\{(goal|steps\.([A-Za-z0-9_-]+)\.(result|status))\}")
+
+
+def _steps(*steps: Step) -> list[Step]:
+    return list(steps)
+
+
+BUILTIN: dict[str, Template] = {
+    t.name: t
+    for t in [
+        Template(
+            name="code-review",
+            description="A thorough review: the reviewer reads the code while the tester runs the tests; then one report.",
+            steps=_steps(
+                Step(name="review", role="reviewer", prompt=(
+                    "Review this code: {goal}\n\nReport findings with file and line, ordered by severity.")),
+                Step(name="tests", role="tester", prompt=(
+                    "Run the project's tests and checks relevant to: {goal}\n\n"
+                    "Report each failure precisely; do not fix anything.")),
+                Step(name="report", role="reviewer", after=["review", "tests"], prompt=(
+                    "Write the final review of: {goal}\n\nFindings from reading the code:\n"
+                    "{steps.review.result}\n\nWhat the tests showed:\n{steps.tests.result}\n\n"
+                    "Merge both into one prioritised list, and say whether it is ready to merge.")),
+            ),
+        ),
+        Template(
+            name="feature-development",
+            description="Architect designs, implementer builds, tester and documenter work in parallel, reviewer checks.",
+            steps=_steps(
+                Step(name="design", role="architect", prompt=(
+                    "Design this feature: {goal}\n\nProduce a plan another engineer can implement.")),
+                Step(name="implement", role="implementer", after=["design"], prompt=(
+                    "Implement this feature: {goal}\n\nFollow the architect's design:\n{steps.design.result}")),
+                Step(name="test", role="tester", after=["implement"], prompt=(
+                    "Write and run tests for the feature just implemented: {goal}\n\n"
+                    "What the implementer did:\n{steps.implement.result}")),
+                Step(name="document", role="documenter", after=["implement"], prompt=(
+                    "Document the feature just implemented: {goal}\n\n"
+                    "What the implementer did:\n{steps.implement.result}")),
+                Step(name="review", role="reviewer", after=["test", "document"], prompt=(
+                    "Review the change made for: {goal}\n\nDesign:\n{steps.design.result}\n\n"
+                    "Implementation:\n{steps.implement.result}\n\nTests:\n{steps.test.result}\n\n"
+                    "Documentation:\n{steps.document.result}")),
+            ),
+        ),
+        Template(
+            name="bug-fix",
+            description="Reproduce with a failing test, fix, verify, review.",
+            steps=_steps(
+                Step(name="reproduce", role="tester", prompt=(
+                    "Reproduce this bug with a failing test: {goal}\n\n"
+                    "Report the test, how to run it, and how it fails.")),
+                Step(name="fix", role="implementer", after=["reproduce"], prompt=(
+                    "Fix this bug: {goal}\n\nThe tester reproduced it:\n{steps.reproduce.result}\n\n"
+                    "Make the failing test pass without breaking others.")),
+                Step(name="verify", role="tester", after=["fix"], prompt=(
+                    "Verify the fix for: {goal}\n\nThe fix:\n{steps.fix.result}\n\n"
+                    "Run the reproducing test and the whole suite; report precisely.")),
+                Step(name="review", role="reviewer", after=["verify"], prompt=(
+                    "Review the fix for: {goal}\n\nThe fix:\n{steps.fix.result}\n\n"
+                    "Verification:\n{steps.verify.result}")),
+            ),
+        ),
+        Template(
+            name="refactoring",
+            description="Pin behaviour with tests, refactor, verify nothing changed, review.",
+            steps=_steps(
+                Step(name="pin", role="tester", prompt=(
+                    "Before a refactoring of {goal}, write tests that pin down the current behaviour. "
+                    "Run them; they must pass now.")),
+                Step(name="refactor", role="implementer", after=["pin"], prompt=(
+                    "Refactor: {goal}\n\nBehaviour must not change; these tests pin it:\n{steps.pin.result}")),
+                Step(name="verify", role="tester", after=["refactor"], prompt=(
+                    "Verify the refactoring of {goal} changed no behaviour: run the pinning tests "
+                    "and the whole suite.\n\nWhat changed:\n{steps.refactor.result}")),
+                Step(name="review", role="reviewer", after=["verify"], prompt=(
+                    "Review the refactoring of {goal}.\n\nWhat changed:\n{steps.refactor.result}\n\n"
+                    "Verification:\n{steps.verify.result}")),
+            ),
+        ),
+    ]
+}
+
+
+def get(name: str, custom: dict[str, Template] | None = None) -> Template | None:
+    if custom and name in custom:
+        return custom[name]
+    return BUILTIN.get(name)
+
+
+def names(custom: dict[str, Template] | None = None) -> list[str]:
+    return sorted({*BUILTIN, *(custom or {})})
+
+
+class _TemplateFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    description: str = ""
+    worktree: bool = False
+    steps: list[Step]
+
+
+def parse(name: str, text: str, role_names: list[str] | set[str]) -> Template:
+    """A template from a TOML file's text, checked; ValueError saying what is wrong."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"workflow name {name!r} may use only letters, digits, - and _")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        spec = msgspec.convert(raw, _TemplateFile)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+    template = Template(name=name, description=spec.description, steps=spec.steps, worktree=spec.worktree)
+    problems = check(template, role_names)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return template
+
+
+def check(template: Template, role_names: list[str] | set[str]) -> list[str]:
+    """Everything wrong with a template, in sentences; empty when it can run."""
+    problems: list[str] = []
+    if not template.steps:
+        return ["it has no steps"]
+    names = [s.name for s in template.steps]
+    for name in {n for n in names if names.count(n) > 1}:
+        problems.append(f"two steps are called {name!r}")
+    known = set(names)
+    for step in template.steps:
+        where = f"step {step.name!r}"
+        if not step.name or not step.name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"{where}: a step name may use only letters, digits, - and _")
+        if step.role not in role_names:
+            problems.append(f"{where}: unknown role {step.role!r} (known: {', '.join(sorted(role_names))})")
+        if bool(step.prompt.strip()) == bool(step.argv):
+            problems.append(f"{where}: give either a prompt or an argv")
+        for ref in [*step.after, *filter(None, [step.if_succeeded, step.if_failed])]:
+            if ref not in known:
+                problems.append(f"{where}: refers to unknown step {ref!r}")
+            elif ref == step.name:
+                problems.append(f"{where}: refers to itself")
+        if step.if_succeeded and step.if_failed:
+            problems.append(f"{where}: give if_succeeded or if_failed, not both")
+    if problems:
+        return problems
+    cycle = _cycle(template)
+    if cycle:
+        return [f"the steps form a cycle: {' -> '.join(cycle)}"]
+    for step in template.steps:
+        upstream = ancestors(template, step.name)
+        for text in [step.prompt, *step.argv]:
+            for match in _PLACEHOLDER.finditer(text):
+                ref = match.group(2)
+                if ref is not None and ref not in upstream:
+                    problems.append(
+                        f"step {step.name!r}: quotes {{steps.{ref}.{match.group(3)}}}, but {ref!r} "
+                        "does not run before it (add it to `after`)"
+                    )
+    return problems
+
+
+def _deps(step: Step) -> list[str]:
+    return [*step.after, *filter(None, [step.if_succeeded, step.if_failed])]
+
+
+def _cycle(template: Template) -> list[str] | None:
+    steps = {s.name: s for s in template.steps}
+    state: dict[str, int] = {}  # 1 visiting, 2 done
+    path: list[str] = []
+
+    def visit(name: str) -> list[str] | None:
+        if state.get(name) == 2:
+            return None
+        if state.get(name) == 1:
+            return path[path.index(name):] + [name]
+        state[name] = 1
+        path.append(name)
+        for dep in _deps(steps[name]):
+            found = visit(dep)
+            if found:
+                return found
+        path.pop()
+        state[name] = 2
+        return None
+
+    for name in steps:
+        found = visit(name)
+        if found:
+            return found
+    return None
+
+
+def ancestors(template: Template, name: str) -> set[str]:
+    steps = {s.name: s for s in template.steps}
+    seen: set[str] = set()
+    todo = list(_deps(steps[name]))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo += _deps(steps[dep])
+    return seen
+
+
+def order(template: Template) -> list[Step]:
+    """Steps in an order where each comes after everything it depends on."""
+    done: list[str] = []
+    steps = {s.name: s for s in template.steps}
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        for dep in _deps(steps[name]):
+            visit(dep)
+        done.append(name)
+
+    for s in template.steps:
+        visit(s.name)
+    return [steps[n] for n in done]
+
+
+def shorten(text: str, limit: int = RESULT_LIMIT) -> str:
+    """Keep the beginning and the end of a long result; say how much was left out."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 2 // 3, limit // 3
+    return f"{text[:head]}\n[… {len(text) - head - tail:,} characters left out …]\n{text[-tail:]}"
+
+
+def render(text: str, goal: str, results: dict[str, tuple[str, str]]) -> str:
+    """Fill in {goal} and {steps.NAME.result|status}; `results` maps a step to (status,
+    result). Other braces are left alone, so prompts may contain code."""
+
+    def fill(match: re.Match) -> str:
+        if match.group(1) == "goal":
+            return goal
+        status, result = results.get(match.group(2), ("not run", ""))
+        return status if match.group(3) == "status" else shorten(result) or f"(step {match.group(2)} gave no result)"
+
+    return _PLACEHOLDER.sub(fill, text)
+
+
+def role_names(custom_roles: dict[str, roles_mod.Role] | None) -> set[str]:
+    return set(roles_mod.names(custom_roles))

@@ -1,0 +1,63 @@
+"""Git worktrees for tasks that must not collide: each on a new branch from the current HEAD.
+
+A task with `--worktree` (or whose role or workflow step asks for one) works in
+`<state dir>/worktrees/<id>-<slug>` on branch `orchestra/<id>-<slug>`; a workflow's shared
+steps work in one worktree of the workflow's, `orchestra/w<id>-<slug>`. Cleanup removes the
+worktree directories of finished work past retention and keeps the branches, which hold
+the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+from pathlib import Path
+
+
+class WorktreeError(Exception):
+    pass
+
+
+def slug(text: str, limit: int = 32) -> str:
+    words = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return words[:limit].rstrip("-") or "task"
+
+
+def repo_root(cwd: str) -> str | None:
+    """The top of the git repository holding `cwd`, or None if it is not in one."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", cwd, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+async def _git(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "git", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise WorktreeError(f"git {' '.join(args[:3])} failed: {err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}")
+    return out.decode(errors="replace")
+
+
+async def create(cwd: str, root: Path, name: str) -> tuple[str, str, str, str]:
+    """Make a worktree `root/name` on branch `orchestra/name` from HEAD of the repository at
+    `cwd`. Returns (path, branch, repo, workdir): workdir is where `cwd` lies inside it."""
+    repo = (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / name
+    branch = f"orchestra/{name}"
+    await _git("-C", repo, "worktree", "add", "-b", branch, str(path), "HEAD")
+    # Keep the task in the same subdirectory of the repository it was submitted from.
+    inside = Path(cwd).resolve().relative_to(Path(repo).resolve())
+    return str(path), branch, repo, str(path / inside)
+
+
+async def remove(repo: str, path: str) -> None:
+    """Remove the worktree directory; its branch stays."""
+    await _git("-C", repo, "worktree", "remove", "--force", path)
