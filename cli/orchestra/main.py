@@ -149,9 +149,10 @@ def _priority(ctx, param, value):
 @click.option("--cwd", type=click.Path(file_okay=False), help="Working directory (default: here).")
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE for the task's environment (repeatable).")
 @click.option("--title", default="", help="A short name shown by `ps`.")
+@click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree of its own, on a new branch (default: as the role says).")
 @json_option
 @click.pass_context
-def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, as_json):
+def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree, as_json):
     """Queue a task: a prompt for an agent, or a command after `--`.
 
     \b
@@ -180,6 +181,7 @@ def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, bud
         budget_usd=budget,
         model=model,
         title=title,
+        worktree=worktree,
     )
     task = app.call(request, p.TaskView)
     if as_json:
@@ -208,9 +210,12 @@ def ps(app: App, statuses, role, active, as_json):
     if as_json:
         echo_json(tasks)
     elif tasks:
-        from orchestra.render import table
+        from orchestra.render import grouped
 
-        click.echo(table(tasks, width=_width()))
+        workflows = {}
+        if any(t.workflow is not None for t in tasks):
+            workflows = {w.id: w for w in app.call(p.ListWorkflows(), list[p.WorkflowView])}
+        click.echo(grouped(tasks, workflows, width=_width()))
     else:
         click.echo("no tasks", err=True)
 
@@ -372,6 +377,131 @@ def queue_remove(app: App, task):
     """Take a queued task out of the queue."""
     app.call(p.Remove(task=task))
     click.echo(f"task {task} removed")
+
+
+# ---------------------------------------------------------------------------------------
+# roles and workflows
+
+
+@cli.command()
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def roles(app: App, name, as_json):
+    """List the roles, or show one: its prompt, tools and limits."""
+    result = app.call(p.Roles(), p.RolesResult)
+    if name is not None:
+        match = [r for r in result.roles if r.name == name]
+        if not match:
+            fail(f"no role {name!r}; known roles: {', '.join(r.name for r in result.roles)}", Exit.NOT_FOUND)
+        if as_json:
+            echo_json(match[0])
+        else:
+            from orchestra.render import role_details
+
+            click.echo(role_details(match[0], custom=name in result.custom))
+        return
+    if as_json:
+        echo_json(result)
+        return
+    for role in result.roles:
+        source = " (yours)" if role.name in result.custom else ""
+        click.echo(f"{role.name:<12} {role.description}{source}")
+    for problem in result.problems:
+        click.echo(f"problem: {problem}", err=True)
+
+
+@cli.group()
+def workflow():
+    """Workflow templates: a goal becomes a small team whose steps feed each other."""
+
+
+@workflow.command("list")
+@json_option
+@click.pass_obj
+def workflow_list(app: App, as_json):
+    """The templates you can run."""
+    result = app.call(p.Templates(), p.TemplatesResult)
+    if as_json:
+        echo_json(result)
+        return
+    for template in result.templates:
+        source = " (yours)" if template.name in result.custom else ""
+        steps = " → ".join(s.name for s in template.steps)
+        click.echo(f"{template.name:<20} {template.description}{source}\n{'':<20} {steps}")
+    for problem in result.problems:
+        click.echo(f"problem: {problem}", err=True)
+
+
+@workflow.command("show")
+@click.argument("name")
+@json_option
+@click.pass_obj
+def workflow_show(app: App, name, as_json):
+    """One template: its steps, their roles, order and prompts."""
+    result = app.call(p.Templates(), p.TemplatesResult)
+    match = [t for t in result.templates if t.name == name]
+    if not match:
+        fail(f"no workflow template {name!r}; `orchestra workflow list` shows them", Exit.NOT_FOUND)
+    if as_json:
+        echo_json(match[0])
+    else:
+        from orchestra.render import template_details
+
+        click.echo(template_details(match[0]))
+
+
+@workflow.command("run")
+@click.argument("name")
+@click.argument("goal", nargs=-1, required=True)
+@click.option("--cwd", type=click.Path(file_okay=False), help="Where the team works (default: here).")
+@click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree on a new branch (default: as the template says).")
+@click.option("--priority", "-p", callback=_priority, help="A number, or low/normal/high/urgent.")
+@click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Run every step with this agent.")
+@json_option
+@click.pass_obj
+def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, as_json):
+    """Run template NAME for GOAL; prints the workflow's id and its tasks."""
+    view = app.call(
+        p.RunWorkflow(template=name, goal=" ".join(goal), cwd=os.path.abspath(cwd or os.getcwd()), worktree=worktree, priority=priority, agent=agent),
+        p.WorkflowView,
+    )
+    if as_json:
+        echo_json(view)
+    else:
+        click.echo(f"workflow {view.id}: " + ", ".join(f"{step} = task {task}" for step, task in view.steps.items()))
+
+
+@workflow.command("status")
+@click.argument("workflow_id", required=False, type=task_id)
+@json_option
+@click.pass_obj
+def workflow_status(app: App, workflow_id, as_json):
+    """A workflow's steps and overall status and cost (all workflows without an id)."""
+    from orchestra.render import workflow_block
+
+    views = [app.call(p.ShowWorkflow(workflow=workflow_id), p.WorkflowView)] if workflow_id is not None else app.call(p.ListWorkflows(), list[p.WorkflowView])
+    if as_json:
+        echo_json(views[0] if workflow_id is not None else views)
+        return
+    if not views:
+        click.echo("no workflows yet", err=True)
+    for view in views:
+        click.echo(workflow_block(view, width=_width()))
+
+
+@cli.command("assign-role")
+@click.argument("task", type=task_id)
+@click.argument("role")
+@json_option
+@click.pass_obj
+def assign_role(app: App, task, role, as_json):
+    """Give a task another role (a running one takes it from its next attempt)."""
+    result = app.call(p.AssignRole(task=task, role=role))
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(result["note"])
 
 
 # ---------------------------------------------------------------------------------------

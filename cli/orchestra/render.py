@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from orchestra.protocol import TaskView
+from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
 
 
 def duration(seconds: float | None) -> str:
@@ -119,4 +119,53 @@ def details(task: TaskView) -> str:
             lines.append(f"             {i}. {option}")
         hint = "--allow / --deny" if w.kind == "permission" else '"your answer"'
         lines.append(f"  answer     orchestra respond {task.id} {hint}")
+    return "\n".join(lines)
+
+
+def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, width: int = 120) -> str:
+    """The task table, with each workflow's tasks together under a line for the workflow."""
+    loose = [t for t in tasks if t.workflow is None or t.workflow not in workflows]
+    parts = [table(loose, width=width)] if loose else []
+    for wid in sorted({t.workflow for t in tasks if t.workflow in workflows}):
+        wf = workflows[wid]  # type: ignore[index]
+        parts.append(workflow_block(wf, width=width, tasks=[t for t in tasks if t.workflow == wid]))
+    return "\n\n".join(parts)
+
+
+def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None) -> str:
+    head = f"workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}"
+    if wf.worktree:
+        head += f" · {wf.worktree}"
+    if len(head) > width:
+        head = head[: width - 1] + "…"
+    return head + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+
+
+def role_details(role: Role, *, custom: bool = False) -> str:
+    lines = [f"{role.name}{' (yours)' if custom else ''}: {role.description}", ""]
+    lines += ["  " + line for line in role.prompt.splitlines()]
+    lines.append("")
+    lines.append(f"  allowed tools     {', '.join(role.allowed_tools) or '-'}")
+    lines.append(f"  disallowed tools  {', '.join(role.disallowed_tools) or '-'}")
+    lines.append(f"  permission mode   {role.permission_mode}")
+    lines.append(f"  model             {role.model or '(default)'}")
+    limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget ${role.budget_usd:.2f}" if role.budget_usd else ""]
+    lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
+    lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
+    return "\n".join(lines)
+
+
+def template_details(t: WorkflowTemplate) -> str:
+    lines = [f"{t.name}: {t.description}" + (" (in a git worktree)" if t.worktree else ""), ""]
+    for step in t.steps:
+        deps = []
+        if step.after:
+            deps.append("after " + ", ".join(step.after))
+        if step.if_succeeded:
+            deps.append(f"only if {step.if_succeeded} succeeded")
+        if step.if_failed:
+            deps.append(f"only if {step.if_failed} failed")
+        lines.append(f"  {step.name} ({step.role}, {step.workspace} workspace{'; ' + '; '.join(deps) if deps else ''})")
+        body = step.prompt or " ".join(step.argv)
+        lines += ["      " + line for line in body.splitlines()]
     return "\n".join(lines)
