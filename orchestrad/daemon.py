@@ -19,6 +19,7 @@ import socket
 from pathlib import Path
 
 from orchestra.paths import Paths, check_socket_path
+from orchestrad import systemd
 from orchestrad.engine import Engine
 from orchestrad.server import Server
 from orchestrad.store import Store, StoreError
@@ -68,16 +69,20 @@ class Daemon:
         await engine.start()
         watching = asyncio.ensure_future(engine.watch_files(self._stop))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
-        sock = self._listen()
+        activated = systemd.listen_socket()
+        sock = activated if activated is not None else self._listen()
         listener = await asyncio.start_unix_server(server.serve_connection, sock=sock)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.request_stop)
-        log.info("orchestrad %s listening on %s (home %s, %d tasks)", os.getpid(), self.paths.socket, self.paths.home or "default", len(store.state.tasks))
+        how = "a socket from systemd" if activated is not None else self.paths.socket
+        log.info("orchestrad %s listening on %s (home %s, %d tasks)", os.getpid(), how, self.paths.home or "default", len(store.state.tasks))
+        systemd.notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=serving {len(store.state.tasks)} tasks")
         try:
             await self._stop.wait()
         finally:
             log.info("shutting down")
+            systemd.notify("STOPPING=1")
             listener.close()
             grace = self.shutdown_grace if self.shutdown_grace is not None else store.state.config.kill_grace
             await engine.shutdown(grace)
@@ -85,7 +90,8 @@ class Daemon:
             await asyncio.wait([watching], timeout=2)
             await store.close()
             store.snapshot_now()
-            self._remove_socket()
+            if activated is None:  # a socket systemd owns stays for the next activation
+                self._remove_socket()
             self._release_lock()
             log.info("stopped")
         return EXIT_OK

@@ -542,6 +542,26 @@ def config_set(app: App, key, value):
 
 
 @cli.command()
+@click.pass_obj
+def mcp(app: App):
+    """Serve the Model Context Protocol on stdio, for Claude Desktop, Claude Code and other
+    MCP clients (starts the daemon if none answers)."""
+    from orchestra.mcp_server import serve
+
+    serve(app.paths, autostart=app.autostart)
+
+
+@cli.command()
+@click.pass_obj
+def dashboard(app: App):
+    """A live view of the team: tasks by status, what waiting tasks ask, the queue,
+    workflows and cost. Updates as things happen; q or Ctrl-C to leave."""
+    from orchestra.dashboard import run
+
+    run(app)
+
+
+@cli.command()
 @json_option
 @click.pass_obj
 def cleanup(app: App, as_json):
@@ -636,6 +656,82 @@ def daemon_status(app: App, as_json):
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(info.counts.items())) or "no tasks"
         click.echo(f"running: pid {info.pid}, version {info.version}, socket {info.socket}\n{counts}")
+
+
+@cli.group()
+def service():
+    """Have the service manager run the daemon: a systemd user unit, or a launchd agent."""
+
+
+def _platform(value: str | None) -> str:
+    return value or ("darwin" if sys.platform == "darwin" else "linux")
+
+
+@service.command("install")
+@click.option("--dry-run", is_flag=True, help="Print what would be written; write nothing.")
+@click.option("--socket", is_flag=True, help="systemd: also install orchestrad.socket (socket activation).")
+@click.option("--platform", "platform_", type=click.Choice(["linux", "darwin"]), help="Which service manager (default: this machine's).")
+@click.pass_obj
+def service_install(app: App, dry_run, socket, platform_):
+    """Write the unit (or plist) for this user with the real path of orchestrad, and say
+    how to enable it."""
+    from orchestra import service as svc
+
+    platform = _platform(platform_)
+    try:
+        files = [svc.launchd_plist(app.paths.home)] if platform == "darwin" else svc.systemd_units(app.paths.home, socket=socket)
+    except FileNotFoundError as exc:
+        fail(f"{exc}; install orchestra first (pip install .)", Exit.BAD_INPUT)
+    for unit in files:
+        if dry_run:
+            click.echo(f"# would write {unit.path}\n{unit.text}")
+        else:
+            unit.path.parent.mkdir(parents=True, exist_ok=True)
+            unit.path.write_text(unit.text)
+            click.echo(f"wrote {unit.path}")
+    click.echo("to enable it, run:")
+    for command in svc.enable_commands(platform, socket):
+        click.echo(f"  {command}")
+
+
+@service.command("uninstall")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed; remove nothing.")
+@click.option("--platform", "platform_", type=click.Choice(["linux", "darwin"]), help="Which service manager (default: this machine's).")
+@click.pass_obj
+def service_uninstall(app: App, dry_run, platform_):
+    """Remove the unit files (run the printed commands first to stop the service)."""
+    from orchestra import service as svc
+
+    platform = _platform(platform_)
+    click.echo("first stop it:")
+    for command in svc.disable_commands(platform):
+        click.echo(f"  {command}")
+    paths = [svc.launchd_plist(None, daemon="orchestrad").path] if platform == "darwin" else [u.path for u in svc.systemd_units(None, socket=True, daemon="orchestrad")]
+    for path in paths:
+        if path.exists():
+            if not dry_run:
+                path.unlink()
+            click.echo(f"{'would remove' if dry_run else 'removed'} {path}")
+
+
+@service.command("status")
+@click.option("--platform", "platform_", type=click.Choice(["linux", "darwin"]), help="Which service manager (default: this machine's).")
+@click.pass_obj
+def service_status(app: App, platform_):
+    """Whether the unit is installed, and whether the daemon answers."""
+    from orchestra import service as svc
+    from orchestra.client import connect
+    from orchestra.wire import DaemonUnreachable
+
+    platform = _platform(platform_)
+    paths = [svc.launchd_plist(None, daemon="orchestrad").path] if platform == "darwin" else [u.path for u in svc.systemd_units(None, socket=True, daemon="orchestrad")]
+    for path in paths:
+        click.echo(f"{path}: {'installed' if path.exists() else 'not installed'}")
+    try:
+        connect(app.paths, timeout=5).close()
+        click.echo(f"daemon: answering on {app.paths.socket}")
+    except DaemonUnreachable:
+        click.echo(f"daemon: not answering on {app.paths.socket}")
 
 
 def main() -> None:
