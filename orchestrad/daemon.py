@@ -31,6 +31,8 @@ EXIT_FAILED = 1
 EXIT_DAMAGED = 2
 EXIT_ALREADY_RUNNING = 3
 
+CLEANUP_EVERY = 6 * 3600.0  # seconds between automatic retention runs
+
 
 class StartupError(Exception):
     def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
@@ -68,6 +70,7 @@ class Daemon:
         store.attach()
         await engine.start()
         watching = asyncio.ensure_future(engine.watch_files(self._stop))
+        tidying = asyncio.ensure_future(self._tidy(engine))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
         activated = systemd.listen_socket()
         sock = activated if activated is not None else self._listen()
@@ -87,7 +90,8 @@ class Daemon:
             grace = self.shutdown_grace if self.shutdown_grace is not None else store.state.config.kill_grace
             await engine.shutdown(grace)
             await server.close_connections()
-            await asyncio.wait([watching], timeout=2)
+            tidying.cancel()
+            await asyncio.wait([watching, tidying], timeout=2)
             await store.close()
             store.snapshot_now()
             if activated is None:  # a socket systemd owns stays for the next activation
@@ -95,6 +99,21 @@ class Daemon:
             self._release_lock()
             log.info("stopped")
         return EXIT_OK
+
+    async def _tidy(self, engine: Engine) -> None:
+        """Retention, now and then: purge old finished tasks and compact the log behind them."""
+        while True:
+            try:
+                await asyncio.wait_for(self._stop.wait(), CLEANUP_EVERY)
+                return
+            except asyncio.TimeoutError:
+                pass
+            try:
+                result = await engine.cleanup()
+                if result.purged:
+                    log.info("retention: purged %d finished tasks, freed %d bytes", len(result.purged), result.bytes_freed)
+            except Exception:
+                log.exception("retention cleanup failed; it will be tried again")
 
     # -- start-up -----------------------------------------------------------------------
 

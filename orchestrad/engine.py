@@ -20,13 +20,12 @@ from typing import Callable, Sequence
 import msgspec
 
 from orchestra import protocol as p
+from orchestra.paths import Paths
 from orchestra.protocol import Status
+from orchestrad import config as config_mod
+from orchestrad import configfiles, scheduler, worktrees
 from orchestrad import decide as d
 from orchestrad import events as ev
-from orchestrad import scheduler
-from orchestra.paths import Paths
-from orchestrad import config as config_mod
-from orchestrad import configfiles, worktrees
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.state import Task
@@ -80,7 +79,6 @@ class Engine:
         self._agents: dict[int, Agent] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
-        self.refusal: str | None = None  # why new work is refused (disk full), when it is
 
     @property
     def state(self):
@@ -110,9 +108,8 @@ class Engine:
         try:
             durable = self.store.append(self.clock(), items)
         except OSError as exc:
-            self.refusal = f"the daemon cannot write its log ({exc.strerror or exc}); free disk space, then retry"
-            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, self.refusal) from exc
-        self.refusal = None
+            message = f"the daemon cannot write its log ({exc.strerror or exc}); free disk space, then retry"
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, message) from exc
         changed = {_task_of(item) for item in items} - {None}
         follow_ups: list[Item] = []
         for item in items:
