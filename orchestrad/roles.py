@@ -22,11 +22,8 @@ log's schema: fields are only ever added at the end, with defaults.
 
 from __future__ import annotations
 
-import tomllib
-
-import msgspec
-
 from orchestra.protocol import Role
+from orchestrad import tomlfile
 
 READ_ONLY_DENIED = ["Write", "Edit", "MultiEdit", "NotebookEdit"]
 
@@ -134,38 +131,16 @@ def names(custom: dict[str, Role] | None = None) -> list[str]:
     return sorted({*BUILTIN, *(custom or {})})
 
 
-class _RoleFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    description: str = ""
-    prompt: str
-    allowed_tools: list[str] = []
-    disallowed_tools: list[str] = []
-    permission_mode: str = "default"
-    model: str | None = None
-    timeout: float | None = None
-    idle_timeout: float | None = None
-    budget_usd: float | None = None
-    worktree: bool = False
-
-
 def parse(name: str, text: str) -> Role:
     """A role from a TOML file's text; ValueError saying what is wrong, with the line where
     the TOML parser knows it."""
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"role name {name!r} may use only letters, digits, - and _")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(str(exc)) from None
-    try:
-        spec = msgspec.convert(raw, _RoleFile)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
-    if spec.permission_mode not in PERMISSION_MODES:
-        raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {spec.permission_mode!r}")
-    if not spec.prompt.strip():
+    role = tomlfile.load(text, Role, name)
+    if role.permission_mode not in PERMISSION_MODES:
+        raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {role.permission_mode!r}")
+    if not role.prompt.strip():
         raise ValueError("prompt is empty: say what this role does and how")
     for field in ("timeout", "idle_timeout", "budget_usd"):
-        value = getattr(spec, field)
+        value = getattr(role, field)
         if value is not None and value <= 0:
             raise ValueError(f"{field} must be above 0, not {value}")
-    return Role(name=name, **msgspec.structs.asdict(spec))
+    return role

@@ -34,12 +34,11 @@ the end, with defaults. Pure: parsing, checking and rendering do no I/O.
 from __future__ import annotations
 
 import re
-import tomllib
-import msgspec
 
 from orchestra.protocol import WorkflowStep as Step
 from orchestra.protocol import WorkflowTemplate as Template
 from orchestrad import roles as roles_mod
+from orchestrad import tomlfile
 
 RESULT_LIMIT = 6000  # characters of an earlier step's result quoted in a later prompt
 _PLACEHOLDER = re.compile(r"\{(goal|steps\.([A-Za-z0-9_-]+)\.(result|status))\}")
@@ -136,25 +135,9 @@ def names(custom: dict[str, Template] | None = None) -> list[str]:
     return sorted({*BUILTIN, *(custom or {})})
 
 
-class _TemplateFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    description: str = ""
-    worktree: bool = False
-    steps: list[Step]
-
-
 def parse(name: str, text: str, role_names: list[str] | set[str]) -> Template:
     """A template from a TOML file's text, checked; ValueError saying what is wrong."""
-    if not name.replace("-", "").replace("_", "").isalnum():
-        raise ValueError(f"workflow name {name!r} may use only letters, digits, - and _")
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(str(exc)) from None
-    try:
-        spec = msgspec.convert(raw, _TemplateFile)
-    except msgspec.ValidationError as exc:
-        raise ValueError(str(exc)) from None
-    template = Template(name=name, description=spec.description, steps=spec.steps, worktree=spec.worktree)
+    template = tomlfile.load(text, Template, name)
     problems = check(template, role_names)
     if problems:
         raise ValueError("; ".join(problems))

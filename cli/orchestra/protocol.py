@@ -379,9 +379,9 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
 # end, with defaults.
 
 
-class Role(msgspec.Struct, frozen=True, kw_only=True):
+class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
-    description: str
+    description: str = ""
     prompt: str
     allowed_tools: list[str] = []
     disallowed_tools: list[str] = []
@@ -405,7 +405,7 @@ class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     if_failed: str | None = None  # run only if this step failed
 
 
-class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True):
+class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     description: str = ""
     steps: list[WorkflowStep]
