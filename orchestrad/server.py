@@ -34,6 +34,7 @@ from orchestrad import worktrees
 from orchestrad.agents import renderer
 from orchestrad.decide import get_task
 from orchestrad.engine import Engine, Watcher
+from orchestrad.log import LogCorrupt
 from orchestrad.state import view
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ class Server:
                 await self._send(writer, p.End())
             except OrchestraError as exc:
                 await self._send(writer, p.End(error=exc.to_reply()))
+            except LogCorrupt as exc:  # damaged output: say so, and keep serving
+                log.error("%s", exc)
+                await self._send(writer, p.End(error=p.Error(code=p.ErrorCode.INTERNAL, message=f"this output is damaged in the log: {exc}")))
             return
         handler = self._handlers.get(type(request))
         if handler is None:
@@ -155,6 +159,9 @@ class Server:
                 reply = p.Ok(result=await handler(request))
             except OrchestraError as exc:
                 reply = exc.to_reply()
+            except LogCorrupt as exc:
+                log.error("%s", exc)
+                reply = p.Error(code=p.ErrorCode.INTERNAL, message=f"the log is damaged: {exc}")
         await self._send(writer, reply)
 
     @staticmethod

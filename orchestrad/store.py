@@ -156,14 +156,15 @@ class Store:
 
 
 def _size(directory: Path) -> int:
-    return sum(f.stat().st_size for f in directory.glob("*.seg"))
+    return sum(f.stat().st_size for f in directory.iterdir() if f.suffix in (".seg", ".dat"))
 
 
 def replay_log(log_: Log, state: State) -> State:
+    """Fold every record after the state's last into it: replay's hot loop."""
     decode = ev.decode
-    for entry in log_.read(after_seq=state.last_seq):
-        record = decode(entry.body)
-        evolve(state, record.event, seq=entry.seq, ts=record.ts, data=entry.data)
+    for seq, body, data in log_.replay(after_seq=state.last_seq):
+        record = decode(body)
+        evolve(state, record.event, seq=seq, ts=record.ts, data=data)
     return state
 
 
