@@ -1,0 +1,115 @@
+"""An asyncio client for the daemon, for clients that run an event loop (the MCP server).
+
+The same frames as `orchestra.wire` (a 4-byte big-endian length, then MessagePack), the same
+handshake as `orchestra.client.connect`, and the same errors: `DaemonUnreachable` when no
+daemon answers, `OrchestraError` (code + message) when the daemon refuses a request. A
+connection carries one request at a time, or one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator, TypeVar
+
+import msgspec
+
+from orchestra import protocol as p
+from orchestra.paths import Paths
+from orchestra.wire import HEADER, DaemonUnreachable, FrameTooLarge, frame, reply_decoder
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 10.0  # seconds for the socket connect and the handshake
+
+
+class AsyncConnection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (OSError, ConnectionError):
+            pass
+
+    async def __aenter__(self) -> "AsyncConnection":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def send(self, message: Any) -> None:
+        self._writer.write(frame(message))
+        await self._writer.drain()
+
+    async def receive(self) -> p.Ok | p.Error | p.End:
+        try:
+            header = await self._reader.readexactly(HEADER.size)
+            (size,) = HEADER.unpack(header)
+            if size > p.MAX_FRAME:
+                raise FrameTooLarge(size)
+            body = await self._reader.readexactly(size)
+        except asyncio.IncompleteReadError:
+            raise DaemonUnreachable("the daemon closed the connection") from None
+        return reply_decoder.decode(body)
+
+    async def call(self, request: p.Request, result_type: type[T] | Any = Any) -> T:
+        """Send `request`, return its result converted to `result_type`, or raise its error."""
+        await self.send(request)
+        return _result(await self.receive(), result_type)
+
+    async def stream(self, request: p.Request, item_type: type[T] | Any = Any) -> AsyncIterator[T]:
+        """Send `request` and yield each item the daemon streams back until it ends."""
+        await self.send(request)
+        while True:
+            reply = await self.receive()
+            if isinstance(reply, p.End):
+                if reply.error is not None:
+                    raise p.OrchestraError(reply.error.code, reply.error.message)
+                return
+            yield _result(reply, item_type)
+
+
+def _result(reply: p.Ok | p.Error | p.End, result_type: Any) -> Any:
+    if isinstance(reply, p.Error):
+        raise p.OrchestraError(reply.code, reply.message)
+    if isinstance(reply, p.End):
+        raise p.OrchestraError(p.ErrorCode.PROTOCOL, "the daemon ended a reply that was not a stream")
+    if result_type is Any:
+        return reply.result
+    return msgspec.convert(reply.result, result_type)
+
+
+async def connect(paths: Paths, *, client: str = "orchestra-async") -> AsyncConnection:
+    """A connection that has passed the version handshake; DaemonUnreachable otherwise."""
+    path = str(paths.socket)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(path, limit=p.MAX_FRAME + HEADER.size), CONNECT_TIMEOUT
+        )
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise DaemonUnreachable(f"no daemon is listening on {path}") from exc
+    except PermissionError as exc:
+        raise DaemonUnreachable(f"not allowed to connect to {path}: {exc.strerror}") from exc
+    except asyncio.TimeoutError:
+        raise DaemonUnreachable(f"the daemon on {path} did not accept the connection in time") from None
+    conn = AsyncConnection(reader, writer)
+    try:
+        welcome = await asyncio.wait_for(
+            conn.call(p.Hello(version=p.PROTOCOL_VERSION, client=client), p.Welcome), CONNECT_TIMEOUT
+        )
+    except p.OrchestraError as exc:
+        await conn.aclose()
+        raise DaemonUnreachable(exc.message) from None
+    except asyncio.TimeoutError:
+        await conn.aclose()
+        raise DaemonUnreachable(f"the daemon on {path} did not answer the handshake in time") from None
+    except BaseException:
+        await conn.aclose()
+        raise
+    if welcome.version != p.PROTOCOL_VERSION:  # pragma: no cover - the daemon refuses first
+        await conn.aclose()
+        raise DaemonUnreachable(f"daemon speaks protocol {welcome.version}, this client {p.PROTOCOL_VERSION}")
+    return conn

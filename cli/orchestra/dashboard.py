@@ -1,0 +1,353 @@
+"""`orchestra dashboard`: a live view of the team, and the same picture as text.
+
+`render(tasks, queue, workflows)` is a pure function: the daemon's views in, a plain-text
+picture out (what waits for a person first, with the question, its numbered options and
+the command that answers it; then what runs, the queue in run order, the workflows and
+their steps, the latest finished tasks, and a hint line). The MCP tool `status-dashboard`
+returns exactly this text.
+
+`run(app)` draws it full-screen and keeps it current. It is driven by the daemon's `Watch`
+stream: a reader thread receives task changes and wakes the screen loop, which fetches the
+queue and the workflows (they change only when tasks do) and redraws. Nothing polls. While
+a task runs, the screen also redraws once a second so that its runtime column counts up;
+with nothing running it sleeps until the next change or key. Plain ANSI: the alternate
+screen, cursor home, clear to end of line. `q` or Ctrl-C leaves and restores the terminal.
+When stdout is not a terminal, the picture is printed once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from orchestra.protocol import FINISHED, Status, TaskView, WorkflowView
+from orchestra.render import cost, duration
+
+RECENT = 5  # finished tasks shown at the bottom
+
+_MARK = {
+    Status.SUCCEEDED: "✓",
+    Status.FAILED: "✗",
+    Status.TIMED_OUT: "✗",
+    Status.INTERRUPTED: "✗",
+    Status.CANCELLED: "–",
+    Status.RUNNING: "●",
+    Status.WAITING: "?",
+    Status.QUEUED: "○",
+}
+
+
+def label(task: TaskView) -> str:
+    """A one-line name for a task: its title, else its prompt, else its command."""
+    text = task.title or task.prompt or " ".join(task.argv)
+    return " ".join(text.split())
+
+
+def answer_hint(task: TaskView) -> str:
+    """The commands that answer a waiting task."""
+    w = task.waiting
+    if w is None:
+        return ""
+    if w.kind == "permission":
+        return f'orchestra respond {task.id} --allow   or   orchestra respond {task.id} --deny -m "why"'
+    if w.options:
+        return f'orchestra respond {task.id} 1   (an option number, or your own words in quotes)'
+    return f'orchestra respond {task.id} "your answer"'
+
+
+def render(
+    tasks: Sequence[TaskView],
+    queue: Sequence[TaskView],
+    workflows: Sequence[WorkflowView] = (),
+    *,
+    width: int = 100,
+    recent: int = RECENT,
+    hint: bool = True,
+) -> str:
+    """The whole picture as text, every line at most `width` characters."""
+    width = max(40, width)
+    by_status: dict[Status, list[TaskView]] = {}
+    for t in sorted(tasks, key=lambda t: t.id):
+        by_status.setdefault(t.status, []).append(t)
+    lines: list[str] = [_headline(tasks, by_status, len(queue))]
+
+    waiting = by_status.get(Status.WAITING, [])
+    if waiting:
+        lines += ["", f"WAITING FOR YOU ({len(waiting)})"]
+        for t in waiting:
+            lines.append(_row(t))
+            w = t.waiting
+            if w is not None:
+                what = "asks permission" if w.kind == "permission" else "asks"
+                lines.append(f"      {what}: {w.prompt}")
+                lines += [f"        {i}. {option}" for i, option in enumerate(w.options, 1)]
+                lines.append(f"      answer: {answer_hint(t)}")
+
+    running = by_status.get(Status.RUNNING, [])
+    if running:
+        lines += ["", f"RUNNING ({len(running)})"]
+        for t in running:
+            lines.append(_row(t) + (f"  · {t.activity}" if t.activity else ""))
+
+    if queue:
+        lines += ["", f"QUEUE IN RUN ORDER ({len(queue)})"]
+        for place, t in enumerate(queue, 1):
+            extra = []
+            if t.priority:
+                extra.append(f"priority {t.priority}")
+            pending = [str(a) for a in t.after]
+            if pending:
+                extra.append("after " + ", ".join(f"#{a}" for a in pending))
+            lines.append(f"  {place:>2}. #{t.id:<4} {t.role:<11} {t.agent:<7} {label(t)}" + (f"  ({'; '.join(extra)})" if extra else ""))
+
+    if workflows:
+        lines += ["", f"WORKFLOWS ({len(workflows)})"]
+        for wf in workflows:
+            lines.append(f"  workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}")
+            steps = {t.id: t for t in wf.tasks}
+            chain = []
+            for step, task_id in wf.steps.items():
+                t = steps.get(task_id)
+                mark = _MARK.get(t.status, "?") if t is not None else "·"
+                chain.append(f"{mark} {step} #{task_id}")
+            lines.append("    " + " → ".join(chain))
+
+    finished = [t for t in tasks if t.status in FINISHED]
+    if finished and recent > 0:
+        latest = sorted(finished, key=lambda t: (t.finished_at or 0.0, t.id))[-recent:]
+        shown = f"latest {len(latest)} of {len(finished)}" if len(finished) > len(latest) else str(len(finished))
+        lines += ["", f"FINISHED ({shown})"]
+        for t in reversed(latest):
+            why = f"  ({t.reason})" if t.reason else ""
+            lines.append(f"  {_MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
+
+    if not tasks:
+        lines += ["", "no tasks yet: orchestra submit --role tester \"write tests for the parser\""]
+    if hint:
+        lines += ["", _hints(waiting, running)]
+    return "\n".join(_fit(line, width) for line in lines)
+
+
+def _headline(tasks: Sequence[TaskView], by_status: dict[Status, list[TaskView]], queued: int) -> str:
+    order = [Status.WAITING, Status.RUNNING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
+             Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED]
+    number = {s: len(by_status.get(s, [])) for s in order}
+    number[Status.QUEUED] = queued  # the queue is the truth about what is queued
+    counts = [f"{number[s]} {s.value.replace('_', ' ')}" for s in order if number[s]]
+    total = sum(t.cost_usd for t in tasks)
+    return "orchestra · " + (" · ".join(counts) if counts else "idle") + f" · cost {cost(total) if total else '$0.00'}"
+
+
+def _row(t: TaskView) -> str:
+    return f"  #{t.id:<4} {t.role:<11} {t.agent:<7} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}"
+
+
+def _hints(waiting: list[TaskView], running: list[TaskView]) -> str:
+    if waiting:
+        first = waiting[0]
+        how = "--allow|--deny" if first.waiting is not None and first.waiting.kind == "permission" else '1|"words"'
+        return f"q quit · answer: orchestra respond {first.id} {how} · stop: orchestra stop ID · output: orchestra logs -f ID"
+    if running:
+        return f"q quit · stop: orchestra stop {running[0].id} · output: orchestra logs -f {running[0].id} · queue: orchestra queue"
+    return "q quit · orchestra submit ... · orchestra workflow run NAME GOAL · orchestra ps"
+
+
+def _fit(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------
+# the live screen
+
+
+def run(app) -> None:
+    """Draw the dashboard full-screen and keep it current until q or Ctrl-C."""
+    import sys
+
+    from orchestra import protocol as p
+
+    conn = app.connection(timeout=None)  # starts the daemon if needed, or exits with a message
+    if not sys.stdout.isatty():
+        tasks = app.call(p.ListTasks(), list[p.TaskView])
+        queue = app.call(p.Queue(), list[p.TaskView])
+        workflows = app.call(p.ListWorkflows(), list[p.WorkflowView])
+        print(render(tasks, queue, workflows, width=_size()[0]))
+        return
+    Screen(app, conn).loop()
+
+
+def _size() -> tuple[int, int]:
+    import shutil
+
+    size = shutil.get_terminal_size((100, 30))
+    return size.columns, size.lines
+
+
+class Screen:
+    """The terminal side: cbreak input, the alternate screen, and a redraw per change."""
+
+    def __init__(self, app, watch_conn) -> None:
+        import os
+        import queue
+
+        self.app = app
+        self.watch_conn = watch_conn
+        self.frames: queue.SimpleQueue = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)  # a full pipe already means "wake up"
+        self.tasks: dict[int, tuple[TaskView, float]] = {}  # id -> (view, monotonic time received)
+        self.queue: list[TaskView] = []
+        self.workflows: list[WorkflowView] = []
+        self.gone: str | None = None  # why the picture can no longer be kept current
+
+    def _read_watch(self) -> None:
+        """Reader thread: each frame of the Watch stream onto the queue, and a wake-up."""
+        import os
+
+        from orchestra import protocol as p
+        from orchestra.wire import DaemonUnreachable
+
+        try:
+            for view in self.watch_conn.stream(p.Watch(), p.TaskView):
+                self.frames.put(view)
+                self._wake(b"w")
+            reason = "the daemon ended the stream (it is shutting down)"
+        except p.OrchestraError as exc:
+            reason = exc.message
+        except (OSError, DaemonUnreachable) as exc:
+            reason = f"lost the connection to the daemon: {exc}"
+        except Exception as exc:  # the screen loop must still learn that the stream is over
+            reason = f"the dashboard's reader failed: {exc!r}"
+        self.frames.put(reason)
+        self._wake(b"x")
+
+    def _wake(self, byte: bytes) -> None:
+        import os
+
+        try:
+            os.write(self.wake_w, byte)
+        except BlockingIOError:
+            pass
+
+    def loop(self) -> None:
+        import os
+        import select
+        import signal
+        import socket
+        import sys
+        import termios
+        import threading
+        import tty
+
+        from orchestra import protocol as p
+        from orchestra.client import connect
+        from orchestra.wire import DaemonUnreachable
+
+        out = sys.stdout
+        fd = sys.stdin.fileno() if sys.stdin.isatty() else None
+        saved = termios.tcgetattr(fd) if fd is not None else None
+        reader = threading.Thread(target=self._read_watch, name="orchestra-watch", daemon=True)
+        queries = None
+        previous_winch = signal.signal(signal.SIGWINCH, lambda *_: self._wake(b"r"))
+        try:
+            # The stream starts before the snapshot of finished tasks, so that a task which
+            # finishes in between shows up in one or the other.
+            reader.start()
+            queries = connect(self.app.paths, timeout=30)
+            for t in queries.call(p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value)), list[p.TaskView]):
+                self.tasks.setdefault(t.id, (t, time.monotonic()))
+            self._refresh(queries)
+            if fd is not None:
+                tty.setcbreak(fd)
+            out.write("\x1b[?1049h\x1b[?25l")
+            while True:
+                self._draw(out)
+                if self.gone is not None:
+                    break
+                ticking = any(v.status.active for v, _ in self.tasks.values())
+                watched = [self.wake_r] + ([fd] if fd is not None else [])
+                ready, _, _ = select.select(watched, [], [], 1.0 if ticking else None)
+                if fd is not None and fd in ready:
+                    key = os.read(fd, 64)
+                    if b"q" in key or b"Q" in key or b"\x03" in key:
+                        break
+                if self.wake_r in ready:
+                    os.read(self.wake_r, 4096)
+                    if self._drain():
+                        self._refresh(queries)
+        except KeyboardInterrupt:
+            pass
+        except (p.OrchestraError, OSError, DaemonUnreachable) as exc:
+            self.gone = getattr(exc, "message", None) or f"lost the connection to the daemon: {exc}"
+        finally:
+            out.write("\x1b[?25h\x1b[?1049l")
+            out.flush()
+            if saved is not None:
+                termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            signal.signal(signal.SIGWINCH, previous_winch)
+            if queries is not None:
+                queries.close()
+            try:  # wakes the reader thread blocked in recv(); close() alone would not
+                self.watch_conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            reader.join(5)
+            self.app.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+        if self.gone is not None:
+            print(f"orchestra: {self.gone}", file=sys.stderr)
+
+    def _drain(self) -> bool:
+        """Take every frame that has arrived; True if any task changed."""
+        import queue
+
+        changed = False
+        while True:
+            try:
+                item = self.frames.get_nowait()
+            except queue.Empty:
+                return changed
+            if isinstance(item, str):
+                self.gone = item
+                return changed
+            self.tasks[item.id] = (item, time.monotonic())
+            changed = True
+
+    def _refresh(self, queries) -> None:
+        """The queue and the workflows: they change only when tasks do."""
+        from orchestra import protocol as p
+
+        self.queue = queries.call(p.Queue(), list[p.TaskView])
+        self.workflows = queries.call(p.ListWorkflows(), list[p.WorkflowView])
+        queued = {t.id for t in self.queue}
+        for task_id, (view, _) in list(self.tasks.items()):
+            if view.status is Status.QUEUED and task_id not in queued:  # removed from the queue
+                del self.tasks[task_id]
+
+    def _draw(self, out) -> None:
+        import msgspec
+
+        now = time.monotonic()
+        views = []
+        for view, received in self.tasks.values():
+            if view.status.active and view.runtime is not None:
+                view = msgspec.structs.replace(view, runtime=view.runtime + (now - received))
+            views.append(view)
+        width, height = _size()
+        lines = render(views, self.queue, self.workflows, width=width - 1).split("\n")
+        if len(lines) > height - 1:
+            lines = lines[: max(1, height - 2)] + [lines[-1]]  # keep the hint line
+        body = "\x1b[K\r\n".join(_emphasize(line) for line in lines) + "\x1b[K"
+        out.write("\x1b[H" + body + "\x1b[J")
+        out.flush()
+
+
+def _emphasize(line: str) -> str:
+    """The first line in reverse video, section headings in bold."""
+    if line.startswith("orchestra · "):
+        return f"\x1b[7m{line}\x1b[0m"
+    first = line.split(" ", 1)[0]
+    if first.isupper() and first.isalpha():
+        return f"\x1b[1m{line}\x1b[0m"
+    return line
