@@ -41,6 +41,8 @@ class OutputRef(msgspec.Struct, frozen=True, array_like=True):
 # bytes object per task instead of one object per chunk (this is what keeps start-up fast).
 _REF = struct.Struct("<QQIIB")
 _STREAMS = ("stdout", "stderr", "stdin")  # stdin: what was written to the agent, kept for transcripts
+_STREAM_CODES = {name: code for code, name in enumerate(_STREAMS)}
+_pack_ref = _REF.pack
 
 
 def output_refs(state: "State", task_id: int, start: int = 0) -> Iterator[OutputRef]:
@@ -203,7 +205,7 @@ def _output(s: State, e: ev.OutputAppended, ts: float, data) -> None:
         packed = s.outputs.get(e.task)
         if packed is None:
             packed = s.outputs[e.task] = bytearray()
-        packed += _REF.pack(data.segment, data.offset, data.length, data.crc, _STREAMS.index(e.stream))
+        packed += _pack_ref(data.segment, data.offset, data.length, data.crc, _STREAM_CODES[e.stream])
 
 
 def _input_requested(s: State, e: ev.InputRequested, ts: float, data) -> None:
@@ -364,6 +366,18 @@ def replay(records, state: State | None = None) -> State:
     for seq, ts, event, data in records:
         state.last_seq = seq
         fold[type(event)](state, event, ts, data)
+    return state
+
+
+def replay_bodies(records, state: State) -> State:
+    """Decode and fold `(seq, body, data)` log records: replay's hot loop, kept flat."""
+    fold = _FOLD
+    decode = ev.decode
+    for seq, body, data in records:
+        record = decode(body)
+        event = record.event
+        state.last_seq = seq
+        fold[type(event)](state, event, record.ts, data)
     return state
 
 

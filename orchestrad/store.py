@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 from orchestrad import events as ev
 from orchestrad.log import DataRef, GroupCommit, Log
 from orchestrad.snapshots import SnapshotStore
-from orchestrad.state import State, evolve, from_snapshot, output_count, output_refs, to_snapshot
+from orchestrad.state import State, evolve, from_snapshot, output_count, output_refs, replay_bodies, to_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -160,12 +160,8 @@ def _size(directory: Path) -> int:
 
 
 def replay_log(log_: Log, state: State) -> State:
-    """Fold every record after the state's last into it: replay's hot loop."""
-    decode = ev.decode
-    for seq, body, data in log_.replay(after_seq=state.last_seq):
-        record = decode(body)
-        evolve(state, record.event, seq=seq, ts=record.ts, data=data)
-    return state
+    """Fold every record after the state's last into it."""
+    return replay_bodies(log_.replay(after_seq=state.last_seq), state)
 
 
 def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str]) -> State:
