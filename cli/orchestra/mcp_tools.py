@@ -1,0 +1,340 @@
+"""The MCP tools: ten, named as in the product this replaces (`submit-task`,
+`list-processes`, `process-details`, `respond-to-process`, `manage-queue`, `stop-process`,
+`configure-orchestrator`, `assign-role`, `create-workflow`, `status-dashboard`).
+
+Each is one daemon request (two for `process-details`, three for `status-dashboard`).
+Results carry structured content (with an output schema) and the same thing as text. A
+daemon error comes back as a tool error (`isError`) with the daemon's message.
+
+`cwd` (submit-task, create-workflow) is optional and defaults to the directory the server
+was started in: Claude Code starts it in the project, so "this project" needs no path.
+Claude Desktop starts servers elsewhere, so there the model must pass one; the input schema
+says which directory the default is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import msgspec
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolAnnotations
+from msgspec import UNSET
+
+from orchestra import protocol as p
+from orchestra.dashboard import render
+from orchestra.mcp_daemon import Daemon, unreachable_message
+from orchestra.mcp_elicit import ask_the_person
+from orchestra.mcp_tool_types import (
+    Args,
+    AssignRoleArgs,
+    AssignRoleResult,
+    ConfigureArgs,
+    CreateWorkflowArgs,
+    DashboardResult,
+    DetailsResult,
+    ListProcessesArgs,
+    ManageQueueArgs,
+    Output,
+    ProcessDetailsArgs,
+    QueueResult,
+    RespondArgs,
+    RespondResult,
+    SettingsResult,
+    StatusDashboardArgs,
+    StopProcessArgs,
+    SubmitTaskArgs,
+    TaskListResult,
+    TaskResult,
+    ToolFailure,
+    WorkflowResult,
+    input_schema,
+    json_schema,
+)
+from orchestra.render import details, grouped, table, workflow_block
+from orchestra.wire import DaemonUnreachable
+
+log = logging.getLogger("orchestra.mcp")
+
+BUILTIN_TEMPLATES = ("code-review", "feature-development", "bug-fix", "refactoring")
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    title: str
+    description: str
+    args: type[Args]
+    result: type
+    run: Callable[..., Awaitable[Any]]
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+
+
+class Tools:
+    """The tools: listing them, and turning a call into daemon requests and the answer
+    into structured and text content."""
+
+    def __init__(self, daemon: Daemon, cwd: str) -> None:
+        self.daemon = daemon
+        self.cwd = cwd  # where `cwd` defaults to
+        self.specs = {t.name: t for t in self._specs()}
+
+    def _specs(self) -> list[ToolSpec]:
+        return [
+            ToolSpec(
+                "submit-task", "Submit a task",
+                "Queue a coding task for one agent of the team. Give `prompt` (what a Claude Code agent "
+                "should do) or `command` (an argv the command agent runs). It starts when a slot is free "
+                "and every task in `after` has succeeded; higher priority first, then oldest. Returns the "
+                "task; its id is what the other tools take. A claude task may stop to ask permission for a "
+                "tool or ask a question: it is then `waiting` until respond-to-process answers it.",
+                SubmitTaskArgs, TaskResult, self.submit_task,
+            ),
+            ToolSpec(
+                "list-processes", "List tasks",
+                "List the tasks: id, status (queued, running, waiting, succeeded, failed, timed_out, "
+                "cancelled, interrupted), role, agent, priority, dependencies, runtime, cost, and for a "
+                "waiting task what it asks. Finished tasks are included unless active_only is true.",
+                ListProcessesArgs, TaskListResult, self.list_processes, read_only=True, idempotent=True,
+            ),
+            ToolSpec(
+                "process-details", "Task details",
+                "Everything about one task: status and why it ended, prompt or command, role, agent, "
+                "limits, attempts, cost and tokens, session, its final result, the question it waits on, "
+                "and the last lines of its output transcript.",
+                ProcessDetailsArgs, DetailsResult, self.process_details, read_only=True, idempotent=True,
+            ),
+            ToolSpec(
+                "respond-to-process", "Answer a waiting task",
+                "Answer a task that is waiting for a person. A permission request (the agent wants to run "
+                "a tool): decision allow or deny, with an optional message saying why. A question: answer "
+                "with an option number, the option's text, or your own words. For a running command task, "
+                "answer is written as a line to its stdin; for a finished claude task, answer is a new "
+                "message that continues its conversation. With only task_id, the user is asked directly with a "
+                "form (when this client supports elicitation) and their answer is passed on; prefer that "
+                "when the decision is the user's to make.",
+                RespondArgs, RespondResult, self.respond,
+            ),
+            ToolSpec(
+                "manage-queue", "Manage the queue",
+                "The queue of tasks not yet started. action list: the queue in the order tasks will run. "
+                "action prioritize: give a queued task (task_id) a new priority. action remove: take a "
+                "queued task out of the queue. Returns the queue in run order after the change.",
+                ManageQueueArgs, QueueResult, self.manage_queue,
+            ),
+            ToolSpec(
+                "stop-process", "Stop a task",
+                "Stop a task: a queued one is cancelled; a running or waiting one is terminated (SIGTERM, "
+                "then SIGKILL after the configured grace). Tasks that depend on it will not run.",
+                StopProcessArgs, TaskResult, self.stop_process, destructive=True,
+            ),
+            ToolSpec(
+                "configure-orchestrator", "Settings",
+                "Read or change the orchestrator's settings. No key: every setting. key alone: that "
+                "setting. key and value: change it (recorded by the daemon, in force at once).",
+                ConfigureArgs, SettingsResult, self.configure,
+            ),
+            ToolSpec(
+                "assign-role", "Assign a role",
+                "Give a task another role (its system prompt, tool rules, model and limits). A queued task "
+                "runs as the new role; a running one takes it from its next attempt.",
+                AssignRoleArgs, AssignRoleResult, self.assign_role, idempotent=True,
+            ),
+            ToolSpec(
+                "create-workflow", "Run a workflow",
+                "Turn a goal into a small team: one task per step of a workflow template (each step a "
+                "role and a prompt that quotes the goal and the earlier steps' results), wired by "
+                "dependencies so each starts when the steps before it succeeded. Returns the workflow "
+                "with its tasks.",
+                CreateWorkflowArgs, WorkflowResult, self.create_workflow,
+            ),
+            ToolSpec(
+                "status-dashboard", "Status dashboard",
+                "A text picture of the whole team: what waits for an answer (the question, its options and "
+                "how to answer), what runs (runtime, cost, latest activity), the queue in run order, "
+                "workflows and their steps, the latest finished tasks, and the total cost.",
+                StatusDashboardArgs, DashboardResult, self.status_dashboard, read_only=True, idempotent=True,
+            ),
+        ]
+
+    async def _live_names(self) -> tuple[list[str], list[str], list[str]]:
+        """Roles, templates and setting names, from the daemon when it answers."""
+        roles, templates, settings = list(p.BUILTIN_ROLES), list(BUILTIN_TEMPLATES), []
+        try:
+            roles = [r.name for r in (await self.daemon.call(p.Roles(), p.RolesResult)).roles]
+            templates = [t.name for t in (await self.daemon.call(p.Templates(), p.TemplatesResult)).templates]
+            settings = list(await self.daemon.call(p.ConfigGet()))
+        except (DaemonUnreachable, p.OrchestraError, OSError) as exc:
+            log.info("listing tools without the daemon's names: %s", exc)
+        return roles, templates, settings
+
+    async def list_tools(self) -> list[Tool]:
+        roles, templates, settings = await self._live_names()
+        return [
+            Tool(
+                name=spec.name,
+                title=spec.title,
+                description=spec.description,
+                input_schema=input_schema(spec.args, roles, templates, settings, self.cwd),
+                output_schema=json_schema(spec.result),
+                annotations=ToolAnnotations(
+                    title=spec.title,
+                    read_only_hint=spec.read_only,
+                    destructive_hint=spec.destructive,
+                    idempotent_hint=spec.idempotent,
+                    open_world_hint=False,
+                ),
+            )
+            for spec in self.specs.values()
+        ]
+
+    async def call_tool(self, ctx, params):
+        spec = self.specs.get(params.name)
+        if spec is None:
+            raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r}; the tools are: {', '.join(self.specs)}")
+        try:
+            args = msgspec.convert(params.arguments or {}, spec.args, strict=False)
+        except msgspec.ValidationError as exc:
+            return _error(f"invalid arguments for {spec.name}: {exc}")
+        try:
+            out = await spec.run(args, ctx, params)
+        except p.OrchestraError as exc:
+            return _error(exc.message)
+        except ToolFailure as exc:
+            return _error(str(exc))
+        except DaemonUnreachable as exc:
+            return _error(unreachable_message(exc, self.daemon.autostart))
+        except (OSError, ConnectionError) as exc:
+            return _error(f"lost the connection to the daemon: {exc}")
+        if not isinstance(out, Output):
+            return out  # an InputRequiredResult (2026-07-28 elicitation)
+        return CallToolResult(content=[TextContent(type="text", text=out.text)], structured_content=msgspec.to_builtins(out.value))
+
+    # -- one handler per tool -------------------------------------------------------------
+
+    async def submit_task(self, a: SubmitTaskArgs, ctx, params) -> Output:
+        view = await self.daemon.call(
+            p.Submit(
+                cwd=self._cwd(a.cwd),
+                prompt=a.prompt,
+                argv=a.command,
+                role=a.role,
+                agent=a.agent,
+                priority=p.parse_priority(a.priority),
+                after=a.after,
+                env=a.env,
+                timeout=a.timeout_seconds,
+                idle_timeout=a.idle_timeout_seconds,
+                budget_usd=a.budget_usd,
+                model=a.model,
+                title=a.title,
+                worktree=a.worktree,
+            ),
+            p.TaskView,
+        )
+        return Output(TaskResult(task=view), f"queued task {view.id}\n\n{table([view])}")
+
+    async def list_processes(self, a: ListProcessesArgs, ctx, params) -> Output:
+        tasks = await self.daemon.call(p.ListTasks(status=a.status, role=a.role, include_finished=not a.active_only), list[p.TaskView])
+        tasks.sort(key=lambda t: t.id)
+        if not tasks:
+            return Output(TaskListResult(tasks=[]), "no tasks")
+        workflows = {}
+        if any(t.workflow is not None for t in tasks):
+            workflows = {w.id: w for w in await self.daemon.call(p.ListWorkflows(), list[p.WorkflowView])}
+        return Output(TaskListResult(tasks=tasks), grouped(tasks, workflows, width=160))
+
+    async def process_details(self, a: ProcessDetailsArgs, ctx, params) -> Output:
+        view = await self.daemon.call(p.Show(task=a.task_id), p.TaskView)
+        tail = await self.daemon.log_tail(a.task_id, a.log_lines)
+        text = details(view)
+        if a.log_lines:
+            text += f"\n\nlast {a.log_lines} lines of output:\n" + (tail.rstrip("\n") or "(no output yet)")
+        return Output(DetailsResult(task=view, log_tail=tail), text)
+
+    async def respond(self, a: RespondArgs, ctx, params) -> Any:
+        if a.decision is None and a.answer is None:
+            return await ask_the_person(self.daemon, a.task_id, ctx, params, self._respond)
+        return await self._respond(a.task_id, a.decision, a.answer, a.message)
+
+    async def _respond(self, task_id: int, decision: str | None, answer: str | None, message: str) -> Output:
+        view = await self.daemon.call(
+            p.Respond(task=task_id, text=answer, allow=decision == "allow", deny=decision == "deny", message=message),
+            p.TaskView,
+        )
+        sent = decision if decision else (answer or "")
+        if decision == "deny" and message:
+            sent = f"deny: {message}"
+        return Output(RespondResult(task=view, answered=True, answer=sent), f"answered task {view.id} ({sent}); it is {view.status.value}")
+
+    async def manage_queue(self, a: ManageQueueArgs, ctx, params) -> Output:
+        task = removed = None
+        if a.action != "list" and a.task_id is None:
+            raise ToolFailure(f"action {a.action} needs task_id: the queued task to change (manage-queue with action list shows them)")
+        if a.action == "prioritize":
+            if a.priority is None:
+                raise ToolFailure("action prioritize needs priority: low, normal, high, urgent or a number from -100 to 100")
+            task = await self.daemon.call(p.SetPriority(task=a.task_id, priority=p.parse_priority(a.priority)), p.TaskView)
+        elif a.action == "remove":
+            await self.daemon.call(p.Remove(task=a.task_id))
+            removed = a.task_id
+        queue = await self.daemon.call(p.Queue(), list[p.TaskView])
+        head = {"list": "", "prioritize": f"task {a.task_id} has priority {task.priority if task else '?'}\n\n", "remove": f"removed task {removed} from the queue\n\n"}[a.action]
+        body = f"the queue, in run order:\n{table(queue)}" if queue else "the queue is empty"
+        return Output(QueueResult(action=a.action, queue=queue, task=task, removed=removed), head + body)
+
+    async def stop_process(self, a: StopProcessArgs, ctx, params) -> Output:
+        view = await self.daemon.call(p.Stop(task=a.task_id), p.TaskView)
+        state = "stopping" if view.status.active else view.status.value
+        return Output(TaskResult(task=view), f"task {view.id} is {state}")
+
+    async def configure(self, a: ConfigureArgs, ctx, params) -> Output:
+        if a.value is not UNSET:
+            if a.key is None:
+                raise ToolFailure("a value needs a key: the setting to change (call without arguments to see them all)")
+            settings = await self.daemon.call(p.ConfigSet(key=a.key, value=a.value))
+        else:
+            settings = await self.daemon.call(p.ConfigGet(key=a.key))
+        text = "\n".join(f"{k} = {msgspec.json.encode(v).decode()}" for k, v in settings.items())
+        return Output(SettingsResult(settings=settings), text)
+
+    async def assign_role(self, a: AssignRoleArgs, ctx, params) -> Output:
+        result = await self.daemon.call(p.AssignRole(task=a.task_id, role=a.role))
+        view = msgspec.convert(result["task"], p.TaskView)
+        return Output(AssignRoleResult(task=view, note=result["note"]), result["note"])
+
+    async def create_workflow(self, a: CreateWorkflowArgs, ctx, params) -> Output:
+        view = await self.daemon.call(
+            p.RunWorkflow(template=a.template, goal=a.goal, cwd=self._cwd(a.cwd), worktree=a.worktree, priority=p.parse_priority(a.priority), agent=a.agent),
+            p.WorkflowView,
+        )
+        steps = ", ".join(f"{step} = task {task}" for step, task in view.steps.items())
+        return Output(WorkflowResult(workflow=view), f"workflow {view.id}: {steps}\n\n{workflow_block(view, width=160)}")
+
+    async def status_dashboard(self, a: StatusDashboardArgs, ctx, params) -> Output:
+        tasks = await self.daemon.call(p.ListTasks(), list[p.TaskView])
+        queue = await self.daemon.call(p.Queue(), list[p.TaskView])
+        workflows = await self.daemon.call(p.ListWorkflows(), list[p.WorkflowView])
+        text = render(tasks, queue, workflows, width=a.width, hint=False)
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        waiting = sorted((t for t in tasks if t.status is p.Status.WAITING), key=lambda t: t.id)
+        result = DashboardResult(dashboard=text, counts=counts, waiting=waiting, queue=[t.id for t in queue], cost_usd=sum(t.cost_usd for t in tasks))
+        return Output(result, text)
+
+    def _cwd(self, cwd: str | None) -> str:
+        if cwd is None:
+            return self.cwd
+        if not os.path.isabs(os.path.expanduser(cwd)):
+            raise ToolFailure(f"cwd must be an absolute path, not {cwd!r} (this server runs in {self.cwd})")
+        return os.path.expanduser(cwd)
+
+
+def _error(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
