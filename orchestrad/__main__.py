@@ -45,12 +45,22 @@ def _verify(paths) -> int:
     from orchestrad.log import LogCorrupt
     from orchestrad.store import Store, StoreError
 
+    from orchestrad.log import verify as verify_log
+
+    # Read-only throughout: a daemon may be using this home right now.
     try:
-        store = Store.open(paths.log_dir, paths.snapshot_dir)
+        report = verify_log(paths.log_dir, deep=True)
+        store = Store.open(paths.log_dir, paths.snapshot_dir, readonly=True)
     except (LogCorrupt, StoreError) as exc:
         print(exc, file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"nothing to verify: {exc}")
+        return 0
+    for path, offset, size, why in report.truncated:
+        print(f"a torn record at the end of {path} (offset {offset}, {size} bytes) will be cut at the next start: {why}")
     notes = store.verify()
+    store.log.close()
     for line in store.notes + notes:
         print(line)
     return 1 if any(n.startswith("MISMATCH") for n in notes) else 0

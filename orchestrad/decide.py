@@ -22,6 +22,8 @@ from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
 from orchestrad.state import State, Task
 
+MAX_PROMPT = 1 << 20  # characters
+
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
@@ -64,6 +66,11 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
         raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
     if agent != "command" and not cmd.prompt.strip():
         raise bad_request(f"the {agent} agent needs a prompt saying what to do")
+    if len(cmd.prompt) > MAX_PROMPT:
+        raise bad_request(
+            f"the prompt is {len(cmd.prompt):,} characters, over the limit of {MAX_PROMPT:,}; "
+            "put long material in a file and tell the agent where it is"
+        )
     role_name = cmd.role or cfg.default_role
     role = _role(state, role_name)
     priority = _checked_priority(cmd.priority)
@@ -328,6 +335,9 @@ def process_exited(
         return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
     if task.result_error:
         reason = f"the agent reported an error: {_first_line(task.result) or detail or 'no message'}"
+        return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
+    if exit_code == 0 and task.spec.agent != "command" and not task.answered:
+        reason = f"the {task.spec.agent} agent exited without giving a result" + (f": {detail}" if detail else "; is the agent path in config really that agent?")
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
     if exit_code == 0:
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]

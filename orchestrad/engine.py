@@ -23,7 +23,7 @@ from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
 from orchestrad import config as config_mod
-from orchestrad import configfiles, scheduler, worktrees
+from orchestrad import configfiles, orphans, scheduler, worktrees
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -34,6 +34,8 @@ from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 from orchestrad.worktrees import WorktreeError
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER = 1.0  # seconds between attempts to record what could not be written
 
 
 class Watcher:
@@ -74,7 +76,9 @@ class Engine:
         self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)
         self.watchers: set[Watcher] = set()
         self.secrets: dict[int, dict[str, str]] = {}  # task -> withheld env values, memory only
-        self._starting: set[int] = set()
+        self.home_mark = orphans.home_mark(str(store.log.directory))
+        self._unrecorded: list[Item] = []  # observations the log could not take yet (disk full)
+        self._retry: asyncio.TimerHandle | None = None
         self._worktree_jobs: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
         self._agents: dict[int, Agent] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -94,6 +98,15 @@ class Engine:
         """Decide and record `command`; return its events once they are durable."""
         if not self._accepting:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, "the daemon is shutting down; try again once it is back")
+        if self._unrecorded:
+            self._flush_unrecorded()  # space may have come back since the last try
+        if self._unrecorded:
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, "the daemon cannot write its log (is the disk full?); free space, then retry")
+        if isinstance(command, p.Respond) and command.task in self._agents:
+            try:
+                self.supervisor.check_writable(command.task, len((command.text or "").encode()) + 1)
+            except WriteError as exc:
+                raise p.conflict(str(exc)) from None
         events = d.decide(self.state, command, self.clock())
         if isinstance(command, p.Submit) and events:
             _, secret = d.split_env(command.env)
@@ -139,7 +152,9 @@ class Engine:
             task = self.state.tasks.get(event.task)
             if agent is not None and task is not None:
                 return self._react(event.task, agent.answer(task, event))
-        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskRemoved):
+        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled):
+            self._agents.pop(event.task, None)
+        elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
         elif isinstance(event, ev.TasksPurged):
             for task in event.tasks:
@@ -158,6 +173,8 @@ class Engine:
         return list(reaction.items)
 
     def _forget(self, task: int) -> None:
+        """A task that will never run again: its secrets go (they are kept until then, so
+        that a resumed or retried task gets them again)."""
         self._agents.pop(task, None)
         self.secrets.pop(task, None)
 
@@ -165,16 +182,25 @@ class Engine:
 
     def schedule(self) -> None:
         """Act on the plan: record its decisions, start what may start, set the next timer."""
-        if not self._accepting:
+        if not self._accepting or self._unrecorded:
             return
         now = self.clock()
-        plan = scheduler.plan(self.state, now, starting=self._starting)
-        if plan.events:
-            self.record_nowait(plan.events)  # re-plans, so chains of cancellations settle
+        plan = scheduler.plan(self.state, now)
+        try:
+            if plan.events:
+                self.record_nowait(plan.events)  # re-plans, so chains of cancellations settle
+                return
+            if plan.start:
+                # Recorded first, and durable before any process exists: a crash in between
+                # leaves these tasks interrupted, never run twice.
+                starting = [ev.TaskStarting(task=t, attempt=self.state.tasks[t].attempts + 1) for t in plan.start]
+                durable = self.record_nowait(starting)  # re-plans with these now active
+                for task_id in plan.start:
+                    asyncio.get_running_loop().create_task(self._start(task_id, durable))
+                return
+        except p.OrchestraError as exc:
+            log.error("could not record the scheduler's decisions: %s", exc.message)
             return
-        for task_id in plan.start:
-            self._starting.add(task_id)
-            asyncio.get_running_loop().create_task(self._start(task_id))
         self._set_timer(plan.wake_at, now)
 
     def _set_timer(self, wake_at: float | None, now: float) -> None:
@@ -185,29 +211,44 @@ class Engine:
             delay = max(0.0, wake_at - now)
             self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.schedule)
 
-    async def _start(self, task_id: int) -> None:
+    async def _start(self, task_id: int, durable: asyncio.Future) -> None:
+        try:
+            await asyncio.shield(durable)
+        except OSError as exc:
+            log.error("task %s: its start could not be made durable (%s); not starting it", task_id, exc)
+            return
         task = self.state.tasks[task_id]
+        if task.status is not Status.RUNNING or task.pid is not None:
+            return  # stopped while its start was being recorded
         agent = agent_for(task.spec.agent)
         try:
+            missing = [name for name in task.spec.secret_env if name not in self.secrets.get(task_id, {})]
+            if missing:
+                raise SpawnError(
+                    f"its secret environment values ({', '.join(missing)}) are kept only in the daemon's "
+                    "memory and were lost when the daemon restarted; submit the task again"
+                )
             cwd = await self._workdir(task)
             task = self._prepared(self.state.tasks[task_id])
             argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
-            env = {**self.base_env, **task.spec.env, **self.secrets.get(task_id, {})}
+            env = {
+                **self.base_env,
+                **task.spec.env,
+                **self.secrets.get(task_id, {}),
+                orphans.VARIABLE: orphans.mark(self.home_mark, task_id, task.attempts),
+            }
             pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env)
         except (SpawnError, WorktreeError) as exc:
-            self._starting.discard(task_id)
-            self.record_nowait(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
+            self._observe(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
         except Exception as exc:  # a bug must not leave the task "starting" forever
             log.exception("task %s: could not start", task_id)
-            self._starting.discard(task_id)
-            self.record_nowait(d.spawn_failed(self.state, task_id, f"could not start: {exc}"))
+            self._observe(d.spawn_failed(self.state, task_id, f"could not start: {exc}"))
             return
-        self._starting.discard(task_id)
         self._agents[task_id] = agent
-        spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts + 1, pid=pid, argv=_shown(argv))
-        self.record_nowait([spawned, *self._react(task_id, greeting)])
+        spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts, pid=pid, argv=_shown(argv))
+        self._observe([spawned, *self._react(task_id, greeting)])
 
     def _prepared(self, task: Task) -> Task:
         """The task as its agent should see it: a workflow step's prompt (or argv) with the
@@ -267,6 +308,10 @@ class Engine:
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
             return
+        # Whatever it started and left running (even past setsid) carries its mark.
+        leftovers = orphans.kill(orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts))
+        if leftovers:
+            log.warning("task %s: killed %d process(es) it left running: %s", task_id, len(leftovers), leftovers)
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
         items: list[Item] = []
@@ -289,10 +334,28 @@ class Engine:
         return b"".join(reversed(chunks))[-limit:].decode(errors="replace").strip()
 
     def _observe(self, items: Sequence[Item]) -> None:
+        """Record what happened. A fact cannot be refused: if the log cannot take it now
+        (disk full), it waits, in order, and is retried until the log takes it."""
+        self._unrecorded.extend(items)
+        self._flush_unrecorded()
+
+    def _flush_unrecorded(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        pending, self._unrecorded = self._unrecorded, []
         try:
-            self.record_nowait(items)
+            if pending:
+                self.record_nowait(pending)
         except p.OrchestraError as exc:
-            log.error("could not record what a process did: %s", exc.message)
+            self._unrecorded = pending + self._unrecorded
+            log.error("could not record what agents did, will retry: %s", exc.message)
+            if self._retry is None:
+                self._retry = asyncio.get_running_loop().call_later(RETRY_AFTER, self._flush_unrecorded)
+            return
+        if not pending:
+            return
+        self.schedule()
 
     # -- retention ----------------------------------------------------------------------
 
@@ -362,12 +425,11 @@ class Engine:
 
     async def start(self) -> None:
         """Reconcile what the log says with reality, then schedule."""
-        from orchestrad.supervisor import kill_process_group
-
-        for task_id in sorted(self.state.active):
-            pid = self.state.tasks[task_id].pid
-            if pid is not None and kill_process_group(pid):
-                log.warning("task %s: killed process group %s left from the previous daemon", task_id, pid)
+        # The previous daemon's agents (and anything they started) carry this home's mark;
+        # a pid from the log may belong to someone else by now, so it is not trusted.
+        left = orphans.kill(f"{self.home_mark}:")
+        if left:
+            log.warning("killed %d agent process(es) left from the previous daemon: %s", len(left), left)
         reconciled = d.reconcile(self.state)
         events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=_version())]
         await self.record([*events, *reconciled])

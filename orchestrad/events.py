@@ -103,6 +103,14 @@ class StopRequested(Event):
     reason: str
 
 
+class TaskStarting(Event):
+    """A queued task is being started. It is made durable before any process exists, so a
+    crash in between leaves the task interrupted and never runs it twice."""
+
+    task: int
+    attempt: int
+
+
 class ProcessSpawned(Event):
     task: int
     attempt: int
@@ -243,6 +251,7 @@ AnyEvent = Union[
     TaskRemoved,
     TaskCancelled,
     StopRequested,
+    TaskStarting,
     ProcessSpawned,
     SessionStarted,
     OutputAppended,

@@ -799,16 +799,17 @@ class Log:
     run in another thread (GroupCommit does that) while the owner keeps appending.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int, segments: list[_Segment], report: OpenReport):
+    def __init__(self, directory: Path, segment_bytes: int, segments: list[_Segment], report: OpenReport, *, readonly: bool = False):
         self.directory = directory
         self.report = report
         self._segment_bytes = segment_bytes
         self._segments: dict[int, _Segment] = {s.first: s for s in segments}
         self._firsts: list[int] = [s.first for s in segments]
         self._active = segments[-1]
-        fd = os.open(self._active.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        self.readonly = readonly
+        fd = os.open(self._active.path, (os.O_RDONLY if readonly else os.O_RDWR | os.O_APPEND) | os.O_CLOEXEC)
         try:
-            dfd = _open_data_file(self._active.dat_path)
+            dfd = os.open(self._active.dat_path, os.O_RDONLY | os.O_CLOEXEC) if readonly and self._active.dat_path.exists() else None if readonly else _open_data_file(self._active.dat_path)
         except BaseException:
             os.close(fd)
             raise
@@ -823,17 +824,31 @@ class Log:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, *, segment_bytes: int = 64 << 20) -> Log:
+    def open(cls, directory: Path, *, segment_bytes: int = 64 << 20, readonly: bool = False) -> Log:
         """Open (or create) the log in `directory`, cutting a torn tail if a crash left one.
 
         `segment_bytes` bounds a segment's two files together (one batch bigger than that
         gets a segment of its own). Raises LogCorrupt on damage a crash cannot explain; see
-        the module docstring.
+        the module docstring. `readonly` changes nothing on disk (a torn tail is left in
+        place and not read; nothing is created) and refuses appends: for checking a log
+        that a running daemon may be writing.
         """
         directory = Path(directory)
+        if readonly and not directory.is_dir():
+            raise FileNotFoundError(f"there is no log in {directory}")
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         found = _list_segments(directory)
         segments, tears = _scan_directory(directory, deep=False, lazy=True)
+        if readonly:
+            if not segments:
+                raise FileNotFoundError(f"the log in {directory} holds no records")
+            report = OpenReport(
+                truncated=[_report_line(t) for t in tears],
+                segments=len(segments),
+                last_seq=segments[-1].first + segments[-1].count - 1,
+                first_seq=segments[0].first,
+            )
+            return cls(directory, segment_bytes, segments, report, readonly=True)
         for tear in tears:
             _cut(tear)
         if not segments or any(t.offset == 0 and t.path.suffix == ".seg" for t in tears):
@@ -891,6 +906,8 @@ class Log:
         no seq is used up.
         """
         fd = self._require_open()
+        if self.readonly:
+            raise ValueError(f"the log in {self.directory} was opened read-only")
         if self._broken is not None:
             raise OSError(
                 errno.EIO,

@@ -21,8 +21,6 @@ timeout, but its idle timeout is paused: silence is expected while a person deci
 
 from __future__ import annotations
 
-from typing import Collection
-
 import msgspec
 
 from orchestra.protocol import Status
@@ -37,8 +35,7 @@ class Plan(msgspec.Struct, frozen=True):
     wake_at: float | None
 
 
-def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
-    """`starting`: tasks the shell is starting now; they hold a slot and are not started twice."""
+def plan(state: State, now: float) -> Plan:
     events: list[ev.Event] = []
     wake_at: float | None = None
 
@@ -54,8 +51,6 @@ def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
 
     ready: list[Task] = []
     for task_id in state.queued:
-        if task_id in starting:
-            continue
         task = state.tasks[task_id]
         blocker = _blocked_for_good(state, task)
         if blocker is not None:
@@ -65,9 +60,9 @@ def plan(state: State, now: float, starting: Collection[int] = ()) -> Plan:
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
 
     config = state.config
-    running = len(state.active) + len(starting)
+    running = len(state.active)
     per_role: dict[str, int] = {}
-    for task_id in (*state.active, *starting):
+    for task_id in state.active:
         role = state.tasks[task_id].role
         per_role[role] = per_role.get(role, 0) + 1
 

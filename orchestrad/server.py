@@ -40,6 +40,8 @@ from orchestrad.state import view
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
+LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
+LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
 
 
 class Server:
@@ -121,8 +123,9 @@ class Server:
                 return
             try:
                 request = request_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=f"bad request: {exc}"))
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=f"bad request: {_short(message)}"))
                 continue
             if not greeted:
                 if not isinstance(request, p.Hello):
@@ -167,6 +170,10 @@ class Server:
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: p.Reply) -> None:
         body = encoder.encode(message)
+        if len(body) > p.MAX_FRAME:  # clients refuse such frames: say so instead
+            too_big = f"the answer would be {len(body):,} bytes, over the limit of {p.MAX_FRAME:,}; ask for less"
+            error = p.Error(code=p.ErrorCode.BAD_REQUEST, message=too_big)
+            body = encoder.encode(p.End(error=error) if isinstance(message, p.End) else error)
         writer.write(HEADER.pack(len(body)) + body)
         await writer.drain()
 
@@ -253,7 +260,7 @@ class Server:
         now = self.engine.clock()
         wanted = set(request.status)
         return [
-            view(t, now)
+            view(t, now, prompt_limit=LIST_PROMPT_LIMIT)
             for t in self.engine.state.tasks.values()
             if (not wanted or t.status in wanted)
             and (request.role is None or t.role == request.role)
@@ -266,7 +273,7 @@ class Server:
     async def queue(self, request: p.Queue) -> list[p.TaskView]:
         now = self.engine.clock()
         state = self.engine.state
-        return [view(state.tasks[t], now) for t in scheduler.run_order(state)]
+        return [view(state.tasks[t], now, prompt_limit=LIST_PROMPT_LIMIT) for t in scheduler.run_order(state)]
 
     async def wait(self, request: p.Wait) -> list[p.TaskView]:
         for task_id in request.tasks:
@@ -326,11 +333,9 @@ class Server:
         store = self.engine.store
         task_id = request.task
         render = None if request.raw else renderer(get_task(self.engine.state, task_id).spec.agent)
-        sent = 0
+        sent, skip = 0, 0
         if request.tail is not None:
-            sent, last = _tail(store, task_id, request.tail, render)
-            if last is not None:
-                yield last
+            sent, skip = await _tail_start(store, task_id, request.tail, render)
         watcher = Watcher() if request.follow else None
         if watcher is not None:
             self.engine.watchers.add(watcher)
@@ -341,8 +346,10 @@ class Server:
                     sent += 1
                     if render is not None:
                         data = render(stream, data)
-                    if data:
-                        yield p.LogChunk(stream=stream, data=data)
+                    if skip:
+                        data, skip = data[skip:], 0
+                    for start in range(0, len(data), LOG_CHUNK_LIMIT):
+                        yield p.LogChunk(stream=stream, data=data[start : start + LOG_CHUNK_LIMIT])
                     if sent >= count:
                         break
                 task = self.engine.state.tasks.get(task_id)
@@ -397,20 +404,35 @@ def workflow_status(tasks: list[p.TaskView]) -> str:
     return "succeeded"
 
 
-def _tail(store, task_id: int, lines: int, render) -> tuple[int, p.LogChunk | None]:
-    """The last `lines` lines of output as one chunk, and the index of the next chunk."""
+async def _tail_start(store, task_id: int, lines: int, render) -> tuple[int, int]:
+    """Where the last `lines` lines of the output begin: (chunk index, offset in it).
+    Reads backwards a chunk at a time, never joining them, and lets other clients in now
+    and then, so a huge output without newlines costs time linear in its size and does not
+    stall the daemon."""
     count = store.output_count(task_id)
-    picked: list[bytes] = []
-    stream = "stdout"
+    if lines <= 0:
+        return count, 0
+    seen = 0
+    at_end = True  # the output's final newline ends its last line; it does not begin one
     for index in range(count - 1, -1, -1):
         stream, data = next(store.output(task_id, index))
-        picked.append(render(stream, data) if render is not None else data)
-        if b"".join(reversed(picked)).rstrip(b"\n").count(b"\n") >= lines:
-            break
-    if not picked or lines <= 0:
-        return count, None
-    text = b"".join(reversed(picked)).splitlines(keepends=True)[-lines:]
-    return count, p.LogChunk(stream=stream, data=b"".join(text))
+        if render is not None:
+            data = render(stream, data)
+        if not data:
+            continue
+        pos = len(data) - 1 if at_end and data.endswith(b"\n") else len(data)
+        at_end = False
+        while (pos := data.rfind(b"\n", 0, pos)) >= 0:
+            seen += 1
+            if seen == lines:
+                return index, pos + 1
+        if index % 32 == 0:
+            await asyncio.sleep(0)
+    return 0, 0
+
+
+def _short(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class FrameTooBig(Exception):

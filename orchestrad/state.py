@@ -88,6 +88,7 @@ class Task(msgspec.Struct, kw_only=True):
     activity: str = ""  # the latest thing the agent did (a tool use), for `ps`
     result: str = ""  # the agent's final answer of its latest attempt
     result_error: bool = False
+    answered: bool = False  # the agent gave a result in this attempt
     pending_message: str = ""  # what the next attempt starts with (follow-up or resume)
     continued: str = ""  # why the next attempt happens: "follow-up" | "resume" | "retry"
     workdir: str = ""  # its git worktree, once made; else it works in spec.cwd
@@ -177,20 +178,28 @@ def _stop_requested(s: State, e: ev.StopRequested, ts: float, data) -> None:
     s.tasks[e.task].stopping = Stopping(e.outcome, e.reason)
 
 
-def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
+def _starting(s: State, e: ev.TaskStarting, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.status = Status.RUNNING
     t.attempts = e.attempt
-    t.pid = e.pid
+    t.pid = None
     t.started_at = ts
     t.finished_at = None
     t.exit_code = t.signal = None
     t.reason = ""
     t.stopping = None
     t.last_activity = ts
-    t.pending_message = ""
+    t.answered = False
     s.queued.discard(e.task)
     s.active.add(e.task)
+
+
+def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    if e.task not in s.active:  # logs from before TaskStarting existed
+        _starting(s, ev.TaskStarting(task=e.task, attempt=e.attempt), ts, data)
+    t.pid = e.pid
+    t.pending_message = ""
 
 
 def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
@@ -246,6 +255,7 @@ def _agent_result(s: State, e: ev.AgentResult, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.result = e.text
     t.result_error = e.is_error
+    t.answered = True
 
 
 def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
@@ -332,6 +342,7 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.TaskRemoved: _removed,
     ev.TaskCancelled: _cancelled,
     ev.StopRequested: _stop_requested,
+    ev.TaskStarting: _starting,
     ev.ProcessSpawned: _spawned,
     ev.SessionStarted: _session,
     ev.OutputAppended: _output,
@@ -397,8 +408,11 @@ def from_snapshot(payload: bytes) -> State:
     return _snapshot_decoder.decode(payload)
 
 
-def view(task: Task, now: float) -> TaskView:
+def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView:
     spec = task.spec
+    prompt = spec.prompt
+    if prompt_limit is not None and len(prompt) > prompt_limit:
+        prompt = prompt[: prompt_limit - 1] + "…"
     runtime = None
     if task.started_at is not None:
         runtime = (task.finished_at if task.finished_at is not None else now) - task.started_at
@@ -410,7 +424,7 @@ def view(task: Task, now: float) -> TaskView:
         priority=task.priority,
         after=spec.after,
         title=spec.title,
-        prompt=spec.prompt,
+        prompt=prompt,
         argv=spec.argv,
         cwd=task.cwd,
         submitted_at=task.submitted_at,

@@ -41,9 +41,10 @@ class Store:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, log_dir: Path, snapshot_dir: Path, *, segment_bytes: int = 64 << 20) -> "Store":
-        """Open the log (cutting a torn tail) and rebuild the state. LogCorrupt if damaged."""
-        log_ = Log.open(log_dir, segment_bytes=segment_bytes)
+    def open(cls, log_dir: Path, snapshot_dir: Path, *, segment_bytes: int = 64 << 20, readonly: bool = False) -> "Store":
+        """Open the log (cutting a torn tail) and rebuild the state. LogCorrupt if damaged.
+        `readonly` changes nothing on disk: for checking a home a daemon may be using."""
+        log_ = Log.open(log_dir, segment_bytes=segment_bytes, readonly=readonly)
         notes = [
             f"cut a torn record at the end of {path} (offset {offset}, {cut} bytes): {why}"
             for path, offset, cut, why in log_.report.truncated
@@ -53,7 +54,7 @@ class Store:
         # would only rescan them again and again. Pause it, then freeze what was loaded.
         gc.disable()
         try:
-            state = _restore(log_, snapshots, notes)
+            state = _restore(log_, snapshots, notes, readonly)
         finally:
             gc.freeze()
             gc.enable()
@@ -164,13 +165,16 @@ def replay_log(log_: Log, state: State) -> State:
     return replay_bodies(log_.replay(after_seq=state.last_seq), state)
 
 
-def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str]) -> State:
+def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str], readonly: bool = False) -> State:
     """The newest snapshot the log can continue from, plus the records after it."""
     first = log_.segments()[0] if log_.segments() else 1
-    moved = snapshots.discard_after(log_.last_seq)
-    if moved:
-        notes.append(f"set aside {len(moved)} snapshot(s) newer than the log's last record {log_.last_seq}")
+    if not readonly:
+        moved = snapshots.discard_after(log_.last_seq)
+        if moved:
+            notes.append(f"set aside {len(moved)} snapshot(s) newer than the log's last record {log_.last_seq}")
     latest = snapshots.latest()
+    if latest is not None and latest[0] > log_.last_seq:
+        latest = None  # ahead of the log (its tail was cut): replay instead
     if latest is not None:
         return replay_log(log_, from_snapshot(latest[1]))
     if first > 1:

@@ -17,8 +17,9 @@ Escaped grandchildren. A grandchild that calls setsid() leaves the group and can
 signalled through it; if it inherited our stdout or stderr, those pipes stay open after
 the child has gone. So once the child has been reaped, the supervisor waits at most
 `EOF_GRACE` seconds for end-of-file on both pipes, then closes its own ends (flushing what
-it has read) and reports the exit anyway. The escaped process is left alone: it is not in
-our group, and may not be ours to kill.
+it has read) and reports the exit anyway. The supervisor cannot reach the escaped process
+through the group; the engine finds it by the mark every agent carries in its environment
+(`orchestrad.orphans`) and kills it when the task ends.
 
 Output. stdout and stderr are read concurrently, in large reads, and each is coalesced on
 its own: a chunk is delivered when `coalesce_bytes` have gathered, or `coalesce_delay`
@@ -131,10 +132,18 @@ class Supervisor:
 
     def write(self, task_id: int, data: bytes) -> None:
         """Queue `data` for the process's stdin without waiting for it to be read."""
+        self._writable(task_id, len(data)).write(data)
+
+    def check_writable(self, task_id: int, size: int = 1) -> None:
+        """WriteError, saying why, if `size` more bytes could not be queued for its stdin now
+        (so a person's answer is refused rather than accepted and then dropped)."""
+        self._writable(task_id, size).check(size)
+
+    def _writable(self, task_id: int, size: int) -> "_Process":
         proc = self._procs.get(task_id)
         if proc is None or proc.returncode is not None:
             raise WriteError(f"cannot send input to task {task_id}: it has no running process")
-        proc.write(data)
+        return proc
 
     def close_stdin(self, task_id: int) -> None:
         """Close the process's stdin once what was written has been delivered. Idempotent."""
@@ -251,18 +260,22 @@ class _Process(asyncio.SubprocessProtocol):
     # -- what the supervisor asks ----------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        self.check(len(data)).write(data)
+
+    def check(self, size: int) -> asyncio.WriteTransport:
+        """The stdin pipe, if `size` more bytes may be queued on it; WriteError otherwise."""
         if not self.has_stdin:
             raise WriteError(f"cannot send input to task {self.task_id}: it was started without an input pipe")
         pipe = self._stdin_pipe()
         if pipe is None:
             raise WriteError(f"cannot send input to task {self.task_id}: its input is closed")
         pending = pipe.get_write_buffer_size()
-        if pending and pending + len(data) > STDIN_LIMIT:
+        if pending and pending + size > STDIN_LIMIT:
             raise WriteError(
                 f"cannot send input to task {self.task_id}: it is not reading its input "
                 f"({pending} bytes are still waiting; the limit is {STDIN_LIMIT})"
             )
-        pipe.write(data)
+        return pipe
 
     def close_stdin(self) -> None:
         pipe = self._stdin_pipe()

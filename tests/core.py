@@ -48,11 +48,17 @@ class Core:
 
     def spawn(self, task_id: int, pid: int | None = None) -> None:
         attempt = self.state.tasks[task_id].attempts + 1
-        self.apply([ev.ProcessSpawned(task=task_id, attempt=attempt, pid=pid or 10_000 + task_id, argv=[])])
+        self.apply([
+            ev.TaskStarting(task=task_id, attempt=attempt),
+            ev.ProcessSpawned(task=task_id, attempt=attempt, pid=pid or 10_000 + task_id, argv=[]),
+        ])
 
-    def exit(self, task_id: int, code: int | None = 0, signal: int | None = None) -> None:
-        pid = self.state.tasks[task_id].pid or 0
-        self.apply(d.process_exited(self.state, task_id, pid, code, signal))
+    def exit(self, task_id: int, code: int | None = 0, signal: int | None = None, *, result: str | None = "done") -> None:
+        """The process exits; an agent (not a command) first gives `result`, unless None."""
+        task = self.state.tasks[task_id]
+        if task.spec.agent != "command" and result is not None and code == 0:
+            self.apply([ev.AgentResult(task=task_id, text=result, is_error=False)])
+        self.apply(d.process_exited(self.state, task_id, task.pid or 0, code, signal))
 
     def status(self, task_id: int) -> p.Status:
         return self.state.tasks[task_id].status

@@ -357,6 +357,14 @@ class TestContinuing:
         assert core.status(task) is Status.FAILED
         assert core.state.tasks[task].reason == "the agent reported an error: API Error: 401 invalid x-api-key"
 
+    def test_an_agent_that_exits_without_a_result_has_failed(self):
+        core = Core()
+        task = core.submit(prompt="x")
+        core.spawn(task)
+        core.exit(task, 0, result=None)
+        assert core.status(task) is Status.FAILED
+        assert "exited without giving a result" in core.state.tasks[task].reason
+
     def test_exit_reason_quotes_the_agents_last_words(self):
         core = Core()
         task = core.submit(prompt="x")

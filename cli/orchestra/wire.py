@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from typing import Any, Iterator, TypeVar
 
 import msgspec
@@ -47,14 +48,32 @@ class Connection:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            self._connect(path, timeout)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             self.sock.close()
             raise DaemonUnreachable(f"no daemon is listening on {path}") from exc
         except PermissionError as exc:
             self.sock.close()
             raise DaemonUnreachable(f"not allowed to connect to {path}: {exc.strerror}") from exc
+        except BaseException:
+            self.sock.close()
+            raise
         self._buffer = bytearray()
+
+    def _connect(self, path: str, timeout: float | None) -> None:
+        """Connect; while the daemon's listen queue is full (EAGAIN on a Unix socket), wait
+        for a turn rather than fail, up to the timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            try:
+                self.sock.connect(path)
+                return
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() + delay > deadline:
+                    raise DaemonUnreachable(f"the daemon at {path} is too busy to accept a connection") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
 
     def close(self) -> None:
         self.sock.close()
