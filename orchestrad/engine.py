@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER = 1.0  # seconds between attempts to record what could not be written
 
+# Facts after which there is nothing new to plan: output moves an idle deadline only later,
+# and the timer already set for the earlier one re-plans when it fires.
+_UNSCHEDULED = frozenset({ev.OutputAppended, ev.ToolUsed, ev.SessionStarted})
+
 
 class Watcher:
     """One client's subscription to task changes: a set of dirty task ids and a flag.
@@ -132,7 +136,7 @@ class Engine:
                 watcher.mark(changed)  # type: ignore[arg-type]
         if follow_ups:
             self.record_nowait(follow_ups)
-        else:
+        elif not all(type(item[0] if isinstance(item, tuple) else item) in _UNSCHEDULED for item in items):
             self.schedule()
         return durable
 

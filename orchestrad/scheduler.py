@@ -49,22 +49,27 @@ def plan(state: State, now: float) -> Plan:
         elif deadline is not None and (wake_at is None or deadline < wake_at):
             wake_at = deadline
 
-    ready: list[Task] = []
-    for task_id in state.queued:
-        task = state.tasks[task_id]
-        blocker = _blocked_for_good(state, task)
+    # Only a task that waits on others can become unrunnable, so only those are checked.
+    for task_id in state.queued_deps:
+        blocker = _blocked_for_good(state, state.tasks[task_id])
         if blocker is not None:
             events.append(ev.TaskCancelled(task=task_id, reason=blocker))
-        elif all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task):
-            ready.append(task)
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
 
     config = state.config
     running = len(state.active)
+    if running >= config.max_concurrent or not state.queued:  # no slot, or nothing waiting:
+        return Plan(start=[], events=events, wake_at=wake_at)  # no need to look at the queue
     per_role: dict[str, int] = {}
     for task_id in state.active:
         role = state.tasks[task_id].role
         per_role[role] = per_role.get(role, 0) + 1
+    ready = [
+        task
+        for task in map(state.tasks.__getitem__, state.queued)
+        if task.id not in state.queued_deps
+        or (all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task))
+    ]
 
     start: list[int] = []
     ready.sort(key=_order)

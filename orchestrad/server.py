@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 30.0
 LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
 LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
+PIPELINE_DEPTH = 256  # requests a connection may have in flight
 
 
 class Server:
@@ -110,62 +111,107 @@ class Server:
                 task.cancel()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        greeted = False
-        while True:
-            try:
-                body = await asyncio.wait_for(_read_frame(reader), None if greeted else HELLO_TIMEOUT)
-            except asyncio.TimeoutError:
-                return
-            except FrameTooBig as exc:
-                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
-                return
-            if body is None:
-                return
-            try:
-                request = request_decoder.decode(body)
-            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
-                message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-                await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=f"bad request: {_short(message)}"))
-                continue
-            if not greeted:
-                if not isinstance(request, p.Hello):
-                    await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="say Hello first"))
-                    return
-                if request.version != p.PROTOCOL_VERSION:
-                    await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
-                        f"this daemon speaks protocol {p.PROTOCOL_VERSION} and the client {request.version}; "
-                        "use the same orchestra version for both (restart the daemon after upgrading)")))
-                    return
-                greeted = True
-                await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=_version(), pid=os.getpid())))
-                continue
-            await self._dispatch(request, writer)
-
-    async def _dispatch(self, request: p.Request, writer: asyncio.StreamWriter) -> None:
-        stream = self._streams.get(type(request))
-        if stream is not None:
-            try:
-                async for item in stream(request):
-                    await self._send(writer, p.Ok(result=item))
-                await self._send(writer, p.End())
-            except OrchestraError as exc:
-                await self._send(writer, p.End(error=exc.to_reply()))
-            except LogCorrupt as exc:  # damaged output: say so, and keep serving
-                log.error("%s", exc)
-                await self._send(writer, p.End(error=p.Error(code=p.ErrorCode.INTERNAL, message=f"this output is damaged in the log: {exc}")))
+        """The handshake, then requests. A client may send several requests without waiting
+        (pipelining): each is decided and appended in the order it came, their replies go
+        back in that order, each once its events are durable, so group commit can cover a
+        whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight."""
+        if not await self._greet(reader, writer):
             return
+        replies: asyncio.Queue = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        replier = asyncio.ensure_future(self._reply_in_order(replies, writer))
+        try:
+            while not replier.done():
+                try:
+                    body = await _read_frame(reader)
+                except FrameTooBig as exc:
+                    await replies.put(p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
+                    return
+                if body is None:
+                    return
+                try:
+                    request = request_decoder.decode(body)
+                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
+                    message = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+                    await replies.put(p.Error(code=p.ErrorCode.PROTOCOL, message=f"bad request: {_short(message)}"))
+                    continue
+                if type(request) in self._streams:
+                    await replies.put(request)  # a stream has the connection to itself, in turn
+                else:
+                    # Started now, so that requests are decided in the order they came.
+                    await replies.put(asyncio.ensure_future(self._answer(request)))
+        finally:
+            if not replier.done():
+                await replies.put(None)
+                await replier
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        try:
+            body = await asyncio.wait_for(_read_frame(reader), HELLO_TIMEOUT)
+        except asyncio.TimeoutError:
+            return False
+        except FrameTooBig as exc:
+            await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
+            return False
+        if body is None:
+            return False
+        try:
+            request = request_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            request = None
+        if not isinstance(request, p.Hello):
+            await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="say Hello first"))
+            return False
+        if request.version != p.PROTOCOL_VERSION:
+            await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
+                f"this daemon speaks protocol {p.PROTOCOL_VERSION} and the client {request.version}; "
+                "use the same orchestra version for both (restart the daemon after upgrading)")))
+            return False
+        await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=_version(), pid=os.getpid())))
+        return True
+
+    async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+        """Send each reply in the order its request came; a stream runs when its turn comes."""
+        try:
+            while (item := await replies.get()) is not None:
+                if isinstance(item, asyncio.Future):
+                    await self._send(writer, await item)
+                elif isinstance(item, p.Request):
+                    await self._stream(item, writer)
+                else:
+                    await self._send(writer, item)
+        except (ConnectionError, BrokenPipeError):
+            pass  # the client left; what it asked for was still done
+        finally:
+            while not replies.empty():  # let the requests already started finish
+                item = replies.get_nowait()
+                if isinstance(item, asyncio.Future):
+                    await asyncio.wait([item])
+
+    async def _stream(self, request: p.Request, writer: asyncio.StreamWriter) -> None:
+        try:
+            async for item in self._streams[type(request)](request):
+                await self._send(writer, p.Ok(result=item))
+            await self._send(writer, p.End())
+        except OrchestraError as exc:
+            await self._send(writer, p.End(error=exc.to_reply()))
+        except LogCorrupt as exc:  # damaged output: say so, and keep serving
+            log.error("%s", exc)
+            await self._send(writer, p.End(error=p.Error(code=p.ErrorCode.INTERNAL, message=f"this output is damaged in the log: {exc}")))
+
+    async def _answer(self, request: p.Request) -> p.Reply:
         handler = self._handlers.get(type(request))
         if handler is None:
-            reply: p.Reply = p.Error(code=p.ErrorCode.BAD_REQUEST, message=f"{type(request).__name__} is not something to ask now")
-        else:
-            try:
-                reply = p.Ok(result=await handler(request))
-            except OrchestraError as exc:
-                reply = exc.to_reply()
-            except LogCorrupt as exc:
-                log.error("%s", exc)
-                reply = p.Error(code=p.ErrorCode.INTERNAL, message=f"the log is damaged: {exc}")
-        await self._send(writer, reply)
+            return p.Error(code=p.ErrorCode.BAD_REQUEST, message=f"{type(request).__name__} is not something to ask now")
+        try:
+            return p.Ok(result=await handler(request))
+        except OrchestraError as exc:
+            return exc.to_reply()
+        except LogCorrupt as exc:
+            log.error("%s", exc)
+            return p.Error(code=p.ErrorCode.INTERNAL, message=f"the log is damaged: {exc}")
+        except Exception:  # a bug in a handler must not take the connection down
+            log.exception("request %s failed", type(request).__name__)
+            return p.Error(code=p.ErrorCode.INTERNAL, message="the daemon failed to answer this; its log says why")
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: p.Reply) -> None:

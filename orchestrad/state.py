@@ -132,6 +132,7 @@ class State(msgspec.Struct, kw_only=True):
     catalog_problems: list[str] = []  # files that could not be loaded, and why
     config_file: dict[str, config_mod.ConfigValue] = {}  # what config.toml said when last applied
     queued: set[int] = set()  # ids of queued tasks
+    queued_deps: set[int] = set()  # the queued tasks that wait on other tasks
     active: set[int] = set()  # ids of running or waiting tasks
 
 
@@ -153,6 +154,8 @@ def _submitted(s: State, e: ev.TaskSubmitted, ts: float, data) -> None:
         submitted_seq=s.last_seq,
     )
     s.queued.add(e.task)
+    if e.spec.after or e.spec.run_if is not None:
+        s.queued_deps.add(e.task)
     s.next_task = max(s.next_task, e.task + 1)
 
 
@@ -168,6 +171,7 @@ def _removed(s: State, e: ev.TaskRemoved, ts: float, data) -> None:
     s.tasks.pop(e.task, None)
     s.outputs.pop(e.task, None)
     s.queued.discard(e.task)
+    s.queued_deps.discard(e.task)
 
 
 def _cancelled(s: State, e: ev.TaskCancelled, ts: float, data) -> None:
@@ -191,6 +195,7 @@ def _starting(s: State, e: ev.TaskStarting, ts: float, data) -> None:
     t.last_activity = ts
     t.answered = False
     s.queued.discard(e.task)
+    s.queued_deps.discard(e.task)
     s.active.add(e.task)
 
 
@@ -267,6 +272,8 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.reason = ""
     t.result_error = False
     s.queued.add(e.task)
+    if t.spec.after or t.spec.run_if is not None:
+        s.queued_deps.add(e.task)
 
 
 def _exited(s: State, e: ev.ProcessExited, ts: float, data) -> None:
@@ -288,6 +295,7 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
     t.stopping = None
     t.pid = None
     s.queued.discard(t.id)
+    s.queued_deps.discard(t.id)
     s.active.discard(t.id)
 
 

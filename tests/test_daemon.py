@@ -268,3 +268,17 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes:
             raise EOFError
         data += chunk
     return data
+
+
+def test_pipelined_requests_are_answered_in_order(daemon):
+    set_config(daemon, "max_concurrent", 1)
+    gate = daemon.submit(PY, "-c", "input()")
+    with daemon.connect() as conn:
+        requests = [p.Submit(cwd=str(daemon.home), argv=["true"], title=f"t{i}") for i in range(300)]
+        requests[150] = p.Show(task=99_999)  # an error in the middle keeps its place
+        replies = conn.call_many(requests, p.TaskView)
+    assert isinstance(replies[150], p.OrchestraError) and replies[150].code is p.ErrorCode.NOT_FOUND
+    views = [r for r in replies if not isinstance(r, p.OrchestraError)]
+    assert [v.title for v in views] == [f"t{i}" for i in range(300) if i != 150]
+    assert [v.id for v in views] == list(range(gate + 1, gate + 300))
+    daemon.call(p.Stop(task=gate))

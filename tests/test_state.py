@@ -149,6 +149,7 @@ def test_invariants_hold(actions):
     s = core.state
     assert s.queued == {t.id for t in s.tasks.values() if t.status is Status.QUEUED}
     assert s.active == {t.id for t in s.tasks.values() if t.status.active}
+    assert s.queued_deps == {t for t in s.queued if s.tasks[t].spec.after or s.tasks[t].spec.run_if}
     for t in s.tasks.values():
         assert (t.waiting is not None) == (t.status is Status.WAITING)
         assert (t.finished_at is not None) == t.status.finished

@@ -109,6 +109,24 @@ class Connection:
         self.send(request)
         return self._result(self.receive(), result_type)
 
+    def call_many(self, requests: list[p.Request], result_type: type[T] | Any = Any, *, window: int = 64) -> list[T | p.OrchestraError]:
+        """Pipeline `requests`: keep up to `window` of them in flight, reading replies in
+        order as they come, so the daemon can make a burst durable with few fsyncs (and
+        neither side ever blocks on a full socket buffer). Each item is a result, or the
+        OrchestraError that request got."""
+        results: list[Any] = []
+        sent = 0
+        while len(results) < len(requests):
+            upto = min(len(requests), len(results) + window)
+            if sent < upto:
+                self.sock.sendall(b"".join(frame(r) for r in requests[sent:upto]))
+                sent = upto
+            try:
+                results.append(self._result(self.receive(), result_type))
+            except p.OrchestraError as exc:
+                results.append(exc)
+        return results
+
     def stream(self, request: p.Request, item_type: type[T] | Any = Any) -> Iterator[T]:
         """Send `request` and yield each item the daemon streams back until it ends."""
         self.send(request)
