@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, TypeVar
 
-import msgspec
 
 from orchestra import protocol as p
 from orchestra.paths import Paths
-from orchestra.wire import HEADER, DaemonUnreachable, FrameTooLarge, frame, reply_decoder
+from orchestra.wire import HEADER, DaemonUnreachable, FrameTooLarge, frame, reply_decoder, result
 
 T = TypeVar("T")
 
@@ -58,7 +57,7 @@ class AsyncConnection:
     async def call(self, request: p.Request, result_type: type[T] | Any = Any) -> T:
         """Send `request`, return its result converted to `result_type`, or raise its error."""
         await self.send(request)
-        return _result(await self.receive(), result_type)
+        return result(await self.receive(), result_type)
 
     async def stream(self, request: p.Request, item_type: type[T] | Any = Any) -> AsyncIterator[T]:
         """Send `request` and yield each item the daemon streams back until it ends."""
@@ -69,17 +68,7 @@ class AsyncConnection:
                 if reply.error is not None:
                     raise p.OrchestraError(reply.error.code, reply.error.message)
                 return
-            yield _result(reply, item_type)
-
-
-def _result(reply: p.Ok | p.Error | p.End, result_type: Any) -> Any:
-    if isinstance(reply, p.Error):
-        raise p.OrchestraError(reply.code, reply.message)
-    if isinstance(reply, p.End):
-        raise p.OrchestraError(p.ErrorCode.PROTOCOL, "the daemon ended a reply that was not a stream")
-    if result_type is Any:
-        return reply.result
-    return msgspec.convert(reply.result, result_type)
+            yield result(reply, item_type)
 
 
 async def connect(paths: Paths, *, client: str = "orchestra-async") -> AsyncConnection:

@@ -107,7 +107,7 @@ class Connection:
     def call(self, request: p.Request, result_type: type[T] | Any = Any) -> T:
         """Send `request`, return its result converted to `result_type`, or raise its error."""
         self.send(request)
-        return self._result(self.receive(), result_type)
+        return result(self.receive(), result_type)
 
     def call_many(self, requests: list[p.Request], result_type: type[T] | Any = Any, *, window: int = 64) -> list[T | p.OrchestraError]:
         """Pipeline `requests`: keep up to `window` of them in flight, reading replies in
@@ -122,7 +122,7 @@ class Connection:
                 self.sock.sendall(b"".join(frame(r) for r in requests[sent:upto]))
                 sent = upto
             try:
-                results.append(self._result(self.receive(), result_type))
+                results.append(result(self.receive(), result_type))
             except p.OrchestraError as exc:
                 results.append(exc)
         return results
@@ -136,14 +136,16 @@ class Connection:
                 if reply.error is not None:
                     raise p.OrchestraError(reply.error.code, reply.error.message)
                 return
-            yield self._result(reply, item_type)
+            yield result(reply, item_type)
 
-    @staticmethod
-    def _result(reply: p.Ok | p.Error | p.End, result_type: Any) -> Any:
-        if isinstance(reply, p.Error):
-            raise p.OrchestraError(reply.code, reply.message)
-        if isinstance(reply, p.End):
-            raise p.OrchestraError(p.ErrorCode.PROTOCOL, "the daemon ended a reply that was not a stream")
-        if result_type is Any:
-            return reply.result
-        return msgspec.convert(reply.result, result_type)
+
+
+def result(reply: p.Ok | p.Error | p.End, result_type: Any = Any) -> Any:
+    """A reply's result as `result_type`; its error raised as an OrchestraError."""
+    if isinstance(reply, p.Error):
+        raise p.OrchestraError(reply.code, reply.message)
+    if isinstance(reply, p.End):
+        raise p.OrchestraError(p.ErrorCode.PROTOCOL, "the daemon ended a reply that was not a stream")
+    if result_type is Any:
+        return reply.result
+    return msgspec.convert(reply.result, result_type)
