@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, TypeVar
 
-
 from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.wire import HEADER, DaemonUnreachable, FrameTooLarge, frame, reply_decoder, result
