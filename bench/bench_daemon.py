@@ -13,8 +13,8 @@ task-spooler server.
             p90. Target: orchestra <= 3x the bare interpreter. Plus `-X importtime` of
             `import orchestra.main` and of a whole `orchestra ps` run.
 2. drain    N `true` tasks with 2 slots, first submit to last finish; orchestra submits
-            over one connection (`Submit` in a loop, then `Wait`), tsp runs `tsp true` N
-            times then waits. Target: orchestra <= 1.5x tsp.
+            over one connection (the Submits pipelined with `Connection.call_many`, then
+            `Wait`), tsp runs `tsp true` N times then waits. Target: orchestra <= 1.5x tsp.
 3. concurrent  64 clients, each its own connection, submitting tasks that stay queued
             (max_concurrent 1, a blocking task holds the slot): submits/s, p50/p99.
             Target: >= 5,000 submits/s.

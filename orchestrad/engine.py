@@ -419,7 +419,9 @@ class Engine:
         import watchfiles
 
         assert self.paths is not None
-        async for _ in watchfiles.awatch(self.paths.config, debounce=200, step=50, stop_event=stop, recursive=True):
+        # step: how often the watcher thread wakes to check for changes; once a second keeps
+        # an idle daemon idle, and an edit still applies within about a second.
+        async for _ in watchfiles.awatch(self.paths.config, debounce=1600, step=1000, stop_event=stop, recursive=True):
             try:
                 self.reload_files()
             except Exception:  # never let a bad file take the daemon down
