@@ -11,6 +11,7 @@ request arrives, a process writes or exits, or the one timer for the next deadli
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -312,10 +313,10 @@ class Engine:
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
             return
-        # Whatever it started and left running (even past setsid) carries its mark.
-        leftovers = orphans.kill(orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts))
-        if leftovers:
-            log.warning("task %s: killed %d process(es) it left running: %s", task_id, len(leftovers), leftovers)
+        # Whatever it started and left running (even past setsid) carries its mark; the scan
+        # of /proc runs in a worker thread, off the loop.
+        mark = orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts)
+        asyncio.get_running_loop().run_in_executor(None, _kill_leftovers, task_id, mark)
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
         items: list[Item] = []
@@ -462,6 +463,12 @@ class Engine:
             watcher.flag.set()
 
 
+def _kill_leftovers(task_id: int, mark: str) -> None:
+    leftovers = orphans.kill(mark)
+    if leftovers:
+        log.warning("task %s: killed %d process(es) it left running: %s", task_id, len(leftovers), leftovers)
+
+
 def _shown(argv: list[str], limit: int = 200) -> list[str]:
     """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
     return [a if len(a) <= limit else a[: limit - 1] + "…" for a in argv]
@@ -472,6 +479,7 @@ def _task_of(item: Item) -> int | None:
     return getattr(event, "task", None)
 
 
+@functools.cache
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -26,7 +26,7 @@ import msgspec
 
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
-from orchestra.wire import HEADER, encoder, request_decoder
+from orchestra.wire import HEADER, encoder
 from orchestrad import scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -40,6 +40,7 @@ from orchestrad.state import view
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
+request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
 LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
 LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
 PIPELINE_DEPTH = 256  # requests a connection may have in flight

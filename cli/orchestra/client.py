@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 
@@ -44,6 +43,8 @@ def connect_or_start(paths: Paths, *, autostart: bool = True, timeout: float | N
 
 def start_daemon(paths: Paths) -> int:
     """Start `orchestrad` detached from this terminal; wait until it answers. Its pid."""
+    import subprocess  # only here: most commands never start a daemon
+
     paths.state.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "orchestrad"]
     if paths.home is not None:

@@ -221,9 +221,10 @@ def ps(app: App, statuses, role, active, as_json):
 
 
 def _width() -> int:
-    import shutil
-
-    return shutil.get_terminal_size((120, 24)).columns
+    try:
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
+    except (ValueError, OSError):
+        return 120
 
 
 @cli.command()

@@ -20,7 +20,6 @@ HEADER = struct.Struct(">I")
 T = TypeVar("T")
 
 encoder = msgspec.msgpack.Encoder()
-request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
 reply_decoder = msgspec.msgpack.Decoder(p.AnyReply)
 
 
