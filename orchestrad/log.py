@@ -139,6 +139,8 @@ from typing import NamedTuple
 
 import msgspec
 
+from orchestrad.files import fsync_dir, unused_name
+
 __all__ = [
     "CHAIN",
     "FORMAT_VERSION",
@@ -336,13 +338,6 @@ def _sync_file(fd: int) -> None:
         os.fsync(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make creations, renames and deletions in a directory durable."""
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _truncate_durably(path: Path, length: int) -> None:
@@ -779,7 +774,7 @@ def _cut(tear: _Tear) -> None:
     if tear.offset == 0 and tear.path.suffix == ".seg":
         _data_path(tear.path).unlink(missing_ok=True)  # empty: see _scan_segment
         os.unlink(tear.path)
-        _fsync_dir(tear.path.parent)
+        fsync_dir(tear.path.parent)
     else:
         _truncate_durably(tear.path, tear.offset)
 
@@ -1122,7 +1117,7 @@ class Log:
                 m = _DATA_NAME.match(name)
                 if m and int(m.group(1)) < self._firsts[0]:
                     (self.directory / name).unlink(missing_ok=True)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return removed
 
 
@@ -1135,7 +1130,7 @@ def _open_data_file(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         _sync_file(fd)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         raise
@@ -1233,7 +1228,7 @@ def _create_segment(directory: Path, first_seq: int) -> tuple[int, int]:
         _sync_file(fd)
         dfd = os.open(dat_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         _sync_file(dfd)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -1475,14 +1470,14 @@ def _move_damaged_aside(directory: Path, exc: LogCorrupt, cut: tuple[int, int]) 
     moved_bytes = []
     if whole:
         if dat_size is not None:
-            os.rename(dat_path, _unused_name(damaged / dat_path.name))
-        os.rename(seg_path, _unused_name(damaged / seg_path.name))
+            os.rename(dat_path, unused_name(damaged / dat_path.name))
+        os.rename(seg_path, unused_name(damaged / seg_path.name))
     else:
         if seg_cut < seg_size:
-            _copy_tail(seg_path, seg_cut, _unused_name(damaged / f"{seg_path.name}.from-{seg_cut}"))
+            _copy_tail(seg_path, seg_cut, unused_name(damaged / f"{seg_path.name}.from-{seg_cut}"))
             moved_bytes.append(f"{seg_size - seg_cut:,} bytes from {seg_path.name} at offset {seg_cut:,}")
         if dat_size is not None and dat_cut < dat_size:
-            _copy_tail(dat_path, dat_cut, _unused_name(damaged / f"{dat_path.name}.from-{dat_cut}"))
+            _copy_tail(dat_path, dat_cut, unused_name(damaged / f"{dat_path.name}.from-{dat_cut}"))
             moved_bytes.append(f"{dat_size - dat_cut:,} bytes from {dat_path.name} at offset {dat_cut:,}")
     for first in later:
         # The .dat first: a crash half-way leaves a .seg without its .dat, which the next
@@ -1490,15 +1485,15 @@ def _move_damaged_aside(directory: Path, exc: LogCorrupt, cut: tuple[int, int]) 
         later_seg = directory / _segment_name(first)
         later_dat = _data_path(later_seg)
         if later_dat.exists():
-            os.rename(later_dat, _unused_name(damaged / later_dat.name))
-        os.rename(later_seg, _unused_name(damaged / later_seg.name))
-    _fsync_dir(damaged)
+            os.rename(later_dat, unused_name(damaged / later_dat.name))
+        os.rename(later_seg, unused_name(damaged / later_seg.name))
+    fsync_dir(damaged)
     if not whole:
         if seg_cut < seg_size:
             _truncate_durably(seg_path, seg_cut)
         if dat_size is not None and dat_cut < dat_size:
             _truncate_durably(dat_path, dat_cut)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
     first_kept = found[0][0]
     kept_segments = len(found) - len(later) - (1 if whole else 0)
@@ -1519,12 +1514,6 @@ def _copy_tail(path: Path, offset: int, target: Path) -> None:
         os.fsync(dst.fileno())
 
 
-def _unused_name(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.name}.{n}")
-        n += 1
-    return candidate
 
 
 # ---------------------------------------------------------------------------------------

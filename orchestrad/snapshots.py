@@ -28,6 +28,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from orchestrad.files import fsync_dir, unused_name
+
 __all__ = ["SnapshotStore"]
 
 MAGIC = b"ORCHSNP\x00"
@@ -66,7 +68,7 @@ class SnapshotStore:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         self._prune()
         return path
 
@@ -105,12 +107,12 @@ class SnapshotStore:
         for s in self.all():
             if s > seq:
                 target_dir.mkdir(mode=0o700, exist_ok=True)
-                target = _unused_name(target_dir / self._path(s).name)
+                target = unused_name(target_dir / self._path(s).name)
                 os.replace(self._path(s), target)
                 moved.append(target)
         if moved:
-            _fsync_dir(target_dir)
-            _fsync_dir(self.directory)
+            fsync_dir(target_dir)
+            fsync_dir(self.directory)
         return moved
 
     def _path(self, seq: int) -> Path:
@@ -123,7 +125,7 @@ class SnapshotStore:
         for path in doomed:
             path.unlink(missing_ok=True)
         if doomed:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
 
 class _Damaged(Exception):
@@ -149,17 +151,5 @@ def _read(path: Path, seq: int) -> bytes:
     return payload
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _unused_name(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.name}.{n}")
-        n += 1
-    return candidate

@@ -1,0 +1,25 @@
+"""Small file-system helpers that the log and the snapshots share."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make creations, renames and deletions in a directory durable."""
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unused_name(path: Path) -> Path:
+    """`path`, or `path.1`, `path.2`… : the first that does not exist yet (nothing is ever
+    overwritten when damaged files are moved aside)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate
