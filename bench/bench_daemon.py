@@ -365,16 +365,6 @@ def timed_run(argv: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-WIRE_CLIENT = """
-import os
-from orchestra import protocol as p
-from orchestra.wire import Connection
-c = Connection(os.environ["ORCHESTRA_HOME"] + "/run/orchestrad.sock")
-c.call(p.Hello(version=p.PROTOCOL_VERSION, client="bench"))
-assert len(c.call(p.ListTasks(), list[p.TaskView])) == 5
-"""
-
-
 def bench_ps(table: Table, args: argparse.Namespace) -> None:
     runs = 10 if args.quick else 30
     daemon = Daemon("ps", args.daemon_loop)
@@ -396,10 +386,9 @@ def bench_ps(table: Table, args: argparse.Namespace) -> None:
             "orchestra ps": ([ORCHESTRA, "ps"], daemon.env),
             "tsp -l": ([TSP, "-l"], spool.env),
             "python -I -c pass": ([sys.executable, "-I", "-c", "pass"], clean_env()),
-            "python -c 'import orchestra.main'": ([sys.executable, "-c", "import orchestra.main"], clean_env()),
-            # What the round trip costs without click and the CLI's other imports: the same
-            # socket, handshake and ListTasks through orchestra.wire (msgspec + protocol).
-            "floor: orchestra.wire client, no click": ([sys.executable, "-c", WIRE_CLIENT], daemon.env),
+            # The same round trip through the full click CLI (msgspec, protocol types):
+            # `--json` is not on the quick path.
+            "orchestra ps --json (full CLI)": ([ORCHESTRA, "ps", "--json"], daemon.env),
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for round_ in range(runs + 3):  # interleaved, so drift hits all alike; 3 warm-ups
@@ -415,10 +404,6 @@ def bench_ps(table: Table, args: argparse.Namespace) -> None:
                           f"{med / base:.1f}x", "<= 3x python", verdict(med <= 3 * base))
             else:
                 table.add("ps", f"{name} median / p90", "", f"{ms(med)} / {ms(p90)}", f"{med / base:.1f}x")
-        import_only = statistics.median(times["python -c 'import orchestra.main'"])
-        table.note(f"of the `orchestra ps` median, ~{ms(import_only - base)} is importing orchestra.main (+site) "
-                   f"and ~{ms(statistics.median(times['orchestra ps']) - import_only)} the rest (console-script wrapper, "
-                   "connect, Hello, ListTasks, render, exit)")
         importtime_report(table, daemon)
     finally:
         daemon.cleanup()
@@ -453,54 +438,15 @@ def importtime_median(argv: list[str], env: dict[str, str], runs: int = 7) -> tu
     return {m: (int(statistics.median(s[0] for s in v)), int(statistics.median(s[1] for s in v))) for m, v in samples.items()}, rows
 
 
-def children(rows: list[tuple[str, int, int, int]], parent: str) -> list[str]:
-    """The modules `parent` imported itself: -X importtime prints them just before it, one
-    level deeper."""
-    index = next((i for i, r in enumerate(rows) if r[0] == parent), None)
-    if index is None:
-        return []
-    depth = rows[index][3]
-    found = []
-    for mod, _s, _c, d in reversed(rows[:index]):
-        if d <= depth:
-            break
-        if d == depth + 1:
-            found.append(mod)
-    return found
-
-
 def importtime_report(table: Table, daemon: Daemon) -> None:
-    lines: list[str] = []
-    env = clean_env()
-    main, rows = importtime_median([sys.executable, "-X", "importtime", "-c", "import orchestra.main"], env)
-    total = main.get("orchestra.main", (0, 0))[1]
-    site = main.get("site", (0, 0))[1]
-    lines.append(f"`python -X importtime -c 'import orchestra.main'` (median of 7 warm runs): orchestra.main "
-                 f"{total / 1e3:.1f} ms cumulative, of which {main.get('orchestra.main', (0, 0))[0] / 1e3:.1f} ms its own "
-                 f"body (site, before it: {site / 1e3:.1f} ms)")
-    lines.append("  what orchestra.main imports itself (cumulative, with everything they import):")
-    for mod in sorted(children(rows, "orchestra.main"), key=lambda m: -main[m][1]):
-        if main[mod][1] >= 300:
-            lines.append(f"    {main[mod][1] / 1e3:7.2f} ms  {mod}")
-    lines.append("  top 15 modules by self time:")
-    for mod, (self_us, cum_us) in sorted(main.items(), key=lambda kv: -kv[1][0])[:15]:
-        lines.append(f"    {self_us / 1e3:6.2f} ms self {cum_us / 1e3:7.2f} ms cum  {mod}")
-    for pkg in ("click", "msgspec"):
-        kids = sorted(children(rows, pkg), key=lambda m: -main[m][1])[:6]
-        if kids:
-            lines.append(f"  inside {pkg} ({main[pkg][1] / 1e3:.1f} ms): " + ", ".join(f"{m} {main[m][1] / 1e3:.1f}" for m in kids))
-    # The whole `orchestra ps` run: what it imports beyond orchestra.main.
-    ps, ps_rows = importtime_median([sys.executable, "-X", "importtime", ORCHESTRA, "ps"], {**daemon.env, **env}, runs=5)
-    extra = {m: v for m, v in ps.items() if m not in main}
-    extra_self = sum(v[0] for v in extra.values())
-    ps_total = sum(v[0] for v in ps.values())
-    lines.append(f"`python -X importtime {Path(ORCHESTRA).name} ps`: {ps_total / 1e3:.1f} ms of imports in all (sum of self "
-                 f"times); {extra_self / 1e3:.1f} ms in {len(extra)} modules that `import orchestra.main` does not load;")
-    lines.append("  the imports it makes at the top level after orchestra.main (cumulative):")
-    top = [r for r in ps_rows if r[3] == 0 and r[0] in extra]
-    for mod, _s, _c, _d in sorted(top, key=lambda r: -ps[r[0]][1]):
-        kids = sorted(children(ps_rows, mod), key=lambda m: -ps[m][1])[:5]
-        lines.append(f"    {ps[mod][1] / 1e3:7.2f} ms  {mod}" + (f"  <- {', '.join(f'{k} {ps[k][1] / 1e3:.1f}' for k in kids)}" if kids else ""))
+    """What `orchestra ps` imports, from `python -X importtime` (median of 5 warm runs)."""
+    ps, rows = importtime_median([sys.executable, "-X", "importtime", ORCHESTRA, "ps"], {**daemon.env, **clean_env()}, runs=5)
+    total = sum(v[0] for v in ps.values())
+    lines = [f"`python -X importtime {Path(ORCHESTRA).name} ps` (median of 5 warm runs): {total / 1e3:.1f} ms of imports "
+             f"in {len(ps)} modules (sum of self times)", "  top-level imports (cumulative):"]
+    for mod, _s, _c, _d in sorted((r for r in rows if r[3] == 0), key=lambda r: -ps[r[0]][1]):
+        if ps[mod][1] >= 300:
+            lines.append(f"    {ps[mod][1] / 1e3:7.2f} ms  {mod}")
     table.sections.append(("import time", lines))
     print("\n".join("  " + line for line in lines), flush=True)
 

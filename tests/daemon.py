@@ -95,7 +95,7 @@ class Daemon:
     def run_cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         """The real CLI as a subprocess, as a person runs it."""
         return subprocess.run(
-            [sys.executable, "-m", "orchestra.main", *args],
+            [sys.executable, "-m", "orchestra", *args],
             env=self.env, capture_output=True, text=True, timeout=timeout,
         )
 

@@ -57,7 +57,7 @@ def test_errors_are_one_line_with_what_to_do(daemon):
 def test_unreachable_daemon_exit_code():
     home = Path(tempfile.mkdtemp(prefix="orc-"))
     result = subprocess.run(
-        [sys.executable, "-m", "orchestra.main", "--home", str(home), "--no-autostart", "ps"],
+        [sys.executable, "-m", "orchestra", "--home", str(home), "--no-autostart", "ps"],
         capture_output=True, text=True, timeout=30,
     )
     assert result.returncode == Exit.UNREACHABLE

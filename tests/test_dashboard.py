@@ -133,7 +133,7 @@ class Terminal:
 def dashboard(daemon: Daemon):
     term = Terminal(daemon.env, daemon.home)
     try:
-        term.start([sys.executable, "-m", "orchestra.main", "--home", str(daemon.home), "--no-autostart", "dashboard"])
+        term.start([sys.executable, "-m", "orchestra", "--home", str(daemon.home), "--no-autostart", "dashboard"])
         yield term
     finally:
         term.kill()

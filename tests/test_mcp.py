@@ -45,7 +45,7 @@ WRITE_FILE = {"command": "echo hi > out.txt", "description": "Write out.txt"}
 
 
 def server_argv(home: Path) -> list[str]:
-    return [sys.executable, "-m", "orchestra.main", "--home", str(home), "mcp"]
+    return [sys.executable, "-m", "orchestra", "--home", str(home), "mcp"]
 
 
 @asynccontextmanager

@@ -210,21 +210,14 @@ def ps(app: App, statuses, role, active, as_json):
     if as_json:
         echo_json(tasks)
     elif tasks:
-        from orchestra.render import grouped
+        from orchestra.render import grouped, terminal_width
 
         workflows = {}
         if any(t.workflow is not None for t in tasks):
             workflows = {w.id: w for w in app.call(p.ListWorkflows(), list[p.WorkflowView])}
-        click.echo(grouped(tasks, workflows, width=_width()))
+        click.echo(grouped(tasks, workflows, width=terminal_width()))
     else:
         click.echo("no tasks", err=True)
-
-
-def _width() -> int:
-    try:
-        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
-    except (ValueError, OSError):
-        return 120
 
 
 @cli.command()
@@ -350,9 +343,9 @@ def queue(ctx, as_json):
         if as_json:
             echo_json(tasks)
         elif tasks:
-            from orchestra.render import table
+            from orchestra.render import table, terminal_width
 
-            click.echo(table(tasks, width=_width()))
+            click.echo(table(tasks, width=terminal_width()))
         else:
             click.echo("the queue is empty", err=True)
 
@@ -479,7 +472,7 @@ def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, as_json):
 @click.pass_obj
 def workflow_status(app: App, workflow_id, as_json):
     """A workflow's steps and overall status and cost (all workflows without an id)."""
-    from orchestra.render import workflow_block
+    from orchestra.render import terminal_width, workflow_block
 
     views = [app.call(p.ShowWorkflow(workflow=workflow_id), p.WorkflowView)] if workflow_id is not None else app.call(p.ListWorkflows(), list[p.WorkflowView])
     if as_json:
@@ -488,7 +481,7 @@ def workflow_status(app: App, workflow_id, as_json):
     if not views:
         click.echo("no workflows yet", err=True)
     for view in views:
-        click.echo(workflow_block(view, width=_width()))
+        click.echo(workflow_block(view, width=terminal_width()))
 
 
 @cli.command("assign-role")

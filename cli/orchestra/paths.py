@@ -10,21 +10,22 @@ used (platformdirs): on Linux `~/.config/orchestra`, `~/.local/state/orchestra` 
 from __future__ import annotations
 
 import os
-import warnings
-from dataclasses import dataclass
-from pathlib import Path
+from collections import namedtuple
+
+TYPE_CHECKING = False  # neither typing nor pathlib is imported here: see `orchestra.quick`
+if TYPE_CHECKING:
+    from pathlib import Path
 
 APP = "orchestra"
 SOCKET_NAME = "orchestrad.sock"
 MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, including the terminating NUL
 
 
-@dataclass(frozen=True)
-class Paths:
-    home: Path | None
-    config: Path
-    state: Path
-    runtime: Path
+class Paths(namedtuple("Paths", "home config state runtime")):
+    """One instance's directories, as `Path`s: `home` (None unless one was given), `config`,
+    `state` and `runtime` (the socket's)."""
+
+    __slots__ = ()
 
     @property
     def socket(self) -> Path:
@@ -51,20 +52,45 @@ class Paths:
         return self.config / "config.toml"
 
 
+def home_dir(home: str | os.PathLike | None = None) -> str | None:
+    """`home`, or $ORCHESTRA_HOME, as an absolute path; None when neither is given."""
+    home = home or os.environ.get("ORCHESTRA_HOME") or None
+    return None if home is None else os.path.abspath(os.path.expanduser(home))
+
+
+def _xdg_runtime_dir() -> str | None:
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return xdg if xdg and os.path.isdir(xdg) else None
+
+
+def quick_socket(home: str | None = None) -> str | None:
+    """The socket's path when finding it needs neither pathlib nor platformdirs (a home is
+    given, or there is a runtime directory); None otherwise. Agrees with `resolve`."""
+    root = home_dir(home)
+    if root is not None:
+        return os.path.join(root, "run", SOCKET_NAME)
+    xdg = _xdg_runtime_dir()
+    return None if xdg is None else os.path.join(xdg, APP, SOCKET_NAME)
+
+
 def resolve(home: str | os.PathLike | None = None) -> Paths:
     """The paths for `home`, or for $ORCHESTRA_HOME, or the platform's defaults."""
-    home = home or os.environ.get("ORCHESTRA_HOME") or None
-    if home is not None:
-        root = Path(home).expanduser().absolute()
-        return Paths(home=root, config=root / "config", state=root / "state", runtime=root / "run")
+    from pathlib import Path
+
+    root = home_dir(home)
+    if root is not None:
+        base = Path(root)
+        return Paths(home=base, config=base / "config", state=base / "state", runtime=base / "run")
     import platformdirs
 
     config = Path(platformdirs.user_config_dir(APP))
     state = Path(platformdirs.user_state_dir(APP))
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and Path(xdg).is_dir():
+    xdg = _xdg_runtime_dir()
+    if xdg is not None:
         runtime = Path(xdg) / APP
     else:
+        import warnings
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             candidate = Path(platformdirs.user_runtime_dir(APP))

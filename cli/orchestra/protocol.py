@@ -19,35 +19,14 @@ from typing import Any, Literal, Union
 
 import msgspec
 
+from orchestra.vocab import FINISHED as FINISHED, Status as Status  # re-exported
+
 PROTOCOL_VERSION = 1
 MAX_FRAME = 16 << 20  # bytes; larger frames are refused without being read
 
 # ---------------------------------------------------------------------------------------
 # Vocabulary
 
-
-class Status(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    WAITING = "waiting"  # the agent asked something and waits for a person
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"  # the daemon went away while it ran
-
-    @property
-    def finished(self) -> bool:
-        return self in FINISHED
-
-    @property
-    def active(self) -> bool:
-        return self in (Status.RUNNING, Status.WAITING)
-
-
-FINISHED = frozenset(
-    {Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED}
-)
 
 PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
 PRIORITY_MIN, PRIORITY_MAX = -100, 100

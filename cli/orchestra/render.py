@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from typing import Sequence
 
-from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
+TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
+
+
+def terminal_width() -> int:
+    """$COLUMNS, else the terminal's width, else 120 (output going to a file or a pipe)."""
+    try:
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.stdout.fileno()).columns
+    except (ValueError, OSError):
+        return 120
 
 
 def duration(seconds: float | None) -> str:

@@ -61,7 +61,7 @@ def test_every_misbehaving_agent_ends_with_a_reason_and_leaves_nothing_running(d
     assert not wrong, wrong
     binary = next(i for i, c in ids.items() if c.name == "invalid UTF-8 and binary")
     assert d.output_of(binary) == bytes(range(256)) * 64 + b"\xff\xfe\xc3\x28\n"
-    cli = subprocess.run([PY, "-m", "orchestra.main", "logs", str(binary)], env=d.env, capture_output=True, timeout=30)
+    cli = subprocess.run([PY, "-m", "orchestra", "logs", str(binary)], env=d.env, capture_output=True, timeout=30)
     assert cli.returncode == 0, cli.stderr
     wait_for(lambda: not strays(d.marker, set()), 10, "every process of these agents to be gone")
     assert not probe.latency.failures, probe.latency.failures[:3]

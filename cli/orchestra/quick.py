@@ -1,0 +1,207 @@
+"""The `orchestra` command's entry point, with a quick path for `orchestra ps`.
+
+`orchestra ps` is the command people (and scripts, and shell prompts) run most, so it must
+answer in a few interpreter start-ups. Importing click and msgspec alone takes several times
+longer than that, so the table form of `ps` is answered here with nothing but the standard
+library's C modules: a socket, the pipelined `Hello` and `ListTasks` as plain MessagePack
+(`orchestra.minipack`), and the same rendering as the full command (`orchestra.render`).
+
+Anything else, and anything unusual on the way (another option, no daemon to talk to, an
+error reply), goes to the full click CLI in `orchestra.main`, which does the whole job
+again and owns every message and exit code: this path only ever prints a table that the
+full command would have printed too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from orchestra.vocab import Status
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PROTOCOL_VERSION = 1  # orchestra.protocol.PROTOCOL_VERSION; a test keeps them equal
+MAX_FRAME = 16 << 20  # orchestra.protocol.MAX_FRAME; a test keeps them equal
+# Replies larger than this are decoded by msgspec: decoding in Python runs at about 8 MB/s
+# here, and importing msgspec costs about 60 ms, so past this size the import pays for itself.
+LARGE_REPLY = 256 << 10
+_STATUSES = {s.value for s in Status}
+
+
+class _Fallback(Exception):
+    """Let the full CLI handle this invocation."""
+
+
+def main() -> None:
+    try:
+        request = parse_ps(sys.argv[1:])
+        text = run_ps(*request)
+    except _Fallback:
+        from orchestra.main import main as full
+
+        full()
+        return
+    if text:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    else:
+        sys.stderr.write("no tasks\n")
+
+
+def parse_ps(args: list[str]) -> tuple[str | None, dict]:
+    """(home, ListTasks fields) for `[--home H] [--no-autostart] ps [--status S]... [--role R]
+    [--active]`; _Fallback for anything else, --json and --help included."""
+    home = None
+    words = iter(_split_equals(args))
+    for word in words:
+        if word == "--home":
+            home = _value(words)
+        elif word == "--no-autostart":
+            pass  # the quick path never starts a daemon; the full CLI decides when it must
+        elif word == "ps":
+            break
+        else:
+            raise _Fallback
+    else:
+        raise _Fallback
+    fields: dict = {"status": [], "role": None, "include_finished": True}
+    for word in words:
+        if word in ("--status", "-s"):
+            status = _value(words)
+            if status not in _STATUSES:
+                raise _Fallback
+            fields["status"].append(status)
+        elif word in ("--role", "-r"):
+            fields["role"] = _value(words)
+        elif word == "--active":
+            fields["include_finished"] = False
+        else:
+            raise _Fallback
+    return home, fields
+
+
+def _split_equals(args: list[str]) -> Iterator[str]:
+    for arg in args:
+        if arg.startswith("--") and "=" in arg:
+            yield from arg.split("=", 1)
+        else:
+            yield arg
+
+
+def _value(words: Iterator[str]) -> str:
+    value = next(words, None)
+    if value is None or value.startswith("-"):
+        raise _Fallback
+    return value
+
+
+def run_ps(home: str | None, fields: dict) -> str:
+    """The table `orchestra ps` prints (empty when there are no tasks)."""
+    from orchestra.paths import quick_socket
+    from orchestra.render import grouped, terminal_width
+
+    path = quick_socket(home)
+    if path is None:
+        raise _Fallback
+    with _Client(path) as client:
+        hello = {"method": "hello", "version": PROTOCOL_VERSION, "client": "orchestra"}
+        welcome, tasks = client.call([hello, {"method": "listtasks", **fields}])
+        if not isinstance(welcome, dict) or welcome.get("version") != PROTOCOL_VERSION:
+            raise _Fallback
+        views = sorted((_task(t) for t in tasks), key=lambda t: t.id)
+        workflows = {}
+        if any(t.workflow is not None for t in views):
+            (found,) = client.call([{"method": "listworkflows"}])
+            workflows = {w["id"]: _workflow(w) for w in found}
+    if not views:
+        return ""
+    return grouped(views, workflows, width=terminal_width())
+
+
+class _View:
+    """A daemon's map read back as attributes, like the TaskView it was encoded from."""
+
+    def __init__(self, fields: dict) -> None:
+        self.__dict__.update(fields)
+
+
+def _task(fields: dict) -> _View:
+    view = _View(fields)
+    view.status = Status(fields["status"])
+    if fields.get("waiting") is not None:
+        view.waiting = _View(fields["waiting"])
+    return view
+
+
+def _workflow(fields: dict) -> _View:
+    view = _View(fields)
+    view.tasks = [_task(t) for t in fields["tasks"]]
+    return view
+
+
+class _Client:
+    """Requests pipelined on one blocking connection; every reply must be `ok`."""
+
+    def __init__(self, path: str) -> None:
+        import _socket
+
+        self.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        self.sock.settimeout(30.0)
+        try:
+            self.sock.connect(path)
+        except OSError:  # no daemon, or a busy one: the full CLI waits, starts or explains
+            self.sock.close()
+            raise _Fallback from None
+
+    def __enter__(self) -> _Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def call(self, requests: list[dict]) -> list:
+        from orchestra import minipack
+
+        frames = []
+        for request in requests:
+            body = minipack.pack(request)
+            frames.append(len(body).to_bytes(4, "big") + body)
+        try:
+            self.sock.sendall(b"".join(frames))
+            replies = [self._receive() for _ in requests]
+        except OSError:
+            raise _Fallback from None
+        results = []
+        for body in replies:
+            try:
+                reply = minipack.unpack(body) if len(body) <= LARGE_REPLY else _decode_large(body)
+            except ValueError:
+                raise _Fallback from None
+            if not isinstance(reply, dict) or reply.get("reply") != "ok":
+                raise _Fallback  # an error: the full CLI asks again and says what it means
+            results.append(reply.get("result"))
+        return results
+
+    def _receive(self) -> bytes:
+        size = int.from_bytes(self._exactly(4), "big")
+        if size > MAX_FRAME:
+            raise _Fallback
+        return self._exactly(size)
+
+    def _exactly(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise _Fallback
+            data += chunk
+        return data
+
+
+def _decode_large(body: bytes) -> object:
+    import msgspec
+
+    return msgspec.msgpack.decode(body)
