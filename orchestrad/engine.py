@@ -37,6 +37,7 @@ from orchestrad.worktrees import WorktreeError
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 1.0  # seconds between attempts to record what could not be written
+SWEEP_DELAY = 0.05  # seconds: task exits this close together share one scan for leftovers
 
 # Facts after which there is nothing new to plan: output moves an idle deadline only later,
 # and the timer already set for the earlier one re-plans when it fires.
@@ -86,6 +87,8 @@ class Engine:
         self._retry: asyncio.TimerHandle | None = None
         self._worktree_jobs: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
         self._agents: dict[int, Agent] = {}
+        self._to_sweep: dict[str, int] = {}  # mark -> task, of tasks that ended since the last sweep
+        self._sweep: asyncio.TimerHandle | asyncio.Future | None = None  # the next sweep, or the one running
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
 
@@ -313,16 +316,52 @@ class Engine:
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
             return
-        # Whatever it started and left running (even past setsid) carries its mark; the scan
-        # of /proc runs in a worker thread, off the loop.
-        mark = orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts)
-        asyncio.get_running_loop().run_in_executor(None, _kill_leftovers, task_id, mark)
+        self._sweep_later(task_id, orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts))
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
         items: list[Item] = []
         if self.state.tasks[task_id].spec.agent == "command":
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
         self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail)])
+
+    # -- what agents leave behind ------------------------------------------------------
+
+    def _sweep_later(self, task_id: int, mark: str) -> None:
+        """Kill whatever the task started and left running, even past setsid: it carries
+        the task's mark. The scan of /proc runs in a worker thread, off the loop, and the
+        exits of SWEEP_DELAY seconds share one scan."""
+        self._to_sweep[mark] = task_id
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_now)
+
+    def _sweep_now(self) -> asyncio.Future:
+        marks, self._to_sweep = self._to_sweep, {}
+        job = asyncio.get_running_loop().run_in_executor(None, orphans.kill_marked, set(marks))
+        job.add_done_callback(functools.partial(self._swept, marks))
+        self._sweep = job
+        return job
+
+    def _swept(self, marks: dict[str, int], job: asyncio.Future) -> None:
+        self._sweep = None
+        if job.cancelled():
+            return
+        if job.exception() is not None:
+            log.error("could not look for processes that tasks left running: %s", job.exception())
+        else:
+            for mark, pids in job.result().items():
+                log.warning("task %s: killed %d process(es) it left running: %s", marks[mark], len(pids), pids)
+        if self._to_sweep:
+            self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_now)
+
+    async def _sweep_pending(self) -> None:
+        """At shutdown: the sweeps still due, now."""
+        if isinstance(self._sweep, asyncio.TimerHandle):
+            self._sweep.cancel()
+            self._sweep = None
+        if isinstance(self._sweep, asyncio.Future):
+            await asyncio.wait([self._sweep])
+        if self._to_sweep:
+            await asyncio.wait([self._sweep_now()])
 
     def _stdout_tail(self, task_id: int) -> str:
         """A command's result: the end of what it wrote to stdout."""
@@ -455,18 +494,13 @@ class Engine:
         if interrupted:
             self.store.append(self.clock(), interrupted)
         await self.supervisor.shutdown(grace)
+        await self._sweep_pending()
         # Exits arrive through _on_exit -> record_nowait, which works while not accepting.
         leftovers = d.reconcile(self.state)
         if leftovers:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
-
-
-def _kill_leftovers(task_id: int, mark: str) -> None:
-    leftovers = orphans.kill(mark)
-    if leftovers:
-        log.warning("task %s: killed %d process(es) it left running: %s", task_id, len(leftovers), leftovers)
 
 
 def _shown(argv: list[str], limit: int = 200) -> list[str]:

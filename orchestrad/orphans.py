@@ -26,32 +26,57 @@ def mark(home: str, task: int, attempt: int) -> str:
     return f"{home}:{task}:{attempt}"
 
 
-def find(prefix: str) -> list[int]:
-    """Pids of live processes whose ORCHESTRA_AGENT starts with `prefix`."""
-    needle = f"{VARIABLE}={prefix}".encode()
-    found = []
+def marked() -> dict[int, str]:
+    """pid -> mark of every live process that carries one (but this one)."""
+    needle = f"\0{VARIABLE}=".encode()
+    found: dict[int, str] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return found
     me = os.getpid()
     for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
             with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = f.read()
+                environ = b"\0" + f.read()
         except OSError:  # gone, or not ours to read
             continue
-        if any(item.startswith(needle) for item in environ.split(b"\0")):
-            found.append(int(entry))
+        start = environ.find(needle)
+        if start >= 0:
+            start += len(needle)
+            end = environ.find(b"\0", start)
+            found[int(entry)] = environ[start : end if end >= 0 else len(environ)].decode(errors="replace")
     return found
 
 
+def find(prefix: str) -> list[int]:
+    """Pids of live processes whose mark starts with `prefix`."""
+    return [pid for pid, value in marked().items() if value.startswith(prefix)]
+
+
 def kill(prefix: str) -> list[int]:
-    """SIGKILL every process marked with `prefix` (and its process group where it leads
-    one). Returns the pids that were found."""
+    """SIGKILL every process whose mark starts with `prefix` (and its process group where
+    it leads one). Returns the pids that were found."""
     pids = find(prefix)
+    _kill(pids)
+    return pids
+
+
+def kill_marked(marks: set[str]) -> dict[str, list[int]]:
+    """SIGKILL every process carrying exactly one of `marks`, in one pass over /proc.
+    Returns, per mark that was found, its pids."""
+    found: dict[str, list[int]] = {}
+    for pid, value in marked().items():
+        if value in marks:
+            found.setdefault(value, []).append(pid)
+    for pids in found.values():
+        _kill(pids)
+    return found
+
+
+def _kill(pids: list[int]) -> None:
     for pid in pids:
         try:
             if os.getpgid(pid) == pid:
@@ -60,4 +85,3 @@ def kill(prefix: str) -> list[int]:
                 os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    return pids

@@ -21,6 +21,8 @@ timeout, but its idle timeout is paused: silence is expected while a person deci
 
 from __future__ import annotations
 
+import heapq
+
 import msgspec
 
 from orchestra.protocol import Status
@@ -64,15 +66,18 @@ def plan(state: State, now: float) -> Plan:
     for task_id in state.active:
         role = state.tasks[task_id].role
         per_role[role] = per_role.get(role, 0) + 1
-    ready = [
+    runnable = (
         task
         for task in map(state.tasks.__getitem__, state.queued)
         if task.id not in state.queued_deps
         or (all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task))
-    ]
+    )
+    if config.role_limits:
+        ready = sorted(runnable, key=_order)  # a task may be skipped for its role's limit
+    else:  # only the first few can start: no need to sort a long queue for them
+        ready = heapq.nsmallest(config.max_concurrent - running, runnable, key=_order)
 
     start: list[int] = []
-    ready.sort(key=_order)
     for task in ready:
         if running >= config.max_concurrent:
             break

@@ -328,8 +328,10 @@ class Server:
         watcher = Watcher()
         self.engine.watchers.add(watcher)
         try:
-            while not all(self._finished(t) for t in request.tasks):
-                await watcher.next()
+            pending = {t for t in request.tasks if not self._finished(t)}
+            while pending:
+                changed = await watcher.next()
+                pending -= {t for t in changed & pending if self._finished(t)}
         finally:
             self.engine.watchers.discard(watcher)
         return [self._view(t) for t in request.tasks]

@@ -45,7 +45,7 @@ def as_nobody(code: str, *, timeout: float = 30) -> subprocess.CompletedProcess:
     """Run `code` in a Python that drops to nobody first. Python itself lives under /root
     (0700), so modules are imported while still root; `code` runs as nobody."""
     prelude = textwrap.dedent("""
-        import os, socket, struct, sys, json
+        import os, pathlib, socket, struct, sys, json
         import msgspec, click
         from orchestra import protocol, wire, client, paths, render
         from orchestra.main import cli
