@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from orchestrad.supervisor import STDIN_LIMIT, SpawnError, Supervisor, WriteError, kill_process_group
+from orchestrad.supervisor import COALESCE_BYTES, STDIN_LIMIT, SpawnError, Supervisor, WriteError, kill_process_group
 
 PY = sys.executable
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
@@ -241,7 +241,7 @@ def test_a_long_stream_without_newlines_comes_in_bounded_chunks(run):
         _groups.append(pid)
         await exited.wait()
         assert sum(sizes) == 64 << 20
-        assert max(sizes) <= 64 * 1024
+        assert max(sizes) <= COALESCE_BYTES
 
     run(main())
 
