@@ -18,7 +18,7 @@ still load it (tests/test_golden.py).
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Literal, Union
 
 import msgspec
 
@@ -27,7 +27,7 @@ from orchestrad.roles import Role
 from orchestrad.workflows import Template
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag=True):
+class Event(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag=True, gc=False):
     pass
 
 
@@ -38,7 +38,7 @@ class Condition(msgspec.Struct, frozen=True, array_like=True):
     outcome: Status
 
 
-class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
     """What a person asked for, after defaults were filled in. Secret env values are absent."""
 
     prompt: str
@@ -126,11 +126,14 @@ class SessionStarted(Event):
     model: str = ""
 
 
+Stream = Literal["stdout", "stderr", "stdin"]  # stdin: what was written to the agent
+
+
 class OutputAppended(Event):
     """A coalesced chunk of a task's output. The bytes are the record's data, not in here."""
 
     task: int
-    stream: str  # "stdout" | "stderr"
+    stream: Stream  # a str on the wire; decoded as one of these three shared strings
     size: int
 
 
@@ -272,7 +275,7 @@ AnyEvent = Union[
 ]
 
 
-class Record(msgspec.Struct, frozen=True, array_like=True):
+class Record(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """The body of one log record: when it happened, and what."""
 
     ts: float
@@ -286,5 +289,17 @@ def encode(ts: float, event: Event) -> bytes:
     return _encoder.encode(Record(ts, event))
 
 
-# `decode(body) -> Record`: the decoder's own bound method, since replay calls it per record.
+# `decode(body) -> Record`: the decoder's own bound method.
 decode = msgspec.msgpack.Decoder(Record).decode
+
+_batch_decoder = msgspec.msgpack.Decoder(list[tuple[float, AnyEvent]])
+
+
+def decode_batch(bodies: list[bytes]) -> list[tuple[float, Event]]:
+    """Decode many record bodies in one call: `(ts, event)` for each, in order (replay's way).
+
+    The bodies are joined behind a MessagePack array header (0xdd and the count as a u32),
+    so msgspec reads them as one array of records, as tuples: one call and no `Record`
+    per record, which halves the cost of decoding.
+    """
+    return _batch_decoder.decode(b"\xdd" + len(bodies).to_bytes(4, "big") + b"".join(bodies))

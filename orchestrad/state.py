@@ -15,7 +15,8 @@ its output lies (`outputs`), so its output is read back without scanning the log
 from __future__ import annotations
 
 import struct
-from typing import Callable, Iterator
+from itertools import count
+from typing import Callable, Iterator, get_args
 
 import msgspec
 
@@ -40,7 +41,7 @@ class OutputRef(msgspec.Struct, frozen=True, array_like=True):
 # a list of objects: a long history then costs little memory, and a snapshot decodes one
 # bytes object per task instead of one object per chunk (this is what keeps start-up fast).
 _REF = struct.Struct("<QQIIB")
-_STREAMS = ("stdout", "stderr", "stdin")  # stdin: what was written to the agent, kept for transcripts
+_STREAMS = get_args(ev.Stream)
 _STREAM_CODES = {name: code for code, name in enumerate(_STREAMS)}
 _pack_ref = _REF.pack
 
@@ -183,9 +184,12 @@ def _stop_requested(s: State, e: ev.StopRequested, ts: float, data) -> None:
 
 
 def _starting(s: State, e: ev.TaskStarting, ts: float, data) -> None:
-    t = s.tasks[e.task]
+    _start(s, s.tasks[e.task], e.attempt, ts)
+
+
+def _start(s: State, t: Task, attempt: int, ts: float) -> None:
     t.status = Status.RUNNING
-    t.attempts = e.attempt
+    t.attempts = attempt
     t.pid = None
     t.started_at = ts
     t.finished_at = None
@@ -194,15 +198,15 @@ def _starting(s: State, e: ev.TaskStarting, ts: float, data) -> None:
     t.stopping = None
     t.last_activity = ts
     t.answered = False
-    s.queued.discard(e.task)
-    s.queued_deps.discard(e.task)
-    s.active.add(e.task)
+    s.queued.discard(t.id)
+    s.queued_deps.discard(t.id)
+    s.active.add(t.id)
 
 
 def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
     t = s.tasks[e.task]
     if e.task not in s.active:  # logs from before TaskStarting existed
-        _starting(s, ev.TaskStarting(task=e.task, attempt=e.attempt), ts, data)
+        _start(s, t, e.attempt, ts)
     t.pid = e.pid
     t.pending_message = ""
 
@@ -388,15 +392,15 @@ def replay(records, state: State | None = None) -> State:
     return state
 
 
-def replay_bodies(records, state: State) -> State:
-    """Decode and fold `(seq, body, data)` log records: replay's hot loop, kept flat."""
+def replay_batches(batches, state: State) -> State:
+    """Decode and fold `(first_seq, bodies, data refs)` batches of log records, as
+    `Log.replay_batches` yields them: replay's hot loop, kept flat."""
     fold = _FOLD
-    decode = ev.decode
-    for seq, body, data in records:
-        record = decode(body)
-        event = record.event
-        state.last_seq = seq
-        fold[type(event)](state, event, record.ts, data)
+    decode = ev.decode_batch
+    for first_seq, bodies, refs in batches:
+        for seq, (ts, event), data in zip(count(first_seq), decode(bodies), refs):
+            state.last_seq = seq
+            fold[type(event)](state, event, ts, data)
     return state
 
 

@@ -19,7 +19,8 @@ import msgspec
 from orchestra.protocol import Role, Status, WorkflowStep, WorkflowTemplate
 from orchestrad import events as ev
 from orchestrad.log import Log
-from orchestrad.state import State, output_refs, replay_bodies
+from orchestrad.state import State, output_refs
+from orchestrad.store import replay_log
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
@@ -114,7 +115,7 @@ def _ref(r):
 
 def replayed(directory: Path) -> dict:
     with Log.open(directory, readonly=True) as log:
-        state = replay_bodies(log.replay(), State())
+        state = replay_log(log, State())
         return json.loads(json.dumps(summary(state, log)))
 
 
