@@ -4,16 +4,20 @@ A snapshot is an optimisation, never a source of truth: the log can always rebui
 state. So a damaged snapshot is skipped with a warning rather than stopping the daemon,
 and the store keeps the newest two, so that one damaged file still leaves a recent one.
 
-The payload is opaque bytes (the caller encodes the state). File format, version 1,
-little-endian, named ``snap-<seq, 20 digits>.bin``::
+The payload is opaque bytes (the caller encodes the state). File format, little-endian,
+named ``snap-<seq, 20 digits>.bin``::
 
     8s  magic     b"ORCHSNP\\x00"
-    u16 version   1
+    u16 version   2 (1 is still read)
     u16 reserved  0
     u64 seq       the last log record the state includes
     u64 length    of the payload
     u32 crc       zlib.crc32 of the 28 bytes above + the payload
     payload
+
+The version also names the payload's encoding, which the caller decodes: versions 1 and 2
+differ only there (`state.from_snapshot` reads both). A snapshot of a version this
+orchestrad does not read is skipped with a warning, like a damaged one.
 
 A snapshot is written to a temporary file, fsynced, renamed into place and the directory
 fsynced, so a crash leaves either the whole new file or none of it. A leftover temporary
@@ -22,24 +26,33 @@ file is never read, and the next write removes it.
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import struct
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 from orchestrad.files import fsync_dir, unused_name
 
-__all__ = ["SnapshotStore"]
+__all__ = ["Snapshot", "SnapshotStore"]
 
 MAGIC = b"ORCHSNP\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 KEEP = 2
 
 _HEADER = struct.Struct("<8sHHQQI")
 _NAME = re.compile(r"^snap-(\d{20})\.bin$")
 _TEMP = re.compile(r"^\.snap-\d{20}\.bin\.tmp$")
 DISCARDED_DIR = "discarded"
+
+
+class Snapshot(NamedTuple):
+    seq: int
+    version: int  # of the file format, and so of the payload's encoding
+    payload: memoryview  # of the file, memory-mapped: unmapped once nothing refers to it
 
 
 class SnapshotStore:
@@ -80,15 +93,15 @@ class SnapshotStore:
             return []
         return sorted(int(m.group(1)) for m in map(_NAME.match, names) if m)
 
-    def latest(self) -> tuple[int, bytes] | None:
-        """The newest snapshot that checks out, as (seq, payload), or None.
+    def latest(self) -> Snapshot | None:
+        """The newest snapshot that checks out, or None.
 
         A damaged one is skipped and a warning saying so is added to `self.warnings`.
         """
         for seq in reversed(self.all()):
             path = self._path(seq)
             try:
-                return seq, _read(path, seq)
+                return _read(path, seq)
             except (OSError, _Damaged) as exc:
                 self.warnings.append(
                     f"snapshot {path} is unusable ({exc}); ignoring it and using "
@@ -132,15 +145,20 @@ class _Damaged(Exception):
     pass
 
 
-def _read(path: Path, seq: int) -> bytes:
-    data = path.read_bytes()
-    if len(data) < _HEADER.size:
-        raise _Damaged(f"only {len(data)} bytes, shorter than its header")
+def _read(path: Path, seq: int) -> Snapshot:
+    """The snapshot in `path`, checked. Mapped rather than read: a read would copy the
+    whole file into fresh memory first, and first touches of memory are what loading a
+    snapshot mostly costs."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _HEADER.size:
+            raise _Damaged(f"only {size} bytes, shorter than its header")
+        data = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
     magic, version, _reserved, head_seq, length, crc = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise _Damaged("not a snapshot file (bad magic bytes)")
-    if version != FORMAT_VERSION:
-        raise _Damaged(f"format version {version}, this orchestrad reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise _Damaged(f"format version {version}, this orchestrad reads versions 1 to {FORMAT_VERSION}")
     if head_seq != seq:
         raise _Damaged(f"its header says seq {head_seq}, its name says {seq}")
     payload = data[_HEADER.size :]
@@ -148,8 +166,4 @@ def _read(path: Path, seq: int) -> bytes:
         raise _Damaged(f"payload is {len(payload):,} bytes, its header says {length:,}")
     if zlib.crc32(payload, zlib.crc32(data[: _HEADER.size - 4])) != crc:
         raise _Damaged("checksum mismatch")
-    return payload
-
-
-
-
+    return Snapshot(seq, version, payload)

@@ -63,7 +63,13 @@ class Stopping(msgspec.Struct, frozen=True, array_like=True):
     reason: str
 
 
-class Task(msgspec.Struct, kw_only=True):
+class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
+    """A task, as the events so far made it.
+
+    Snapshots encode it as an array of its fields: a new field goes at the end, with a
+    default, so older snapshots still decode; any other change needs a new snapshot format.
+    """
+
     id: int
     spec: ev.TaskSpec
     status: Status = Status.QUEUED
@@ -408,16 +414,44 @@ def replay_batches(batches, state: State) -> State:
 # Snapshots of the state and views of it
 
 
+# A snapshot payload is the State as MessagePack. Format 2 (see orchestrad.snapshots)
+# encodes each task as an array of its fields; format 1 encoded it as a map, field names and
+# all, which made a payload half as large again and slower to decode. Format 1 is still read, so
+# an upgrade keeps its snapshots: the log may have been compacted behind them.
+
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(State)
 
 
 def to_snapshot(state: State) -> bytes:
+    """The payload of a snapshot of `state`, in the current format (2)."""
     return _snapshot_encoder.encode(state)
 
 
-def from_snapshot(payload: bytes) -> State:
+def from_snapshot(payload: bytes | memoryview, version: int = 2) -> State:
+    """The state a snapshot payload of format `version` (1 or 2) holds."""
+    if version == 1:
+        return _from_format_1(payload)
     return _snapshot_decoder.decode(payload)
+
+
+def _as_map(cls: type, **types: object) -> type:
+    """A struct with the fields of `cls` (some retyped), encoded as a map: format 1's Task."""
+    fields = [
+        (f.name, types.get(f.name, f.type), msgspec.field(default=f.default, default_factory=f.default_factory))
+        for f in msgspec.structs.fields(cls)
+    ]
+    return msgspec.defstruct(f"{cls.__name__}Format1", fields, kw_only=True)
+
+
+_decode_format_1 = msgspec.msgpack.Decoder(_as_map(State, tasks=dict[int, _as_map(Task)])).decode
+
+
+def _from_format_1(payload: bytes | memoryview) -> State:
+    old = _decode_format_1(payload)
+    state = State(**msgspec.structs.asdict(old))
+    state.tasks = {task_id: Task(**msgspec.structs.asdict(t)) for task_id, t in old.tasks.items()}
+    return state
 
 
 def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView:

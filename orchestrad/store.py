@@ -173,10 +173,10 @@ def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str], readonly: bo
         if moved:
             notes.append(f"set aside {len(moved)} snapshot(s) newer than the log's last record {log_.last_seq}")
     latest = snapshots.latest()
-    if latest is not None and latest[0] > log_.last_seq:
+    if latest is not None and latest.seq > log_.last_seq:
         latest = None  # ahead of the log (its tail was cut): replay instead
     if latest is not None:
-        return replay_log(log_, from_snapshot(latest[1]))
+        return replay_log(log_, from_snapshot(latest.payload, latest.version))
     if first > 1:
         raise StoreError(
             f"the log starts at record {first} and no usable snapshot covers what came before; "
@@ -187,6 +187,6 @@ def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str], readonly: bo
 
 def _oldest_covering(snapshots: SnapshotStore, first: int) -> State | None:
     latest = snapshots.latest()
-    if latest is not None and latest[0] >= first - 1:
-        return from_snapshot(latest[1])
+    if latest is not None and latest.seq >= first - 1:
+        return from_snapshot(latest.payload, latest.version)
     return None

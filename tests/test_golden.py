@@ -5,6 +5,10 @@ tests/data/golden/ holds the log (segments and their data files) as `build()` be
 it, and tests/data/golden.json what replaying it gave. Never regenerate them to make this
 test pass: a failure means old logs no longer load. (Run this file as a script only to
 create them for a new format version, beside the old ones.)
+
+tests/data/snapshot-format-1/ holds a snapshot of that state as snapshot format 1 wrote it
+(tasks as maps): a daemon upgraded from it must start from it, not ignore it, since its log
+may have been compacted behind it.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import msgspec
 from orchestra.protocol import Role, Status, WorkflowStep, WorkflowTemplate
 from orchestrad import events as ev
 from orchestrad.log import Log
-from orchestrad.state import State, output_refs
-from orchestrad.store import replay_log
+from orchestrad.snapshots import SnapshotStore
+from orchestrad.state import State, from_snapshot, output_refs
+from orchestrad.store import Store, replay_log
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
 SUMMARY = DATA / "golden.json"
+SNAPSHOT_FORMAT_1 = DATA / "snapshot-format-1"
 
 SPEC = ev.TaskSpec(
     prompt="fix the parser", argv=[], role="implementer", agent="claude", priority=10, after=[],
@@ -125,6 +131,18 @@ def test_the_golden_log_still_loads_to_the_same_state(tmp_path):
     assert replayed(copy) == json.loads(SUMMARY.read_text())
     with Log.open(copy) as log:  # and a read-write open neither cuts nor complains
         assert log.report.truncated == [] and log.last_seq == len(every_event())
+
+
+def test_a_format_1_snapshot_of_it_still_loads_to_the_same_state(tmp_path):
+    shutil.copytree(GOLDEN, tmp_path / "log")
+    shutil.copytree(SNAPSHOT_FORMAT_1, tmp_path / "snapshots")
+    snapshot = SnapshotStore(tmp_path / "snapshots").latest()
+    assert (snapshot.seq, snapshot.version) == (len(every_event()), 1)
+    with Log.open(tmp_path / "log", readonly=True) as log:
+        assert from_snapshot(snapshot.payload, snapshot.version) == replay_log(log, State())
+    store = Store.open(tmp_path / "log", tmp_path / "snapshots", readonly=True)
+    assert store.notes == []  # no warning: the snapshot was used
+    store.log.close()
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--create"]:
