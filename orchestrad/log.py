@@ -1379,7 +1379,7 @@ def _replay_plan(plan: list[tuple[_Segment, int, int]], seq: int) -> Iterator[Ba
                     stop = min(stop, seq + good)
             off = start - 4
             dlen = doff = 0
-            index = array("Q")
+            index = array("Q")  # the segment's, kept if this pass checks it (`building`)
             for chunk in range(seq, stop, stride):
                 index.append(off + 4)
                 bodies: list[bytes] = []
