@@ -5,7 +5,7 @@
 Builds a log of a realistic mix of events (per task: submitted, spawned, session, about ten
 output chunks of 4-64 KiB, two usage records, exited, finished), then measures:
 
-* full replay: opening the store with no snapshot (every record checked and folded);
+* full replay: opening the store with no snapshot (every record checked and folded), best of 3;
 * start-up with a snapshot: opening the store once a snapshot of that history exists;
 * durable submits/s: 64 concurrent writers, each awaiting its own fsynced submit (group
   commit), beside one writer doing fsync-per-append.
@@ -134,12 +134,18 @@ def main() -> None:
     print(f"built {n:,} events ({tasks:,} tasks, {out_bytes / 2**30:.1f} GiB of output) in {time.perf_counter() - t:.1f} s")
 
     os.system("sync")
-    seconds, store = timed_open(state_dir)
-    print(f"full replay (no snapshot): {seconds:.2f} s = {n / seconds:,.0f} events/s")
+    times = []
+    for _ in range(3):  # the first run also reads the log into the page cache, if it is not there
+        seconds, store = timed_open(state_dir)
+        times.append(seconds)
+        store.log.close()
+    best = min(times)
+    runs = ", ".join(f"{t:.2f}" for t in times)
+    print(f"full replay (no snapshot): {best:.2f} s = {n / best:,.0f} events/s (best of 3: {runs} s)")
     t = time.perf_counter()
     store.snapshot_now()
     print(f"snapshot write: {time.perf_counter() - t:.2f} s ({len(store.state.tasks):,} tasks)")
-    store.log.close()
+    del store
 
     best = min(timed_open(state_dir)[0] for _ in range(3))
     print(f"start-up with a snapshot: {best * 1000:.0f} ms (best of 3)")
