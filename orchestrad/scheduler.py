@@ -21,8 +21,6 @@ timeout, but its idle timeout is paused: silence is expected while a person deci
 
 from __future__ import annotations
 
-import heapq
-
 import msgspec
 
 from orchestra.protocol import Status
@@ -66,21 +64,15 @@ def plan(state: State, now: float) -> Plan:
     for task_id in state.active:
         role = state.tasks[task_id].role
         per_role[role] = per_role.get(role, 0) + 1
-    runnable = (
-        task
-        for task in map(state.tasks.__getitem__, state.queued)
-        if task.id not in state.queued_deps
-        or (all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task))
-    )
-    if config.role_limits:
-        ready = sorted(runnable, key=_order)  # a task may be skipped for its role's limit
-    else:  # only the first few can start: no need to sort a long queue for them
-        ready = heapq.nsmallest(config.max_concurrent - running, runnable, key=_order)
-
     start: list[int] = []
-    for task in ready:
+    for *_, task_id in state.run_order:  # in the order they would start; stops at the last free slot
         if running >= config.max_concurrent:
             break
+        task = state.tasks[task_id]
+        if task_id in state.queued_deps and not (
+            all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task)
+        ):
+            continue
         limit = config.role_limits.get(task.role)
         if limit is not None and per_role.get(task.role, 0) >= limit:
             continue
@@ -92,11 +84,7 @@ def plan(state: State, now: float) -> Plan:
 
 def run_order(state: State) -> list[int]:
     """Queued tasks in the order they would start, dependencies permitting."""
-    return sorted(state.queued, key=lambda t: _order(state.tasks[t]))
-
-
-def _order(task: Task) -> tuple[int, int, int]:
-    return (-task.priority, task.submitted_seq, task.id)
+    return [task_id for *_, task_id in state.run_order]
 
 
 def _condition_met(state: State, task: Task) -> bool:

@@ -7,13 +7,15 @@ O(1) per event; a copy-on-write map of every task would make a long history quad
 replay. Everything that only reads the state (`decide`, `scheduler.plan`, the views) never
 writes to it, and tests check that the live state equals a fresh replay of its log.
 
-The state keeps two small indexes, `queued` and `active`, so that scheduling looks only at
-work in flight, never at the whole history; and for each task the places in the log where
-its output lies (`outputs`), so its output is read back without scanning the log.
+The state keeps small indexes of the work in flight, `queued` (also kept in the order tasks
+would start, `run_order`) and `active`, so that scheduling never looks at the whole history
+nor sorts the queue; and for each task the places in the log where its output lies
+(`outputs`), so its output is read back without scanning the log.
 """
 
 from __future__ import annotations
 
+import bisect
 import struct
 from itertools import count
 from typing import Callable, Iterator, get_args
@@ -139,6 +141,7 @@ class State(msgspec.Struct, kw_only=True):
     catalog_problems: list[str] = []  # files that could not be loaded, and why
     config_file: dict[str, config_mod.ConfigValue] = {}  # what config.toml said when last applied
     queued: set[int] = set()  # ids of queued tasks
+    run_order: list[tuple[int, int, int]] = []  # (-priority, submitted_seq, id) of each queued task, sorted
     queued_deps: set[int] = set()  # the queued tasks that wait on other tasks
     active: set[int] = set()  # ids of running or waiting tasks
 
@@ -160,14 +163,18 @@ def _submitted(s: State, e: ev.TaskSubmitted, ts: float, data) -> None:
         submitted_at=ts,
         submitted_seq=s.last_seq,
     )
-    s.queued.add(e.task)
-    if e.spec.after or e.spec.run_if is not None:
-        s.queued_deps.add(e.task)
+    _enqueue(s, s.tasks[e.task])
     s.next_task = max(s.next_task, e.task + 1)
 
 
 def _reprioritized(s: State, e: ev.TaskReprioritized, ts: float, data) -> None:
-    s.tasks[e.task].priority = e.priority
+    t = s.tasks[e.task]
+    queued = t.id in s.queued
+    if queued:
+        _dequeue(s, t)
+    t.priority = e.priority
+    if queued:
+        _enqueue(s, t)
 
 
 def _role_changed(s: State, e: ev.TaskRoleChanged, ts: float, data) -> None:
@@ -175,10 +182,10 @@ def _role_changed(s: State, e: ev.TaskRoleChanged, ts: float, data) -> None:
 
 
 def _removed(s: State, e: ev.TaskRemoved, ts: float, data) -> None:
-    s.tasks.pop(e.task, None)
+    t = s.tasks.pop(e.task, None)
     s.outputs.pop(e.task, None)
-    s.queued.discard(e.task)
-    s.queued_deps.discard(e.task)
+    if t is not None:
+        _dequeue(s, t)
 
 
 def _cancelled(s: State, e: ev.TaskCancelled, ts: float, data) -> None:
@@ -204,8 +211,7 @@ def _start(s: State, t: Task, attempt: int, ts: float) -> None:
     t.stopping = None
     t.last_activity = ts
     t.answered = False
-    s.queued.discard(t.id)
-    s.queued_deps.discard(t.id)
+    _dequeue(s, t)
     s.active.add(t.id)
 
 
@@ -281,9 +287,7 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.finished_at = None
     t.reason = ""
     t.result_error = False
-    s.queued.add(e.task)
-    if t.spec.after or t.spec.run_if is not None:
-        s.queued_deps.add(e.task)
+    _enqueue(s, t)
 
 
 def _exited(s: State, e: ev.ProcessExited, ts: float, data) -> None:
@@ -304,9 +308,31 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
     t.waiting = None
     t.stopping = None
     t.pid = None
+    _dequeue(s, t)
+    s.active.discard(t.id)
+
+
+def _enqueue(s: State, t: Task) -> None:
+    s.queued.add(t.id)
+    if t.spec.after or t.spec.run_if is not None:
+        s.queued_deps.add(t.id)
+    bisect.insort(s.run_order, _run_key(t))
+
+
+def _dequeue(s: State, t: Task) -> None:
+    if t.id not in s.queued:
+        return
     s.queued.discard(t.id)
     s.queued_deps.discard(t.id)
-    s.active.discard(t.id)
+    key = _run_key(t)
+    i = bisect.bisect_left(s.run_order, key)
+    if s.run_order[i : i + 1] == [key]:
+        del s.run_order[i]
+
+
+def _run_key(t: Task) -> tuple[int, int, int]:
+    """Highest priority first, then the oldest."""
+    return (-t.priority, t.submitted_seq, t.id)
 
 
 def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
@@ -430,9 +456,10 @@ def to_snapshot(state: State) -> bytes:
 
 def from_snapshot(payload: bytes | memoryview, version: int = 2) -> State:
     """The state a snapshot payload of format `version` (1 or 2) holds."""
-    if version == 1:
-        return _from_format_1(payload)
-    return _snapshot_decoder.decode(payload)
+    state = _from_format_1(payload) if version == 1 else _snapshot_decoder.decode(payload)
+    # An index, not a fact: rebuilt rather than trusted, whichever version wrote it.
+    state.run_order = sorted(_run_key(state.tasks[t]) for t in state.queued)
+    return state
 
 
 def _as_map(cls: type, **types: object) -> type:

@@ -150,6 +150,7 @@ def test_invariants_hold(actions):
     assert s.queued == {t.id for t in s.tasks.values() if t.status is Status.QUEUED}
     assert s.active == {t.id for t in s.tasks.values() if t.status.active}
     assert s.queued_deps == {t for t in s.queued if s.tasks[t].spec.after or s.tasks[t].spec.run_if}
+    assert s.run_order == sorted((-s.tasks[t].priority, s.tasks[t].submitted_seq, t) for t in s.queued)
     for t in s.tasks.values():
         assert (t.waiting is not None) == (t.status is Status.WAITING)
         assert (t.finished_at is not None) == t.status.finished
