@@ -378,6 +378,22 @@ def test_death_by_signal_is_reported(run):
     run(main())
 
 
+def test_exits_are_watched_by_a_thread_where_there_is_no_pidfd(run, monkeypatch):
+    def no_pidfd(pid: int) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)  # as on macOS, or Linux before 5.3
+
+    async def main():
+        h = Harness()
+        pids = [await h.start(1, script("raise SystemExit(5)")), await h.start(2, ["sleep", "5"])]
+        h.sup.terminate(2, 1)
+        assert await h.exit_of(1) == (pids[0], 5, None)
+        assert await h.exit_of(2) == (pids[1], None, signal.SIGTERM)
+
+    run(main())
+
+
 def test_a_process_that_exits_at_once_is_reported_after_start_returns(run):
     async def main():
         h = Harness()
