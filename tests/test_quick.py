@@ -4,8 +4,10 @@ everything else it hands to the full CLI."""
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+import threading
 
 import msgspec
 import pytest
@@ -152,3 +154,30 @@ def test_views_render_like_the_task_views_they_came_from():
 
 def test_the_quick_path_speaks_the_protocol_of_this_version():
     assert (quick.PROTOCOL_VERSION, quick.MAX_FRAME) == (p.PROTOCOL_VERSION, p.MAX_FRAME)
+
+
+def test_replies_it_does_not_understand_go_to_the_full_cli(tmp_path):
+    """A daemon of another version may send views the quick path cannot render: it gives way."""
+    (tmp_path / "run").mkdir()
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "run" / "orchestrad.sock"))
+    server.listen(1)
+    odd = {"id": 1, "status": "exploded", "workflow": None}
+
+    def answer() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for reply in (p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon="x", pid=1)), p.Ok(result=[odd])):
+                size = int.from_bytes(conn.recv(4, socket.MSG_WAITALL), "big")
+                conn.recv(size, socket.MSG_WAITALL)
+                body = msgspec.msgpack.encode(reply)
+                conn.sendall(len(body).to_bytes(4, "big") + body)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        with pytest.raises(quick._Fallback):
+            quick.run_ps(str(tmp_path), {"status": [], "role": None, "include_finished": True})
+    finally:
+        thread.join(10)
+        server.close()

@@ -111,14 +111,15 @@ def run_ps(home: str | None, fields: dict) -> str:
         welcome, tasks = client.call([hello, {"method": "listtasks", **fields}])
         if not isinstance(welcome, dict) or welcome.get("version") != PROTOCOL_VERSION:
             raise _Fallback
-        views = sorted((_task(t) for t in tasks), key=lambda t: t.id)
-        workflows = {}
-        if any(t.workflow is not None for t in views):
-            (found,) = client.call([{"method": "listworkflows"}])
-            workflows = {w["id"]: _workflow(w) for w in found}
-    if not views:
-        return ""
-    return grouped(views, workflows, width=terminal_width())
+        try:
+            views = sorted((_task(t) for t in tasks), key=lambda t: t.id)
+            workflows = {}
+            if any(t.workflow is not None for t in views):
+                (found,) = client.call([{"method": "listworkflows"}])
+                workflows = {w["id"]: _workflow(w) for w in found}
+            return grouped(views, workflows, width=terminal_width()) if views else ""
+        except (KeyError, TypeError, ValueError, AttributeError):  # not the views this version knows
+            raise _Fallback from None
 
 
 class _View:
@@ -204,4 +205,9 @@ class _Client:
 def _decode_large(body: bytes) -> object:
     import msgspec
 
-    return msgspec.msgpack.decode(body)
+    from orchestra.minipack import FormatError
+
+    try:
+        return msgspec.msgpack.decode(body)
+    except msgspec.DecodeError as exc:
+        raise FormatError(str(exc)) from None
