@@ -65,9 +65,12 @@ COALESCE_BYTES = 1 << 20
 """The largest output chunk, by default. Large: a chatty child costs one recorded event
 per MiB instead of one per pipe read."""
 
-PIPE_BYTES = 1 << 20
+PIPE_BYTES = 256 << 10
 """The capacity asked for the stdout and stderr pipes (Linux; the default is 64 KiB), so a
-fast writer is read in fewer, larger reads."""
+fast writer is read in fewer, larger reads: the event loop reads up to 256 KiB at a time.
+Not more: pipe buffers count against a per-user budget (fs.pipe-user-pages-soft, 64 MiB by
+default), past which every new pipe the user makes gets a single page; at this size 64
+running tasks fit in it."""
 
 _STREAMS = {1: "stdout", 2: "stderr"}
 
