@@ -11,7 +11,7 @@ from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad import workflows
 from tests.daemon import Daemon
-from tests.scripted_api import INSTALL_HINT, Reply, ScriptedAPI, find_claude, reply
+from tests.scripted_api import Reply, ScriptedAPI, reply
 
 FINISHED = tuple(p.FINISHED)
 
@@ -36,14 +36,6 @@ class Responder:
         if self.failing and prompt.startswith(self.failing):
             return reply.error(400, message="scripted failure for this step")
         return reply.text(result_for(prompt), delay=self.delay)
-
-
-@pytest.fixture
-def claude() -> str:
-    path = find_claude()
-    if path is None:
-        pytest.fail(INSTALL_HINT)
-    return path
 
 
 def run(claude: str, template: str, responder: Responder) -> tuple[dict[str, p.TaskView], Responder]:

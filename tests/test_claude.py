@@ -17,17 +17,9 @@ from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad import roles
 from tests.daemon import Daemon, wait_for
-from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply
+from tests.scripted_api import ScriptedAPI, reply
 
 FINISHED = tuple(p.FINISHED)
-
-
-@pytest.fixture
-def claude() -> str:
-    path = find_claude()
-    if path is None:
-        pytest.fail(INSTALL_HINT)
-    return path
 
 
 @pytest.fixture
