@@ -355,11 +355,11 @@ class Engine:
 
     async def _sweep_pending(self) -> None:
         """At shutdown: the sweeps still due, now."""
+        if isinstance(self._sweep, asyncio.Future):
+            await asyncio.wait([self._sweep])  # its callback may set a timer for the next one
         if isinstance(self._sweep, asyncio.TimerHandle):
             self._sweep.cancel()
             self._sweep = None
-        if isinstance(self._sweep, asyncio.Future):
-            await asyncio.wait([self._sweep])
         if self._to_sweep:
             await asyncio.wait([self._sweep_now()])
 
