@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 from orchestrad import events as ev
 from orchestrad.log import DataRef, GroupCommit, Log
 from orchestrad.snapshots import SnapshotStore
-from orchestrad.state import State, evolve, from_snapshot, output_count, output_refs, replay_batches, to_snapshot
+from orchestrad.state import State, evolve, from_snapshot, output_count, output_refs, replay_decoded, to_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _size(directory: Path) -> int:
 
 def replay_log(log_: Log, state: State) -> State:
     """Fold every record after the state's last into it."""
-    return replay_batches(log_.replay_batches(after_seq=state.last_seq), state)
+    return replay_decoded(log_.replay_decoded(ev.Body, after_seq=state.last_seq), state)
 
 
 def _restore(log_: Log, snapshots: SnapshotStore, notes: list[str], readonly: bool = False) -> State:

@@ -1,10 +1,12 @@
-"""A log written by the first version of the format, checked in: every later version must
-still open it and rebuild the same state from it.
+"""Logs written by each version of the format, checked in: every later version must still
+open them and rebuild the same state from them.
 
 tests/data/golden/ holds the log (segments and their data files) as `build()` below wrote
-it, and tests/data/golden.json what replaying it gave. Never regenerate them to make this
-test pass: a failure means old logs no longer load. (Run this file as a script only to
-create them for a new format version, beside the old ones.)
+it in format 1, tests/data/golden-format-2/ the same events as format 2 wrote them (with the
+index files of its sealed segments), and tests/data/golden.json what replaying either gives.
+Never regenerate them to make this test pass: a failure means old logs no longer load. (Run
+this file as a script with --create only to add the log of a new format version, beside the
+old ones.)
 
 tests/data/snapshot-format-1/ holds a snapshot of that state as snapshot format 1 wrote it
 (tasks as maps): a daemon upgraded from it must start from it, not ignore it, since its log
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from orchestra.protocol import Role, Status, WorkflowStep, WorkflowTemplate
 from orchestrad import events as ev
@@ -29,6 +32,7 @@ from orchestrad.store import Store, replay_log
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
+GOLDEN_LOGS = {1: GOLDEN, 2: DATA / "golden-format-2"}
 SUMMARY = DATA / "golden.json"
 SNAPSHOT_FORMAT_1 = DATA / "snapshot-format-1"
 
@@ -125,9 +129,11 @@ def replayed(directory: Path) -> dict:
         return json.loads(json.dumps(summary(state, log)))
 
 
-def test_the_golden_log_still_loads_to_the_same_state(tmp_path):
+@pytest.mark.parametrize("version", sorted(GOLDEN_LOGS))
+def test_the_golden_log_still_loads_to_the_same_state(tmp_path, version):
     copy = tmp_path / "log"
-    shutil.copytree(GOLDEN, copy)
+    shutil.copytree(GOLDEN_LOGS[version], copy)
+    assert {p.read_bytes()[8] for p in copy.glob("*.seg")} == {version}
     assert replayed(copy) == json.loads(SUMMARY.read_text())
     with Log.open(copy) as log:  # and a read-write open neither cuts nor complains
         assert log.report.truncated == [] and log.last_seq == len(every_event())
@@ -146,8 +152,14 @@ def test_a_format_1_snapshot_of_it_still_loads_to_the_same_state(tmp_path):
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--create"]:
-    if GOLDEN.exists():
-        sys.exit(f"{GOLDEN} exists: golden files are never rewritten; add new ones for a new format")
-    build(GOLDEN)
-    SUMMARY.write_text(json.dumps(replayed(GOLDEN), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {GOLDEN} and {SUMMARY}")
+    from orchestrad.log import FORMAT_VERSION
+
+    target = GOLDEN_LOGS[FORMAT_VERSION]
+    if target.exists():
+        sys.exit(f"{target} exists: golden files are never rewritten; add new ones for a new format")
+    build(target)
+    if not SUMMARY.exists():
+        SUMMARY.write_text(json.dumps(replayed(target), indent=1, sort_keys=True) + "\n")
+    elif replayed(target) != json.loads(SUMMARY.read_text()):
+        sys.exit(f"{target} does not replay to {SUMMARY}: the events, not the format, changed")
+    print(f"wrote {target}")

@@ -11,6 +11,7 @@ import time
 import zlib
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -37,8 +38,9 @@ from orchestrad.log import (
 
 
 def record(i: int) -> tuple[bytes, bytes]:
-    """A recognisable record; every third one has data."""
-    body = b"event-%d-" % i + bytes([i % 251]) * (i % 17)
+    """A recognisable record; every third one has data. Bodies are MessagePack (bin) values,
+    as `Log.replay_decoded` needs them to be."""
+    body = msgspec.msgpack.encode(b"event-%d-" % i + bytes([i % 251]) * (i % 17))
     data = b"output-%d" % i * (1 + i % 5) if i % 3 == 0 else b""
     return body, data
 
@@ -54,11 +56,24 @@ def fill(directory: Path, n: int, *, segment_bytes: int = 1024, batch: int = 3) 
 
 
 def contents(directory: Path, **kw) -> list[tuple[int, bytes, bytes]]:
-    """Open the log and return every record as (seq, body, data), by replay() and read() alike."""
+    """Open the log and return every record as (seq, body, data), by replay(), read() and
+    replay_decoded() alike."""
     with Log.open(directory, **kw) as log:
         replayed = replay_all(log)  # first, while sealed segments are still unchecked
         assert read_all(log) == replayed
-        return replayed
+    if all(map(is_bin, (body for _, body, _ in replayed))):  # else it cannot be decoded
+        with Log.open(directory, **kw) as log:
+            assert decoded_all(log) == replayed  # first, in a log opened anew
+            assert decoded_all(log) == replayed
+    return replayed
+
+
+def is_bin(body: bytes) -> bool:
+    try:
+        msgspec.msgpack.decode(body, type=bytes)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def read_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
@@ -69,8 +84,21 @@ def replay_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
     return [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay(after)]
 
 
+def decoded_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
+    got = []
+    for first_seq, segment, records in log.replay_decoded(bytes, after):
+        for seq, r in enumerate(records, first_seq):
+            data = log.read_data(log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc)) if r.data_len else b""
+            got.append((seq, msgspec.msgpack.encode(r.body), data))
+    return got
+
+
 def expected(n: int, first: int = 0) -> list[tuple[int, bytes, bytes]]:
     return [(i + 1, *record(i)) for i in range(first, n)]
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.seg"))
 
 
 def segment_path(directory: Path, first_seq: int) -> Path:
@@ -97,20 +125,90 @@ def files(directory: Path) -> dict[str, bytes]:
 
 def test_the_record_layout_is_as_documented(tmp_path):
     with Log.open(tmp_path) as log:
-        [(_, first, ref), (_, second, none)] = log.append([(b"body", b"some data"), (b"next", b"")])
+        [(_, first, ref), (_, second, none)] = log.append([(b"\xa4body", b"some data"), (b"\xa4next", b"")])
         log.sync()
     assert none is None and (ref.offset, ref.length) == (0, 9)
     seg = segment_path(tmp_path, 1).read_bytes()
+    assert seg[8:10] == struct.pack("<H", 2)  # the format version, in the segment header
     assert data_path(tmp_path, 1).read_bytes() == b"some data"
-    assert first.offset == SEGMENT_HEADER_SIZE and second.offset == first.offset + RECORD_OVERHEAD + 4
-    head = struct.pack("<IIIQ", 4, 9, zlib.crc32(b"some data"), 0) + b"body"
+    assert first.offset == SEGMENT_HEADER_SIZE and second.offset == first.offset + RECORD_OVERHEAD + 5
+    # A MessagePack array: body_len, data_len, data_crc (uint32), data_off (uint64), the
+    # body (one MessagePack value), and the record_crc as a bin 8 of 4 bytes.
+    head = struct.pack(">BBIBIBIBQ", 0x96, 0xCE, 5, 0xCE, 9, 0xCE, zlib.crc32(b"some data"), 0xCF, 0) + b"\xa4body\xc4\x04"
     assert seg[first.offset : second.offset] == head + struct.pack("<I", zlib.crc32(head, CHAIN))
-    head = struct.pack("<IIIQ", 4, 0, 0, 9) + b"next"  # data_off: where the data would start
+    head = struct.pack(">BBIBIBIBQ", 0x96, 0xCE, 5, 0xCE, 0, 0xCE, 0, 0xCF, 9) + b"\xa4next\xc4\x04"  # data_off: where the data would start
     assert seg[second.offset :] == head + struct.pack("<I", zlib.crc32(head, CHAIN))
     # The residue: a whole segment, and any run of whole records, checks with one call.
     assert zlib.crc32(seg) == CHAIN == 0x2144DF1C
     assert zlib.crc32(seg[second.offset :], CHAIN) == CHAIN
-    assert RECORD_HEAD_SIZE == 20
+    assert (RECORD_HEAD_SIZE, RECORD_OVERHEAD) == (25, 31)
+    # And MessagePack reads the records as they are: framing, body and all.
+    records = msgspec.msgpack.decode(b"\x92" + seg[SEGMENT_HEADER_SIZE:])
+    assert records == [[5, 9, zlib.crc32(b"some data"), 0, "body", seg[second.offset - 4 : second.offset]], [5, 0, 0, 9, "next", seg[-4:]]]
+
+
+def test_format_1_segments_are_still_read_and_appended_to(tmp_path):
+    records = [(f"record {i}".encode(), b"data %d" % i if i % 3 else b"") for i in range(1, 301)]
+    with Log.open(tmp_path, segment_bytes=2048) as log:
+        for i in range(0, 150, 10):
+            log.append(records[i : i + 10])
+        log.sync()
+    assert len(segments(tmp_path)) > 2
+    to_format_1(tmp_path)
+    with Log.open(tmp_path, segment_bytes=2048) as log:
+        assert log.report.truncated == [] and log.last_seq == 150
+        for i in range(150, 300, 10):  # the active segment stays in format 1; new ones are in 2
+            log.append(records[i : i + 10])
+        log.sync()
+        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay()]
+        assert got == [(seq, body, data) for seq, (body, data) in enumerate(records, 1)]
+        read = list(log.read(after_seq=140))
+        assert [bytes(e.body) for e in read] == [body for body, _ in records[140:]]
+        assert log.read_at(read[5].position).body == records[145][0]
+    versions = {struct.unpack_from("<H", p.read_bytes(), 8)[0] for p in segments(tmp_path)}
+    assert versions == {1, 2}
+    assert log_mod.verify(tmp_path, deep=True).last_seq == 300
+
+
+def test_replay_decoded_reads_both_formats_alike(tmp_path):
+    bodies = [msgspec.msgpack.encode([i, "x" * (i % 7)]) for i in range(1, 401)]
+    records = [(b, b"d" * (i % 5)) for i, b in enumerate(bodies)]
+    with Log.open(tmp_path, segment_bytes=2048) as log:
+        for i in range(0, 200, 10):
+            log.append(records[i : i + 10])
+        log.sync()
+    to_format_1(tmp_path)
+    with Log.open(tmp_path, segment_bytes=2048) as log:
+        for i in range(200, 400, 10):
+            log.append(records[i : i + 10])
+        log.sync()
+        expected = [(seq, body, ref) for seq, body, ref in log.replay()]
+        for after in (0, 1, 150, 199, 200, 333, 400):
+            got = []
+            for first_seq, segment, framed in log.replay_decoded(tuple[int, str], after):
+                for seq, r in enumerate(framed, first_seq):
+                    ref = log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
+                    got.append((seq, msgspec.msgpack.encode(list(r.body)), ref))
+                    assert r.body_len == len(got[-1][1])
+            assert got == expected[after:]
+
+
+def to_format_1(directory: Path) -> None:
+    """Rewrite every segment of a (closed) log in format 1, record by record."""
+    with Log.open(directory, readonly=True) as log:
+        entries = [(e.position.segment, bytes(e.body), e.data) for e in log.read()]
+    for path in segments(directory):
+        first = int(path.name.split(".")[0])
+        out = bytearray(log_mod._segment_header(first, version=1))
+        dpos = 0
+        for segment, body, ref in entries:
+            if segment != first:
+                continue
+            dlen, dcrc = (ref.length, ref.crc) if ref else (0, 0)
+            head = struct.pack("<IIIQ", len(body), dlen, dcrc, dpos) + body
+            out += head + struct.pack("<I", zlib.crc32(head, CHAIN))
+            dpos += dlen
+        path.write_bytes(out)
 
 
 # ---------------------------------------------------------------------------------------
@@ -240,6 +338,72 @@ def test_read_sees_what_existed_when_it_was_called(tmp_path):
             log.append([(b"more" * 10, b"data")])
         assert seen == [1, 2, 3, 4]
         assert [e.seq for e in log.read(2)] == list(range(3, 9))
+
+
+# ---------------------------------------------------------------------------------------
+# Index files: a sealed segment's offsets, saved so that replay need not scan it
+
+
+def test_sealed_segments_get_an_index_file_that_replay_uses_instead_of_a_scan(tmp_path, monkeypatch):
+    fill(tmp_path, 400)
+    sealed = segments(tmp_path)[:-1]
+    assert len(sealed) > 3
+    assert sorted(tmp_path.glob("*.idx")) == [p.with_suffix(".idx") for p in sealed]
+    full = expected(400)
+    scans = []
+    real_complete = log_mod._complete
+    monkeypatch.setattr(log_mod, "_complete", lambda segment: scans.append(segment.first) or real_complete(segment))
+    for after in (0, 5, 129, 250, 399):
+        with Log.open(tmp_path, segment_bytes=1024) as log:
+            assert decoded_all(log, after) == full[after:]
+    assert scans == []  # every offset came from an index file
+    for p in sealed[1:3]:
+        p.with_suffix(".idx").unlink()
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        assert decoded_all(log) == full  # without them, those two segments are scanned instead
+    assert scans == [int(p.name[:20]) for p in sealed[1:3]]
+
+
+@pytest.mark.parametrize("wrong", ["offsets", "stale", "torn", "garbage"])
+def test_a_wrong_index_file_is_never_taken_for_damage(tmp_path, wrong):
+    fill(tmp_path, 400, segment_bytes=1 << 20, batch=50)
+    with Log.open(tmp_path, segment_bytes=1 << 20) as log:
+        log.append([record(400)])
+        log._roll()  # seal it: it gets an index file
+        log.sync()
+    path = segments(tmp_path)[0].with_suffix(".idx")
+    raw = bytearray(path.read_bytes())
+    head = log_mod._INDEX_HEADER.size
+    if wrong == "offsets":  # offsets that miss the records, under a good checksum
+        for i in range(head + 8, len(raw) - 4, 8):
+            raw[i : i + 8] = struct.pack("<Q", struct.unpack_from("<Q", raw, i)[0] + 3)
+        raw[-4:] = struct.pack("<I", zlib.crc32(bytes(raw[:-4])))
+    elif wrong == "stale":  # of another segment with the same records count and sizes
+        raw[head - 4 : head] = bytes(4)  # the crc of its last record
+        raw[-4:] = struct.pack("<I", zlib.crc32(bytes(raw[:-4])))
+    elif wrong == "torn":
+        raw = raw[: len(raw) // 2]
+    else:
+        raw = bytearray(os.urandom(len(raw)))
+    path.write_bytes(bytes(raw))
+    for after in (0, 200):
+        with Log.open(tmp_path) as log:
+            assert decoded_all(log, after) == expected(401, first=after)
+            assert replay_all(log, after) == expected(401, first=after)
+
+
+def test_compaction_and_repair_remove_index_files_with_their_segments(tmp_path):
+    results = fill(tmp_path, 200)
+    with Log.open(tmp_path, segment_bytes=1024) as log:
+        firsts = log.segments()
+        log.drop_segments_before(firsts[2])
+    assert not any(segment_path(tmp_path, f).with_suffix(".idx").exists() for f in firsts[:2])
+    assert all(segment_path(tmp_path, f).with_suffix(".idx").exists() for f in firsts[2:-1])
+    _, bad_position, _ = next(r for r in results if r[1].segment == firsts[4] and r[0] > firsts[4] + 2)
+    flip(segment_path(tmp_path, firsts[4]), bad_position.offset + 26)
+    repair(tmp_path)
+    assert sorted(p.name[:20] for p in tmp_path.glob("*.idx")) == [f"{f:020d}" for f in firsts[2:4]]
+    assert contents(tmp_path, segment_bytes=1024)[-1][0] < bad_position.segment + 3
 
 
 def test_drop_segments_before_keeps_the_active_segment_and_anything_still_needed(tmp_path):
@@ -387,7 +551,7 @@ def check_cut(directory, records, spans, last_first, original, original_dat, new
 
 def test_truncation_at_every_byte_of_either_file_of_the_last_segment_keeps_exactly_the_whole_records(tmp_path):
     records = [record(i) for i in range(14)]
-    spans = build_for_cutting(tmp_path, records, segment_bytes=400)
+    spans = build_for_cutting(tmp_path, records, segment_bytes=440)
     last_first = spans[-1].segment
     assert last_first > 1, "the test needs a sealed segment before the last one"
     assert sum(1 for s in spans if s.segment == last_first and s.data_end > s.data_start) >= 2
@@ -610,7 +774,7 @@ def test_a_flipped_byte_in_a_sealed_segment_is_damage_named_by_file_and_offset(t
     results = fill(tmp_path, 100)
     path, position = sealed_record(tmp_path, results)
     body_len = len(record(5)[0])
-    at = {"body_len": 1, "data_len": 4, "data_crc": 9, "data_off": 13, "body": 22, "record_crc": 21 + body_len}
+    at = {"body_len": 5, "data_len": 9, "data_crc": 14, "data_off": 24, "body": 26, "record_crc": 28 + body_len}
     flip(path, position.offset + at[where])
     # Opening checks sealed segments' headers only (start-up must not grow with history);
     # their records are checked when read, which replay does, and by verify.
@@ -623,6 +787,10 @@ def test_a_flipped_byte_in_a_sealed_segment_is_damage_named_by_file_and_offset(t
             list(log.read(after_seq=3))
         with pytest.raises(LogCorrupt):
             list(log.replay(after_seq=3))
+    for after in (0, 3):
+        with Log.open(tmp_path, segment_bytes=1024) as log, pytest.raises(LogCorrupt) as decoded:
+            list(log.replay_decoded(bytes, after))
+        assert (decoded.value.path, decoded.value.offset, decoded.value.seq) == (path, position.offset, 6)
     with pytest.raises(LogCorrupt) as verified:
         verify(tmp_path)
     assert (verified.value.path, verified.value.offset) == (path, position.offset)
@@ -663,10 +831,10 @@ def test_a_segment_from_a_newer_format_is_refused_not_repaired(tmp_path):
     path = segment_path(tmp_path, 1)
     data = bytearray(path.read_bytes())
     data[8:24] = log_mod._segment_header(1)[8:24]
-    data[8] = 2  # version 2, with a correct header checksum
+    data[8] = 3  # version 3, with a correct header checksum
     data[20:24] = log_mod._U32.pack(log_mod.zlib.crc32(bytes(data[:20])))
     path.write_bytes(bytes(data))
-    with pytest.raises(UnsupportedLogFormat, match="version 2"):
+    with pytest.raises(UnsupportedLogFormat, match="version 3"):
         Log.open(tmp_path)
     with pytest.raises(UnsupportedLogFormat):
         repair(tmp_path)
@@ -770,7 +938,7 @@ def test_data_that_does_not_start_where_the_previous_records_ends_is_damage(tmp_
     seg = bytearray(path.read_bytes())
     end = len(seg)
     head = bytearray(seg[position.offset : end - 4])
-    head[12:20] = struct.pack("<Q", 4)  # says its data starts at 4, not 5: with a good crc
+    head[17:25] = struct.pack(">Q", 4)  # says its data starts at 4, not 5: with a good crc
     seg[position.offset : end] = head + struct.pack("<I", zlib.crc32(head, CHAIN))
     path.write_bytes(bytes(seg))
     with pytest.raises(LogCorrupt, match="previous record's data ends at 5") as caught:
@@ -894,7 +1062,7 @@ def test_a_rotted_length_that_reaches_past_the_end_is_damage_unless_nothing_foll
     seq, position, _ = results[10 if where == "middle" else -1]
     path = segment_path(tmp_path, 1)
     before = files(tmp_path)
-    flip(path, position.offset + 2)  # the body length grows by 4 MiB: past the end of the file
+    flip(path, position.offset + 3)  # the body length grows by 4 MiB: past the end of the file
     if where == "middle":  # whole records follow it: a crash does not do that
         with pytest.raises(LogCorrupt, match="length is damaged") as caught:
             verify(tmp_path)

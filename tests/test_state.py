@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestrad import events as ev
-from orchestrad.state import State, from_snapshot, output_refs, replay, to_snapshot, view
+from orchestrad.log import Log
+from orchestrad.state import State, evolve, from_snapshot, output_refs, replay, to_snapshot, view
+from orchestrad.store import replay_log
 from tests.core import Core
 
 
@@ -156,3 +159,64 @@ def test_invariants_hold(actions):
         assert (t.finished_at is not None) == t.status.finished
     for seq, ts, event, data in core.records:  # every event survives an encode/decode round trip
         assert ev.decode(ev.encode(ts, event)).event == event
+
+
+disk_action = st.one_of(
+    st.tuples(st.just("submit"), st.integers(-5, 5)),
+    st.tuples(st.just("tick")),
+    st.tuples(st.just("output"), st.integers(0, 30), st.sampled_from(["stdout", "stderr", "stdin"]), st.integers(0, 2000)),
+    st.tuples(st.just("exit"), st.integers(0, 30), st.sampled_from([0, 1, None])),
+    st.tuples(st.just("usage"), st.integers(0, 30)),
+    st.tuples(st.just("purge")),
+    st.tuples(st.just("time"), st.floats(0, 60)),
+)
+
+
+def run_on_disk(core: Core, actions) -> None:
+    """Submits that succeed, starts, output of every stream and size (0: no data), exits."""
+    for a in actions:
+        active = sorted(core.state.active)
+        if a[0] == "submit":
+            core.submit(prompt="p", priority=a[1])
+        elif a[0] == "tick":
+            core.tick()
+        elif a[0] == "time":
+            core.now += a[1]
+        elif a[0] == "purge":
+            done = [t.id for t in core.state.tasks.values() if t.status.finished]
+            if done:
+                core.apply([ev.TasksPurged(tasks=done[:2])])
+        elif active:
+            task = active[a[1] % len(active)]
+            if a[0] == "output":
+                core.apply([ev.OutputAppended(task=task, stream=a[2], size=a[3])])
+            elif a[0] == "usage":
+                core.apply([ev.UsageRecorded(task=task, cost_usd=0.5, input_tokens=3, output_tokens=4)])
+            else:
+                core.exit(task, a[2], None if a[2] is not None else 9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(disk_action, min_size=20, max_size=120), st.integers(300, 3000))
+def test_a_replay_of_the_log_on_disk_equals_the_live_state(tmp_path_factory, actions, segment_bytes):
+    """What the daemon does: each event is appended (output with its bytes as the record's
+    data) and folded with `evolve`; a restart replays the log through `Log.replay_decoded`,
+    whose loop folds output chunks itself, from the start or from a snapshot. Small
+    segments: many are sealed, and replayed by their index files."""
+    core = Core()
+    run_on_disk(core, actions)
+    live = State()
+    snapshots = [to_snapshot(live)]
+    with Log.open(tmp_path_factory.mktemp("log"), segment_bytes=segment_bytes) as log:
+        for seq, ts, event, _ in core.records:
+            data = bytes(event.size) if isinstance(event, ev.OutputAppended) else b""
+            [(appended, _, ref)] = log.append([(ev.encode(ts, event), data)])
+            assert appended == seq
+            evolve(live, event, seq=seq, ts=ts, data=ref)
+            if seq % 7 == 0:
+                snapshots.append(to_snapshot(live))
+        log.sync()
+    assert msgspec.structs.replace(live, outputs={}) == msgspec.structs.replace(core.state, outputs={})
+    with Log.open(log.directory, readonly=True) as log:
+        for payload in snapshots:
+            assert replay_log(log, from_snapshot(payload)) == live
