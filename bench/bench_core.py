@@ -1,6 +1,6 @@
 """Core benchmarks: replay speed, start-up with a snapshot, durable submits.
 
-    .venv/bin/python bench/bench_core.py [--events 1000000] [--dir bench/out/core]
+    .venv/bin/python bench/bench_core.py [--events 1000000] [--dir bench/out/core] [--keep]
 
 Builds a log of a realistic mix of events (per task: submitted, spawned, session, about ten
 output chunks of 4-64 KiB, two usage records, exited, finished), then measures:
@@ -10,7 +10,9 @@ output chunks of 4-64 KiB, two usage records, exited, finished), then measures:
 * durable submits/s: 64 concurrent writers, each awaiting its own fsynced submit (group
   commit), beside one writer doing fsync-per-append.
 
-Figures are printed; bench/RESULTS.md records them with the machine they came from.
+Figures are printed; bench/RESULTS.md records them with the machine they came from. With
+--keep, the log is left in --dir, and a later run with --keep replays it again instead of
+building it anew (its snapshots are removed first, so replay starts from nothing).
 """
 
 from __future__ import annotations
@@ -124,14 +126,22 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--dir", type=Path, default=Path(__file__).parent / "out" / "core")
+    parser.add_argument("--keep", action="store_true", help="keep the log, and reuse a kept one")
     args = parser.parse_args()
     root: Path = args.dir
-    shutil.rmtree(root, ignore_errors=True)
     state_dir = root / "state"
-
-    t = time.perf_counter()
-    n, tasks, out_bytes = build(state_dir / "log", args.events)
-    print(f"built {n:,} events ({tasks:,} tasks, {out_bytes / 2**30:.1f} GiB of output) in {time.perf_counter() - t:.1f} s")
+    kept = args.keep and (state_dir / "log").is_dir()
+    if kept:
+        for leftover in (state_dir / "snapshots", root / "submits", root / "single"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        with Log.open(state_dir / "log", readonly=True) as log:
+            n = log.last_seq
+        print(f"reusing the log of {n:,} events in {state_dir / 'log'}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        t = time.perf_counter()
+        n, tasks, out_bytes = build(state_dir / "log", args.events)
+        print(f"built {n:,} events ({tasks:,} tasks, {out_bytes / 2**30:.1f} GiB of output) in {time.perf_counter() - t:.1f} s")
 
     os.system("sync")
     times = []
@@ -155,7 +165,12 @@ def main() -> None:
     single = fsync_per_append(root / "single", 500)
     print(f"durable submits/s, 64 concurrent writers (group commit): {rate:,.0f}")
     print(f"durable appends/s, one writer, fsync per append:         {single:,.0f}")
-    shutil.rmtree(root, ignore_errors=True)
+    if args.keep:
+        shutil.rmtree(state_dir / "snapshots", ignore_errors=True)
+        shutil.rmtree(async_dir, ignore_errors=True)
+        shutil.rmtree(root / "single", ignore_errors=True)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

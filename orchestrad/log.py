@@ -1205,11 +1205,12 @@ class Log:
         """Yield the records with seq > after_seq decoded, each body as a `body_type`.
 
         Replay's fastest way: in format 2 a record is a MessagePack array (see the module
-        docstring), so the records of a segment are decoded with one msgspec call, framing
-        and bodies alike, after one crc32 call has checked them all; a batch is a segment's
-        worth (at most SEGMENT_RECORDS). Bodies must be MessagePack values of `body_type`.
-        Format 1 segments are read as `replay_batches` reads them, then decoded. Damage is
-        raised as `replay_batches` raises it.
+        docstring), so after one crc32 call has checked a segment's records, each stride of
+        its index (128 records) is decoded with one msgspec call, framing and bodies alike.
+        The offsets come from the segment's index file when it has a good one; else the
+        segment is scanned for them first. Bodies must be MessagePack values of
+        `body_type`. Format 1 segments are read as `replay_batches` reads them, then
+        decoded. Damage is raised as `replay_batches` raises it.
         """
         plan, seq = self._plan(after_seq)
         return _decode_plan(plan, seq, body_type)
