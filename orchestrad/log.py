@@ -23,7 +23,7 @@ fsynced when the log moved on, and never change again.
 
 A .seg file starts with the segment header (24 bytes, little-endian)::
 
-    8s  magic           b"ORCHLOG\x00"
+    8s  magic           b"ORCHLOG\\x00"
     u16 format version  2 (or 1: see below)
     u16 reserved        0
     u64 first_seq       sequence number of the first record (same as the file name)
@@ -76,7 +76,7 @@ in a .idx file, so that replaying it later needs neither a pass to find its reco
 msgspec call for all of them at once (a batch that outgrows the CPU caches costs more per
 record). Little-endian, in this machine's byte order for the offsets::
 
-    8s  magic           b"ORCHIDX\x00"
+    8s  magic           b"ORCHIDX\\x00"
     u16 version         1
     u16 reserved        0
     u32 stride          128
@@ -417,11 +417,11 @@ def _write_index(segment: _Segment, fd: int) -> None:
     head = _INDEX_HEADER.pack(_INDEX_MAGIC, 1, 0, _INDEX_STRIDE, segment.count, segment.end, segment.dat_end, last_crc)
     body = head + segment.index.tobytes()
     try:
-        fd = os.open(_index_path(segment.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        out = os.open(_index_path(segment.path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, [body, _U32.pack(zlib.crc32(body))])
+            _write_all(out, [body, _U32.pack(zlib.crc32(body))])
         finally:
-            os.close(fd)
+            os.close(out)
     except OSError:  # pragma: no cover - only an optimization is lost
         pass
 
