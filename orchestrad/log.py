@@ -849,7 +849,9 @@ def _whole_records_from(mv: memoryview, start: int, layout: _Layout) -> int | No
     return None
 
 
-def _scan_directory(directory: Path, *, deep: bool, lazy: bool = False) -> tuple[list[_Segment], list[_Tear]]:
+def _scan_directory(
+    directory: Path, *, deep: bool, lazy: bool = False, found: list[tuple[int, Path]] | None = None
+) -> tuple[list[_Segment], list[_Tear]]:
     """Check every segment of a log, oldest first, and that their numbers follow on.
 
     Sealed segments get their record checksums checked (and data checksums when deep); the
@@ -857,9 +859,9 @@ def _scan_directory(directory: Path, *, deep: bool, lazy: bool = False) -> tuple
     `lazy` (how the daemon opens its log), sealed segments get only their header checked
     now: their record count follows from the next segment's first seq, and their records
     are checked when first read (by `Log.replay` in the same pass, else by `_complete`), so
-    opening does not grow with history.
+    opening does not grow with history. `found`: the directory's segments, if just listed.
     """
-    found = _list_segments(directory)
+    found = _list_segments(directory) if found is None else found
     segments: list[_Segment] = []
     tears: list[_Tear] = []
     for i, (first, path) in enumerate(found):
@@ -894,14 +896,20 @@ def _scan_directory(directory: Path, *, deep: bool, lazy: bool = False) -> tuple
 
 def _header_only(path: Path, first: int) -> _Segment:
     """A sealed segment whose header checks out; its records are checked when first read."""
-    with open(path, "rb") as f:
-        head = f.read(SEGMENT_HEADER_SIZE)
-        end = os.fstat(f.fileno()).st_size
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        head = os.pread(fd, SEGMENT_HEADER_SIZE, 0)
+        end = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
     layout = _check_segment_header(memoryview(head), path, first)
     if not isinstance(layout, _Layout):
         raise LogCorrupt(path, 0, layout, first, cut=(0, 0))
     segment = _Segment(first, path, end=end, scanned=False, layout=layout)
-    segment.dat_end = _file_size(segment.dat_path) or 0
+    try:
+        segment.dat_end = os.stat(segment.dat_path).st_size
+    except FileNotFoundError:
+        segment.dat_end = 0
     return segment
 
 
@@ -989,7 +997,7 @@ class Log:
             raise FileNotFoundError(f"there is no log in {directory}")
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         found = _list_segments(directory)
-        segments, tears = _scan_directory(directory, deep=False, lazy=True)
+        segments, tears = _scan_directory(directory, deep=False, lazy=True, found=found)
         if readonly:
             if not segments:
                 raise FileNotFoundError(f"the log in {directory} holds no records")
