@@ -100,7 +100,9 @@ later once old segments have been dropped behind a snapshot.
 Writing: an append writes its batch's data to the .dat file first, then its records to the
 .seg file (one write each). `Log.sync` fdatasyncs the .dat, then the .seg: a record is
 durable once both are. A segment grows until the two files together would pass
-`segment_bytes`; it is then sealed (both fsynced, then its .idx written) and the next pair
+`segment_bytes`, or would hold more than `segment_records` records (so that the scan of the
+active segment at open stays short however small the records); it is then sealed (both
+fsynced, then its .idx written) and the next pair
 is created, the .seg (with its header) fsynced before the .dat, and the directory after both.
 
 Version policy: a reader refuses a segment whose version it does not know
@@ -247,6 +249,7 @@ RECORD_OVERHEAD = _CURRENT.overhead  # 31 (24 in version 1)
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _SIDE_NAME = re.compile(r"^(\d{20})\.(dat|idx)$")  # a segment's .dat, or its index
 _INDEX_STRIDE = 128  # remember the offset of every 128th record of each segment
+SEGMENT_RECORDS = 1 << 16  # a segment holds at most this many records (but a bigger batch)
 _INDEX_MAGIC = b"ORCHIDX\x00"
 _INDEX_HEADER = struct.Struct("<8sHHIQQQI")  # magic, version, reserved, stride, count, seg end, dat end, last crc
 _SEPARATE_BUFFER = 32 << 10  # data this large goes to writev as its own buffer, uncopied
@@ -958,10 +961,20 @@ class Log:
     run in another thread (GroupCommit does that) while the owner keeps appending.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int, segments: list[_Segment], report: OpenReport, *, readonly: bool = False):
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        segments: list[_Segment],
+        report: OpenReport,
+        *,
+        readonly: bool = False,
+        segment_records: int = SEGMENT_RECORDS,
+    ):
         self.directory = directory
         self.report = report
         self._segment_bytes = segment_bytes
+        self._segment_records = segment_records
         self._segments: dict[int, _Segment] = {s.first: s for s in segments}
         self._firsts: list[int] = [s.first for s in segments]
         self._active = segments[-1]
@@ -983,11 +996,13 @@ class Log:
     # -- opening ------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path, *, segment_bytes: int = 64 << 20, readonly: bool = False) -> Log:
+    def open(
+        cls, directory: Path, *, segment_bytes: int = 64 << 20, segment_records: int = SEGMENT_RECORDS, readonly: bool = False
+    ) -> Log:
         """Open (or create) the log in `directory`, cutting a torn tail if a crash left one.
 
-        `segment_bytes` bounds a segment's two files together (one batch bigger than that
-        gets a segment of its own). Raises LogCorrupt on damage a crash cannot explain; see
+        `segment_bytes` bounds a segment's two files together, and `segment_records` the
+        records it holds (one batch bigger than either gets a segment of its own). Raises LogCorrupt on damage a crash cannot explain; see
         the module docstring. `readonly` changes nothing on disk (a torn tail is left in
         place and not read; nothing is created) and refuses appends: for checking a log
         that a running daemon may be writing.
@@ -1007,7 +1022,7 @@ class Log:
                 last_seq=segments[-1].first + segments[-1].count - 1,
                 first_seq=segments[0].first,
             )
-            return cls(directory, segment_bytes, segments, report, readonly=True)
+            return cls(directory, segment_bytes, segments, report, readonly=True, segment_records=segment_records)
         for tear in tears:
             _cut(tear)
         if not segments or any(t.offset == 0 and t.path.suffix == ".seg" for t in tears):
@@ -1027,7 +1042,7 @@ class Log:
             last_seq=last.first + last.count - 1,
             first_seq=segments[0].first,
         )
-        return cls(directory, segment_bytes, segments, report)
+        return cls(directory, segment_bytes, segments, report, segment_records=segment_records)
 
     def close(self) -> None:
         """Close the active segment. Appends are not fsynced by close: call sync() first."""
@@ -1059,7 +1074,8 @@ class Log:
 
         The batch's data goes to the .dat in one write, then its records to the .seg in
         another. Not durable until `sync`. A batch never spans segments: if it would take
-        the active segment past `segment_bytes`, the log first moves on to a new segment. If
+        the active segment past `segment_bytes` or `segment_records`, the log first moves
+        on to a new segment. If
         a write fails, what the batch wrote to either file is truncated away, so the log
         never holds half a record that later appends would follow; the error is raised and
         no seq is used up.
@@ -1079,6 +1095,7 @@ class Log:
         seg_total, dat_total = _measure(records, segment.layout)
         if segment.count and (
             segment.end + segment.dat_end + seg_total + dat_total > self._segment_bytes
+            or segment.count + len(records) > self._segment_records
         ):
             self._roll()
             fd = self._require_open()

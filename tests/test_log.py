@@ -340,6 +340,17 @@ def test_read_sees_what_existed_when_it_was_called(tmp_path):
         assert [e.seq for e in log.read(2)] == list(range(3, 9))
 
 
+def test_a_segment_also_holds_at_most_segment_records_records(tmp_path):
+    with Log.open(tmp_path, segment_records=10) as log:
+        for i in range(0, 34, 4):
+            log.append([record(j) for j in range(i, min(34, i + 4))])
+        log.append([record(j) for j in range(34, 50)])  # a bigger batch: a segment of its own
+        log.sync()
+        assert log.segments() == [1, 9, 17, 25, 35]  # 8, 8, 8, 10 records, then the big batch
+    assert contents(tmp_path, segment_records=10) == expected(50)
+    assert log_mod.SEGMENT_RECORDS == 1 << 16
+
+
 # ---------------------------------------------------------------------------------------
 # Index files: a sealed segment's offsets, saved so that replay need not scan it
 
