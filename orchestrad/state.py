@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import struct
-from itertools import count
 from typing import Callable, Iterator, get_args
 
 import msgspec
@@ -444,12 +443,11 @@ def replay_decoded(batches, state: State) -> State:
     output = ev.OutputAppended
     tasks, outputs = state.tasks, state.outputs  # never rebound by the fold, only changed
     pack, codes = _pack_ref, _STREAM_CODES
-    seq = state.last_seq
     run_task = None  # whose output chunks came last: the run's task, places and totals
     t = packed = None
     grown, last_ts = 0, 0.0
     for first_seq, segment, records in batches:
-        for seq, r in zip(count(first_seq), records):
+        for i, r in enumerate(records):  # i, not seq: ints below 257 are never allocated
             ts, event = r.body
             if type(event) is output:
                 if event.task != run_task:
@@ -467,12 +465,13 @@ def replay_decoded(batches, state: State) -> State:
             if run_task is not None:
                 add_output(t, grown, last_ts)
                 run_task = None
-            state.last_seq = seq
+            state.last_seq = first_seq + i
             data = DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
             fold[type(event)](state, event, ts, data)
+        if records:
+            state.last_seq = first_seq + len(records) - 1
     if run_task is not None:
         add_output(t, grown, last_ts)
-    state.last_seq = seq
     return state
 
 
