@@ -217,7 +217,7 @@ class _Layout(NamedTuple):
 
     version: int
     head: struct.Struct  # unpacks (body_len, data_len, data_crc, data_off) from a record's start
-    padded: struct.Struct  # the same from 4 bytes before the record: see _replay_plan
+    padded: struct.Struct  # the same from 4 bytes before the record: see _frame_run
     pack: Callable[[int, int, int, int], bytes]  # the head of a record
     tail: bytes  # between the body and the record_crc
 
