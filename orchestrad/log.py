@@ -180,6 +180,7 @@ from typing import Generic, NamedTuple, TypeVar
 import msgspec
 
 from orchestrad.files import fsync_dir, unused_name
+from orchestrad.refs import DataRef
 
 __all__ = [
     "CHAIN",
@@ -273,15 +274,6 @@ class Position(msgspec.Struct, frozen=True, array_like=True):
 
     segment: int
     offset: int
-
-
-class DataRef(msgspec.Struct, frozen=True, array_like=True):
-    """Where a record's data bytes lie, and their checksum, so they can be read back alone."""
-
-    segment: int
-    offset: int  # of the data bytes in the segment's .dat file
-    length: int
-    crc: int
 
 
 class Batch(NamedTuple):

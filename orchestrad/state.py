@@ -26,7 +26,7 @@ from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
-from orchestrad.log import DataRef
+from orchestrad.refs import DataRef
 
 
 class OutputRef(msgspec.Struct, frozen=True, array_like=True):
