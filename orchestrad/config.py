@@ -31,6 +31,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     disallowed_tools: list[str] = []  # tools agents may never use (added to the role's)
     auto_resume: bool = False  # after a restart, resume interrupted Claude tasks
     auto_deny_after: float | None = None  # seconds a question may wait before it is denied
+    pass_env: list[str] = []  # daemon variables (globs) agents inherit though they look like credentials
+    max_output_bytes: int = 1 << 30  # output a task may write in all; past it, it is stopped
 
 
 DEFAULT = Config()
@@ -58,6 +60,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "disallowed_tools": ("a list of tool names", lambda v: _names(v)),
     "auto_resume": ("true or false", lambda v: isinstance(v, bool)),
     "auto_deny_after": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
+    "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
+    "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
 }
 
 

@@ -11,7 +11,6 @@ process could not be started, the daemon restarted while tasks ran, retention is
 
 from __future__ import annotations
 
-import re
 import signal as signal_mod
 
 from orchestra import protocol as p
@@ -23,16 +22,6 @@ from orchestrad import events as ev
 from orchestrad.state import State, Task
 
 MAX_PROMPT = 1 << 20  # characters
-
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
-
-
-def split_env(env: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(plain, secret): values whose names look secret never reach the log."""
-    plain = {k: v for k, v in env.items() if not SECRET_NAME.search(k)}
-    secret = {k: v for k, v in env.items() if SECRET_NAME.search(k)}
-    return plain, secret
-
 
 def get_task(state: State, task_id: int) -> Task:
     task = state.tasks.get(task_id)
@@ -89,7 +78,6 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
                 f"task {dep} already ended {dep_task.status.value}, so a task after it would "
                 f"never run; resubmit task {dep} first or drop --after {dep}"
             )
-    plain, secret = split_env(cmd.env)
     spec = ev.TaskSpec(
         prompt=cmd.prompt,
         argv=list(cmd.argv),
@@ -98,8 +86,8 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
         priority=priority,
         after=after,
         cwd=cmd.cwd,
-        env=plain,
-        secret_env=sorted(secret),
+        env={},  # no value reaches the log: the engine keeps them in its env store
+        secret_env=sorted(cmd.env),
         timeout=_first(cmd.timeout, role.timeout, cfg.default_timeout),
         idle_timeout=_first(cmd.idle_timeout, role.idle_timeout, cfg.default_idle_timeout),
         budget_usd=_first(cmd.budget_usd, role.budget_usd),

@@ -24,11 +24,12 @@ from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
 from orchestrad import config as config_mod
-from orchestrad import configfiles, orphans, scheduler, worktrees
+from orchestrad import agentenv, configfiles, orphans, scheduler, worktrees
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
+from orchestrad.envstore import EnvStore
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
@@ -81,7 +82,7 @@ class Engine:
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)
         self.watchers: set[Watcher] = set()
-        self.secrets: dict[int, dict[str, str]] = {}  # task -> withheld env values, memory only
+        self.env_store = EnvStore(store.log.directory.parent / "env")
         self.home_mark = orphans.home_mark(str(store.log.directory))
         self._unrecorded: list[Item] = []  # observations the log could not take yet (disk full)
         self._retry: asyncio.TimerHandle | None = None
@@ -116,13 +117,20 @@ class Engine:
             except WriteError as exc:
                 raise p.conflict(str(exc)) from None
         events = d.decide(self.state, command, self.clock())
-        if isinstance(command, p.Submit) and events:
-            _, secret = d.split_env(command.env)
-            if secret:
-                self.secrets[events[0].task] = secret  # type: ignore[attr-defined]
+        if isinstance(command, p.Submit) and command.env and events:
+            self._keep_env(events[0].task, command.env)  # type: ignore[attr-defined]
         if events:
             await self.record(events)
         return events
+
+    def _keep_env(self, task_id: int, env: dict[str, str]) -> None:
+        """The task's environment values, durable in the env store before its submission is
+        recorded (a crash in between leaves a file that start-up prunes)."""
+        try:
+            self.env_store.put(task_id, env)
+        except OSError as exc:
+            message = f"the daemon cannot store the task's environment ({exc.strerror or exc}); free disk space, then retry"
+            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, message) from exc
 
     def record_nowait(self, items: Sequence[Item]) -> asyncio.Future:
         """Append `items`, act on them, and return the durability future."""
@@ -181,10 +189,13 @@ class Engine:
         return list(reaction.items)
 
     def _forget(self, task: int) -> None:
-        """A task that will never run again: its secrets go (they are kept until then, so
-        that a resumed or retried task gets them again)."""
+        """A task that will never run again: its environment values go (they are kept until
+        then, so that a resumed or retried task gets them again)."""
         self._agents.pop(task, None)
-        self.secrets.pop(task, None)
+        try:
+            self.env_store.remove([task])
+        except OSError as exc:
+            log.warning("task %s: could not remove its stored environment: %s", task, exc)
 
     # -- scheduling ---------------------------------------------------------------------
 
@@ -230,20 +241,14 @@ class Engine:
             return  # stopped while its start was being recorded
         agent = agent_for(task.spec.agent)
         try:
-            missing = [name for name in task.spec.secret_env if name not in self.secrets.get(task_id, {})]
-            if missing:
-                raise SpawnError(
-                    f"its secret environment values ({', '.join(missing)}) are kept only in the daemon's "
-                    "memory and were lost when the daemon restarted; submit the task again"
-                )
+            task_env = self._task_env(task)
             cwd = await self._workdir(task)
             task = self._prepared(self.state.tasks[task_id])
             argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             env = {
-                **self.base_env,
-                **task.spec.env,
-                **self.secrets.get(task_id, {}),
+                **agentenv.inherited(self.base_env, (*agent.inherit_env, *self.state.config.pass_env)),
+                **task_env,
                 orphans.VARIABLE: orphans.mark(self.home_mark, task_id, task.attempts),
             }
             pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env)
@@ -257,6 +262,23 @@ class Engine:
         self._agents[task_id] = agent
         spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts, pid=pid, argv=_shown(argv))
         self._observe([spawned, *self._react(task_id, greeting)])
+
+    def _task_env(self, task: Task) -> dict[str, str]:
+        """The task's own environment: its values from the env store (and, for tasks of
+        logs older than the store, the values the log kept)."""
+        if not task.spec.secret_env:
+            return dict(task.spec.env)
+        try:
+            stored = self.env_store.get(task.id)
+        except (OSError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
+            raise SpawnError(f"could not read its stored environment: {exc}") from None
+        missing = [name for name in task.spec.secret_env if name not in (stored or {})]
+        if missing:
+            raise SpawnError(
+                f"its environment values ({', '.join(missing)}) are missing from the daemon's env store "
+                f"({self.env_store.directory}); submit the task again"
+            )
+        return {**task.spec.env, **(stored or {})}
 
     def _prepared(self, task: Task) -> Task:
         """The task as its agent should see it: a workflow step's prompt (or argv) with the
@@ -476,6 +498,9 @@ class Engine:
         left = orphans.kill(f"{self.home_mark}:")
         if left:
             log.warning("killed %d agent process(es) left from the previous daemon: %s", len(left), left)
+        stale = self.env_store.prune(set(self.state.tasks))
+        if stale:
+            log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
         reconciled = d.reconcile(self.state)
         events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=_version())]
         await self.record([*events, *reconciled])

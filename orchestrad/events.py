@@ -39,7 +39,9 @@ class Condition(msgspec.Struct, frozen=True, array_like=True):
 
 
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
-    """What a person asked for, after defaults were filled in. Secret env values are absent."""
+    """What a person asked for, after defaults were filled in. No environment value is
+    here: `secret_env` names the variables, and their values are in the engine's env store
+    (`orchestrad.envstore`). `env` holds values only in logs written before that store."""
 
     prompt: str
     argv: list[str]
@@ -48,8 +50,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fa
     priority: int
     after: list[int]
     cwd: str
-    env: dict[str, str]
-    secret_env: list[str]  # names whose values were withheld from the log
+    env: dict[str, str]  # always empty now; old logs kept the values of "plain" names here
+    secret_env: list[str]  # the names of the task's environment variables (values: env store)
     timeout: float | None
     idle_timeout: float | None
     budget_usd: float | None

@@ -23,3 +23,20 @@ def unused_name(path: Path) -> Path:
         candidate = path.with_name(f"{path.name}.{n}")
         n += 1
     return candidate
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` (mode 0600) atomically and durably: a temporary file, fsync, rename,
+    fsync of the directory. A crash leaves the old file or the new one, never a mix."""
+    temp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)

@@ -214,7 +214,7 @@ def test_secrets_never_reach_the_log_or_show(daemon):
     assert "s3cr3t" not in shown and "API_TOKEN" in json.loads(shown)["env_keys"]
     daemon.stop()
     for path in daemon.paths.state.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.parent.name != "env":  # the env store holds the values, 0600
             assert b"s3cr3t-value" not in path.read_bytes(), path
 
 

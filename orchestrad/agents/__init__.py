@@ -10,7 +10,9 @@ returns; the adapter itself does no I/O:
   whether to close stdin;
 * `answer(task, given)` — a person's recorded answer becomes a `Reaction`;
 * `spawn_error(message)` and `failure_detail()` — words for a person when it goes wrong;
-* `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`.
+* `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
+* `inherit_env` — the credential-like variables of the daemon's environment this kind of
+  agent needs (see `orchestrad.agentenv`).
 
 One adapter instance serves one process, so it may keep what it needs between chunks
 (a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
@@ -37,6 +39,7 @@ class Reaction(NamedTuple):
 
 class Agent:
     name = ""
+    inherit_env: tuple[str, ...] = ()  # credential-like daemon variables (globs) this kind needs
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         raise NotImplementedError

@@ -66,6 +66,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
 
 class ClaudeAgent(Agent):
     name = "claude"
+    inherit_env = ("ANTHROPIC_*", "CLAUDE_*")  # its API key, base URL, OAuth token
 
     def __init__(self) -> None:
         self._partial = bytearray()

@@ -196,7 +196,11 @@ def test_the_daemon_has_no_tcp_or_udp_socket_at_all(daemon):
 # Secrets
 
 
-SECRET_NAMES = ["OPENAI_API_KEY", "gh_token", "DB_Password", "MY_SECRET", "aws_secret_access_key", "SessionToken"]
+# Names a heuristic would take for secrets, and names it would not: no value of either kind
+# may reach the log (the attack suite found these in segments and a snapshot).
+SECRET_NAMES = ["OPENAI_API_KEY", "gh_token", "DB_Password", "MY_SECRET", "aws_secret_access_key", "SessionToken",
+                "GITHUB_PAT", "AWS_SESSION", "DATABASE_URL", "PGPASS", "DSN", "SSH_PRIVATE", "STRIPE_SK", "BEARER",
+                "PLAIN", "CONN"]
 
 
 def test_secrets_reach_the_agent_and_nothing_else(daemon):
@@ -211,7 +215,7 @@ def test_secrets_reach_the_agent_and_nothing_else(daemon):
     watch.hello()
     watch.frame(msgspec.msgpack.encode(p.Watch()))
     try:
-        ids = [d.submit("sh", "-c", check, env={**secrets, "PLAIN": "visible"}) for _ in range(3)]
+        ids = [d.submit("sh", "-c", check, env=secrets) for _ in range(3)]
         for _ in range(40):  # enough events for a snapshot or two
             d.submit("true")
         views = settle(d, ids)
@@ -240,9 +244,16 @@ def test_secrets_reach_the_agent_and_nothing_else(daemon):
     assert streamed, "the watch stream said nothing"
     assert d.stop() == 0
     assert list(d.paths.snapshot_dir.glob("snap-*.bin"))
+    store = d.paths.state / "env"
+    kept = sorted(store.iterdir())
+    assert {str(t) for t in ids} <= {f.name for f in kept}, "the values live in the env store, a file a task"
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in kept)
     leaks = []
     for value in secrets.values():
         for path in [*d.paths.state.rglob("*"), *d.paths.config.rglob("*")]:
+            if store in path.parents:
+                continue
             if path.is_file() and value.encode() in path.read_bytes():
                 leaks.append(f"{path.relative_to(d.home)}")
         if value.encode() in streamed:
@@ -251,12 +262,17 @@ def test_secrets_reach_the_agent_and_nothing_else(daemon):
             leaks.append("the daemon's own output")
         leaks += [f"shown output {i}" for i, text in enumerate(shown) if value in text]
     assert not leaks, f"a secret value was found in: {sorted(set(leaks))}"
+    # Cleanup that forgets the tasks takes their values with them.
+    d.start()
+    d.call(p.ConfigSet(key="retention_days", value=0))
+    purged = d.call(p.Cleanup(), p.CleanupResult).purged
+    assert set(ids) <= set(purged)
+    left = {f.name for f in store.iterdir()}
+    assert not left & {str(t) for t in purged}, "cleanup left environment values of purged tasks"
 
 
 def test_a_retried_task_gets_its_secret_again(daemon, tmp_path):
-    """The secret values live only in the daemon's memory. A task run again (resume/retry
-    of a finished one) must get them again, or be refused with a reason; it must not run
-    without them as if nothing were missing."""
+    """A task run again (resume/retry of a finished one) gets its environment again."""
     d = daemon.start()
     flag = tmp_path / "fail-once"
     flag.touch()
@@ -264,18 +280,14 @@ def test_a_retried_task_gets_its_secret_again(daemon, tmp_path):
                                 f'if [ -e {flag} ]; then rm {flag}; exit 1; fi; echo ok',
                     env={"API_TOKEN": "s3cr3t-retry"})
     assert d.wait_status(task, *p.FINISHED).status is Status.FAILED  # the first attempt fails on purpose
-    try:
-        view = d.call(p.Resume(task=task), p.TaskView)
-    except p.OrchestraError as exc:  # refusing, with a reason, is acceptable
-        assert "API_TOKEN" in exc.message, exc.message
-        return
+    d.call(p.Resume(task=task), p.TaskView)
     view = wait_for(lambda: (v := d.task(task)).attempts == 2 and v.status.finished and v, 15, "the retry")
     assert view.status is Status.SUCCEEDED, f"the retry ran without its secret: {view.reason}"
 
 
-def test_a_queued_task_with_a_secret_does_not_run_without_it_after_a_crash(daemon):
-    """After kill -9 the withheld values are gone with the daemon's memory. A queued task
-    that needed one must not then run without it, silently."""
+def test_a_queued_task_gets_its_secret_after_a_crash(daemon):
+    """The values are in the env store, durable before the submit was acknowledged: after
+    kill -9 a queued task still runs with them."""
     d = daemon.start()
     d.call(p.ConfigSet(key="max_concurrent", value=1))
     gate = d.submit("sleep", "60")
@@ -289,7 +301,32 @@ def test_a_queued_task_with_a_secret_does_not_run_without_it_after_a_crash(daemo
     ran_without = b"ran without API_TOKEN" in d.output_of(task)
     assert not ran_without, (f"the task ran without its secret after the restart and ended "
                              f"{view.status.value}: {view.reason!r}")
-    assert view.status is Status.SUCCEEDED or "API_TOKEN" in view.reason, view.reason
+    assert view.status is Status.SUCCEEDED, view.reason
+
+
+def test_agents_inherit_no_credentials_of_the_daemon_unless_passed(tmp_path):
+    """The daemon's own ANTHROPIC_API_KEY, GH_TOKEN... do not reach a command agent; the
+    pass_env setting hands on the ones named; ordinary variables are inherited."""
+    d = RDaemon()
+    d.env.update({"ANTHROPIC_API_KEY": "sk-ant-daemon", "GH_TOKEN": "ghp-daemon", "AWS_SECRET_ACCESS_KEY": "aws-daemon",
+                  "DATABASE_URL": "postgres://u:pw@db/x", "ORDINARY_SETTING": "inherited"})
+    try:
+        d.start()
+        show = 'for n in ANTHROPIC_API_KEY GH_TOKEN AWS_SECRET_ACCESS_KEY DATABASE_URL ORDINARY_SETTING; do eval "echo $n=\\${$n:-unset}"; done'
+        first = d.submit("sh", "-c", show)
+        d.wait_status(first, Status.SUCCEEDED)
+        seen = d.output_of(first).decode()
+        assert "ORDINARY_SETTING=inherited" in seen, seen
+        for name in ("ANTHROPIC_API_KEY", "GH_TOKEN", "AWS_SECRET_ACCESS_KEY", "DATABASE_URL"):
+            assert f"{name}=unset" in seen, seen
+        d.call(p.ConfigSet(key="pass_env", value=["GH_TOKEN", "AWS_*"]))
+        second = d.submit("sh", "-c", show)
+        d.wait_status(second, Status.SUCCEEDED)
+        seen = d.output_of(second).decode()
+        assert "GH_TOKEN=ghp-daemon" in seen and "AWS_SECRET_ACCESS_KEY=aws-daemon" in seen, seen
+        assert "ANTHROPIC_API_KEY=unset" in seen, seen
+    finally:
+        d.cleanup()
 
 
 # ---------------------------------------------------------------------------------------
