@@ -11,10 +11,13 @@ process could not be started, the daemon restarted while tasks ran, retention is
 
 from __future__ import annotations
 
+import posixpath
 import signal as signal_mod
 
+import msgspec
+
 from orchestra import protocol as p
-from orchestra.protocol import AGENTS, Status, bad_request, conflict, not_found
+from orchestra.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -36,16 +39,113 @@ def describe(task: Task) -> str:
     return f"task {task.id} is {task.status.value}"
 
 
-def decide(state: State, command: p.Request, now: float) -> list[ev.Event]:
-    """The events `command` causes in `state` at time `now`; OrchestraError if it is invalid."""
+def decide(state: State, command: p.Request, now: float, actor: Actor | None = None) -> list[ev.Event]:
+    """The events `command` causes in `state` at time `now`, asked by `actor` (None: the
+    user); OrchestraError if it is invalid or not the actor's to ask."""
     handler = _HANDLERS.get(type(command))
     if handler is None:
         raise bad_request(f"{type(command).__name__} is not a command that changes anything")
+    authorize(state, command, actor)
+    if isinstance(command, p.Submit):
+        return _submit(state, command, now, actor)
     return handler(state, command, now)
 
 
-def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
+# ---------------------------------------------------------------------------------------
+# Who may ask what. An agent is not the user: its process (or anything it started) may
+# read everything, but may not act for the person: answer any task's question, change
+# settings, stop or re-order others' work. It may submit tasks only where its role says
+# it may delegate, and then the new task records it as its parent and inherits its limits.
+
+
+class Actor(msgspec.Struct, frozen=True):
+    """An agent's process asking the daemon: of task `task`, or of a task it cannot tell
+    (a process the daemon adopted whose task is gone, another daemon's agent)."""
+
+    task: int | None = None
+
+
+READS = frozenset({
+    p.Hello, p.ListTasks, p.Show, p.Logs, p.Watch, p.Wait, p.Queue, p.Roles, p.Templates,
+    p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows,
+})
+
+_ON_A_TASK = {p.Stop: "stop", p.SetPriority: "re-prioritise", p.Remove: "remove", p.AssignRole: "change the role of", p.Resume: "resume"}
+_NEVER = {
+    p.Respond: "answer tasks: only a person answers questions and permission requests",
+    p.ConfigSet: "change settings",
+    p.RunWorkflow: "start workflows",
+    p.Cleanup: "run cleanup",
+    p.Shutdown: "stop the daemon",
+}
+
+
+def authorize(state: State, request: p.Request, actor: Actor | None) -> None:
+    """Nothing if `actor` (None: the user) may ask `request`; else a `forbidden` error that
+    says why. Pure, like the rest of this module: the server tells who is asking."""
+    if actor is None or type(request) in READS:
+        return
+    who = _who(actor)
+    kind = type(request)
+    if kind is p.Submit:
+        _delegator(state, request, actor)
+        return
+    verb = _ON_A_TASK.get(kind)
+    if verb is not None:
+        target = get_task(state, request.task)  # type: ignore[attr-defined]
+        own = actor.task is not None and (target.spec.parent == actor.task or (kind is p.Stop and target.id == actor.task))
+        if not own:
+            raise forbidden(f"{who} may not {verb} task {target.id}: an agent acts only on itself and the tasks it submitted")
+        if kind is p.AssignRole:
+            _delegable(state, state.tasks[actor.task], request.role)  # type: ignore[attr-defined, index]
+        return
+    raise forbidden(f"{who} may not {_NEVER.get(kind, 'ask this')}; run the command yourself, outside the agent")
+
+
+def _who(actor: Actor) -> str:
+    return f"task {actor.task}'s agent" if actor.task is not None else "an agent's process"
+
+
+def _delegator(state: State, cmd: p.Submit, actor: Actor) -> Task:
+    """The task whose agent submits `cmd`, if its role lets it delegate to the role asked."""
+    parent = state.tasks.get(actor.task) if actor.task is not None else None
+    if parent is None or parent.status.finished:
+        raise forbidden(f"{_who(actor)} may not submit tasks: only the agent of a running task may, where its role delegates")
+    _delegable(state, parent, cmd.role or parent.role)
+    if not _inside(cmd.cwd, parent.cwd):
+        raise forbidden(f"task {parent.id}'s agent may submit tasks only in its own directory {parent.cwd}, not {cmd.cwd}")
+    return parent
+
+
+def _delegable(state: State, parent: Task, role: str) -> None:
+    own_role = roles_mod.get(parent.role, state.roles)
+    allowed = own_role.delegate if own_role is not None else []
+    if not allowed:
+        raise forbidden(
+            f"task {parent.id}'s agent may not submit tasks: its role {parent.role} does not delegate "
+            f"(a role file with `delegate = [\"tester\"]` lets it)"
+        )
+    if "*" not in allowed and role not in allowed:
+        raise forbidden(f"task {parent.id}'s agent may submit tasks as {', '.join(allowed)} only, not as {role}")
+
+
+def _inside(path: str, directory: str) -> bool:
+    path, directory = posixpath.normpath(path), posixpath.normpath(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _capped(value: float | None, cap: float | None) -> float | None:
+    """A delegated task's limit: its own, but never past its parent's."""
+    if cap is None:
+        return value
+    return cap if value is None else min(value, cap)
+
+
+def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None) -> list[ev.Event]:
     cfg = state.config
+    parent = _delegator(state, cmd, actor) if actor is not None else None
+    if parent is not None and cmd.role is None:
+        cmd = msgspec.structs.replace(cmd, role=parent.role)
     if cmd.prompt and cmd.argv:
         raise bad_request("give either a prompt or a command after `--`, not both")
     agent = cmd.agent or ("command" if cmd.argv else cfg.default_agent)
@@ -95,6 +195,16 @@ def _submit(state: State, cmd: p.Submit, now: float) -> list[ev.Event]:
         title=cmd.title or _title(cmd.prompt, cmd.argv),
         worktree=_first(cmd.worktree, role.worktree) or False,
     )
+    if parent is not None:
+        limits = parent.spec
+        spec = msgspec.structs.replace(
+            spec,
+            parent=parent.id,
+            priority=min(spec.priority, parent.priority),
+            timeout=_capped(spec.timeout, limits.timeout),
+            idle_timeout=_capped(spec.idle_timeout, limits.idle_timeout),
+            budget_usd=_capped(spec.budget_usd, limits.budget_usd),
+        )
     return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
 
 

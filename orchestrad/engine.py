@@ -24,7 +24,7 @@ from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
 from orchestrad import config as config_mod
-from orchestrad import agentenv, configfiles, orphans, scheduler, worktrees
+from orchestrad import agentenv, configfiles, containment, orphans, scheduler, worktrees
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -92,6 +92,8 @@ class Engine:
         self._sweep: asyncio.TimerHandle | asyncio.Future | None = None  # the next sweep, or the one running
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
+        self._adopted: dict[int, int | None] = {}  # adopted stray pid -> its task, where known
+        self._strays: dict[int, set[int]] = {}  # adopted stray of no known task -> tasks active when first seen
 
     @property
     def state(self):
@@ -103,8 +105,34 @@ class Engine:
 
     # -- commands -----------------------------------------------------------------------
 
-    async def execute(self, command: p.Request) -> list[ev.Event]:
-        """Decide and record `command`; return its events once they are durable."""
+    def identify(self, pid: int | None) -> d.Actor | None:
+        """Who a peer is: None for the user, an `Actor` for an agent's process or anything
+        it started. An agent's process is in a task's cgroup, or descends from a task's
+        process or from the daemon itself (which starts nothing else but git), or carries
+        an agent's mark in its environment (a previous daemon's agent)."""
+        if pid is None or pid <= 0:
+            return None
+        cgroups = self.supervisor.cgroups
+        if cgroups is not None:
+            name = cgroups.name_of(pid)
+            if name is not None:
+                return d.Actor(task=containment.task_of_cgroup(name))
+        by_pid = {process: task for task, process in self.supervisor.pids().items()}
+        me = os.getpid()
+        for ancestor in containment.ancestors(pid):
+            if ancestor in by_pid:
+                return d.Actor(task=by_pid[ancestor])
+            if ancestor == me:
+                return d.Actor(task=self._adopted.get(pid))
+        mark = orphans.mark_of(pid)
+        if mark is not None:
+            home, task, _ = (mark.split(":") + ["", ""])[:3]
+            return d.Actor(task=int(task) if home == self.home_mark and task.isdigit() else None)
+        return None
+
+    async def execute(self, command: p.Request, actor: d.Actor | None = None) -> list[ev.Event]:
+        """Decide and record `command` (asked by `actor`; None: the user); return its events
+        once they are durable."""
         if not self._accepting:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, "the daemon is shutting down; try again once it is back")
         if self._unrecorded:
@@ -116,7 +144,7 @@ class Engine:
                 self.supervisor.check_writable(command.task, len((command.text or "").encode()) + 1)
             except WriteError as exc:
                 raise p.conflict(str(exc)) from None
-        events = d.decide(self.state, command, self.clock())
+        events = d.decide(self.state, command, self.clock(), actor)
         if isinstance(command, p.Submit) and command.env and events:
             self._keep_env(events[0].task, command.env)  # type: ignore[attr-defined]
         if events:
@@ -251,7 +279,8 @@ class Engine:
                 **task_env,
                 orphans.VARIABLE: orphans.mark(self.home_mark, task_id, task.attempts),
             }
-            pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env)
+            cgroup = containment.cgroup_name(task_id, task.attempts)
+            pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
         except (SpawnError, WorktreeError) as exc:
             self._observe(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
@@ -260,7 +289,9 @@ class Engine:
             self._observe(d.spawn_failed(self.state, task_id, f"could not start: {exc}"))
             return
         self._agents[task_id] = agent
-        spawned = ev.ProcessSpawned(task=task_id, attempt=task.attempts, pid=pid, argv=_shown(argv))
+        spawned = ev.ProcessSpawned(
+            task=task_id, attempt=task.attempts, pid=pid, argv=_shown(argv), cgroup=self.supervisor.cgroup_of(task_id)
+        )
         self._observe([spawned, *self._react(task_id, greeting)])
 
     def _task_env(self, task: Task) -> dict[str, str]:
@@ -358,7 +389,7 @@ class Engine:
 
     def _sweep_now(self) -> asyncio.Future:
         marks, self._to_sweep = self._to_sweep, {}
-        job = asyncio.get_running_loop().run_in_executor(None, orphans.kill_marked, set(marks))
+        job = asyncio.get_running_loop().run_in_executor(None, _scan_for_leftovers, set(marks))
         job.add_done_callback(functools.partial(self._swept, marks))
         self._sweep = job
         return job
@@ -370,10 +401,40 @@ class Engine:
         if job.exception() is not None:
             log.error("could not look for processes that tasks left running: %s", job.exception())
         else:
-            for mark, pids in job.result().items():
+            killed, table = job.result()
+            for mark, pids in killed.items():
                 log.warning("task %s: killed %d process(es) it left running: %s", marks[mark], len(pids), pids)
+            if self._tidy_adopted(table, set(marks.values())) and not self._to_sweep:
+                self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY * 4, self._sweep_now)  # to reap them
         if self._to_sweep:
             self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_now)
+
+    def _tidy_adopted(self, table: dict[int, containment.Stat], ended: set[int]) -> bool:
+        """The processes the daemon adopted as subreaper: reap the dead ones, and kill
+        those agents left behind, detached, once no task that may have started them is
+        still running (with cgroups their task's cgroup has killed them already; without,
+        a stray whose mark was scrubbed cannot name its task, so it waits for every task
+        that was running when it was first seen). True if anything was killed."""
+        me = os.getpid()
+        own = set(self.supervisor.pids().values()) | containment.OWN
+        containment.reap([pid for pid in containment.adopted_zombies(me, table) if pid not in own])
+        found = set(containment.strays(me, table, own))
+        for pid in list(self._strays):
+            if pid not in found:
+                del self._strays[pid]
+        active = set(self.state.active)
+        killed = False
+        for pid in sorted(found):
+            if pid not in self._strays:
+                mark = orphans.mark_of(pid) or ""
+                home, _, rest = mark.partition(":")
+                task = rest.split(":")[0] if home == self.home_mark else ""
+                self._strays[pid] = {int(task)} if task.isdigit() else active | ended
+            if not self._strays[pid] & active:
+                hit = containment.kill_tree(pid, table)
+                log.warning("killed %d process(es) an agent left running detached: %s", len(hit), hit)
+                killed = True
+        return killed
 
     async def _sweep_pending(self) -> None:
         """At shutdown: the sweeps still due, now."""
@@ -498,6 +559,18 @@ class Engine:
         left = orphans.kill(f"{self.home_mark}:")
         if left:
             log.warning("killed %d agent process(es) left from the previous daemon: %s", len(left), left)
+        if not containment.become_subreaper():
+            log.info("not a child subreaper here: processes agents detach are found by their mark only")
+        self.supervisor.cgroups = cgroups = containment.Cgroups.probe(self.home_mark)
+        if cgroups is not None:
+            for name in cgroups.leftovers():  # what the previous daemon's tasks left, marks or not
+                count = cgroups.kill(name)
+                if count:
+                    log.warning("killed %d process(es) left in cgroup %s by the previous daemon", count, name)
+            await asyncio.sleep(0.05 if cgroups.leftovers() else 0)
+            for name in cgroups.leftovers():
+                if not cgroups.remove(name):
+                    log.warning("could not remove the cgroup %s yet", cgroups.path(name))
         stale = self.env_store.prune(set(self.state.tasks))
         if stale:
             log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
@@ -526,6 +599,13 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
+
+
+def _scan_for_leftovers(marks: set[str]) -> tuple[dict[str, list[int]], dict[int, containment.Stat]]:
+    """In a worker thread: kill what carries the marks of tasks that ended, then list every
+    process (for the loop to reap and judge the ones the daemon adopted)."""
+    killed = orphans.kill_marked(marks) if marks else {}
+    return killed, containment.processes()
 
 
 def _shown(argv: list[str], limit: int = 200) -> list[str]:

@@ -62,6 +62,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fa
     run_if: Condition | None = None
     worktree: bool = False  # run in a git worktree (its own, or the workflow's shared one)
     workspace: str = ""  # for a workflow step: "shared" or "own"
+    parent: int | None = None  # the task whose agent submitted this one (delegation)
 
 
 class DaemonStarted(Event):
@@ -118,6 +119,7 @@ class ProcessSpawned(Event):
     attempt: int
     pid: int
     argv: list[str]
+    cgroup: str = ""  # the cgroup it was born in (see orchestrad.containment), if any
 
 
 class SessionStarted(Event):

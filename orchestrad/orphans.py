@@ -51,6 +51,22 @@ def marked() -> dict[int, str]:
     return found
 
 
+def mark_of(pid: int) -> str | None:
+    """The mark `pid` carries, if any (None also when it is gone or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = b"\0" + f.read()
+    except OSError:
+        return None
+    needle = f"\0{VARIABLE}=".encode()
+    start = environ.find(needle)
+    if start < 0:
+        return None
+    start += len(needle)
+    end = environ.find(b"\0", start)
+    return environ[start : end if end >= 0 else len(environ)].decode(errors="replace")
+
+
 def find(prefix: str) -> list[int]:
     """Pids of live processes whose mark starts with `prefix`."""
     return [pid for pid, value in marked().items() if value.startswith(prefix)]

@@ -16,6 +16,7 @@ task ids, so a reader that stalls costs the daemon almost nothing.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -32,7 +33,7 @@ from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
 from orchestrad.agents import renderer
-from orchestrad.decide import get_task
+from orchestrad.decide import Actor, authorize, get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.log import LogCorrupt
 from orchestrad.state import view
@@ -44,6 +45,10 @@ request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
 LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
 LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
 PIPELINE_DEPTH = 256  # requests a connection may have in flight
+
+# Who asks on the connection being served: None for the user, an Actor for an agent's
+# process. Set once per connection (from its peer's pid); its requests inherit it.
+_asking: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("asking", default=None)
 
 
 class Server:
@@ -89,9 +94,14 @@ class Server:
         assert task is not None
         self.connections[task] = writer
         try:
-            if not _peer_is_us(writer):
+            us, pid = _peer(writer)
+            if not us:
                 await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="this daemon serves only its own user"))
                 return
+            actor = self.engine.identify(pid)
+            if actor is not None:
+                log.debug("connection from pid %s: an agent's process (task %s)", pid, actor.task)
+            _asking.set(actor)  # the requests of this connection run in its context
             await self._converse(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
             pass
@@ -204,6 +214,13 @@ class Server:
         if handler is None:
             return p.Error(code=p.ErrorCode.BAD_REQUEST, message=f"{type(request).__name__} is not something to ask now")
         try:
+            actor = _asking.get()
+            if actor is not None:
+                try:
+                    authorize(self.engine.state, request, actor)
+                except OrchestraError as exc:
+                    log.warning("refused %s to %s: %s", type(request).__name__, f"task {actor.task}'s agent", exc.message)
+                    raise
             return p.Ok(result=await handler(request))
         except OrchestraError as exc:
             return exc.to_reply()
@@ -226,19 +243,23 @@ class Server:
 
     # -- handlers -----------------------------------------------------------------------
 
+    async def _execute(self, request: p.Request) -> list:
+        """Run a command through the engine as whoever asks on this connection."""
+        return await self.engine.execute(request, _asking.get())
+
     def _view(self, task_id: int) -> p.TaskView:
         return view(get_task(self.engine.state, task_id), self.engine.clock())
 
     async def submit(self, request: p.Submit) -> p.TaskView:
         _check_directory(request.cwd, request.worktree)
-        [event] = await self.engine.execute(request)
+        [event] = await self._execute(request)
         if event.spec.worktree and request.worktree is None:  # type: ignore[attr-defined]
             _check_directory(request.cwd, True)  # the role asked for one
         return self._view(event.task)  # type: ignore[attr-defined]
 
     async def run_workflow(self, request: p.RunWorkflow) -> p.WorkflowView:
         _check_directory(request.cwd, request.worktree)
-        events = await self.engine.execute(request)
+        events = await self._execute(request)
         created = events[0]
         if created.worktree and request.worktree is None:  # type: ignore[attr-defined]
             _check_directory(request.cwd, True)
@@ -287,16 +308,16 @@ class Server:
         )
 
     async def change(self, request: Any) -> p.TaskView:
-        await self.engine.execute(request)
+        await self._execute(request)
         return self._view(request.task)
 
     async def remove(self, request: p.Remove) -> dict:
-        await self.engine.execute(request)
+        await self._execute(request)
         return {"removed": request.task}
 
     async def assign_role(self, request: p.AssignRole) -> dict:
         task = get_task(self.engine.state, request.task)
-        await self.engine.execute(request)
+        await self._execute(request)
         if task.status is Status.QUEUED:
             note = f"task {task.id} will run as {request.role}"
         else:
@@ -351,7 +372,7 @@ class Server:
         return {request.key: config[request.key]}
 
     async def config_set(self, request: p.ConfigSet) -> Any:
-        await self.engine.execute(request)
+        await self._execute(request)
         return await self.config_get(p.ConfigGet(key=request.key))
 
     async def info(self, request: p.Info) -> p.DaemonStatus:
@@ -504,13 +525,14 @@ async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
 _PEERCRED = struct.Struct("3i")
 
 
-def _peer_is_us(writer: asyncio.StreamWriter) -> bool:
+def _peer(writer: asyncio.StreamWriter) -> tuple[bool, int | None]:
+    """(is the peer our own user, its pid where the platform says)."""
     sock = writer.get_extra_info("socket")
     if sock is None or not hasattr(socket, "SO_PEERCRED"):
-        return True  # platforms without SO_PEERCRED rely on the 0700 directory and 0600 socket
+        return True, None  # platforms without SO_PEERCRED rely on the 0700 directory and 0600 socket
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    _pid, uid, _gid = _PEERCRED.unpack(creds)
-    return uid == os.getuid()
+    pid, uid, _gid = _PEERCRED.unpack(creds)
+    return uid == os.getuid(), pid
 
 
 def _version() -> str:

@@ -563,4 +563,5 @@ def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView
         result=task.result,
         step=spec.step,
         worktree=task.workdir,
+        parent=spec.parent,
     )

@@ -53,6 +53,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
+from orchestrad.containment import Cgroups
+
 __all__ = ["EOF_GRACE", "STDIN_LIMIT", "SpawnError", "Supervisor", "WriteError", "kill_process_group"]
 
 EOF_GRACE = 1.0
@@ -113,11 +115,16 @@ class Supervisor:
         self.max_line_buffer = max_line_buffer
         self._procs: dict[int, _Process] = {}
         self._closing = False
+        self.cgroups: Cgroups | None = None  # set where a cgroup per process can be had
 
-    async def start(self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True) -> int:
+    async def start(
+        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = ""
+    ) -> int:
         """Start `argv` in `cwd` with exactly `env`, in a new session; return its pid.
 
-        stdin is a pipe (see `write`) when `stdin` is true, else /dev/null.
+        stdin is a pipe (see `write`) when `stdin` is true, else /dev/null. With `cgroup`
+        (and `cgroups` set), the process is born in that cgroup, which is killed whole when
+        the process exits or is stopped, and removed once empty.
         """
         if self._closing:
             raise SpawnError("not starting new processes: the supervisor is shutting down")
@@ -128,6 +135,7 @@ class Supervisor:
         _check_cwd(cwd)
         loop = asyncio.get_running_loop()
         proc = _Process(self, loop, task_id, stdin)
+        proc.cgroup = cgroup if self.cgroups is not None else ""
         self._procs[task_id] = proc
         try:
             await proc.spawn(argv, cwd=cwd, env=env)
@@ -168,6 +176,11 @@ class Supervisor:
         proc = self._procs.get(task_id)
         if proc is not None:
             proc.terminate(grace)
+
+    def cgroup_of(self, task_id: int) -> str:
+        """The cgroup the task's process was born in ("" if none)."""
+        proc = self._procs.get(task_id)
+        return proc.cgroup if proc is not None else ""
 
     def pids(self) -> dict[int, int]:
         """task_id -> pid of every process that is running (started and not yet reaped)."""
@@ -226,25 +239,41 @@ class _Process:
         self.held: list[tuple[Callable[..., None], tuple]] | None = []  # until start() returns
         self.finished = False
         self.reported: asyncio.Future[None] = loop.create_future()
+        self.cgroup = ""  # the cgroup it is born in, when the supervisor has cgroups
 
     async def spawn(self, argv: list[str], *, cwd: str, env: dict[str, str]) -> None:
         """Start the child, watch for its exit, and connect its pipes to the loop."""
-        self.popen = popen = subprocess.Popen(
-            argv,
-            bufsize=0,
-            stdin=subprocess.PIPE if self.has_stdin else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-        self.pid = popen.pid
-        for fd, pipe in ((1, popen.stdout), (2, popen.stderr)):
+
+        def popen() -> subprocess.Popen:
+            return subprocess.Popen(
+                argv,
+                bufsize=0,
+                stdin=subprocess.PIPE if self.has_stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+
+        cgroups = self.sup.cgroups
+        if self.cgroup and cgroups is not None:
+            try:
+                self.popen = cgroups.spawn_in(self.cgroup, popen)
+            except PermissionError as exc:  # the cgroup, not the program: start it without one
+                if self.popen is None:
+                    self.cgroup = ""
+                    self.popen = popen()
+                self.loop.call_exception_handler({"message": f"task {self.task_id}: no cgroup for it", "exception": exc})
+        else:
+            self.popen = popen()
+        popen_ = self.popen
+        self.pid = popen_.pid
+        for fd, pipe in ((1, popen_.stdout), (2, popen_.stderr)):
             _enlarge(pipe.fileno())
             self.pipes[fd], _ = await self.loop.connect_read_pipe(lambda fd=fd: _Reader(self, fd), pipe)
-        if popen.stdin is not None:
-            self.pipes[0], _ = await self.loop.connect_write_pipe(lambda: _Writer(self), popen.stdin)
+        if popen_.stdin is not None:
+            self.pipes[0], _ = await self.loop.connect_write_pipe(lambda: _Writer(self), popen_.stdin)
         # Only now: its exit must not tear the pipes down while they are being connected.
         self._watch()
 
@@ -282,6 +311,7 @@ class _Process:
             self.kill_timer.cancel()
             self.kill_timer = None
         _signal_group(self.pid, signal.SIGKILL)  # members it left behind in its group
+        self._kill_cgroup()  # and everything else it started, however it detached
         if self.finished:
             return  # abandoned while starting: it only had to be reaped
         if self.open_streams:
@@ -321,6 +351,8 @@ class _Process:
         if not self.terminating:
             self.terminating = True
             _signal_group(self.pid, signal.SIGTERM)
+            if self.cgroup and self.sup.cgroups is not None:
+                self.sup.cgroups.signal(self.cgroup, signal.SIGTERM)
         deadline = self.loop.time() + max(0.0, grace)
         if self.kill_deadline is None or deadline < self.kill_deadline:
             if self.kill_timer is not None:
@@ -344,7 +376,9 @@ class _Process:
         if self.popen is not None:
             if self.returncode is None:
                 _signal_group(self.pid, signal.SIGKILL)
+                self._kill_cgroup()
             self._close_pipes()
+            self._remove_cgroup()
             self._watch()  # to reap it
         if not self.reported.done():
             self.reported.set_result(None)
@@ -363,6 +397,27 @@ class _Process:
         self.kill_timer = None
         if self.returncode is None:
             _signal_group(self.pid, signal.SIGKILL)
+            self._kill_cgroup()
+
+    def _kill_cgroup(self) -> None:
+        if self.cgroup and self.sup.cgroups is not None:
+            self.sup.cgroups.kill(self.cgroup)
+
+    def _remove_cgroup(self, delay: float = 0.02) -> None:
+        """Remove the emptied cgroup; its processes take a moment to die, so try again a
+        few times, then leave it to the next start-up's sweep."""
+        cgroups = self.sup.cgroups
+        if not self.cgroup or cgroups is None:
+            return
+        try:
+            if cgroups.remove(self.cgroup):
+                return
+        except OSError as exc:
+            self.loop.call_exception_handler({"message": f"could not remove cgroup {self.cgroup}", "exception": exc})
+            return
+        cgroups.kill(self.cgroup)
+        if delay < 5:
+            self.loop.call_later(delay, self._remove_cgroup, delay * 3)
 
     def _flush(self, fd: int) -> None:
         self._cancel_flush(fd)
@@ -419,6 +474,7 @@ class _Process:
             stdin.abort()  # type: ignore[attr-defined]  # nobody is left to read what it still holds
         self._close_pipes()
         self.sup._forget(self)
+        self._remove_cgroup()
         rc = self.returncode
         code, sig = (rc, None) if rc >= 0 else (None, -rc)
         self._deliver(self._report_exit, code, sig)

@@ -14,6 +14,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from orchestrad import containment
+
 
 class WorktreeError(Exception):
     pass
@@ -39,7 +41,11 @@ async def _git(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         "git", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
-    out, err = await proc.communicate()
+    containment.OWN.add(proc.pid)  # the loop reaps it, not the sweep for adopted processes
+    try:
+        out, err = await proc.communicate()
+    finally:
+        containment.OWN.discard(proc.pid)
     if proc.returncode != 0:
         raise WorktreeError(f"git {' '.join(args[:3])} failed: {err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}")
     return out.decode(errors="replace")

@@ -371,3 +371,59 @@ class TestContinuing:
         core.spawn(task)
         core.apply(d.process_exited(core.state, task, 1, 2, None, "Invalid model name"))
         assert core.state.tasks[task].reason == "exited with code 2: Invalid model name"
+
+
+# ---------------------------------------------------------------------------------------
+# Who may ask what: an agent is not the user
+
+
+def test_an_agent_may_read_everything_and_act_for_nobody():
+    core = Core()
+    agent = task_in(core, Status.WAITING)
+    other = task_in(core, Status.RUNNING, agent="command")
+    queued = core.submit()
+    me = d.Actor(task=agent)
+    for read in (p.ListTasks(), p.Show(task=other), p.Logs(task=other), p.Wait(tasks=[other]), p.ConfigGet(), p.Info()):
+        d.authorize(core.state, read, me)
+    refused = [
+        p.Respond(task=agent, allow=True),  # its own question: above all
+        p.Respond(task=other, text="y"),
+        p.ConfigSet(key="permission_mode", value="bypassPermissions"),
+        p.Stop(task=other),
+        p.SetPriority(task=queued, priority=20),
+        p.Remove(task=queued),
+        p.AssignRole(task=queued, role="devops"),
+        p.Submit(cwd="/tmp", argv=["true"]),  # its role does not delegate
+        p.RunWorkflow(template="bug-fix", goal="x", cwd="/tmp"),
+        p.Cleanup(),
+        p.Shutdown(),
+    ]
+    for request in refused:
+        with pytest.raises(p.OrchestraError) as caught:
+            d.decide(core.state, request, core.now, me) if type(request) in d._HANDLERS else d.authorize(core.state, request, me)
+        assert caught.value.code is p.ErrorCode.FORBIDDEN, request
+    d.authorize(core.state, p.Stop(task=agent), me)  # it may end itself
+    for request in refused:  # the user may do all of it (decide's own checks aside)
+        d.authorize(core.state, request, None)
+
+
+def test_a_delegated_task_records_its_parent_and_inherits_its_limits():
+    core = Core()
+    lead_role = p.Role(name="lead", prompt="lead", delegate=["tester"], timeout=100, budget_usd=2.0)
+    core.apply([ev.CatalogChanged(roles=[lead_role], templates=[], problems=[])])
+    lead = core.submit(prompt="lead the work", role="lead", cwd="/work/repo", priority=5)
+    core.spawn(lead)
+    me = d.Actor(task=lead)
+    [event] = d.decide(core.state, p.Submit(cwd="/work/repo/sub", argv=["pytest"], role="tester", timeout=5000, priority=20), core.now, me)
+    spec = event.spec
+    assert (spec.parent, spec.role, spec.timeout, spec.budget_usd, spec.priority) == (lead, "tester", 100, 2.0, 5)
+    for request, words in [
+        (p.Submit(cwd="/work/repo", argv=["true"], role="devops"), "as tester only"),
+        (p.Submit(cwd="/work/other", argv=["true"], role="tester"), "only in its own directory"),
+        (p.Submit(cwd="/work/repository", argv=["true"], role="tester"), "only in its own directory"),
+    ]:
+        with pytest.raises(p.OrchestraError, match=words):
+            d.decide(core.state, request, core.now, me)
+    core.exit(lead, 0)
+    with pytest.raises(p.OrchestraError, match="only the agent of a running task"):
+        d.decide(core.state, p.Submit(cwd="/work/repo", argv=["true"], role="tester"), core.now, me)

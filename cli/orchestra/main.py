@@ -27,6 +27,7 @@ class Exit(enum.IntEnum):
     NOT_FOUND = 4
     CONFLICT = 5  # valid, but not in the task's current state
     UNAVAILABLE = 6  # the daemon refuses work for now (shutting down, disk full)
+    FORBIDDEN = 7  # asked from an agent's process, and only a person may ask it
 
 
 _EXIT_FOR = {
@@ -36,6 +37,7 @@ _EXIT_FOR = {
     p.ErrorCode.PROTOCOL: Exit.UNREACHABLE,
     p.ErrorCode.UNAVAILABLE: Exit.UNAVAILABLE,
     p.ErrorCode.INTERNAL: Exit.UNAVAILABLE,
+    p.ErrorCode.FORBIDDEN: Exit.FORBIDDEN,
 }
 
 
@@ -611,7 +613,10 @@ def daemon_stop(app: App):
     except DaemonUnreachable:
         click.echo("the daemon is not running")
         return
-    result = conn.call(p.Shutdown())
+    try:
+        result = conn.call(p.Shutdown())
+    except p.OrchestraError as exc:
+        fail(exc.message, _EXIT_FOR.get(exc.code, Exit.UNAVAILABLE))
     pid = result["stopping"]
     _wait_gone(conn)
     click.echo(f"stopped orchestrad (pid {pid})")

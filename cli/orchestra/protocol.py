@@ -60,6 +60,7 @@ class ErrorCode(str, enum.Enum):
     PROTOCOL = "protocol"  # malformed, oversized or version-mismatched frames
     UNAVAILABLE = "unavailable"  # the daemon cannot take work now (disk full, shutting down)
     INTERNAL = "internal"
+    FORBIDDEN = "forbidden"  # asked by an agent's process, and only a person may ask it
 
 
 # ---------------------------------------------------------------------------------------
@@ -301,6 +302,10 @@ def conflict(message: str) -> OrchestraError:
     return OrchestraError(ErrorCode.CONFLICT, message)
 
 
+def forbidden(message: str) -> OrchestraError:
+    return OrchestraError(ErrorCode.FORBIDDEN, message)
+
+
 # ---------------------------------------------------------------------------------------
 # Results
 
@@ -351,6 +356,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     result: str = ""  # the agent's final answer of its latest attempt
     step: str = ""  # the workflow step it is
     worktree: str = ""  # its git worktree, when it has one
+    parent: int | None = None  # the task whose agent submitted it
 
 
 # Roles and workflow templates: what people write in their files, and what the daemon
@@ -370,6 +376,7 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     idle_timeout: float | None = None
     budget_usd: float | None = None
     worktree: bool = False
+    delegate: list[str] = []  # roles its agents may submit tasks as ("*": any); none: they may not
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

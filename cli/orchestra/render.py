@@ -115,6 +115,8 @@ def details(task: TaskView) -> str:
         lines.append(f"  limits     {', '.join(x for x in limits if x)}")
     if task.cost_usd or task.input_tokens or task.output_tokens:
         lines.append(f"  cost       {cost(task.cost_usd)} ({task.input_tokens} tokens in, {task.output_tokens} out)")
+    if task.parent is not None:
+        lines.append(f"  submitted  by task {task.parent}'s agent")
     if task.session_id:
         lines.append(f"  session    {task.session_id}")
     if task.activity:
