@@ -458,6 +458,27 @@ def exit_reason(exit_code: int | None, signal: int | None) -> str:
     return f"exited with code {exit_code}"
 
 
+def output_over_limit(state: State, task_id: int, more: int) -> list[ev.Event]:
+    """A task whose output is about to pass `max_output_bytes` with `more` bytes is
+    stopped, failed, with a reason that says so."""
+    task = state.tasks[task_id]
+    limit = state.config.max_output_bytes
+    if task.output_bytes + more < limit or task.stopping is not None:
+        return []
+    reason = (
+        f"it wrote more than the output limit of {_size(limit)}; raise it with "
+        f"`orchestra config set max_output_bytes N` if that much output is expected"
+    )
+    return [ev.StopRequested(task=task_id, outcome=Status.FAILED, reason=reason)]
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} bytes"
+
+
 def spawn_failed(state: State, task_id: int, reason: str) -> list[ev.Event]:
     return [ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
 

@@ -360,11 +360,15 @@ class Engine:
 
     def _on_output(self, task_id: int, stream: str, chunk: bytes) -> None:
         agent = self._agents.get(task_id)
-        if agent is None or task_id not in self.state.tasks:
+        task = self.state.tasks.get(task_id)
+        if agent is None or task is None:
             return
-        items = self._react(task_id, agent.output(self.state.tasks[task_id], stream, chunk))
-        if items:
-            self._observe(items)
+        if task.output_bytes >= self.state.config.max_output_bytes:
+            return  # over its quota and being stopped: the rest is not kept
+        items = self._react(task_id, agent.output(task, stream, chunk))
+        over = d.output_over_limit(self.state, task_id, len(chunk))
+        if items or over:
+            self._observe([*items, *over])
 
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
@@ -476,10 +480,15 @@ class Engine:
                 self.record_nowait(pending)
         except p.OrchestraError as exc:
             self._unrecorded = pending + self._unrecorded
-            log.error("could not record what agents did, will retry: %s", exc.message)
+            if not self.supervisor.output_paused:
+                log.error("could not record what agents did; not reading their output until it can: %s", exc.message)
+                self.supervisor.pause_output()  # back-pressure: agents block on write
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(RETRY_AFTER, self._flush_unrecorded)
             return
+        if self.supervisor.output_paused:
+            log.info("the log takes records again; reading agents' output again")
+            self.supervisor.resume_output()
         if not pending:
             return
         self.schedule()

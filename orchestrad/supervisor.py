@@ -36,6 +36,11 @@ newline costs no more memory than one with. Splitting into lines is the reader's
 Order of callbacks. Nothing is reported for a process before `start` has returned its
 pid; `on_exit` comes after the last `on_output` of both streams, exactly once.
 
+Back-pressure. `pause_output` stops reading every child's pipes (the engine calls it when
+the log cannot take output, e.g. the disk is full): a child then blocks on its next write
+once its pipe is full, and the daemon holds no more than it had read. `resume_output`
+reads on.
+
 Input. `write` hands bytes to the stdin pipe without waiting. A child that does not read
 its input can have at most `STDIN_LIMIT` bytes waiting for it; beyond that `write`
 raises `WriteError` rather than buffer without bound.
@@ -116,6 +121,7 @@ class Supervisor:
         self._procs: dict[int, _Process] = {}
         self._closing = False
         self.cgroups: Cgroups | None = None  # set where a cgroup per process can be had
+        self.output_paused = False
 
     async def start(
         self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = ""
@@ -181,6 +187,18 @@ class Supervisor:
         """The cgroup the task's process was born in ("" if none)."""
         proc = self._procs.get(task_id)
         return proc.cgroup if proc is not None else ""
+
+    def pause_output(self) -> None:
+        """Stop reading every process's output (the log cannot take it now): their pipes
+        fill and they block on write, so what waits in the daemon stays bounded."""
+        self.output_paused = True
+        for proc in self._procs.values():
+            proc.set_reading(False)
+
+    def resume_output(self) -> None:
+        self.output_paused = False
+        for proc in self._procs.values():
+            proc.set_reading(True)
 
     def pids(self) -> dict[int, int]:
         """task_id -> pid of every process that is running (started and not yet reaped)."""
@@ -272,6 +290,8 @@ class _Process:
         for fd, pipe in ((1, popen_.stdout), (2, popen_.stderr)):
             _enlarge(pipe.fileno())
             self.pipes[fd], _ = await self.loop.connect_read_pipe(lambda fd=fd: _Reader(self, fd), pipe)
+        if self.sup.output_paused:
+            self.set_reading(False)
         if popen_.stdin is not None:
             self.pipes[0], _ = await self.loop.connect_write_pipe(lambda: _Writer(self), popen_.stdin)
         # Only now: its exit must not tear the pipes down while they are being connected.
@@ -338,6 +358,15 @@ class _Process:
                 f"({pending} bytes are still waiting; the limit is {STDIN_LIMIT})"
             )
         return pipe
+
+    def set_reading(self, reading: bool) -> None:
+        for fd in _STREAMS:
+            pipe = self.pipes.get(fd)
+            if pipe is not None and not pipe.is_closing():
+                if reading:
+                    pipe.resume_reading()  # type: ignore[attr-defined]
+                else:
+                    pipe.pause_reading()  # type: ignore[attr-defined]
 
     def close_stdin(self) -> None:
         pipe = self._stdin_pipe()
