@@ -495,10 +495,11 @@ class Engine:
 
     # -- retention ----------------------------------------------------------------------
 
-    async def cleanup(self) -> p.CleanupResult:
-        """Remove worktrees of finished work past the retention (their branches stay), purge
-        those tasks, snapshot, and drop the log segments nothing needs any more."""
-        await self._remove_old_worktrees()
+    async def cleanup(self, force: bool = False) -> p.CleanupResult:
+        """Remove worktrees of finished work past the retention (their branches stay, with
+        what was uncommitted), purge those tasks, snapshot, and drop the log segments
+        nothing needs any more."""
+        saved, kept = await self._remove_old_worktrees(force)
         events = d.purge(self.state, self.clock())
         if events:
             await self.record(events)
@@ -509,20 +510,40 @@ class Engine:
             purged=events[0].tasks if events else [],  # type: ignore[attr-defined]
             segments_removed=segments,
             bytes_freed=freed,
+            saved=saved,
+            kept=kept,
         )
 
-    async def _remove_old_worktrees(self) -> None:
+    async def _remove_old_worktrees(self, force: bool) -> tuple[list[str], list[str]]:
+        """Remove the worktrees of finished work past the retention, each once its work is
+        safe on its branch. Returns what was saved and what was kept (and why)."""
         horizon = self.clock() - self.state.config.retention_days * 86400
+        saved: list[str] = []
+        kept: list[str] = []
         for tree in list(self.state.worktrees.values()):
             owners = [tree.task] if tree.task is not None else list(self.state.workflows[tree.workflow].steps.values()) if tree.workflow in self.state.workflows else []
             tasks = [self.state.tasks.get(t) for t in owners]
-            if all(t is None or (t.status.finished and (t.finished_at or 0) < horizon) for t in tasks):
-                try:
-                    await worktrees.remove(tree.repo, tree.path)
-                except WorktreeError as exc:
-                    log.warning("could not remove worktree %s: %s", tree.path, exc)
-                    continue
-                await self.record([ev.WorktreeRemoved(path=tree.path)])
+            if not all(t is None or (t.status.finished and (t.finished_at or 0) < horizon) for t in tasks):
+                continue
+            whose = f"task {tree.task}" if tree.task is not None else f"workflow {tree.workflow}"
+            try:
+                committed, keep = await worktrees.save(tree.path, f"orchestra: uncommitted work of {whose}, saved before its worktree was removed")
+            except WorktreeError as exc:
+                committed, keep = False, f"{tree.path}: could not save its uncommitted work ({exc}); use --force to remove it anyway"
+            if committed:
+                saved.append(f"{tree.path}: uncommitted work committed to {tree.branch}")
+            if keep is not None and not force:
+                log.warning("keeping worktree %s", keep)
+                kept.append(keep)
+                continue
+            try:
+                await worktrees.remove(tree.repo, tree.path)
+            except WorktreeError as exc:
+                log.warning("could not remove worktree %s: %s", tree.path, exc)
+                kept.append(f"{tree.path}: could not be removed: {exc}")
+                continue
+            await self.record([ev.WorktreeRemoved(path=tree.path)])
+        return saved, kept
 
     # -- configuration files ------------------------------------------------------------
 

@@ -391,7 +391,7 @@ class Server:
         )
 
     async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
-        return await self.engine.cleanup()
+        return await self.engine.cleanup(force=request.force)
 
     async def shutdown(self, request: p.Shutdown) -> dict:
         asyncio.get_running_loop().call_soon(self.on_shutdown)

@@ -4,12 +4,14 @@ A task with `--worktree` (or whose role or workflow step asks for one) works in
 `<state dir>/worktrees/<id>-<slug>` on branch `orchestra/<id>-<slug>`; a workflow's shared
 steps work in one worktree of the workflow's, `orchestra/w<id>-<slug>`. Cleanup removes the
 worktree directories of finished work past retention and keeps the branches, which hold
-the work.
+the work: what was left uncommitted is first committed to the branch (`save`), and a
+worktree whose work cannot be put on a branch is kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -65,5 +67,36 @@ async def create(cwd: str, root: Path, name: str) -> tuple[str, str, str, str]:
 
 
 async def remove(repo: str, path: str) -> None:
-    """Remove the worktree directory; its branch stays."""
+    """Remove the worktree directory; its branch stays. Call `save` first."""
     await _git("-C", repo, "worktree", "remove", "--force", path)
+
+
+SAVED_BY = "Saved-by: orchestra cleanup"
+
+
+async def save(path: str, message: str) -> tuple[bool, str | None]:
+    """Make sure removing the worktree at `path` loses nothing: commit what is uncommitted
+    (tracked changes and untracked files, not ignored ones) to the branch it is on, as a
+    commit marked as orchestra's. Returns (whether a commit was made, None) when the work
+    is safe on a branch, or (False, why it must be kept)."""
+    if not os.path.isdir(path):
+        return False, None
+    try:
+        branch = (await _git("-C", path, "symbolic-ref", "-q", "--short", "HEAD")).strip()
+    except WorktreeError:
+        branch = ""
+    dirty = bool((await _git("-C", path, "status", "--porcelain", "--untracked-files=all")).strip())
+    if not branch:
+        if dirty:
+            return False, f"{path} has uncommitted changes on a detached HEAD; commit them to a branch, or use --force"
+        if not (await _git("-C", path, "for-each-ref", "--contains", "HEAD", "refs/heads")).strip():
+            return False, f"{path} is at a detached HEAD whose commits are on no branch; put them on one, or use --force"
+        return False, None
+    if not dirty:
+        return False, None
+    await _git("-C", path, "add", "-A")
+    await _git(
+        "-C", path, "-c", "user.name=orchestra", "-c", "user.email=orchestra@localhost",
+        "commit", "--no-verify", "--no-gpg-sign", "-q", "-m", f"{message}\n\n{SAVED_BY}",
+    )
+    return True, None

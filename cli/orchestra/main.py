@@ -558,16 +558,23 @@ def dashboard(app: App):
 
 
 @cli.command()
+@click.option("--force", is_flag=True, help="Remove worktrees even where work would be lost with them.")
 @json_option
 @click.pass_obj
-def cleanup(app: App, as_json):
-    """Forget finished tasks older than the retention (config retention_days) and free
-    the log space only they used."""
-    result = app.call(p.Cleanup(), p.CleanupResult)
+def cleanup(app: App, force, as_json):
+    """Forget finished tasks older than the retention (config retention_days), free
+    the log space only they used, and remove their worktrees (their branches stay;
+    uncommitted work is committed to the branch first, and a worktree whose work cannot be
+    saved is kept unless --force)."""
+    result = app.call(p.Cleanup(force=force), p.CleanupResult)
     if as_json:
         echo_json(result)
     else:
         click.echo(f"purged {len(result.purged)} finished task(s); removed {result.segments_removed} log segment(s), {result.bytes_freed:,} bytes")
+        for line in result.saved:
+            click.echo(f"saved: {line}")
+        for line in result.kept:
+            click.echo(f"kept: {line}")
 
 
 @cli.group(invoke_without_command=True)

@@ -180,9 +180,10 @@ class ConfigSet(Request):
 
 
 class Cleanup(Request):
-    """Purge finished tasks older than the retention, then compact the log behind them."""
+    """Purge finished tasks older than the retention, then compact the log behind them.
+    A worktree whose work would be lost with it is kept, unless `force`."""
 
-    pass
+    force: bool = False
 
 
 class Roles(Request):
@@ -448,6 +449,8 @@ class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):
     purged: list[int]
     segments_removed: int
     bytes_freed: int
+    saved: list[str] = []  # worktrees whose uncommitted work was committed to their branch first
+    kept: list[str] = []  # worktrees not removed, and why
 
 
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):
