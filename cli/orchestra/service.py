@@ -31,6 +31,9 @@ RestartSec=2
 # records them as interrupted; give it the time to do so.
 KillMode=mixed
 TimeoutStopSec=60
+# A cgroup subtree of its own, so that each agent runs in a cgroup of its own that nothing
+# it starts can leave, and that ending the task kills whole.
+Delegate=yes
 Environment=PYTHONUNBUFFERED=1
 
 [Install]
