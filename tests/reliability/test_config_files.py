@@ -272,6 +272,17 @@ def test_files_owned_by_another_user_are_refused_even_behind_a_symlink(daemon):
     assert not role_problems(d) and not other_problems(d)
 
 
+def test_a_fifo_in_place_of_a_role_file_is_refused_without_blocking_the_daemon(daemon):
+    """Files are opened now, not only listed: a FIFO must not hang the daemon in open()."""
+    d = daemon.start()
+    fifo = d.paths.config / "roles" / "fifo.toml"
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    write(d.paths.config / "roles" / "real.toml", ROLE.format(d="real work"))
+    wait_for(lambda: "real" in custom_roles(d), 15, "the role beside the FIFO to load")
+    assert role_problems(d) == [f"refusing {fifo}: it is not a regular file; remove it; ignored"]
+
+
 # ---------------------------------------------------------------------------------------
 # Size, depth and number
 
