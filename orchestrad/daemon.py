@@ -18,7 +18,7 @@ import signal
 import socket
 from pathlib import Path
 
-from orchestra.paths import Paths, check_socket_path
+from orchestra.paths import Paths, check_socket_path, make_private_dir
 from orchestrad import systemd
 from orchestrad.engine import Engine
 from orchestrad.server import Server
@@ -119,10 +119,7 @@ class Daemon:
 
     def _start_up(self) -> Store:
         paths = self.paths
-        for directory in (paths.state, paths.runtime, paths.config):
-            directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(paths.runtime, 0o700)
-        os.chmod(paths.state, 0o700)
+        self._make_directories()
         problem = check_socket_path(paths.socket)
         if problem:
             raise StartupError(problem)
@@ -136,6 +133,29 @@ class Daemon:
         for note in store.notes:
             log.warning("%s", note)
         return store
+
+    def _make_directories(self) -> None:
+        """State, runtime and config directories, each made 0700 whatever the umask.
+
+        State and runtime are the daemon's own: one that another user owns is refused (they
+        could read and change the log, or stand in for the socket), and a loose one is
+        tightened to 0700, since nothing in it is meant for anyone else. The config
+        directory is the person's: its mode is theirs to choose, so a loose one is left as
+        it is and the files in it are refused instead, with the fix (`configfiles`)."""
+        paths = self.paths
+        for directory in (paths.state, paths.runtime, paths.config):
+            make_private_dir(directory)
+        for directory in (paths.state, paths.runtime):
+            st = directory.stat()
+            if st.st_uid != os.getuid():
+                raise StartupError(
+                    f"{directory} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}), so its owner "
+                    "could read and change what the daemon keeps there; move it aside, or use --home "
+                    "with a directory of your own"
+                )
+            if st.st_mode & 0o077:
+                log.warning("%s was mode %03o; tightened to 700 so that only you can reach it", directory, st.st_mode & 0o777)
+                os.chmod(directory, 0o700)
 
     def _take_lock(self) -> None:
         fd = os.open(self.paths.lock, os.O_RDWR | os.O_CREAT, 0o600)

@@ -34,6 +34,7 @@ the end, with defaults. Pure: parsing, checking and rendering do no I/O.
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 from orchestra.protocol import WorkflowStep as Step
 from orchestra.protocol import WorkflowTemplate as Template
@@ -41,6 +42,8 @@ from orchestrad import roles as roles_mod
 from orchestrad import tomlfile
 
 RESULT_LIMIT = 6000  # characters of an earlier step's result quoted in a later prompt
+MAX_STEPS = 100  # a template is a small team, not a build graph
+MAX_STEP_TEXT = 64_000  # characters in one step's prompt, or in its argv together
 _PLACEHOLDER = re.compile(r"\{(goal|steps\.([A-Za-z0-9_-]+)\.(result|status))\}")
 
 
@@ -149,12 +152,18 @@ def check(template: Template, role_names: list[str] | set[str]) -> list[str]:
     problems: list[str] = []
     if not template.steps:
         return ["it has no steps"]
-    names = [s.name for s in template.steps]
-    for name in {n for n in names if names.count(n) > 1}:
+    if len(template.steps) > MAX_STEPS:
+        return [f"it has {len(template.steps):,} steps, over the limit of {MAX_STEPS}; split it into smaller workflows"]
+    names = Counter(s.name for s in template.steps)
+    for name in sorted(n for n, count in names.items() if count > 1):
         problems.append(f"two steps are called {name!r}")
     known = set(names)
     for step in template.steps:
         where = f"step {step.name!r}"
+        size = len(step.prompt) + sum(len(a) for a in step.argv)
+        if size > MAX_STEP_TEXT:
+            problems.append(f"{where}: its prompt (or argv) holds {size:,} characters, over the limit of {MAX_STEP_TEXT:,}")
+            continue
         if not step.name or not step.name.replace("-", "").replace("_", "").isalnum():
             problems.append(f"{where}: a step name may use only letters, digits, - and _")
         if step.role not in role_names:
@@ -191,29 +200,28 @@ def _deps(step: Step) -> list[str]:
 
 
 def _cycle(template: Template) -> list[str] | None:
+    """A cycle among the steps, as the names along it with the first repeated at the end;
+    None if there is none. A walk with a stack of its own, so that a long chain of steps is
+    never limited by Python's."""
     steps = {s.name: s for s in template.steps}
-    state: dict[str, int] = {}  # 1 visiting, 2 done
-    path: list[str] = []
-
-    def visit(name: str) -> list[str] | None:
-        if state.get(name) == 2:
-            return None
-        if state.get(name) == 1:
-            return path[path.index(name):] + [name]
-        state[name] = 1
-        path.append(name)
-        for dep in _deps(steps[name]):
-            found = visit(dep)
-            if found:
-                return found
-        path.pop()
-        state[name] = 2
-        return None
-
-    for name in steps:
-        found = visit(name)
-        if found:
-            return found
+    done: set[str] = set()
+    for start in steps:
+        if start in done:
+            continue
+        path, on_path = [start], {start}  # the steps being visited, each depending on the one before
+        deps = [iter(_deps(steps[start]))]  # for each of them, its dependencies still to see
+        while path:
+            dep = next(deps[-1], None)
+            if dep is None:
+                on_path.discard(path[-1])
+                done.add(path.pop())
+                deps.pop()
+            elif dep in on_path:
+                return path[path.index(dep):] + [dep]
+            elif dep not in done:
+                path.append(dep)
+                on_path.add(dep)
+                deps.append(iter(_deps(steps[dep])))
     return None
 
 
@@ -230,19 +238,28 @@ def ancestors(template: Template, name: str) -> set[str]:
 
 
 def order(template: Template) -> list[Step]:
-    """Steps in an order where each comes after everything it depends on."""
-    done: list[str] = []
+    """Steps in an order where each comes after everything it depends on (each step's
+    dependencies first, in the order they are listed). For a checked template: ValueError
+    if the steps form a cycle."""
     steps = {s.name: s for s in template.steps}
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        for dep in _deps(steps[name]):
-            visit(dep)
-        done.append(name)
-
-    for s in template.steps:
-        visit(s.name)
+    done: dict[str, None] = {}  # a set that keeps the order
+    for first in template.steps:
+        if first.name in done:
+            continue
+        path, on_path = [first.name], {first.name}
+        deps = [iter(_deps(first))]
+        while path:
+            dep = next(deps[-1], None)
+            if dep is None:
+                on_path.discard(path[-1])
+                done[path.pop()] = None
+                deps.pop()
+            elif dep in on_path:
+                raise ValueError(f"the steps form a cycle through {dep!r}")
+            elif dep not in done:
+                path.append(dep)
+                on_path.add(dep)
+                deps.append(iter(_deps(steps[dep])))
     return [steps[n] for n in done]
 
 

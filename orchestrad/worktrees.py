@@ -16,6 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from orchestra.paths import make_private_dir
 from orchestrad import containment
 
 
@@ -57,7 +58,7 @@ async def create(cwd: str, root: Path, name: str) -> tuple[str, str, str, str]:
     """Make a worktree `root/name` on branch `orchestra/name` from HEAD of the repository at
     `cwd`. Returns (path, branch, repo, workdir): workdir is where `cwd` lies inside it."""
     repo = (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
-    root.mkdir(parents=True, exist_ok=True)
+    make_private_dir(root)
     path = root / name
     branch = f"orchestra/{name}"
     await _git("-C", repo, "worktree", "add", "-b", branch, str(path), "HEAD")

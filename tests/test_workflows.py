@@ -93,6 +93,33 @@ def test_invalid_templates_are_refused_with_reasons(steps, words):
         workflows.parse("bad", steps, ROLE_NAMES)
 
 
+def _chain(n: int, back_to: str | None = None) -> p.WorkflowTemplate:
+    """n steps, each after the one before (the first after `back_to`, for a cycle)."""
+    steps = [p.WorkflowStep(name=f"s{i}", argv=["true"], after=[f"s{i - 1}"] if i else [back_to] if back_to else [])
+             for i in range(n)]
+    return p.WorkflowTemplate(name="chain", steps=steps)
+
+
+def test_a_template_of_10000_steps_is_refused_for_its_size_not_with_a_recursion_error():
+    assert workflows.check(_chain(10_000), ROLE_NAMES) == ["it has 10,000 steps, over the limit of 100; split it into smaller workflows"]
+    assert workflows.check(_chain(workflows.MAX_STEPS), ROLE_NAMES) == []
+
+
+def test_order_and_cycles_are_found_without_recursion_however_long_the_chain():
+    assert [s.name for s in workflows.order(_chain(20_000))] == [f"s{i}" for i in range(20_000)]
+    cycle = workflows._cycle(_chain(20_000, back_to="s19999"))
+    assert cycle is not None and len(cycle) == 20_001 and cycle[0] == cycle[-1]
+    assert workflows._cycle(_chain(20_000)) is None
+    with pytest.raises(ValueError, match="cycle"):
+        workflows.order(_chain(5, back_to="s4"))
+
+
+def test_a_step_with_an_overlong_prompt_is_refused():
+    step = p.WorkflowStep(name="a", prompt="x" * (workflows.MAX_STEP_TEXT + 1))
+    problems = workflows.check(p.WorkflowTemplate(name="t", steps=[step]), ROLE_NAMES)
+    assert problems == [f"step 'a': its prompt (or argv) holds {workflows.MAX_STEP_TEXT + 1:,} characters, over the limit of 64,000"]
+
+
 def test_render_fills_goal_and_results_and_leaves_other_braces():
     text = "Goal: {goal}. Design: {steps.design.result} ({steps.design.status}). Code: {x: 1}"
     out = workflows.render(text, "add login", {"design": ("succeeded", "use OAuth")})

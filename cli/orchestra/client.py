@@ -7,7 +7,7 @@ import sys
 import time
 
 from orchestra import protocol as p
-from orchestra.paths import Paths
+from orchestra.paths import Paths, make_private_dir
 from orchestra.wire import Connection, DaemonUnreachable
 
 AUTOSTART_ENV = "ORCHESTRA_NO_AUTOSTART"
@@ -45,11 +45,12 @@ def start_daemon(paths: Paths) -> int:
     """Start `orchestrad` detached from this terminal; wait until it answers. Its pid."""
     import subprocess  # only here: most commands never start a daemon
 
-    paths.state.mkdir(parents=True, exist_ok=True)
+    make_private_dir(paths.state)
     argv = [sys.executable, "-m", "orchestrad"]
     if paths.home is not None:
         argv += ["--home", str(paths.home)]
-    with open(paths.daemon_log, "ab") as log:
+    fd = os.open(paths.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab") as log:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -682,6 +682,7 @@ def service_install(app: App, dry_run, socket, platform_):
     """Write the unit (or plist) for this user with the real path of orchestrad, and say
     how to enable it."""
     from orchestra import service as svc
+    from orchestra.paths import make_private_dir
 
     platform = _platform(platform_)
     try:
@@ -692,8 +693,9 @@ def service_install(app: App, dry_run, socket, platform_):
         if dry_run:
             click.echo(f"# would write {unit.path}\n{unit.text}")
         else:
-            unit.path.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(unit.path.parent)
             unit.path.write_text(unit.text)
+            unit.path.chmod(0o644)  # the service manager runs what it says: nobody else may change it
             click.echo(f"wrote {unit.path}")
     click.echo("to enable it, run:")
     for command in svc.enable_commands(platform, socket):

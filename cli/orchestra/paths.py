@@ -100,6 +100,29 @@ def resolve(home: str | os.PathLike | None = None) -> Paths:
     return Paths(home=None, config=config, state=state, runtime=runtime)
 
 
+def make_private_dir(path: str | os.PathLike) -> None:
+    """Create `path` and every missing directory above it, each 0700 whatever the umask
+    (mkdir's mode is masked by the umask, so each is chmod-ed after it is made). A directory
+    that is already there is left as it is: what to do about a loose one is the caller's
+    choice."""
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:  # made meanwhile by someone else (another client): theirs to keep
+            if not os.path.isdir(directory):
+                raise
+            continue
+        os.chmod(directory, 0o700)
+
+
 def _owned_by_us(path: Path) -> bool:
     try:
         st = path.stat()
