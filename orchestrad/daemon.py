@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 
 from orchestra.paths import Paths, check_socket_path, make_private_dir
-from orchestrad import systemd
+from orchestrad import configwatch, retention, systemd
 from orchestrad.engine import Engine
 from orchestrad.server import Server
 from orchestrad.store import Store, StoreError
@@ -69,7 +69,7 @@ class Daemon:
         engine = Engine(store, paths=self.paths)
         store.attach()
         await engine.start()
-        watching = asyncio.ensure_future(engine.watch_files(self._stop))
+        watching = asyncio.ensure_future(configwatch.watch(self.paths, self._stop, engine.reload_files))
         tidying = asyncio.ensure_future(self._tidy(engine))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
         activated = systemd.listen_socket()
@@ -109,7 +109,7 @@ class Daemon:
             except asyncio.TimeoutError:
                 pass
             try:
-                result = await engine.cleanup()
+                result = await retention.cleanup(engine)
                 if result.purged:
                     log.info("retention: purged %d finished tasks, freed %d bytes", len(result.purged), result.bytes_freed)
             except Exception:

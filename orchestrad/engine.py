@@ -2,8 +2,10 @@
 commands through `decide`, records what the supervisor observes, and acts on the
 scheduler's plan. Everything else asks it.
 
-One pass, always the same: decide -> append (the state is folded at once, in log order) ->
-let watchers know -> plan -> start, stop, or set the next timer. A command's caller gets the
+One pass, always the same, as a loop rather than calls that call each other: decide ->
+append (the state is folded at once, in log order) -> act (signal, write, and append what
+that produces) -> let watchers know -> plan -> record the plan's decisions and start what
+may start, until the plan is empty -> set the next timer. A command's caller gets the
 durability future and replies only once it is done. Nothing polls: the engine runs when a
 request arrives, a process writes or exits, or the one timer for the next deadline fires.
 """
@@ -23,13 +25,13 @@ import msgspec
 from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
-from orchestrad import config as config_mod
-from orchestrad import agentenv, configfiles, containment, orphans, scheduler, worktrees
+from orchestrad import agentenv, configwatch, containment, orphans, scheduler, worktrees
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.envstore import EnvStore
+from orchestrad.leftovers import Sweeper
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
@@ -38,7 +40,6 @@ from orchestrad.worktrees import WorktreeError
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 1.0  # seconds between attempts to record what could not be written
-SWEEP_DELAY = 0.05  # seconds: task exits this close together share one scan for leftovers
 
 # Facts after which there is nothing new to plan: output moves an idle deadline only later,
 # and the timer already set for the earlier one re-plans when it fires.
@@ -88,12 +89,9 @@ class Engine:
         self._retry: asyncio.TimerHandle | None = None
         self._worktree_jobs: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
         self._agents: dict[int, Agent] = {}
-        self._to_sweep: dict[str, int] = {}  # mark -> task, of tasks that ended since the last sweep
-        self._sweep: asyncio.TimerHandle | asyncio.Future | None = None  # the next sweep, or the one running
+        self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
-        self._adopted: dict[int, int | None] = {}  # adopted stray pid -> its task, where known
-        self._strays: dict[int, set[int]] = {}  # adopted stray of no known task -> tasks active when first seen
 
     @property
     def state(self):
@@ -123,7 +121,7 @@ class Engine:
             if ancestor in by_pid:
                 return d.Actor(task=by_pid[ancestor])
             if ancestor == me:
-                return d.Actor(task=self._adopted.get(pid))
+                return d.Actor(task=None)  # adopted: its task is over, or cannot be told
         mark = orphans.mark_of(pid)
         if mark is not None:
             home, task, _ = (mark.split(":") + ["", ""])[:3]
@@ -161,24 +159,42 @@ class Engine:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, message) from exc
 
     def record_nowait(self, items: Sequence[Item]) -> asyncio.Future:
-        """Append `items`, act on them, and return the durability future."""
-        try:
-            durable = self.store.append(self.clock(), items)
-        except OSError as exc:
-            message = f"the daemon cannot write its log ({exc.strerror or exc}); free disk space, then retry"
-            raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, message) from exc
-        changed = {_task_of(item) for item in items} - {None}
-        follow_ups: list[Item] = []
-        for item in items:
-            follow_ups += self._act(item[0] if isinstance(item, tuple) else item)
-        if changed:
-            for watcher in self.watchers:
-                watcher.mark(changed)  # type: ignore[arg-type]
-        if follow_ups:
-            self.record_nowait(follow_ups)
-        elif not all(type(item[0] if isinstance(item, tuple) else item) in _UNSCHEDULED for item in items):
+        """Append `items` and the facts that follow from them, act on each, then plan: the
+        engine's one pass, as a loop. Returns the durability future of `items`."""
+        durable, schedulable = self._append(items)
+        if schedulable:
             self.schedule()
         return durable
+
+    def _append(self, items: Sequence[Item]) -> tuple[asyncio.Future, bool]:
+        """Append `items`, fold them, act on them, and append what acting produced (an
+        adapter's reaction to an answer), until nothing more follows. Returns the
+        durability future of `items`, and whether any fact could change the plan."""
+        durable: asyncio.Future | None = None
+        schedulable = False
+        batch = list(items)
+        while batch:
+            try:
+                written = self.store.append(self.clock(), batch)
+            except OSError as exc:
+                message = f"the daemon cannot write its log ({exc.strerror or exc}); free disk space, then retry"
+                raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, message) from exc
+            durable = durable or written
+            follow_ups: list[Item] = []
+            changed: set[int] = set()
+            for item in batch:
+                event = item[0] if isinstance(item, tuple) else item
+                task = getattr(event, "task", None)
+                if task is not None:
+                    changed.add(task)
+                schedulable = schedulable or type(event) not in _UNSCHEDULED
+                follow_ups += self._act(event)
+            if changed:
+                for watcher in self.watchers:
+                    watcher.mark(changed)
+            batch = follow_ups
+        assert durable is not None, "nothing to append"
+        return durable, schedulable
 
     async def record(self, items: Sequence[Item]) -> None:
         durable = self.record_nowait(items)
@@ -228,27 +244,29 @@ class Engine:
     # -- scheduling ---------------------------------------------------------------------
 
     def schedule(self) -> None:
-        """Act on the plan: record its decisions, start what may start, set the next timer."""
-        if not self._accepting or self._unrecorded:
-            return
-        now = self.clock()
-        plan = scheduler.plan(self.state, now)
-        try:
-            if plan.events:
-                self.record_nowait(plan.events)  # re-plans, so chains of cancellations settle
+        """Act on the plan until it has nothing more to record: record its decisions (a
+        cancellation may cancel the tasks after it), start what may start, then set the
+        one timer for the next deadline."""
+        while self._accepting and not self._unrecorded:
+            now = self.clock()
+            plan = scheduler.plan(self.state, now)
+            try:
+                if plan.events:
+                    self._append(plan.events)
+                    continue
+                if plan.start:
+                    # Recorded first, and durable before any process exists: a crash in
+                    # between leaves these tasks interrupted, never run twice.
+                    starting = [ev.TaskStarting(task=t, attempt=self.state.tasks[t].attempts + 1) for t in plan.start]
+                    durable, _ = self._append(starting)
+                    for task_id in plan.start:
+                        asyncio.get_running_loop().create_task(self._start(task_id, durable))
+                    continue
+            except p.OrchestraError as exc:
+                log.error("could not record the scheduler's decisions: %s", exc.message)
                 return
-            if plan.start:
-                # Recorded first, and durable before any process exists: a crash in between
-                # leaves these tasks interrupted, never run twice.
-                starting = [ev.TaskStarting(task=t, attempt=self.state.tasks[t].attempts + 1) for t in plan.start]
-                durable = self.record_nowait(starting)  # re-plans with these now active
-                for task_id in plan.start:
-                    asyncio.get_running_loop().create_task(self._start(task_id, durable))
-                return
-        except p.OrchestraError as exc:
-            log.error("could not record the scheduler's decisions: %s", exc.message)
+            self._set_timer(plan.wake_at, now)
             return
-        self._set_timer(plan.wake_at, now)
 
     def _set_timer(self, wake_at: float | None, now: float) -> None:
         if self._timer is not None:
@@ -373,82 +391,13 @@ class Engine:
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
         if task_id not in self.state.active:
             return
-        self._sweep_later(task_id, orphans.mark(self.home_mark, task_id, self.state.tasks[task_id].attempts))
+        self.sweeper.task_ended(task_id, self.state.tasks[task_id].attempts)
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
         items: list[Item] = []
         if self.state.tasks[task_id].spec.agent == "command":
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
         self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail)])
-
-    # -- what agents leave behind ------------------------------------------------------
-
-    def _sweep_later(self, task_id: int, mark: str) -> None:
-        """Kill whatever the task started and left running, even past setsid: it carries
-        the task's mark. The scan of /proc runs in a worker thread, off the loop, and the
-        exits of SWEEP_DELAY seconds share one scan."""
-        self._to_sweep[mark] = task_id
-        if self._sweep is None:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_now)
-
-    def _sweep_now(self) -> asyncio.Future:
-        marks, self._to_sweep = self._to_sweep, {}
-        job = asyncio.get_running_loop().run_in_executor(None, _scan_for_leftovers, set(marks))
-        job.add_done_callback(functools.partial(self._swept, marks))
-        self._sweep = job
-        return job
-
-    def _swept(self, marks: dict[str, int], job: asyncio.Future) -> None:
-        self._sweep = None
-        if job.cancelled():
-            return
-        if job.exception() is not None:
-            log.error("could not look for processes that tasks left running: %s", job.exception())
-        else:
-            killed, table = job.result()
-            for mark, pids in killed.items():
-                log.warning("task %s: killed %d process(es) it left running: %s", marks[mark], len(pids), pids)
-            if self._tidy_adopted(table, set(marks.values())) and not self._to_sweep:
-                self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY * 4, self._sweep_now)  # to reap them
-        if self._to_sweep:
-            self._sweep = asyncio.get_running_loop().call_later(SWEEP_DELAY, self._sweep_now)
-
-    def _tidy_adopted(self, table: dict[int, containment.Stat], ended: set[int]) -> bool:
-        """The processes the daemon adopted as subreaper: reap the dead ones, and kill
-        those agents left behind, detached, once no task that may have started them is
-        still running (with cgroups their task's cgroup has killed them already; without,
-        a stray whose mark was scrubbed cannot name its task, so it waits for every task
-        that was running when it was first seen). True if anything was killed."""
-        me = os.getpid()
-        own = set(self.supervisor.pids().values()) | containment.OWN
-        containment.reap([pid for pid in containment.adopted_zombies(me, table) if pid not in own])
-        found = set(containment.strays(me, table, own))
-        for pid in list(self._strays):
-            if pid not in found:
-                del self._strays[pid]
-        active = set(self.state.active)
-        killed = False
-        for pid in sorted(found):
-            if pid not in self._strays:
-                mark = orphans.mark_of(pid) or ""
-                home, _, rest = mark.partition(":")
-                task = rest.split(":")[0] if home == self.home_mark else ""
-                self._strays[pid] = {int(task)} if task.isdigit() else active | ended
-            if not self._strays[pid] & active:
-                hit = containment.kill_tree(pid, table)
-                log.warning("killed %d process(es) an agent left running detached: %s", len(hit), hit)
-                killed = True
-        return killed
-
-    async def _sweep_pending(self) -> None:
-        """At shutdown: the sweeps still due, now."""
-        if isinstance(self._sweep, asyncio.Future):
-            await asyncio.wait([self._sweep])  # its callback may set a timer for the next one
-        if isinstance(self._sweep, asyncio.TimerHandle):
-            self._sweep.cancel()
-            self._sweep = None
-        if self._to_sweep:
-            await asyncio.wait([self._sweep_now()])
 
     def _stdout_tail(self, task_id: int) -> str:
         """A command's result: the end of what it wrote to stdout."""
@@ -475,9 +424,10 @@ class Engine:
             self._retry.cancel()
             self._retry = None
         pending, self._unrecorded = self._unrecorded, []
+        if not pending:
+            return
         try:
-            if pending:
-                self.record_nowait(pending)
+            self.record_nowait(pending)
         except p.OrchestraError as exc:
             self._unrecorded = pending + self._unrecorded
             if not self.supervisor.output_paused:
@@ -486,99 +436,19 @@ class Engine:
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(RETRY_AFTER, self._flush_unrecorded)
             return
-        if self.supervisor.output_paused:
+        if self.supervisor.output_paused:  # planning waited too, and timers were not set
             log.info("the log takes records again; reading agents' output again")
             self.supervisor.resume_output()
-        if not pending:
-            return
-        self.schedule()
-
-    # -- retention ----------------------------------------------------------------------
-
-    async def cleanup(self, force: bool = False) -> p.CleanupResult:
-        """Remove worktrees of finished work past the retention (their branches stay, with
-        what was uncommitted), purge those tasks, snapshot, and drop the log segments
-        nothing needs any more."""
-        saved, kept = await self._remove_old_worktrees(force)
-        events = d.purge(self.state, self.clock())
-        if events:
-            await self.record(events)
-        await self.store.snapshot_settled()
-        self.store.snapshot_now()
-        segments, freed = self.store.compact()
-        return p.CleanupResult(
-            purged=events[0].tasks if events else [],  # type: ignore[attr-defined]
-            segments_removed=segments,
-            bytes_freed=freed,
-            saved=saved,
-            kept=kept,
-        )
-
-    async def _remove_old_worktrees(self, force: bool) -> tuple[list[str], list[str]]:
-        """Remove the worktrees of finished work past the retention, each once its work is
-        safe on its branch. Returns what was saved and what was kept (and why)."""
-        horizon = self.clock() - self.state.config.retention_days * 86400
-        saved: list[str] = []
-        kept: list[str] = []
-        for tree in list(self.state.worktrees.values()):
-            owners = [tree.task] if tree.task is not None else list(self.state.workflows[tree.workflow].steps.values()) if tree.workflow in self.state.workflows else []
-            tasks = [self.state.tasks.get(t) for t in owners]
-            if not all(t is None or (t.status.finished and (t.finished_at or 0) < horizon) for t in tasks):
-                continue
-            whose = f"task {tree.task}" if tree.task is not None else f"workflow {tree.workflow}"
-            try:
-                committed, keep = await worktrees.save(tree.path, f"orchestra: uncommitted work of {whose}, saved before its worktree was removed")
-            except WorktreeError as exc:
-                committed, keep = False, f"{tree.path}: could not save its uncommitted work ({exc}); use --force to remove it anyway"
-            if committed:
-                saved.append(f"{tree.path}: uncommitted work committed to {tree.branch}")
-            if keep is not None and not force:
-                log.warning("keeping worktree %s", keep)
-                kept.append(keep)
-                continue
-            try:
-                await worktrees.remove(tree.repo, tree.path)
-            except WorktreeError as exc:
-                log.warning("could not remove worktree %s: %s", tree.path, exc)
-                kept.append(f"{tree.path}: could not be removed: {exc}")
-                continue
-            await self.record([ev.WorktreeRemoved(path=tree.path)])
-        return saved, kept
+            self.schedule()
 
     # -- configuration files ------------------------------------------------------------
 
     def reload_files(self) -> None:
         """Load config.toml, roles/ and workflows/; record what changed."""
-        if self.paths is None:
-            return
-        state = self.state
-        roles, templates, problems = configfiles.load_catalog(self.paths.config, state.roles, state.templates)
-        values, config_problems = configfiles.load_settings(self.paths.config_file)
-        problems += config_problems
-        items: list[Item] = []
-        if roles != list(state.roles.values()) or templates != list(state.templates.values()) or problems != state.catalog_problems:
-            items.append(ev.CatalogChanged(roles=roles, templates=templates, problems=problems))
-            for problem in problems:
-                log.warning("%s", problem)
-        if values is not None:
-            changes = config_mod.file_changes(state.config_file, values)
-            if changes:
-                items.append(ev.ConfigChanged(changes=changes, source="file"))
-        if items:
-            self._observe(items)
-
-    async def watch_files(self, stop: asyncio.Event) -> None:
-        """Reload whenever something in the config directory changes (debounced)."""
-        import watchfiles
-
-        assert self.paths is not None
-        # step: how often the watcher thread wakes to check for changes; once a second keeps
-        # an idle daemon idle, and an edit still applies within about a second.
-        async for _ in watchfiles.awatch(self.paths.config, debounce=1600, step=1000, stop_event=stop, recursive=True):
-            try:
-                self.reload_files()
-            except Exception:  # never let a bad file take the daemon down
-                log.exception("could not reload the configuration files")
+        if self.paths is not None:
+            items = configwatch.changes(self.paths, self.state)
+            if items:
+                self._observe(items)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -622,7 +492,7 @@ class Engine:
         if interrupted:
             self.store.append(self.clock(), interrupted)
         await self.supervisor.shutdown(grace)
-        await self._sweep_pending()
+        await self.sweeper.settle()
         # Exits arrive through _on_exit -> record_nowait, which works while not accepting.
         leftovers = d.reconcile(self.state)
         if leftovers:
@@ -631,21 +501,9 @@ class Engine:
             watcher.flag.set()
 
 
-def _scan_for_leftovers(marks: set[str]) -> tuple[dict[str, list[int]], dict[int, containment.Stat]]:
-    """In a worker thread: kill what carries the marks of tasks that ended, then list every
-    process (for the loop to reap and judge the ones the daemon adopted)."""
-    killed = orphans.kill_marked(marks) if marks else {}
-    return killed, containment.processes()
-
-
 def _shown(argv: list[str], limit: int = 200) -> list[str]:
     """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
     return [a if len(a) <= limit else a[: limit - 1] + "…" for a in argv]
-
-
-def _task_of(item: Item) -> int | None:
-    event = item[0] if isinstance(item, tuple) else item
-    return getattr(event, "task", None)
 
 
 @functools.cache
@@ -656,9 +514,3 @@ def _version() -> str:
         return version("orchestra")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0+unknown"
-
-
-def task_view(engine: Engine, task: Task) -> p.TaskView:
-    from orchestrad.state import view
-
-    return view(task, engine.clock())

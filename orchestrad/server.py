@@ -28,7 +28,7 @@ import msgspec
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder
-from orchestrad import scheduler
+from orchestrad import retention, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
@@ -391,7 +391,7 @@ class Server:
         )
 
     async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
-        return await self.engine.cleanup(force=request.force)
+        return await retention.cleanup(self.engine, force=request.force)
 
     async def shutdown(self, request: p.Shutdown) -> dict:
         asyncio.get_running_loop().call_soon(self.on_shutdown)
