@@ -19,6 +19,7 @@ import msgspec
 from orchestra import protocol as p
 from orchestra.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
+from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
@@ -151,9 +152,10 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
     agent = cmd.agent or ("command" if cmd.argv else cfg.default_agent)
     if agent not in AGENTS:
         raise bad_request(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
-    if agent == "command" and not cmd.argv:
+    kind = traits(agent)
+    if kind.runs_argv and not cmd.argv:
         raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
-    if agent != "command" and not cmd.prompt.strip():
+    if not kind.runs_argv and not cmd.prompt.strip():
         raise bad_request(f"the {agent} agent needs a prompt saying what to do")
     if len(cmd.prompt) > MAX_PROMPT:
         raise bad_request(
@@ -321,10 +323,11 @@ def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
     if cmd.allow and cmd.deny:
         raise bad_request("answer with --allow or --deny, not both")
     question = task.waiting
-    if question is None and task.status.finished and task.spec.agent != "command":
+    kind = traits(task.spec.agent)
+    if question is None and task.status.finished and kind.converses:
         return _follow_up(task, cmd)
     if question is None:
-        if task.status is Status.RUNNING and task.spec.agent == "command":
+        if task.status is Status.RUNNING and kind.runs_argv:
             if cmd.allow or cmd.deny or cmd.text is None:
                 raise bad_request("a command agent takes a line of text on its stdin")
             return [ev.InputGiven(task=task.id, request_id="", answer=cmd.text)]
@@ -354,7 +357,7 @@ def _resume(state: State, cmd: p.Resume, now: float) -> list[ev.Event]:
         dep_task = state.tasks.get(dep)
         if dep_task is not None and dep_task.status.finished and dep_task.status is not Status.SUCCEEDED:
             raise conflict(f"task {task.id} runs after task {dep}, which ended {dep_task.status.value}; resume task {dep} first")
-    if task.spec.agent != "command" and task.session_id:
+    if traits(task.spec.agent).converses and task.session_id:
         return [ev.TaskContinued(task=task.id, message=cmd.message or RESUME_MESSAGE, reason="resume")]
     return [ev.TaskContinued(task=task.id, message=cmd.message, reason="retry")]
 
@@ -434,7 +437,7 @@ def process_exited(
     if task.result_error:
         reason = f"the agent reported an error: {_first_line(task.result) or detail or 'no message'}"
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
-    if exit_code == 0 and task.spec.agent != "command" and not task.answered:
+    if exit_code == 0 and traits(task.spec.agent).reports_result and not task.answered:
         reason = f"the {task.spec.agent} agent exited without giving a result" + (f": {detail}" if detail else "; is the agent path in config really that agent?")
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
     if exit_code == 0:
@@ -491,7 +494,7 @@ def reconcile(state: State) -> list[ev.Event]:
     for task_id in sorted(state.active):
         events.append(ev.TaskFinished(task=task_id, outcome=Status.INTERRUPTED, reason="the daemon stopped while it ran"))
         task = state.tasks[task_id]
-        if state.config.auto_resume and task.spec.agent != "command" and task.session_id:
+        if state.config.auto_resume and traits(task.spec.agent).converses and task.session_id:
             events.append(ev.TaskContinued(task=task_id, message=RESUME_MESSAGE, reason="resume"))
     return events
 

@@ -395,7 +395,7 @@ class Engine:
         agent = self._agents.get(task_id)
         detail = agent.failure_detail() if agent is not None else ""
         items: list[Item] = []
-        if self.state.tasks[task_id].spec.agent == "command":
+        if agent is not None and not agent.traits.reports_result:  # its result: the end of its stdout
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
         self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail)])
 

@@ -37,8 +37,18 @@ class Reaction(NamedTuple):
     close_stdin: bool = False
 
 
+class Traits(NamedTuple):
+    """What an agent kind is, for the rules that depend on it (the pure core asks these,
+    never the kind's name)."""
+
+    runs_argv: bool = False  # it is given a program to run, not a prompt; input is a line on stdin
+    converses: bool = False  # it keeps a conversation: a follow-up or a resume continues its session
+    reports_result: bool = False  # it says its own result; else its result is the end of its stdout
+
+
 class Agent:
     name = ""
+    traits = Traits()
     inherit_env: tuple[str, ...] = ()  # credential-like daemon variables (globs) this kind needs
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
@@ -77,6 +87,12 @@ def agent_for(name: str) -> Agent:
     if factory is None:
         raise LookupError(f"no adapter for agent {name!r}")
     return factory()
+
+
+def traits(name: str) -> Traits:
+    """The traits of agent kind `name` (an unknown kind has none)."""
+    factory = _factories().get(name)
+    return factory.traits if isinstance(factory, type) and issubclass(factory, Agent) else Agent.traits
 
 
 def renderer(name: str) -> Callable[[str, bytes], bytes]:

@@ -30,7 +30,7 @@ import msgspec
 from orchestra.protocol import Role
 from orchestrad import events as ev
 from orchestrad import roles
-from orchestrad.agents import Agent, Item, Reaction
+from orchestrad.agents import Agent, Item, Reaction, Traits
 from orchestrad.config import Config
 from orchestrad.state import Task
 
@@ -66,6 +66,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
 
 class ClaudeAgent(Agent):
     name = "claude"
+    traits = Traits(converses=True, reports_result=True)
     inherit_env = ("ANTHROPIC_*", "CLAUDE_*")  # its API key, base URL, OAuth token
 
     def __init__(self) -> None:

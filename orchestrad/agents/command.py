@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from orchestra.protocol import Role
 from orchestrad import events as ev
-from orchestrad.agents import Agent, Reaction
+from orchestrad.agents import Agent, Reaction, Traits
 from orchestrad.config import Config
 from orchestrad.state import Task
 
 
 class CommandAgent(Agent):
     name = "command"
+    traits = Traits(runs_argv=True)
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         return list(task.spec.argv)
