@@ -251,19 +251,19 @@ class Server:
         return view(get_task(self.engine.state, task_id), self.engine.clock())
 
     async def submit(self, request: p.Submit) -> p.TaskView:
-        _check_directory(request.cwd, request.worktree)
+        state = self.engine.state
+        role = roles_mod.get(request.role or state.config.default_role, state.roles)
+        why = "--worktree" if request.worktree else f"its role {role.name} works in one (worktree = true)" if role else ""
+        await _check_directory(request.cwd, request.worktree if request.worktree is not None else bool(role and role.worktree), why)
         [event] = await self._execute(request)
-        if event.spec.worktree and request.worktree is None:  # type: ignore[attr-defined]
-            _check_directory(request.cwd, True)  # the role asked for one
         return self._view(event.task)  # type: ignore[attr-defined]
 
     async def run_workflow(self, request: p.RunWorkflow) -> p.WorkflowView:
-        _check_directory(request.cwd, request.worktree)
+        template = workflows_mod.get(request.template, self.engine.state.templates)
+        why = "--worktree" if request.worktree else f"its template {request.template} works in one (worktree = true)"
+        await _check_directory(request.cwd, request.worktree if request.worktree is not None else bool(template and template.worktree), why)
         events = await self._execute(request)
-        created = events[0]
-        if created.worktree and request.worktree is None:  # type: ignore[attr-defined]
-            _check_directory(request.cwd, True)
-        return self._workflow_view(created.workflow)  # type: ignore[attr-defined]
+        return self._workflow_view(events[0].workflow)  # type: ignore[attr-defined]
 
     async def show_workflow(self, request: p.ShowWorkflow) -> p.WorkflowView:
         return self._workflow_view(request.workflow)
@@ -451,11 +451,14 @@ class Server:
             engine.watchers.discard(watcher)
 
 
-def _check_directory(cwd: str, worktree: bool | None) -> None:
+async def _check_directory(cwd: str, worktree: bool, why: str) -> None:
+    """Before anything is recorded: the directory exists, and is in a git repository if
+    the task is to have a worktree (`why` says who asked for one)."""
     if not os.path.isdir(cwd):
         raise p.bad_request(f"working directory {cwd} does not exist")
-    if worktree and worktrees.repo_root(cwd) is None:
-        raise p.bad_request(f"{cwd} is not in a git repository, so it cannot have a worktree; drop --worktree or run it in a repository")
+    if worktree and await worktrees.repo_root(cwd) is None:
+        fix = "drop --worktree" if why == "--worktree" else "pass --no-worktree"
+        raise p.bad_request(f"{cwd} is not in a git repository, so it cannot have a worktree ({why}); {fix}, or run it in a repository")
 
 
 def workflow_status(tasks: list[p.TaskView]) -> str:

@@ -29,15 +29,12 @@ def slug(text: str, limit: int = 32) -> str:
     return words[:limit].rstrip("-") or "task"
 
 
-def repo_root(cwd: str) -> str | None:
+async def repo_root(cwd: str) -> str | None:
     """The top of the git repository holding `cwd`, or None if it is not in one."""
     try:
-        out = subprocess.run(
-            ["git", "-C", cwd, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        return (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip() or None
+    except (WorktreeError, OSError):
         return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 async def _git(*args: str) -> str:

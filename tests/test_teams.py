@@ -164,6 +164,29 @@ def test_worktree_outside_a_repository_is_refused_at_submit(daemon):
     assert "not in a git repository" in result.output
 
 
+def test_a_role_that_works_in_a_worktree_is_refused_outside_a_repository_before_anything_is_recorded(daemon):
+    roles = daemon.paths.config / "roles"
+    roles.mkdir(parents=True, exist_ok=True)
+    (roles / "isolated.toml").write_text('description = "d"\nprompt = "p"\nworktree = true\n')
+    wait_for(lambda: "isolated" in daemon.call(p.Roles(), p.RolesResult).custom, 10, "the role to load")
+    plain = daemon.home / "plain"
+    plain.mkdir()
+    result = daemon.cli("submit", "--role", "isolated", "--cwd", str(plain), "--", "true")
+    assert result.exit_code == Exit.BAD_INPUT, result.output
+    assert "its role isolated works in one" in result.output and "--no-worktree" in result.output, result.output
+    assert "drop --worktree" not in result.output  # a flag the user never gave
+    assert daemon.call(p.Info(), p.DaemonStatus).counts == {}, "the task was recorded anyway"
+    ok = daemon.cli("submit", "--role", "isolated", "--no-worktree", "--cwd", str(plain), "--", "true")
+    assert ok.exit_code == 0, ok.output
+    write(daemon.paths.config / "workflows" / "isolated-flow.toml",
+          'description = "d"\nworktree = true\n[[steps]]\nname = "only"\nargv = ["true"]\n')
+    wait_template(daemon, "isolated-flow")
+    workflow = daemon.cli("workflow", "run", "isolated-flow", "a goal", "--cwd", str(plain))
+    assert workflow.exit_code == Exit.BAD_INPUT, workflow.output
+    assert "its template isolated-flow works in one" in workflow.output and "--no-worktree" in workflow.output, workflow.output
+    assert daemon.call(p.ListWorkflows(), list[p.WorkflowView]) == [], "the workflow was recorded anyway"
+
+
 def test_old_worktrees_are_removed_and_their_branches_kept(daemon):
     repo = git_repo(daemon.home / "repo")
     task = daemon.submit("sh", "-c", "echo work > done.txt", cwd=str(repo), worktree=True, title="tidy")
