@@ -3,13 +3,15 @@
 `changes` reads the files (through `configfiles`, which refuses what others could have
 written) and returns the facts that record what differs from the state: a
 `CatalogChanged` for roles, templates and their problems, a `ConfigChanged` for settings
-the file changed. `watch` calls back whenever something in the directory changes.
+the file changed. `watch` calls back, on the loop, whenever something in the directory
+changes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Callable
 
 from orchestra.paths import Paths
@@ -38,14 +40,32 @@ def changes(paths: Paths, state: State) -> list[ev.Event]:
     return items
 
 
-async def watch(paths: Paths, stop: asyncio.Event, on_change: Callable[[], None]) -> None:
-    """Call `on_change` whenever something in the config directory changes (debounced)."""
+def watch(paths: Paths, on_change: Callable[[], None]) -> threading.Event:
+    """Call `on_change` on the running loop whenever something in the config directory
+    changes (debounced). Returns the event that stops watching.
+
+    The watcher runs in a daemon thread of its own, which wakes once a second to look for
+    the stop event: an idle daemon stays idle, an edit applies within about a second, and
+    shutting down never waits for that second (nothing joins the thread)."""
     import watchfiles
 
-    # step: how often the watcher thread wakes to check for changes; once a second keeps
-    # an idle daemon idle, and an edit still applies within about a second.
-    async for _ in watchfiles.awatch(paths.config, debounce=1600, step=1000, stop_event=stop, recursive=True):
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+
+    def changed() -> None:
         try:
             on_change()
         except Exception:  # never let a bad file take the daemon down
             log.exception("could not reload the configuration files")
+
+    def run() -> None:
+        try:
+            for _ in watchfiles.watch(paths.config, debounce=1600, step=1000, stop_event=stop, recursive=True, raise_interrupt=False):
+                loop.call_soon_threadsafe(changed)
+        except RuntimeError:  # the loop closed first: the daemon is gone
+            pass
+        except Exception:
+            log.exception("the config directory is no longer watched; restart the daemon to watch it again")
+
+    threading.Thread(target=run, name="config-watch", daemon=True).start()
+    return stop

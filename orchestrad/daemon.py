@@ -69,7 +69,7 @@ class Daemon:
         engine = Engine(store, paths=self.paths)
         store.attach()
         await engine.start()
-        watching = asyncio.ensure_future(configwatch.watch(self.paths, self._stop, engine.reload_files))
+        watching = configwatch.watch(self.paths, engine.reload_files)
         tidying = asyncio.ensure_future(self._tidy(engine))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
         activated = systemd.listen_socket()
@@ -90,8 +90,9 @@ class Daemon:
             grace = self.shutdown_grace if self.shutdown_grace is not None else store.state.config.kill_grace
             await engine.shutdown(grace)
             await server.close_connections()
+            watching.set()
             tidying.cancel()
-            await asyncio.wait([watching, tidying], timeout=2)
+            await asyncio.wait([tidying], timeout=2)
             await store.close()
             store.snapshot_now()
             if activated is None:  # a socket systemd owns stays for the next activation
