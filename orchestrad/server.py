@@ -253,7 +253,9 @@ class Server:
         encoded (but always one), oldest first."""
         known = self.engine.state.workflows
         ids = sorted({w for w in request.workflows if w in known} if request.workflows else known, reverse=True)
-        limit = p.PAGE_MAX if request.limit is None else max(1, min(request.limit, p.PAGE_MAX))
+        if request.limit is not None and request.limit < 1:
+            raise p.bad_request(f"limit must be at least 1, not {request.limit}")
+        limit = p.PAGE_MAX if request.limit is None else min(request.limit, p.PAGE_MAX)
         views: list[p.WorkflowView] = []
         size = 0
         for workflow_id in ids[:limit]:
@@ -337,8 +339,10 @@ class Server:
 
     def _page(self, tasks: Iterable[Task], limit: int | None) -> tuple[list[p.TaskView], bool]:
         """Previews of `tasks`, at most `limit` (and PAGE_MAX) of them and PAGE_BYTES
-        encoded, but always one; and whether any were left out."""
-        limit = p.PAGE_MAX if limit is None else max(1, min(limit, p.PAGE_MAX))
+        encoded, but always one (so paging moves on); and whether any were left out."""
+        if limit is not None and limit < 1:
+            raise p.bad_request(f"limit must be at least 1, not {limit}")
+        limit = p.PAGE_MAX if limit is None else min(limit, p.PAGE_MAX)
         now = self.engine.clock()
         views: list[p.TaskView] = []
         size = 0

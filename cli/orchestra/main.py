@@ -359,6 +359,9 @@ def queue(ctx, as_json):
             click.echo(table(tasks, width=terminal_width()))
         else:
             click.echo("the queue is empty", err=True)
+        if len(tasks) >= p.PAGE_MAX:  # the head of a long queue: say how long it is
+            queued = ctx.obj.call(p.Info(), p.DaemonStatus).counts.get(p.Status.QUEUED.value, 0)
+            click.echo(f"the first {len(tasks):,} of {queued:,} queued tasks are shown; `orchestra ps --status queued` lists them all", err=True)
 
 
 @queue.command("priority")
