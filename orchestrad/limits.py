@@ -79,7 +79,7 @@ def path(what: str, value: str) -> None:
 
 def task_id(value: int, what: str = "task") -> None:
     if not 1 <= value <= p.MAX_TASK_ID:
-        raise bad_request(f"{what} {_quote(str(value))} is not a task id: ids are whole numbers from 1, as `orchestra ps` shows")
+        raise bad_request(f"{what} {str(value)[:40]} is not a task id: ids are whole numbers from 1, as `orchestra ps` shows")
 
 
 def seconds(what: str, value: float | None) -> None:
@@ -103,9 +103,9 @@ def _argv(argv: list[str]) -> None:
     size = sum(len(arg.encode()) for arg in argv)
     if size > p.MAX_ARGV_BYTES:
         raise bad_request(f"the command is {size:,} bytes long, over the limit of {p.MAX_ARGV_BYTES:,}; pass long material in a file")
-    for i, arg in enumerate(argv):
+    for i, arg in enumerate(argv, 1):
         if "\0" in arg:
-            raise bad_request(f"argument {i} of the command, {_quote(arg)}, holds a NUL character, which no program can be given")
+            raise bad_request(f"word {i} of the command, {_quote(arg)}, holds a NUL character, which no program can be given")
 
 
 def _env(env: dict[str, str]) -> None:
