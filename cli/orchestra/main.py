@@ -213,7 +213,8 @@ def ps(app: App, statuses, role, active, everything, limit, as_json):
 
     if everything and limit is not None:
         fail("give --all or --limit, not both", Exit.BAD_INPUT)
-    listing = gather(lambda queries: [app.call(p.ListTasks(**q)) for q in queries], parts(list(statuses), role, active, limit, everything))
+    queries = parts(list(statuses), role, active, limit, everything)
+    listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks)) for fields in pages], queries)
     tasks = msgspec.convert(listing.tasks, list[p.TaskView])
     if as_json:
         echo_json(tasks)
