@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from orchestra.protocol import AGENTS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 
@@ -46,9 +46,9 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     ),
     "default_agent": (f"one of {', '.join(AGENTS)}", lambda v: v in AGENTS),
     "default_role": ("a role name", lambda v: isinstance(v, str) and v != ""),
-    "default_timeout": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
-    "default_idle_timeout": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
-    "kill_grace": ("seconds of at least 0", lambda v: _number(v) and v >= 0),
+    "default_timeout": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
+    "default_idle_timeout": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
+    "kill_grace": ("seconds of at least 0 and at most 30 days", lambda v: _number(v) and 0 <= v <= MAX_SECONDS),
     "retention_days": ("days of at least 0", lambda v: _number(v) and v >= 0),
     "snapshot_every": ("a whole number of at least 100", lambda v: isinstance(v, int) and v >= 100),
     "claude_path": ("a program name or path", lambda v: isinstance(v, str) and v.strip() != ""),
@@ -59,7 +59,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "allowed_tools": ("a list of tool names", lambda v: _names(v)),
     "disallowed_tools": ("a list of tool names", lambda v: _names(v)),
     "auto_resume": ("true or false", lambda v: isinstance(v, bool)),
-    "auto_deny_after": ("seconds above 0, or none", lambda v: v is None or _positive(v)),
+    "auto_deny_after": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
     "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
     "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
 }
@@ -73,8 +73,9 @@ def _number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _positive(v: object) -> bool:
-    return _number(v) and v > 0  # type: ignore[operator]
+def _seconds(v: object) -> bool:
+    """A finite number of seconds above 0, at most 30 days (inf, nan and 1e308 are not)."""
+    return _number(v) and 0 < v <= MAX_SECONDS  # type: ignore[operator]
 
 
 def check(key: str, value: ConfigValue) -> str | None:

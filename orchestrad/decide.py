@@ -19,13 +19,13 @@ import msgspec
 from orchestra import protocol as p
 from orchestra.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
+from orchestrad import limits
 from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
 from orchestrad.state import State, Task
 
-MAX_PROMPT = 1 << 20  # characters
 
 def get_task(state: State, task_id: int) -> Task:
     task = state.tasks.get(task_id)
@@ -143,6 +143,7 @@ def _capped(value: float | None, cap: float | None) -> float | None:
 
 
 def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None) -> list[ev.Event]:
+    limits.check_submit(cmd)
     cfg = state.config
     parent = _delegator(state, cmd, actor) if actor is not None else None
     if parent is not None and cmd.role is None:
@@ -157,21 +158,9 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
     if not kind.runs_argv and not cmd.prompt.strip():
         raise bad_request(f"the {agent} agent needs a prompt saying what to do")
-    if len(cmd.prompt) > MAX_PROMPT:
-        raise bad_request(
-            f"the prompt is {len(cmd.prompt):,} characters, over the limit of {MAX_PROMPT:,}; "
-            "put long material in a file and tell the agent where it is"
-        )
     role_name = cmd.role or cfg.default_role
     role = _role(state, role_name)
     priority = _checked_priority(cmd.priority)
-    if not cmd.cwd.startswith("/"):
-        raise bad_request(f"working directory {cmd.cwd!r} must be an absolute path")
-    for name, value in (("timeout", cmd.timeout), ("idle timeout", cmd.idle_timeout)):
-        if value is not None and not value > 0:
-            raise bad_request(f"{name} must be a number of seconds above 0, not {value}")
-    if cmd.budget_usd is not None and not cmd.budget_usd > 0:
-        raise bad_request(f"budget must be above 0 dollars, not {cmd.budget_usd}")
     after = list(dict.fromkeys(cmd.after))
     for dep in after:
         dep_task = get_task(state, dep)
@@ -223,13 +212,12 @@ def _role(state: State, name: str) -> p.Role:
 
 
 def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event]:
+    limits.check_run(cmd)
     template = workflows_mod.get(cmd.template, state.templates)
     if template is None:
         raise not_found(f"no workflow template {cmd.template!r}; `orchestra workflow list` shows them")
     if not cmd.goal.strip():
         raise bad_request("say what the workflow is for: give it a goal")
-    if not cmd.cwd.startswith("/"):
-        raise bad_request(f"working directory {cmd.cwd!r} must be an absolute path")
     problems = workflows_mod.check(template, workflows_mod.role_names(state.roles))
     if problems:
         raise bad_request(f"workflow template {template.name!r} cannot run: {'; '.join(problems)}")
@@ -319,6 +307,7 @@ def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
 
 
 def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
+    limits.check_answer(cmd.text, cmd.message)
     task = get_task(state, cmd.task)
     if cmd.allow and cmd.deny:
         raise bad_request("answer with --allow or --deny, not both")
@@ -348,6 +337,7 @@ RESUME_MESSAGE = "You were interrupted. Continue the task from where you stopped
 
 
 def _resume(state: State, cmd: p.Resume, now: float) -> list[ev.Event]:
+    limits.check_answer(None, cmd.message)
     task = get_task(state, cmd.task)
     if not task.status.finished:
         raise conflict(f"{describe(task)}; only a finished task can be resumed")

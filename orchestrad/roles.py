@@ -22,7 +22,7 @@ log's schema: fields are only ever added at the end, with defaults.
 
 from __future__ import annotations
 
-from orchestra.protocol import Role
+from orchestra.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
 from orchestrad import tomlfile
 
 READ_ONLY_DENIED = ["Write", "Edit", "MultiEdit", "NotebookEdit"]
@@ -139,8 +139,8 @@ def parse(name: str, text: str) -> Role:
         raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {role.permission_mode!r}")
     if not role.prompt.strip():
         raise ValueError("prompt is empty: say what this role does and how")
-    for field in ("timeout", "idle_timeout", "budget_usd"):
+    for field, most in (("timeout", MAX_SECONDS), ("idle_timeout", MAX_SECONDS), ("budget_usd", MAX_BUDGET_USD)):
         value = getattr(role, field)
-        if value is not None and value <= 0:
-            raise ValueError(f"{field} must be above 0, not {value}")
+        if value is not None and not 0 < value <= most:  # also refuses nan; inf is over the top
+            raise ValueError(f"{field} must be above 0 and at most {most:,.0f}, not {value}")
     return role

@@ -21,14 +21,14 @@ import logging
 import os
 import socket
 import struct
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import msgspec
 
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder
-from orchestrad import retention, scheduler
+from orchestrad import limits, retention, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
@@ -36,13 +36,12 @@ from orchestrad.agents import renderer
 from orchestrad.decide import Actor, authorize, get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.log import LogCorrupt
-from orchestrad.state import view
+from orchestrad.state import Task, view
 
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 30.0
 request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
-LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
 LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
 PIPELINE_DEPTH = 256  # requests a connection may have in flight
 
@@ -251,6 +250,7 @@ class Server:
         return view(get_task(self.engine.state, task_id), self.engine.clock())
 
     async def submit(self, request: p.Submit) -> p.TaskView:
+        limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
         state = self.engine.state
         role = roles_mod.get(request.role or state.config.default_role, state.roles)
         why = "--worktree" if request.worktree else f"its role {role.name} works in one (worktree = true)" if role else ""
@@ -259,6 +259,7 @@ class Server:
         return self._view(event.task)  # type: ignore[attr-defined]
 
     async def run_workflow(self, request: p.RunWorkflow) -> p.WorkflowView:
+        limits.check_run(request)
         template = workflows_mod.get(request.template, self.engine.state.templates)
         why = "--worktree" if request.worktree else f"its template {request.template} works in one (worktree = true)"
         await _check_directory(request.cwd, request.worktree if request.worktree is not None else bool(template and template.worktree), why)
@@ -269,7 +270,22 @@ class Server:
         return self._workflow_view(request.workflow)
 
     async def list_workflows(self, request: p.ListWorkflows) -> list[p.WorkflowView]:
-        return [self._workflow_view(w) for w in sorted(self.engine.state.workflows)]
+        """The workflows asked for, newest `limit` (and PAGE_MAX) of them, and PAGE_BYTES
+        encoded (but always one), oldest first."""
+        known = self.engine.state.workflows
+        ids = sorted({w for w in request.workflows if w in known} if request.workflows else known, reverse=True)
+        if request.limit is not None and request.limit < 1:
+            raise p.bad_request(f"limit must be at least 1, not {request.limit}")
+        limit = p.PAGE_MAX if request.limit is None else min(request.limit, p.PAGE_MAX)
+        views: list[p.WorkflowView] = []
+        size = 0
+        for workflow_id in ids[:limit]:
+            workflow = self._workflow_view(workflow_id)
+            size += len(encoder.encode(workflow))
+            if views and size > p.PAGE_BYTES:
+                break
+            views.append(workflow)
+        return views[::-1]
 
     def _workflow_view(self, workflow_id: int) -> p.WorkflowView:
         state = self.engine.state
@@ -277,7 +293,7 @@ class Server:
         if workflow is None:
             raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
         now = self.engine.clock()
-        tasks = [view(state.tasks[t], now) for t in workflow.steps.values() if t in state.tasks]
+        tasks = [view(state.tasks[t], now, preview=p.PREVIEW) for t in workflow.steps.values() if t in state.tasks]
         return p.WorkflowView(
             id=workflow.id,
             template=workflow.template,
@@ -324,26 +340,54 @@ class Server:
             note = f"task {task.id} is {task.status.value}; the role {request.role} applies from its next attempt"
         return {"task": self._view(task.id), "note": note}
 
-    async def list_tasks(self, request: p.ListTasks) -> list[p.TaskView]:
-        now = self.engine.clock()
+    async def list_tasks(self, request: p.ListTasks) -> p.TaskPage:
+        """A page of previews, newest first; `total` counts every match, so the whole
+        history is looked at (a cheap test per task), but only a page is viewed."""
         wanted = set(request.status)
-        return [
-            view(t, now, prompt_limit=LIST_PROMPT_LIMIT)
-            for t in self.engine.state.tasks.values()
+        role, finished, before = request.role, request.include_finished, request.before
+        matching = [
+            t
+            for t in reversed(self.engine.state.tasks.values())
             if (not wanted or t.status in wanted)
-            and (request.role is None or t.role == request.role)
-            and (request.include_finished or not t.status.finished)
+            and (role is None or t.role == role)
+            and (finished or not t.status.finished)
         ]
+        start = 0
+        if before is not None:
+            start = next((i for i, t in enumerate(matching) if t.id < before), len(matching))
+        views, more = self._page(matching[start:], request.limit)
+        return p.TaskPage(tasks=views, more=more, next=views[-1].id if more else None, total=len(matching))
+
+    def _page(self, tasks: Iterable[Task], limit: int | None) -> tuple[list[p.TaskView], bool]:
+        """Previews of `tasks`, at most `limit` (and PAGE_MAX) of them and PAGE_BYTES
+        encoded, but always one (so paging moves on); and whether any were left out."""
+        if limit is not None and limit < 1:
+            raise p.bad_request(f"limit must be at least 1, not {limit}")
+        limit = p.PAGE_MAX if limit is None else min(limit, p.PAGE_MAX)
+        now = self.engine.clock()
+        views: list[p.TaskView] = []
+        size = 0
+        for task in tasks:
+            if len(views) == limit:
+                return views, True
+            brief = view(task, now, preview=p.PREVIEW)
+            size += len(encoder.encode(brief))
+            if views and size > p.PAGE_BYTES:
+                return views, True
+            views.append(brief)
+        return views, False
 
     async def show(self, request: p.Show) -> p.TaskView:
         return self._view(request.task)
 
     async def queue(self, request: p.Queue) -> list[p.TaskView]:
-        now = self.engine.clock()
         state = self.engine.state
-        return [view(state.tasks[t], now, prompt_limit=LIST_PROMPT_LIMIT) for t in scheduler.run_order(state)]
+        views, _ = self._page((state.tasks[t] for t in scheduler.run_order(state)), request.limit)
+        return views
 
     async def wait(self, request: p.Wait) -> list[p.TaskView]:
+        if len(request.tasks) > p.MAX_WAIT:
+            raise p.bad_request(f"wait for at most {p.MAX_WAIT:,} tasks at a time, not {len(request.tasks):,}; split them into groups")
         for task_id in request.tasks:
             get_task(self.engine.state, task_id)
         watcher = Watcher()
@@ -355,7 +399,8 @@ class Server:
                 pending -= {t for t in changed & pending if self._finished(t)}
         finally:
             self.engine.watchers.discard(watcher)
-        return [self._view(t) for t in request.tasks]
+        now = self.engine.clock()
+        return [view(self.engine.state.tasks[t], now, preview=p.PREVIEW) for t in request.tasks]
 
     def _finished(self, task_id: int) -> bool:
         task = self.engine.state.tasks.get(task_id)
@@ -377,8 +422,10 @@ class Server:
 
     async def info(self, request: p.Info) -> p.DaemonStatus:
         counts: dict[str, int] = {}
+        cost = 0.0
         for t in self.engine.state.tasks.values():
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
+            cost += t.cost_usd
         return p.DaemonStatus(
             pid=os.getpid(),
             version=_version(),
@@ -388,6 +435,7 @@ class Server:
             started_at=self.started_at,
             last_seq=self.engine.state.last_seq,
             counts=counts,
+            cost_usd=cost,
         )
 
     async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
@@ -438,7 +486,7 @@ class Server:
         try:
             for task in list(engine.state.tasks.values()):
                 if not task.status.finished:
-                    yield view(task, engine.clock())
+                    yield view(task, engine.clock(), preview=p.PREVIEW)
             while True:
                 changed = await watcher.next()
                 if not engine.accepting:
@@ -446,7 +494,7 @@ class Server:
                 for task_id in sorted(changed):
                     task = engine.state.tasks.get(task_id)
                     if task is not None:
-                        yield view(task, engine.clock())
+                        yield view(task, engine.clock(), preview=p.PREVIEW)
         finally:
             engine.watchers.discard(watcher)
 

@@ -520,11 +520,14 @@ def _from_format_1(payload: bytes | memoryview) -> State:
     return state
 
 
-def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView:
+def view(task: Task, now: float, *, preview: int | None = None) -> TaskView:
+    """What clients see of `task`. With `preview`, its title, prompt, command and result are
+    cut to that many characters each (list replies); without, they are whole (`show`)."""
     spec = task.spec
-    prompt = spec.prompt
-    if prompt_limit is not None and len(prompt) > prompt_limit:
-        prompt = prompt[: prompt_limit - 1] + "…"
+    title, prompt, argv, result = spec.title, spec.prompt, spec.argv, task.result
+    if preview is not None:
+        title, prompt, result = _cut(title, preview), _cut(prompt, preview), _cut(result, preview)
+        argv = _cut_argv(argv, preview)
     runtime = None
     if task.started_at is not None:
         runtime = (task.finished_at if task.finished_at is not None else now) - task.started_at
@@ -535,9 +538,9 @@ def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView
         agent=spec.agent,
         priority=task.priority,
         after=spec.after,
-        title=spec.title,
+        title=title,
         prompt=prompt,
-        argv=spec.argv,
+        argv=argv,
         cwd=task.cwd,
         submitted_at=task.submitted_at,
         started_at=task.started_at,
@@ -560,8 +563,28 @@ def view(task: Task, now: float, *, prompt_limit: int | None = None) -> TaskView
         env_keys=sorted([*spec.env, *spec.secret_env]),
         workflow=spec.workflow,
         activity=task.activity,
-        result=task.result,
+        result=result,
         step=spec.step,
         worktree=task.workdir,
         parent=spec.parent,
     )
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_argv(argv: list[str], limit: int) -> list[str]:
+    """The first arguments, `limit` characters of them in all; the one that crosses the
+    limit is cut, and a last "…" says that more followed."""
+    if sum(map(len, argv)) <= limit:
+        return argv
+    kept: list[str] = []
+    room = limit
+    for arg in argv:
+        if len(arg) >= room:
+            kept.append(_cut(arg, max(room, 1)))
+            break
+        kept.append(arg)
+        room -= len(arg)
+    return [*kept, "…"] if len(kept) < len(argv) else kept

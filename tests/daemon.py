@@ -77,6 +77,18 @@ class Daemon:
     def task(self, task_id: int) -> p.TaskView:
         return self.call(p.Show(task=task_id), p.TaskView)
 
+    def tasks(self, **filters: Any) -> list[p.TaskView]:
+        """Every task (previews) matching the ListTasks `filters`, in id order, page by page."""
+        found: list[p.TaskView] = []
+        before = None
+        with self.connect() as conn:
+            while True:
+                page = conn.call(p.ListTasks(**filters, before=before), p.TaskPage)
+                found += page.tasks
+                if not page.more:
+                    return found[::-1]
+                before = page.next
+
     def wait_status(self, task_id: int, *statuses: p.Status, timeout: float = 15) -> p.TaskView:
         return wait_for(
             lambda: (t := self.task(task_id)).status in statuses and t,

@@ -163,7 +163,7 @@ def test_bad_frames_get_errors_while_another_client_keeps_working(daemon):
 
 def test_wrong_protocol_version_gets_a_clear_error(daemon):
     with Connection(str(daemon.paths.socket)) as conn:
-        with pytest.raises(p.OrchestraError, match="protocol 1 and the client 99"):
+        with pytest.raises(p.OrchestraError, match=f"protocol {p.PROTOCOL_VERSION} and the client 99"):
             conn.call(p.Hello(version=99))
 
 
@@ -191,7 +191,7 @@ def test_kill9_with_tasks_running_and_queued_loses_nothing(daemon):
         wait_for(lambda: not _alive(pid), what=f"orphan {pid} to be killed")
     for t in queued:
         assert daemon.wait_status(t, Status.SUCCEEDED)
-    listed = daemon.call(p.ListTasks(), list[p.TaskView])
+    listed = daemon.tasks()
     assert sorted(v.id for v in listed) == sorted(running + queued)
 
 

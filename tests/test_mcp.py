@@ -53,6 +53,8 @@ async def connected(home: Path, *, mode: str = "legacy", autostart: bool = False
     """The SDK's Client running `orchestra mcp` as its subprocess; the server's stderr goes to
     home/mcp.err."""
     env = {"ORCHESTRA_HOME": str(home)}
+    if "PYTHONPATH" in os.environ:  # a checkout's code, not the installed one, serves too
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     if not autostart:
         env["ORCHESTRA_NO_AUTOSTART"] = "1"
     params = StdioServerParameters(command=sys.executable, args=server_argv(home)[1:], env=env, cwd=str(home))
@@ -157,7 +159,7 @@ def test_every_tool_against_a_real_daemon(daemon):
             await anyio.to_thread.run_sync(lambda: daemon.wait_status(1, Status.RUNNING))
 
             listed = await call(client, "list-processes", active_only=True)
-            assert [t["id"] for t in listed.structured_content["tasks"]] == [1, 2, 3]
+            assert [t["id"] for t in listed.structured_content["tasks"]] == [3, 2, 1]  # newest first
             assert "gate" in text(listed) and "STATUS" in text(listed)
             only = await call(client, "list-processes", status=["queued"], role="tester")
             assert [t["id"] for t in only.structured_content["tasks"]] == [2]
@@ -232,7 +234,7 @@ def test_daemon_errors_and_bad_arguments_are_tool_errors_and_the_server_carries_
                 await client.read_resource("orchestra://tasks/42/logs")
             with pytest.raises(MCPError, match="no resource orchestra://nowhere"):
                 await client.read_resource("orchestra://nowhere")
-            assert (await call(client, "list-processes")).structured_content == {"tasks": []}
+            assert (await call(client, "list-processes")).structured_content == {"tasks": [], "total": 0, "next_cursor": None}
 
     run(main)
 
@@ -311,7 +313,7 @@ def test_the_server_starts_a_daemon_when_none_answers():
         async def main():
             async with connected(d.home, autostart=True) as client:
                 result = await call(client, "list-processes")
-                assert result.structured_content == {"tasks": []}
+                assert result.structured_content == {"tasks": [], "total": 0, "next_cursor": None}
 
         run(main)
         assert "no daemon was running; starting one" in (d.home / "mcp.err").read_text()
@@ -559,7 +561,7 @@ def test_claude_code_submits_a_task_through_the_server(daemon):
         content = content if isinstance(content, str) else "".join(block.get("text", "") for block in content)
         assert json.loads(content)["task"]["title"] == "via claude code"
         assert result.result["result"] == "Submitted."
-    [task] = daemon.call(p.ListTasks(), list[p.TaskView])
+    [task] = daemon.tasks()
     assert (task.title, task.argv, task.cwd) == ("via claude code", ["echo", "from claude code"], str(work))
     assert daemon.wait_status(task.id, Status.SUCCEEDED).result == "from claude code"
 

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from orchestra import protocol as p
-from orchestra import quick, render
+from orchestra import listing, quick, render
 from orchestra.main import Exit
 from tests.daemon import wait_for
 
@@ -43,6 +43,12 @@ def full(daemon, *args: str) -> str:
     return result.stdout
 
 
+def full_stderr(daemon, *args: str) -> str:
+    result = subprocess.run([PY, "-c", "from orchestra.main import main; main()", *args],
+                            env={**daemon.env, "COLUMNS": "100"}, capture_output=True, text=True, timeout=30)
+    return result.stderr
+
+
 def steady(table: str) -> str:
     """Runtimes of running tasks move between two calls; everything else must not."""
     return re.sub(r"\b\d+(\.\d)?s\b|\b\d+m\d\ds\b", "<t>", table)
@@ -67,10 +73,12 @@ def busy(daemon):
 
 
 def test_ps_prints_what_the_full_command_prints(busy):
-    for args in [(), ("--active",), ("-s", "failed", "--status", "succeeded"), ("--role", "tester"), ("--role=generalist",)]:
+    for args in [(), ("--active",), ("-s", "failed", "--status", "succeeded"), ("--role", "tester"), ("--role=generalist",),
+                 ("--all",), ("--limit", "1"), ("-n", "0", "-s", "failed")]:
         result = entry(busy, "ps", *args)
         assert result.returncode == 0, result.stderr
         assert steady(result.stdout) == steady(full(busy, "ps", *args)), args
+        assert result.stderr == full_stderr(busy, "ps", *args), args
     table = entry(busy, "ps").stdout
     assert "workflow 1 · pair · failed" in table and "gate" in table and "exited with code 4" in table
 
@@ -97,16 +105,16 @@ def test_an_empty_daemon_says_no_tasks(daemon):
 
 def test_a_large_reply_is_decoded_all_the_same(daemon):
     gate = daemon.submit(PY, "-c", "input()", title="gate")
-    long_title = "x" * 3000
+    long_title = "x" * 190
     with daemon.connect() as conn:
-        conn.call_many([p.Submit(cwd=str(daemon.home), argv=["true"], after=[gate], title=f"{i} {long_title}") for i in range(120)])
+        conn.call_many([p.Submit(cwd=str(daemon.home), argv=["true"], after=[gate], title=f"{i} {long_title}") for i in range(700)])
     with daemon.connect() as conn:
         size = len(msgspec.msgpack.encode(conn.call(p.ListTasks())))
     assert size > quick.LARGE_REPLY
     result = entry(daemon, "ps", "--role", "generalist")
     assert result.returncode == 0
     assert steady(result.stdout) == steady(full(daemon, "ps", "--role", "generalist"))
-    assert result.stdout.count("queued") == 120
+    assert result.stdout.count("queued") == 700
 
 
 @pytest.mark.parametrize("args", [("ps", "--json"), ("ps", "--help"), ("ps", "-s", "bogus"), ("ps", "--wat"), ("--version",)])
@@ -126,15 +134,18 @@ def test_no_daemon_is_reported_by_the_full_cli(tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [["ps"], ["--home", "/h", "--no-autostart", "ps", "--active"], ["ps", "-s", "queued", "-r", "x"], ["--home=/h", "ps", "--status=failed"]],
+    [["ps"], ["--home", "/h", "--no-autostart", "ps", "--active"], ["ps", "-s", "queued", "-r", "x"], ["--home=/h", "ps", "--status=failed"],
+     ["ps", "--all"], ["ps", "--limit", "5", "-s", "succeeded"], ["ps", "--limit=0"]],
 )
 def test_the_arguments_the_quick_path_takes(args):
-    home, fields = quick.parse_ps(args)
+    home, options = quick.parse_ps(args)
     assert home == ("/h" if "/h" in " ".join(args) else None)
-    p.ListTasks(**fields)  # the fields it sends are a valid request
+    for part in listing.parts(**options):
+        msgspec.convert(listing._fields(part, None, 0), p.ListTasks)  # the fields it sends are a valid request
 
 
-@pytest.mark.parametrize("args", [[], ["submit"], ["ps", "--json"], ["ps", "-s"], ["ps", "-s", "nope"], ["ps", "--role", "--active"], ["--home"], ["-h", "ps"]])
+@pytest.mark.parametrize("args", [[], ["submit"], ["ps", "--json"], ["ps", "-s"], ["ps", "-s", "nope"], ["ps", "--role", "--active"], ["--home"], ["-h", "ps"],
+                                  ["ps", "--limit", "x"], ["ps", "--limit", "-1"], ["ps", "--all", "--limit", "3"]])
 def test_arguments_it_leaves_to_the_full_cli(args):
     with pytest.raises(quick._Fallback):
         quick.parse_ps(args)
@@ -153,7 +164,7 @@ def test_views_render_like_the_task_views_they_came_from():
 
 
 def test_the_quick_path_speaks_the_protocol_of_this_version():
-    assert (quick.PROTOCOL_VERSION, quick.MAX_FRAME) == (p.PROTOCOL_VERSION, p.MAX_FRAME)
+    assert (quick.PROTOCOL_VERSION, quick.MAX_FRAME, listing.PAGE_MAX) == (p.PROTOCOL_VERSION, p.MAX_FRAME, p.PAGE_MAX)
 
 
 def test_replies_it_does_not_understand_go_to_the_full_cli(tmp_path):
@@ -167,7 +178,7 @@ def test_replies_it_does_not_understand_go_to_the_full_cli(tmp_path):
     def answer() -> None:
         conn, _ = server.accept()
         with conn:
-            for reply in (p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon="x", pid=1)), p.Ok(result=[odd])):
+            for reply in (p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon="x", pid=1)), p.Ok(result={"tasks": [odd], "more": False})):
                 size = int.from_bytes(conn.recv(4, socket.MSG_WAITALL), "big")
                 conn.recv(size, socket.MSG_WAITALL)
                 body = msgspec.msgpack.encode(reply)
@@ -177,7 +188,7 @@ def test_replies_it_does_not_understand_go_to_the_full_cli(tmp_path):
     thread.start()
     try:
         with pytest.raises(quick._Fallback):
-            quick.run_ps(str(tmp_path), {"status": [], "role": None, "include_finished": True})
+            quick.run_ps(str(tmp_path), {"statuses": [], "role": None, "active_only": True, "limit": None, "everything": False})
     finally:
         thread.join(10)
         server.close()

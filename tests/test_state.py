@@ -38,6 +38,21 @@ def test_lifecycle_through_events():
     assert shown.runtime == 12 and shown.cost_usd == 0.5 and shown.budget_usd == 3.0
 
 
+def test_a_preview_cuts_title_prompt_command_and_result_and_the_full_view_keeps_them():
+    core = Core()
+    task = core.submit(argv=["python", "-c", "x" * 500, "--flag"], title="t" * 200)
+    core.apply([ev.AgentResult(task=task, text="r" * 6000, is_error=False)])
+    t = core.state.tasks[task]
+    brief = view(t, core.now, preview=20)
+    assert brief.title == "t" * 19 + "…" and brief.result == "r" * 19 + "…"
+    assert brief.argv == ["python", "-c", "x" * 11 + "…", "…"]  # 20 characters in all, and "more followed"
+    assert view(t, core.now, preview=1000).argv == t.spec.argv
+    whole = view(t, core.now)
+    assert (whole.title, whole.argv, whole.result) == (t.spec.title, t.spec.argv, t.result)
+    prompt = core.state.tasks[core.submit(prompt="p" * 300)]
+    assert view(prompt, core.now, preview=p.PREVIEW).prompt == "p" * 199 + "…"
+
+
 def test_output_locations_are_kept_per_task():
     class Where:
         def __init__(self, offset):

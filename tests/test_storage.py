@@ -37,13 +37,13 @@ def flip(path, offset: int) -> None:
 
 def test_restart_replays_to_the_same_state_and_verify_agrees(daemon):
     tasks = run_tasks(daemon, 5)
-    before = daemon.call(p.ListTasks(), list[p.TaskView])
+    before = daemon.tasks()
     assert daemon.stop() == 0
     verified = orchestrad(daemon, "--verify")
     assert verified.returncode == 0, verified.stderr
     assert "gives the live state" in verified.stdout
     daemon.start()
-    after = daemon.call(p.ListTasks(), list[p.TaskView])
+    after = daemon.tasks()
     assert [(v.id, v.status, v.exit_code, v.output_bytes) for v in after] == [(v.id, v.status, v.exit_code, v.output_bytes) for v in before]
     assert daemon.output_of(tasks[-1]).endswith(b"task 4\n")
 
@@ -102,14 +102,14 @@ def test_retention_purges_old_tasks_and_compaction_frees_their_segments():
         assert sorted(result.purged) == old
         assert result.segments_removed > 0 and result.bytes_freed > 0
         assert len(list(d.paths.log_dir.glob("*.seg"))) == segments_before - result.segments_removed
-        listed = [v.id for v in d.call(p.ListTasks(), list[p.TaskView])]
+        listed = [v.id for v in d.tasks()]
         assert listed == [keep]
         assert d.output_of(keep) == b"kept\n"  # a live task's output is never compacted away
         d.call(p.Respond(task=keep, text="go"))
         d.wait_status(keep, Status.SUCCEEDED)
         assert d.stop() == 0
         d.start("--segment-bytes", "8192")
-        assert [v.id for v in d.call(p.ListTasks(), list[p.TaskView])] == [keep]
+        assert [v.id for v in d.tasks()] == [keep]
         assert d.output_of(keep) == b"kept\n"
         assert d.submit("true") == keep + 1  # ids are never reused
         d.stop()

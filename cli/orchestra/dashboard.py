@@ -4,7 +4,9 @@
 picture out (what waits for a person first, with the question, its numbered options and
 the command that answers it; then what runs, the queue in run order, the workflows and
 their steps, the latest finished tasks, and a hint line). The MCP tool `status-dashboard`
-returns exactly this text.
+returns exactly this text. It is drawn from replies that stay small however long the
+history (`picture_requests`): the daemon's counts, the active tasks, the newest finished
+ones, the head of the queue and the newest workflows.
 
 `run(app)` draws it full-screen and keeps it current. It is driven by the daemon's `Watch`
 stream: a reader thread receives task changes and wakes the screen loop, which fetches the
@@ -20,10 +22,14 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from orchestra.protocol import FINISHED, Status, TaskView, WorkflowView
+from orchestra.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
 from orchestra.render import cost, duration
 
 RECENT = 5  # finished tasks shown at the bottom
+QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
+WORKFLOWS_SHOWN = 10  # the newest workflows
+SCREEN_QUEUE = 200  # the head of the queue the live screen keeps (it shows what fits)
+FINISHED_KEPT = 100  # finished tasks the live screen loads at start; the stream adds the rest
 
 _MARK = {
     Status.SUCCEEDED: "✓",
@@ -63,13 +69,21 @@ def render(
     width: int = 100,
     recent: int = RECENT,
     hint: bool = True,
+    info: DaemonStatus | None = None,
 ) -> str:
-    """The whole picture as text, every line at most `width` characters."""
+    """The whole picture as text, every line at most `width` characters. With `info`, the
+    counts and the cost are the daemon's, of every task: `tasks` and `queue` may then be
+    only those shown (the active ones, the newest finished, the head of the queue)."""
     width = max(40, width)
     by_status: dict[Status, list[TaskView]] = {}
     for t in sorted(tasks, key=lambda t: t.id):
         by_status.setdefault(t.status, []).append(t)
-    lines: list[str] = [_headline(tasks, by_status, len(queue))]
+    counts = {s: len(by_status.get(s, [])) for s in Status}
+    counts[Status.QUEUED] = len(queue)  # the queue is the truth about what is queued
+    if info is not None:
+        counts = {s: info.counts.get(s.value, 0) for s in Status}
+    total_cost = info.cost_usd if info is not None else sum(t.cost_usd for t in tasks)
+    lines: list[str] = [_headline(counts, total_cost)]
 
     waiting = by_status.get(Status.WAITING, [])
     if waiting:
@@ -90,7 +104,7 @@ def render(
             lines.append(_row(t) + (f"  · {t.activity}" if t.activity else ""))
 
     if queue:
-        lines += ["", f"QUEUE IN RUN ORDER ({len(queue)})"]
+        lines += ["", f"QUEUE IN RUN ORDER ({max(counts[Status.QUEUED], len(queue))})"]
         for place, t in enumerate(queue, 1):
             extra = []
             if t.priority:
@@ -99,6 +113,8 @@ def render(
             if pending:
                 extra.append("after " + ", ".join(f"#{a}" for a in pending))
             lines.append(f"  {place:>2}. #{t.id:<4} {t.role:<11} {t.agent:<7} {label(t)}" + (f"  ({'; '.join(extra)})" if extra else ""))
+        if counts[Status.QUEUED] > len(queue):
+            lines.append(f"      … and {counts[Status.QUEUED] - len(queue):,} more: orchestra queue")
 
     if workflows:
         lines += ["", f"WORKFLOWS ({len(workflows)})"]
@@ -115,27 +131,52 @@ def render(
     finished = [t for t in tasks if t.status in FINISHED]
     if finished and recent > 0:
         latest = sorted(finished, key=lambda t: (t.finished_at or 0.0, t.id))[-recent:]
-        shown = f"latest {len(latest)} of {len(finished)}" if len(finished) > len(latest) else str(len(finished))
+        ended = max(len(finished), sum(counts[s] for s in FINISHED))
+        shown = f"latest {len(latest)} of {ended}" if ended > len(latest) else str(ended)
         lines += ["", f"FINISHED ({shown})"]
         for t in reversed(latest):
             why = f"  ({t.reason})" if t.reason else ""
             lines.append(f"  {_MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
 
-    if not tasks:
+    if not tasks and not any(counts.values()):
         lines += ["", "no tasks yet: orchestra submit --role tester \"write tests for the parser\""]
     if hint:
         lines += ["", _hints(waiting, running)]
     return "\n".join(_fit(line, width) for line in lines)
 
 
-def _headline(tasks: Sequence[TaskView], by_status: dict[Status, list[TaskView]], queued: int) -> str:
+def _headline(counts: dict[Status, int], total_cost: float) -> str:
     order = [Status.WAITING, Status.RUNNING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
              Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED]
-    number = {s: len(by_status.get(s, [])) for s in order}
-    number[Status.QUEUED] = queued  # the queue is the truth about what is queued
-    counts = [f"{number[s]} {s.value.replace('_', ' ')}" for s in order if number[s]]
-    total = sum(t.cost_usd for t in tasks)
-    return "orchestra · " + (" · ".join(counts) if counts else "idle") + f" · cost {cost(total) if total else '$0.00'}"
+    shown = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in order if counts[s]]
+    return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {cost(total_cost) if total_cost else '$0.00'}"
+
+
+def picture_requests() -> dict:
+    """What the picture is drawn from, each reply bounded however long the history:
+    the daemon's counts, the active tasks, the newest finished ones, the head of the
+    queue and the newest workflows."""
+    from orchestra import protocol as p
+
+    return {
+        "info": p.Info(),
+        "active": p.ListTasks(status=[Status.WAITING, Status.RUNNING]),
+        "finished": p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=RECENT),
+        "queue": p.Queue(limit=QUEUE_SHOWN),
+        "workflows": p.ListWorkflows(limit=WORKFLOWS_SHOWN),
+    }
+
+
+def picture(replies: dict, *, width: int = 100, hint: bool = True) -> str:
+    """`render` of the replies to `picture_requests` (as their result types)."""
+    tasks = [*replies["active"].tasks, *replies["finished"].tasks]
+    return render(tasks, replies["queue"], replies["workflows"], width=width, hint=hint, info=replies["info"])
+
+
+def picture_types() -> dict:
+    from orchestra import protocol as p
+
+    return {"info": p.DaemonStatus, "active": p.TaskPage, "finished": p.TaskPage, "queue": list[p.TaskView], "workflows": list[p.WorkflowView]}
 
 
 def _row(t: TaskView) -> str:
@@ -168,10 +209,9 @@ def run(app) -> None:
 
     conn = app.connection(timeout=None)  # starts the daemon if needed, or exits with a message
     if not sys.stdout.isatty():
-        tasks = app.call(p.ListTasks(), list[p.TaskView])
-        queue = app.call(p.Queue(), list[p.TaskView])
-        workflows = app.call(p.ListWorkflows(), list[p.WorkflowView])
-        print(render(tasks, queue, workflows, width=_size()[0]))
+        types = picture_types()
+        replies = {name: app.call(request, types[name]) for name, request in picture_requests().items()}
+        print(picture(replies, width=_size()[0]))
         return
     Screen(app, conn).loop()
 
@@ -198,6 +238,7 @@ class Screen:
         self.tasks: dict[int, tuple[TaskView, float]] = {}  # id -> (view, monotonic time received)
         self.queue: list[TaskView] = []
         self.workflows: list[WorkflowView] = []
+        self.info: DaemonStatus | None = None
         self.gone: str | None = None  # why the picture can no longer be kept current
 
     def _read_watch(self) -> None:
@@ -254,7 +295,8 @@ class Screen:
             # finishes in between shows up in one or the other.
             reader.start()
             queries = connect(self.app.paths, timeout=30)
-            for t in queries.call(p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value)), list[p.TaskView]):
+            finished = p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=FINISHED_KEPT)
+            for t in queries.call(finished, p.TaskPage).tasks:
                 self.tasks.setdefault(t.id, (t, time.monotonic()))
             self._refresh(queries)
             if fd is not None:
@@ -318,8 +360,9 @@ class Screen:
         """The queue and the workflows: they change only when tasks do."""
         from orchestra import protocol as p
 
-        self.queue = queries.call(p.Queue(), list[p.TaskView])
-        self.workflows = queries.call(p.ListWorkflows(), list[p.WorkflowView])
+        self.info = queries.call(p.Info(), p.DaemonStatus)
+        self.queue = queries.call(p.Queue(limit=SCREEN_QUEUE), list[p.TaskView])
+        self.workflows = queries.call(p.ListWorkflows(limit=WORKFLOWS_SHOWN), list[p.WorkflowView])
         queued = {t.id for t in self.queue}
         for task_id, (view, _) in list(self.tasks.items()):
             if view.status is Status.QUEUED and task_id not in queued:  # removed from the queue
@@ -335,7 +378,7 @@ class Screen:
                 view = msgspec.structs.replace(view, runtime=view.runtime + (now - received))
             views.append(view)
         width, height = _size()
-        lines = render(views, self.queue, self.workflows, width=width - 1).split("\n")
+        lines = render(views, self.queue, self.workflows, width=width - 1, info=self.info).split("\n")
         if len(lines) > height - 1:
             lines = lines[: max(1, height - 2)] + [lines[-1]]  # keep the hint line
         body = "\x1b[K\r\n".join(_emphasize(line) for line in lines) + "\x1b[K"

@@ -17,6 +17,7 @@ import click
 import msgspec
 
 from orchestra import protocol as p
+from orchestra.listing import RECENT
 
 
 class Exit(enum.IntEnum):
@@ -110,7 +111,10 @@ def task_id(value: str) -> int:
     try:
         number = int(value.lstrip("#"))
     except ValueError:
-        fail(f"{value!r} is not a task id (a number, as `orchestra ps` shows)", Exit.BAD_INPUT)
+        number = 0
+    if not 1 <= number <= p.MAX_TASK_ID:
+        shown = value if len(value) <= 40 else value[:39] + "…"
+        fail(f"{shown!r} is not a task id (a whole number from 1, as `orchestra ps` shows)", Exit.BAD_INPUT)
     return number
 
 
@@ -143,7 +147,7 @@ def _priority(ctx, param, value):
 @click.option("--role", "-r", help=f"Role: {', '.join(p.BUILTIN_ROLES)}, or one of yours (default from config).")
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
 @click.option("--priority", "-p", callback=_priority, help="A number, or low/normal/high/urgent.")
-@click.option("--after", multiple=True, type=int, help="Start only after this task succeeded (repeatable).")
+@click.option("--after", multiple=True, type=task_id, help="Start only after this task succeeded (repeatable).")
 @click.option("--timeout", type=float, help="Seconds of wall-clock time before it is stopped.")
 @click.option("--idle-timeout", type=float, help="Seconds without output before it is stopped.")
 @click.option("--budget", type=float, help="Dollars the agent may spend.")
@@ -200,26 +204,34 @@ def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, bud
 @click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
 @click.option("--role", "-r", help="Only tasks with this role.")
 @click.option("--active", is_flag=True, help="Only queued, running and waiting tasks.")
+@click.option("--all", "everything", is_flag=True, help="Every finished task too, not only the newest.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
 @json_option
 @click.pass_obj
-def ps(app: App, statuses, role, active, as_json):
-    """List tasks: status, role, runtime, cost, and what waiting tasks ask."""
-    tasks = app.call(
-        p.ListTasks(status=[p.Status(s) for s in statuses], role=role, include_finished=not active),
-        list[p.TaskView],
-    )
-    tasks.sort(key=lambda t: t.id)
+def ps(app: App, statuses, role, active, everything, limit, as_json):
+    """List tasks: every active one and the newest finished ones, with status, role,
+    runtime, cost, and what waiting tasks ask."""
+    from orchestra.listing import gather, note, parts
+
+    if everything and limit is not None:
+        fail("give --all or --limit, not both", Exit.BAD_INPUT)
+    queries = parts(list(statuses), role, active, limit, everything)
+    listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks)) for fields in pages], queries)
+    tasks = msgspec.convert(listing.tasks, list[p.TaskView])
     if as_json:
         echo_json(tasks)
     elif tasks:
         from orchestra.render import grouped, terminal_width
 
         workflows = {}
-        if any(t.workflow is not None for t in tasks):
-            workflows = {w.id: w for w in app.call(p.ListWorkflows(), list[p.WorkflowView])}
+        wanted = sorted({t.workflow for t in tasks if t.workflow is not None})
+        if wanted:
+            workflows = {w.id: w for w in app.call(p.ListWorkflows(workflows=wanted), list[p.WorkflowView])}
         click.echo(grouped(tasks, workflows, width=terminal_width()))
     else:
         click.echo("no tasks", err=True)
+    if note(listing):
+        click.echo(note(listing), err=True)
 
 
 @cli.command()
@@ -350,6 +362,9 @@ def queue(ctx, as_json):
             click.echo(table(tasks, width=terminal_width()))
         else:
             click.echo("the queue is empty", err=True)
+        if len(tasks) >= p.PAGE_MAX:  # the head of a long queue: say how long it is
+            queued = ctx.obj.call(p.Info(), p.DaemonStatus).counts.get(p.Status.QUEUED.value, 0)
+            click.echo(f"the first {len(tasks):,} of {queued:,} queued tasks are shown; `orchestra ps --status queued` lists them all", err=True)
 
 
 @queue.command("priority")

@@ -26,6 +26,8 @@ ROLES_URI = "orchestra://roles"
 WORKFLOWS_URI = "orchestra://workflows"
 LOGS_TEMPLATE = "orchestra://tasks/{task_id}/logs"
 LOG_RESOURCE_LINES = 2000  # a logs resource is the transcript's last lines, not megabytes
+STATUS_QUEUE = 1000  # the head of the queue in the status resource (counts has how many are queued)
+STATUS_WORKFLOWS = 50  # the newest workflows looked at for the unfinished ones
 
 
 def logs_uri(task_id: int) -> str:
@@ -49,7 +51,7 @@ def is_resource(uri: str) -> bool:
 def resources() -> list[Resource]:
     return [
         Resource(uri=STATUS_URI, name="orchestration-status", title="Orchestration status", mime_type="application/json",
-                 description="The daemon (pid, version, counts by status), the tasks that are active and those waiting for an answer, the queue in run order, and unfinished workflows. Updated (resources/updated) when a task changes status or starts waiting."),
+                 description="The daemon (pid, version, counts by status), the tasks that are running and those waiting for an answer (previews), the ids of the first 1000 queued tasks in run order, and the unfinished workflows among the newest 50. Updated (resources/updated) when a task changes status or starts waiting."),
         Resource(uri=ROLES_URI, name="role-definitions", title="Role definitions", mime_type="application/json",
                  description="Every role: its description, system prompt, the tools it may use without asking, permission mode, model and limits; which are the user's own; files that failed to load."),
         Resource(uri=WORKFLOWS_URI, name="workflow-templates", title="Workflow templates", mime_type="application/json",
@@ -82,10 +84,10 @@ async def _content(daemon: Daemon, uri: str) -> tuple[str, str]:
     """(mime type, text) for `uri`."""
     if uri == STATUS_URI:
         info = await daemon.call(p.Info(), p.DaemonStatus)
-        tasks = await daemon.call(p.ListTasks(include_finished=False), list[p.TaskView])
-        queue = await daemon.call(p.Queue(), list[p.TaskView])
-        workflows = await daemon.call(p.ListWorkflows(), list[p.WorkflowView])
-        tasks.sort(key=lambda t: t.id)
+        page = await daemon.call(p.ListTasks(status=[p.Status.RUNNING, p.Status.WAITING]), p.TaskPage)
+        queue = await daemon.call(p.Queue(limit=STATUS_QUEUE), list[p.TaskView])
+        workflows = await daemon.call(p.ListWorkflows(limit=STATUS_WORKFLOWS), list[p.WorkflowView])
+        tasks = sorted(page.tasks, key=lambda t: t.id)
         status = {
             "daemon": info,
             "counts": info.counts,

@@ -55,6 +55,7 @@ from orchestra.mcp_daemon import Daemon, unreachable_message
 from orchestra.mcp_notify import Notifier
 from orchestra.mcp_tools import Tools
 from orchestra.paths import Paths
+from orchestra.protocol import OrchestraError
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")
@@ -155,7 +156,7 @@ def serve(paths: Paths, autostart: bool) -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="orchestra mcp: %(message)s")
     try:  # start the daemon now rather than on the first tool call (its notice goes to stderr)
         connect_or_start(paths, autostart=autostart, timeout=10).close()
-    except DaemonUnreachable as exc:
+    except (DaemonUnreachable, OrchestraError) as exc:  # no daemon, or one of another version
         log.warning("%s; tools will report this until a daemon answers", unreachable_message(exc, autostart))
     server = build_server(paths, autostart)
 

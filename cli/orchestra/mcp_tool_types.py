@@ -76,6 +76,8 @@ class ListProcessesArgs(Args):
     status: Annotated[list[p.Status], Meta(description="Only tasks in these statuses (default: all). waiting means blocked on a person's answer.")] = []
     role: Annotated[str | None, Meta(description="Only tasks with this role.")] = None
     active_only: Annotated[bool, Meta(description="Only queued, running and waiting tasks (leave out finished ones).")] = False
+    limit: Annotated[int, Meta(ge=1, le=p.PAGE_MAX, description=f"How many tasks to return, newest first (at most {p.PAGE_MAX}).")] = 50
+    cursor: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="next_cursor of the previous call: the next page, of older tasks. Leave out for the newest.")] = None
 
 
 class ProcessDetailsArgs(Args):
@@ -148,7 +150,9 @@ class TaskResult(msgspec.Struct, kw_only=True):
 
 
 class TaskListResult(msgspec.Struct, kw_only=True):
-    tasks: list[p.TaskView]
+    tasks: list[p.TaskView]  # previews (process-details has all of a task), newest first
+    total: int = 0  # tasks that match, on every page
+    next_cursor: int | None = None  # pass as cursor for the next page; none when this is the last
 
 
 class DetailsResult(msgspec.Struct, kw_only=True):
@@ -186,7 +190,7 @@ class DashboardResult(msgspec.Struct, kw_only=True):
     dashboard: str
     counts: dict[str, int]
     waiting: list[p.TaskView]
-    queue: list[int]
+    queue: list[int]  # the head of the queue, in run order (counts has how many are queued)
     cost_usd: float
 
 

@@ -25,7 +25,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolAnn
 from msgspec import UNSET
 
 from orchestra import protocol as p
-from orchestra.dashboard import render
+from orchestra.dashboard import picture, picture_requests, picture_types
 from orchestra.mcp_daemon import Daemon, unreachable_message
 from orchestra.mcp_elicit import ask_the_person
 from orchestra.mcp_tool_types import (
@@ -97,9 +97,11 @@ class Tools:
             ),
             ToolSpec(
                 "list-processes", "List tasks",
-                "List the tasks: id, status (queued, running, waiting, succeeded, failed, timed_out, "
-                "cancelled, interrupted), role, agent, priority, dependencies, runtime, cost, and for a "
-                "waiting task what it asks. Finished tasks are included unless active_only is true.",
+                "List the tasks, newest first, a page at a time: id, status (queued, running, waiting, "
+                "succeeded, failed, timed_out, cancelled, interrupted), role, agent, priority, dependencies, "
+                "runtime, cost, and for a waiting task what it asks. Titles, prompts, commands and results "
+                "are previews (process-details has all of a task). Finished tasks are included unless "
+                "active_only is true. When next_cursor is set, more (older) tasks match: pass it as cursor.",
                 ListProcessesArgs, TaskListResult, self.list_processes, read_only=True, idempotent=True,
             ),
             ToolSpec(
@@ -156,8 +158,9 @@ class Tools:
             ToolSpec(
                 "status-dashboard", "Status dashboard",
                 "A text picture of the whole team: what waits for an answer (the question, its options and "
-                "how to answer), what runs (runtime, cost, latest activity), the queue in run order, "
-                "workflows and their steps, the latest finished tasks, and the total cost.",
+                "how to answer), what runs (runtime, cost, latest activity), the head of the queue in run "
+                "order, the newest workflows and their steps, the latest finished tasks, the counts by "
+                "status and the total cost.",
                 StatusDashboardArgs, DashboardResult, self.status_dashboard, read_only=True, idempotent=True,
             ),
         ]
@@ -240,14 +243,20 @@ class Tools:
         return Output(TaskResult(task=view), f"queued task {view.id}\n\n{table([view])}")
 
     async def list_processes(self, a: ListProcessesArgs, ctx, params) -> Output:
-        tasks = await self.daemon.call(p.ListTasks(status=a.status, role=a.role, include_finished=not a.active_only), list[p.TaskView])
-        tasks.sort(key=lambda t: t.id)
-        if not tasks:
-            return Output(TaskListResult(tasks=[]), "no tasks")
+        request = p.ListTasks(status=a.status, role=a.role, include_finished=not a.active_only, limit=a.limit, before=a.cursor)
+        page = await self.daemon.call(request, p.TaskPage)
+        result = TaskListResult(tasks=page.tasks, total=page.total, next_cursor=page.next)
+        if not page.tasks:
+            return Output(result, "no tasks")
+        tasks = sorted(page.tasks, key=lambda t: t.id)
         workflows = {}
-        if any(t.workflow is not None for t in tasks):
-            workflows = {w.id: w for w in await self.daemon.call(p.ListWorkflows(), list[p.WorkflowView])}
-        return Output(TaskListResult(tasks=tasks), grouped(tasks, workflows, width=160))
+        wanted = sorted({t.workflow for t in tasks if t.workflow is not None})
+        if wanted:
+            workflows = {w.id: w for w in await self.daemon.call(p.ListWorkflows(workflows=wanted), list[p.WorkflowView])}
+        text = grouped(tasks, workflows, width=160)
+        if page.more:
+            text += f"\n\n{len(page.tasks)} of {page.total} tasks; call again with cursor {page.next} for older ones"
+        return Output(result, text)
 
     async def process_details(self, a: ProcessDetailsArgs, ctx, params) -> Output:
         view = await self.daemon.call(p.Show(task=a.task_id), p.TaskView)
@@ -317,15 +326,12 @@ class Tools:
         return Output(WorkflowResult(workflow=view), f"workflow {view.id}: {steps}\n\n{workflow_block(view, width=160)}")
 
     async def status_dashboard(self, a: StatusDashboardArgs, ctx, params) -> Output:
-        tasks = await self.daemon.call(p.ListTasks(), list[p.TaskView])
-        queue = await self.daemon.call(p.Queue(), list[p.TaskView])
-        workflows = await self.daemon.call(p.ListWorkflows(), list[p.WorkflowView])
-        text = render(tasks, queue, workflows, width=a.width, hint=False)
-        counts: dict[str, int] = {}
-        for t in tasks:
-            counts[t.status.value] = counts.get(t.status.value, 0) + 1
-        waiting = sorted((t for t in tasks if t.status is p.Status.WAITING), key=lambda t: t.id)
-        result = DashboardResult(dashboard=text, counts=counts, waiting=waiting, queue=[t.id for t in queue], cost_usd=sum(t.cost_usd for t in tasks))
+        types = picture_types()
+        replies = {name: await self.daemon.call(request, types[name]) for name, request in picture_requests().items()}
+        text = picture(replies, width=a.width, hint=False)
+        info = replies["info"]
+        waiting = sorted((t for t in replies["active"].tasks if t.status is p.Status.WAITING), key=lambda t: t.id)
+        result = DashboardResult(dashboard=text, counts=info.counts, waiting=waiting, queue=[t.id for t in replies["queue"]], cost_usd=info.cost_usd)
         return Output(result, text)
 
     def _cwd(self, cwd: str | None) -> str:

@@ -21,7 +21,7 @@ import msgspec
 
 from orchestra.vocab import FINISHED as FINISHED, Status as Status  # re-exported
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: `ListTasks` answers a `TaskPage`
 MAX_FRAME = 16 << 20  # bytes; larger frames are refused without being read
 
 # ---------------------------------------------------------------------------------------
@@ -33,6 +33,33 @@ PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 AGENTS = ("claude", "command")
 BUILTIN_ROLES = ("architect", "implementer", "tester", "reviewer", "devops", "documenter", "generalist")
+
+
+# ---------------------------------------------------------------------------------------
+# Limits. Every field a person (or an agent) gives is bounded, so that no task, and no list
+# of tasks, can grow a reply past MAX_FRAME. The daemon checks them when it decides
+# (`orchestrad.limits`); clients may check earlier, with the same numbers.
+
+MAX_TITLE = 200  # characters
+MAX_PROMPT = 1 << 20  # characters of a prompt, a goal, an answer or a message
+MAX_ARGS = 4096  # arguments of a command
+MAX_ARGV_BYTES = 256 << 10  # of all arguments together, as UTF-8
+MAX_ENV = 256  # environment variables of a task
+MAX_ENV_VALUE = 64 << 10  # characters of one variable's value
+MAX_PATH = 4096  # characters of a working directory (PATH_MAX)
+MAX_NAME = 200  # characters of a role, model, agent or template name
+MAX_AFTER = 1000  # dependencies of a task
+MAX_TASK_ID = 2**63 - 1  # ids are positive and fit MessagePack's signed 64 bits
+MAX_SECONDS = 30 * 86400.0  # timeouts and idle timeouts: 30 days at most
+MAX_BUDGET_USD = 100_000.0
+MAX_WAIT = 10_000  # tasks one `Wait` may name
+
+# List replies carry previews: these many characters of a task's title, prompt, command
+# and result (`Show` has all of it). A page holds at most PAGE_MAX tasks and PAGE_BYTES of
+# them, so that even a history of a million tasks is read a page at a time.
+PREVIEW = 200
+PAGE_MAX = 1000
+PAGE_BYTES = 4 << 20
 
 
 def parse_priority(text: str | int) -> int:
@@ -96,9 +123,15 @@ class Submit(Request):
 
 
 class ListTasks(Request):
+    """A page of tasks, newest first (a `TaskPage`): those matching every filter given, at
+    most `limit` of them (None, or more than PAGE_MAX: PAGE_MAX), with ids below `before`
+    when it is set. The page's `next` is the `before` of the page after it."""
+
     status: list[Status] = []
     role: str | None = None
     include_finished: bool = True
+    limit: int | None = None
+    before: int | None = None
 
 
 class Show(Request):
@@ -152,11 +185,14 @@ class AssignRole(Request):
 
 
 class Queue(Request):
-    pass
+    """The queue in run order: its first `limit` tasks (None: up to PAGE_MAX)."""
+
+    limit: int | None = None
 
 
 class Wait(Request):
-    """Block until every named task has finished; answered with their views."""
+    """Block until every named task has finished (at most MAX_WAIT of them); answered with
+    their views, as previews."""
 
     tasks: list[int]
 
@@ -210,7 +246,11 @@ class ShowWorkflow(Request):
 
 
 class ListWorkflows(Request):
-    pass
+    """Workflows, oldest first: those named in `workflows` (all when empty), the newest
+    `limit` of them (None: up to PAGE_MAX). Their tasks are previews."""
+
+    workflows: list[int] = []
+    limit: int | None = None
 
 
 class Info(Request):
@@ -360,6 +400,15 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     parent: int | None = None  # the task whose agent submitted it
 
 
+class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of `ListTasks`: task previews, newest first."""
+
+    tasks: list[TaskView]
+    more: bool = False  # older tasks match too: ask again with before=next
+    next: int | None = None  # the `before` of the next page
+    total: int = 0  # tasks that match the filters, on every page together
+
+
 # Roles and workflow templates: what people write in their files, and what the daemon
 # shows. They are recorded in the daemon's log too, so fields are only ever added at the
 # end, with defaults.
@@ -443,6 +492,7 @@ class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float
     last_seq: int
     counts: dict[str, int]
+    cost_usd: float = 0.0  # of every task the daemon holds
 
 
 class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):

@@ -4,7 +4,8 @@
 answer in a few interpreter start-ups. Importing click and msgspec alone takes several times
 longer than that, so the table form of `ps` is answered here with nothing but the standard
 library's C modules: a socket, the pipelined `Hello` and `ListTasks` as plain MessagePack
-(`orchestra.minipack`), and the same rendering as the full command (`orchestra.render`).
+(`orchestra.minipack`), the same queries (`orchestra.listing`) and the same rendering
+(`orchestra.render`) as the full command.
 
 Anything else, and anything unusual on the way (another option, no daemon to talk to, an
 error reply), goes to the full click CLI in `orchestra.main`, which does the whole job
@@ -23,7 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-PROTOCOL_VERSION = 1  # orchestra.protocol.PROTOCOL_VERSION; a test keeps them equal
+PROTOCOL_VERSION = 2  # orchestra.protocol.PROTOCOL_VERSION; a test keeps them equal
 MAX_FRAME = 16 << 20  # orchestra.protocol.MAX_FRAME; a test keeps them equal
 # Replies larger than this are decoded by msgspec: decoding in Python runs at about 8 MB/s
 # here, and importing msgspec costs about 60 ms, so past this size the import pays for itself.
@@ -38,8 +39,10 @@ class _Fallback(Exception):
 def main() -> None:
     try:
         request = parse_ps(sys.argv[1:])
-        text = run_ps(*request)
+        text, note = run_ps(*request)
     except _Fallback:
+        text = note = None
+    if text is None:  # outside the handler, so that nothing the full CLI says is chained to it
         from orchestra.main import main as full
 
         full()
@@ -49,11 +52,14 @@ def main() -> None:
         sys.stdout.flush()
     else:
         sys.stderr.write("no tasks\n")
+    if note:
+        sys.stderr.write(note + "\n")
 
 
 def parse_ps(args: list[str]) -> tuple[str | None, dict]:
-    """(home, ListTasks fields) for `[--home H] [--no-autostart] ps [--status S]... [--role R]
-    [--active]`; _Fallback for anything else, --json and --help included."""
+    """(home, `listing.parts` arguments) for `[--home H] [--no-autostart] ps [--status S]...
+    [--role R] [--active] [--all | --limit N]`; _Fallback for anything else, --json and
+    --help included."""
     home = None
     words = iter(_split_equals(args))
     for word in words:
@@ -67,20 +73,27 @@ def parse_ps(args: list[str]) -> tuple[str | None, dict]:
             raise _Fallback
     else:
         raise _Fallback
-    fields: dict = {"status": [], "role": None, "include_finished": True}
+    options: dict = {"statuses": [], "role": None, "active_only": False, "limit": None, "everything": False}
     for word in words:
         if word in ("--status", "-s"):
             status = _value(words)
             if status not in _STATUSES:
                 raise _Fallback
-            fields["status"].append(status)
+            options["statuses"].append(status)
         elif word in ("--role", "-r"):
-            fields["role"] = _value(words)
+            options["role"] = _value(words)
         elif word == "--active":
-            fields["include_finished"] = False
+            options["active_only"] = True
+        elif word == "--all" and options["limit"] is None:
+            options["everything"] = True
+        elif word in ("--limit", "-n") and not options["everything"]:
+            limit = _value(words)
+            if not (limit.isascii() and limit.isdigit()):
+                raise _Fallback
+            options["limit"] = int(limit)
         else:
             raise _Fallback
-    return home, fields
+    return home, options
 
 
 def _split_equals(args: list[str]) -> Iterator[str]:
@@ -98,8 +111,10 @@ def _value(words: Iterator[str]) -> str:
     return value
 
 
-def run_ps(home: str | None, fields: dict) -> str:
-    """The table `orchestra ps` prints (empty when there are no tasks)."""
+def run_ps(home: str | None, options: dict) -> tuple[str, str]:
+    """The table `orchestra ps` prints (empty when there are no tasks), and its note for
+    stderr (empty unless finished tasks were left out)."""
+    from orchestra.listing import gather, note, parts
     from orchestra.paths import quick_socket
     from orchestra.render import grouped, terminal_width
 
@@ -107,19 +122,32 @@ def run_ps(home: str | None, fields: dict) -> str:
     if path is None:
         raise _Fallback
     with _Client(path) as client:
-        hello = {"method": "hello", "version": PROTOCOL_VERSION, "client": "orchestra"}
-        welcome, tasks = client.call([hello, {"method": "listtasks", **fields}])
-        if not isinstance(welcome, dict) or welcome.get("version") != PROTOCOL_VERSION:
-            raise _Fallback
+        greeted = False
+
+        def pages(requests: list[dict]) -> list:
+            nonlocal greeted
+            frames = [{"method": "listtasks", **fields} for fields in requests]
+            if greeted:
+                return client.call(frames)
+            hello = {"method": "hello", "version": PROTOCOL_VERSION, "client": "orchestra"}
+            welcome, *found = client.call([hello, *frames])
+            if not isinstance(welcome, dict) or welcome.get("version") != PROTOCOL_VERSION:
+                raise _Fallback
+            greeted = True
+            return found
+
         try:
-            views = sorted((_task(t) for t in tasks), key=lambda t: t.id)
+            listing = gather(pages, parts(**options))
+            views = [_task(t) for t in listing.tasks]
             workflows = {}
-            if any(t.workflow is not None for t in views):
-                (found,) = client.call([{"method": "listworkflows"}])
+            wanted = sorted({t.workflow for t in views if t.workflow is not None})
+            if wanted:
+                (found,) = client.call([{"method": "listworkflows", "workflows": wanted}])
                 workflows = {w["id"]: _workflow(w) for w in found}
-            return grouped(views, workflows, width=terminal_width()) if views else ""
-        except (KeyError, TypeError, ValueError, AttributeError):  # not the views this version knows
+            table = grouped(views, workflows, width=terminal_width()) if views else ""
+        except (KeyError, TypeError, ValueError, AttributeError):  # not the replies this version knows
             raise _Fallback from None
+    return table, note(listing)
 
 
 class _View:

@@ -30,10 +30,59 @@ class FrameTooLarge(Exception):
 
 
 def frame(message: Any) -> bytes:
-    body = encoder.encode(message)
+    """The frame for `message`; a bad_request OrchestraError naming the field that
+    MessagePack cannot carry (text that is not UTF-8, a number past 64 bits)."""
+    try:
+        body = encoder.encode(message)
+    except (UnicodeEncodeError, OverflowError) as exc:
+        raise p.bad_request(_unencodable(message) or str(exc)) from None
     if len(body) > p.MAX_FRAME:
         raise FrameTooLarge(len(body))
     return HEADER.pack(len(body)) + body
+
+
+def _unencodable(message: Any) -> str | None:
+    """A sentence about the first value in `message` that cannot be encoded, or None."""
+    for where, value in _values(message, ""):
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                shown = value.encode(errors="surrogateescape") if _escaped(value) else value.encode(errors="backslashreplace")
+                shown_text = repr(shown if len(shown) <= 60 else shown[:59] + b"...")
+                return f"{where} is not UTF-8 text ({shown_text}); orchestra carries text as UTF-8: convert it (e.g. with iconv) and try again"
+        elif isinstance(value, int) and not -(2**63) <= value < 2**64:
+            return f"{where} {str(value)[:40]} is too large a number"
+    return None
+
+
+def _escaped(value: str) -> bool:
+    """Surrogates that stand for bytes (how Python reads non-UTF-8 arguments), only."""
+    try:
+        value.encode(errors="surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+_NAMES = {"argv": "the command", "cwd": "the working directory", "env": "the environment"}
+
+
+def _values(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf of a message, with words for where it is: "the title", "word 2 of the
+    command", "the value of HOME in the environment"."""
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            yield from _values(getattr(value, name), _NAMES.get(name, "the " + name.replace("_", " ")))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value, 1):
+            yield from _values(item, f"word {i} of {where}" if where == "the command" else f"item {i} of {where}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _values(key, f"a name in {where}")
+            yield from _values(item, f"the value of {key!r} in {where}")
+    else:
+        yield where, value
 
 
 class DaemonUnreachable(Exception):

@@ -208,7 +208,7 @@ def run(daemon: RDaemon, *, rounds: int, seed: int, live: tuple[float, float] = 
     try:
         for round_ in range(1, rounds + 1):
             time.sleep(rng.uniform(*live))  # the random moment of the kill, not a wait for anything
-            before = daemon.call(p.ListTasks(), list[p.TaskView])
+            before = daemon.tasks()
             check_finished(fig, finished, before, resumed, f"round {round_}, before the kill")
             remember(finished, before, resumed, fig, seen_pids)
             active_before = {t.id: t for t in before if t.status.active}
@@ -225,7 +225,7 @@ def run(daemon: RDaemon, *, rounds: int, seed: int, live: tuple[float, float] = 
             fig.restart_seconds.append(time.monotonic() - t0)
 
             acked, cut_off = merged(threads)
-            after = daemon.call(p.ListTasks(), list[p.TaskView])
+            after = daemon.tasks()
             check_acked(fig, acked, cut_off, after, f"round {round_}")
             check_finished(fig, finished, after, resumed, f"round {round_}, after the restart")
             check_interrupted(fig, active_before, after, kill_time, f"round {round_}")
@@ -250,7 +250,7 @@ def run(daemon: RDaemon, *, rounds: int, seed: int, live: tuple[float, float] = 
     fig.submits_cut_off = len(cut_off)
     if claude:
         settle_resumed(fig, daemon, resumed)
-    final = daemon.call(p.ListTasks(), list[p.TaskView])
+    final = daemon.tasks()
     check_acked(fig, acked, cut_off, final, "at the end")
     check_finished(fig, finished, final, resumed, "at the end")
     fig.claude_submitted = sum(1 for t in final if t.agent == "claude")
@@ -375,7 +375,7 @@ def settle_resumed(fig: Figures, daemon: RDaemon, resumed: dict[int, int], timeo
     views: dict[int, p.TaskView] = {}
 
     def done() -> bool:
-        for t in daemon.call(p.ListTasks(), list[p.TaskView]):
+        for t in daemon.tasks():
             views[t.id] = t
         return all(views[i].status.finished for i in resumed)
 
@@ -397,12 +397,12 @@ def check_processes(fig: Figures, daemon: RDaemon, when: str) -> None:
     left: list = []
 
     def clean() -> bool:
-        active = {t.pid for t in daemon.call(p.ListTasks(), list[p.TaskView]) if t.status.active and t.pid}
+        active = {t.pid for t in daemon.tasks() if t.status.active and t.pid}
         left[:] = strays(daemon.marker, active)
         if not left:
             return True
         # look again: a task may have started between the scan and the list
-        active = {t.pid for t in daemon.call(p.ListTasks(), list[p.TaskView]) if t.status.active and t.pid}
+        active = {t.pid for t in daemon.tasks() if t.status.active and t.pid}
         left[:] = [s for s in left if s.session not in active and alive(s.pid)]
         return not left
 
@@ -410,7 +410,7 @@ def check_processes(fig: Figures, daemon: RDaemon, when: str) -> None:
         wait_for(clean, 10, "agent processes of no running task to be gone")
     except AssertionError:
         fig.processes_left_behind += len(left)
-        views = {t.title: t for t in daemon.call(p.ListTasks(), list[p.TaskView])}
+        views = {t.title: t for t in daemon.tasks()}
         described = []
         for s in left:
             title = _env(s.pid, TITLE_VAR)

@@ -477,7 +477,7 @@ def flip(path: Path, offset: int, mask: int = 0x5A) -> None:
 
 
 def tasks(daemon: Daemon) -> list[p.TaskView]:
-    return daemon.call(p.ListTasks(), list[p.TaskView])
+    return daemon.tasks()
 
 
 def settle(daemon: Daemon, ids: list[int], timeout: float = 30) -> dict[int, p.TaskView]:

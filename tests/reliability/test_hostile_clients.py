@@ -182,7 +182,7 @@ def test_huge_submissions_never_make_a_reply_too_big_for_the_clients():
                 pytest.fail(f"submitting a {size:,}-byte prompt: the reply was too big for the client: {exc}; {outcomes}")
         print(outcomes)
         try:
-            listed = d.call(p.ListTasks(), list[p.TaskView])
+            listed = d.tasks()
         except FrameTooLarge as exc:
             pytest.fail(f"after {outcomes}: ListTasks (orchestra ps) fails for every client: {exc}")
         assert len(listed) >= 1

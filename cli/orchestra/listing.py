@@ -1,0 +1,87 @@
+"""What `orchestra ps` asks the daemon for, and how it reads the pages back.
+
+`ps` shows every task that is active (queued, running, waiting) and the newest finished
+ones: `--limit N` of them, 20 unless said, or all with `--all`. The daemon answers
+`ListTasks` a page at a time (newest first, at most PAGE_MAX tasks, with a cursor), so a
+history of any length is read in bounded replies.
+
+Shared by the quick path (`orchestra.quick`) and the full command (`orchestra.main`), so that
+both print the same thing; it works on plain maps and imports neither click nor msgspec.
+"""
+
+from __future__ import annotations
+
+from orchestra.vocab import FINISHED, Status
+
+TYPE_CHECKING = False  # typing is not imported: `orchestra.quick` lists with this module
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+RECENT = 20  # finished tasks `ps` shows unless --limit or --all says otherwise
+PAGE_MAX = 1000  # orchestra.protocol.PAGE_MAX; a test keeps them equal
+ACTIVE = [Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value]
+ENDED = [s.value for s in Status if s in FINISHED]
+
+
+class Part:
+    """One `ListTasks` query of `ps`: its fields, and how many of its tasks to show (None: all)."""
+
+    def __init__(self, fields: dict, want: int | None) -> None:
+        self.fields = fields
+        self.want = want
+
+
+def parts(statuses: list[str], role: str | None, active_only: bool, limit: int | None, everything: bool) -> list[Part]:
+    """The queries `ps` makes: the active tasks (all), and the finished ones (the newest
+    `limit`, RECENT unless given; all of them when `everything`)."""
+    active = [s for s in ACTIVE if not statuses or s in statuses]
+    ended = [] if active_only else [s for s in ENDED if not statuses or s in statuses]
+    found = []
+    if active:
+        found.append(Part({"status": active, "role": role}, None))
+    if ended:
+        found.append(Part({"status": ended, "role": role}, None if everything else (RECENT if limit is None else limit)))
+    return [part for part in found if part.want != 0]
+
+
+class Listing:
+    def __init__(self, tasks: list[dict], shown_finished: int, left_out: int) -> None:
+        self.tasks = tasks  # in id order
+        self.shown_finished = shown_finished  # of the finished tasks that match
+        self.left_out = left_out  # finished tasks that match but are not shown
+
+
+def gather(call: Callable[[list[dict]], list[dict]], queries: list[Part]) -> Listing:
+    """Every task the queries want. `call` sends a list of ListTasks field maps (pipelined)
+    and returns their pages, as maps; the first page of every query goes in one round trip."""
+    tasks: dict[int, dict] = {}
+    shown_finished = left_out = 0
+    pending = [(part, None, 0) for part in queries]  # (query, cursor, tasks it has so far)
+    while pending:
+        pages = call([_fields(part, cursor, have) for part, cursor, have in pending])
+        follow = []
+        for (part, _, have), page in zip(pending, pages):
+            for task in page["tasks"]:
+                tasks[task["id"]] = task
+            have += len(page["tasks"])
+            if page["more"] and (part.want is None or have < part.want):
+                follow.append((part, page["next"], have))
+            elif part.want is not None:
+                shown_finished += have
+                left_out += max(0, page["total"] - have)
+        pending = follow
+    return Listing([tasks[i] for i in sorted(tasks)], shown_finished, left_out)
+
+
+def _fields(part: Part, cursor: int | None, have: int) -> dict:
+    limit = PAGE_MAX if part.want is None else min(PAGE_MAX, part.want - have)
+    return {**part.fields, "limit": limit, "before": cursor}
+
+
+def note(listing: Listing) -> str:
+    """What `ps` says on stderr when it leaves finished tasks out ("" when it does not)."""
+    if not listing.left_out:
+        return ""
+    total = listing.shown_finished + listing.left_out
+    return (f"the newest {listing.shown_finished:,} of {total:,} finished tasks are shown; "
+            "`orchestra ps --all` lists every task, `--limit N` the newest N finished")
