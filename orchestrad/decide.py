@@ -187,14 +187,14 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         worktree=_first(cmd.worktree, role.worktree) or False,
     )
     if parent is not None:
-        limits = parent.spec
+        caps = parent.spec
         spec = msgspec.structs.replace(
             spec,
             parent=parent.id,
             priority=min(spec.priority, parent.priority),
-            timeout=_capped(spec.timeout, limits.timeout),
-            idle_timeout=_capped(spec.idle_timeout, limits.idle_timeout),
-            budget_usd=_capped(spec.budget_usd, limits.budget_usd),
+            timeout=_capped(spec.timeout, caps.timeout),
+            idle_timeout=_capped(spec.idle_timeout, caps.idle_timeout),
+            budget_usd=_capped(spec.budget_usd, caps.budget_usd),
         )
     return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
 
