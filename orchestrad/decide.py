@@ -16,6 +16,7 @@ import signal as signal_mod
 
 import msgspec
 
+from orchestra.vocab import shorten
 from orchestra import protocol as p
 from orchestra.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
@@ -234,6 +235,12 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
         ids[step.name] = task_id
         role = _role(state, step.role)
         agent = step.agent or cmd.agent or ("command" if step.argv else cfg.default_agent)
+        if traits(agent).runs_argv != bool(step.argv):
+            given, needs = ("a prompt", "a command to run") if not step.argv else ("a command", "a prompt")
+            raise bad_request(
+                f"step {step.name!r} of {template.name!r} gives {given}, and the {agent} agent needs {needs}; "
+                f"run the workflow with an agent that takes {given[2:]}s" + (" (e.g. --agent claude)" if not step.argv else "")
+            )
         condition = None
         if step.if_succeeded:
             condition = ev.Condition(ids[step.if_succeeded], Status.SUCCEEDED)
@@ -267,7 +274,7 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
 
 def _title(prompt: str, argv: list[str]) -> str:
     text = " ".join(argv) if argv else " ".join(prompt.split())
-    return text if len(text) <= 60 else text[:59] + "…"
+    return shorten(text, 60)
 
 
 def _checked_priority(value: int) -> int:
@@ -438,7 +445,7 @@ def process_exited(
 
 def _first_line(text: str, limit: int = 300) -> str:
     line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return shorten(line, limit)
 
 
 def exit_reason(exit_code: int | None, signal: int | None) -> str:

@@ -13,7 +13,6 @@ request arrives, a process writes or exits, or the one timer for the next deadli
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from typing import Callable, Sequence
 
 import msgspec
 
+from orchestra.vocab import shorten, version
 from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
@@ -475,7 +475,7 @@ class Engine:
         if stale:
             log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
         reconciled = d.reconcile(self.state)
-        events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=_version())]
+        events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=version())]
         await self.record([*events, *reconciled])
         self.reload_files()
 
@@ -503,14 +503,6 @@ class Engine:
 
 def _shown(argv: list[str], limit: int = 200) -> list[str]:
     """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
-    return [a if len(a) <= limit else a[: limit - 1] + "…" for a in argv]
+    return [shorten(a, limit) for a in argv]
 
 
-@functools.cache
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("orchestra")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+from orchestra.vocab import shorten
 from orchestra import protocol as p
 from orchestra.protocol import bad_request
 
@@ -125,5 +126,5 @@ def _env(env: dict[str, str]) -> None:
 
 def _quote(value: str, limit: int = 60) -> str:
     """`value` as a person can read it in an error: quoted, escapes visible, cut short."""
-    shown = value if len(value) <= limit else value[: limit - 1] + "…"
+    shown = shorten(value, limit)
     return repr(shown)

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from orchestra.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
 from orchestrad import tomlfile
+from orchestrad.config import PERMISSION_MODES
 
-READ_ONLY_DENIED = ["Write", "Edit", "MultiEdit", "NotebookEdit"]
+READ_ONLY_DENIED = ["Write", "Edit", "NotebookEdit"]  # only tools the CLI knows: it names unknown ones in every transcript
 
 
 BUILTIN: dict[str, Role] = {
@@ -55,7 +56,7 @@ BUILTIN: dict[str, Role] = {
                 "finish. End with a short summary of what you changed, file by file, and anything "
                 "left undone and why."
             ),
-            allowed_tools=["Read", "Glob", "Grep", "LS", "Edit", "Write", "MultiEdit"],
+            allowed_tools=["Read", "Glob", "Grep", "LS", "Edit", "Write"],
         ),
         Role(
             name="tester",
@@ -117,7 +118,6 @@ BUILTIN: dict[str, Role] = {
 }
 
 NAMES = tuple(BUILTIN)
-PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 
 
 def get(name: str, custom: dict[str, Role] | None = None) -> Role | None:

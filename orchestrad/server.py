@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import msgspec
 
+from orchestra.vocab import shorten, version
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder
@@ -176,7 +177,7 @@ class Server:
                 f"this daemon speaks protocol {p.PROTOCOL_VERSION} and the client {request.version}; "
                 "use the same orchestra version for both (restart the daemon after upgrading)")))
             return False
-        await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=_version(), pid=os.getpid())))
+        await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=version(), pid=os.getpid())))
         return True
 
     async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
@@ -428,7 +429,7 @@ class Server:
             cost += t.cost_usd
         return p.DaemonStatus(
             pid=os.getpid(),
-            version=_version(),
+            version=version(),
             protocol=p.PROTOCOL_VERSION,
             home=self.home,
             socket=self.socket_path,
@@ -553,7 +554,7 @@ async def _tail_start(store, task_id: int, lines: int, render) -> tuple[int, int
 
 
 def _short(text: str, limit: int = 2000) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 class FrameTooBig(Exception):
@@ -584,9 +585,3 @@ def _peer(writer: asyncio.StreamWriter) -> tuple[bool, int | None]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
     pid, uid, _gid = _PEERCRED.unpack(creds)
     return uid == os.getuid(), pid
-
-
-def _version() -> str:
-    from orchestrad.engine import _version as v
-
-    return v()

@@ -21,6 +21,7 @@ from typing import Callable, Iterator, get_args
 
 import msgspec
 
+from orchestra.vocab import shorten
 from orchestra.protocol import Question, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
@@ -571,7 +572,7 @@ def view(task: Task, now: float, *, preview: int | None = None) -> TaskView:
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def _cut_argv(argv: list[str], limit: int) -> list[str]:

@@ -94,11 +94,7 @@ class WriteError(Exception):
 
 
 class Supervisor:
-    """Runs one process per task id and reports what they do through two callbacks.
-
-    `max_line_buffer` is not used here (output is delivered as raw chunks, not lines); it
-    is kept so that the limit for line-splitting readers is configured in one place.
-    """
+    """Runs one process per task id and reports what they do through two callbacks."""
 
     def __init__(
         self,
@@ -107,7 +103,6 @@ class Supervisor:
         on_exit: ExitCallback,
         coalesce_bytes: int = COALESCE_BYTES,
         coalesce_delay: float = 0.05,
-        max_line_buffer: int = 1 << 20,
     ) -> None:
         if coalesce_bytes < 1:
             raise ValueError("coalesce_bytes must be at least 1")
@@ -117,7 +112,6 @@ class Supervisor:
         self.on_exit = on_exit
         self.coalesce_bytes = coalesce_bytes
         self.coalesce_delay = coalesce_delay
-        self.max_line_buffer = max_line_buffer
         self._procs: dict[int, _Process] = {}
         self._closing = False
         self.cgroups: Cgroups | None = None  # set where a cgroup per process can be had

@@ -216,3 +216,15 @@ def _alive(pid: int | None) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_built_in_roles_deny_only_tools_the_cli_knows(claude):
+    """A denied tool the CLI does not know is named as unknown in every transcript."""
+    from tests.scripted_api import run_claude
+
+    with ScriptedAPI([reply.text("hi")]).start() as api:
+        run = run_claude(api, "hello", claude=claude)
+    [init] = [m for m in run.messages if m.get("type") == "system" and m.get("subtype") == "init"]
+    known = set(init["tools"])
+    unknown = {(r.name, t) for r in roles.BUILTIN.values() for t in r.disallowed_tools if t not in known}
+    assert not unknown, f"built-in roles deny tools this Claude Code does not have: {sorted(unknown)}"

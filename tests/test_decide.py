@@ -427,3 +427,11 @@ def test_a_delegated_task_records_its_parent_and_inherits_its_limits():
     core.exit(lead, 0)
     with pytest.raises(p.OrchestraError, match="only the agent of a running task"):
         d.decide(core.state, p.Submit(cwd="/work/repo", argv=["true"], role="tester"), core.now, me)
+
+
+def test_a_workflow_whose_steps_the_agent_cannot_run_is_refused_at_submit():
+    core = Core()
+    with pytest.raises(p.OrchestraError, match="gives a prompt, and the command agent needs a command to run") as caught:
+        core.do(p.RunWorkflow(template="code-review", goal="look", cwd="/tmp", agent="command"))
+    assert caught.value.code is p.ErrorCode.BAD_REQUEST and "--agent claude" in caught.value.message
+    assert not core.state.tasks and not core.state.workflows

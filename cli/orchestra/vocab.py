@@ -1,4 +1,5 @@
-"""The words the daemon and every client share that need no encoder: task statuses.
+"""The words the daemon and every client share that need no encoder: task statuses, how
+long text is shortened, the version.
 
 Kept apart from `orchestra.protocol` so that `orchestra.quick` and `orchestra.render` can use
 them without importing msgspec; `orchestra.protocol` re-exports them.
@@ -7,6 +8,29 @@ them without importing msgspec; `orchestra.protocol` re-exports them.
 from __future__ import annotations
 
 import enum
+
+ELLIPSIS = "…"
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text`, or its first `limit` - 1 characters and an ellipsis: `limit` characters at most."""
+    return text if len(text) <= limit else text[: max(limit - 1, 0)] + ELLIPSIS
+
+
+_VERSION: list[str] = []
+
+
+def version() -> str:
+    """orchestra's version, as installed (looked up once)."""
+    if not _VERSION:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            _VERSION.append(installed("orchestra"))
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            _VERSION.append("0+unknown")
+    return _VERSION[0]
 
 
 class Status(str, enum.Enum):

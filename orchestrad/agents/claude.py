@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from orchestra.vocab import shorten
 from orchestra.protocol import Role
 from orchestrad import events as ev
 from orchestrad import roles
@@ -61,7 +62,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
         else:
             text = json.dumps(tool_input, ensure_ascii=False, sort_keys=True)
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 class ClaudeAgent(Agent):
@@ -292,7 +293,7 @@ def _waiting_id(request_id: str, task: Task) -> str:
 
 def _first_line(text: str, limit: int = 200) -> str:
     line = next((x for x in text.splitlines() if x.strip()), "")
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return shorten(line, limit)
 
 
 def _render_stdout(m: dict[str, Any]) -> list[str]:
