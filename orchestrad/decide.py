@@ -397,6 +397,10 @@ def _config_set(state: State, cmd: p.ConfigSet, now: float) -> list[ev.Event]:
     problem = config_mod.check(cmd.key, cmd.value)
     if problem is not None:
         raise bad_request(problem)
+    if cmd.key == "role_limits":
+        unknown = sorted(name for name in cmd.value if roles_mod.get(name, state.roles) is None)  # type: ignore[union-attr]
+        if unknown:
+            raise bad_request(f"role_limits names no known role: {', '.join(unknown)}; the roles are {', '.join(roles_mod.names(state.roles))}")
     value = cmd.value
     if isinstance(value, int) and isinstance(getattr(config_mod.DEFAULT, cmd.key), float):
         value = float(value)

@@ -60,10 +60,7 @@ def plan(state: State, now: float) -> Plan:
     running = len(state.active)
     if running >= config.max_concurrent or not state.queued:  # no slot, or nothing waiting:
         return Plan(start=[], events=events, wake_at=wake_at)  # no need to look at the queue
-    per_role: dict[str, int] = {}
-    for task_id in state.active:
-        role = state.tasks[task_id].role
-        per_role[role] = per_role.get(role, 0) + 1
+    per_role = _per_role(state)
     start: list[int] = []
     for *_, task_id in state.run_order:  # in the order they would start; stops at the last free slot
         if running >= config.max_concurrent:
@@ -83,8 +80,63 @@ def plan(state: State, now: float) -> Plan:
 
 
 def run_order(state: State) -> list[int]:
-    """Queued tasks in the order they would start, dependencies permitting."""
+    """Queued tasks in priority order (highest first, then oldest)."""
     return [task_id for *_, task_id in state.run_order]
+
+
+def start_order(state: State) -> list[tuple[int, str]]:
+    """Every queued task in the order it is expected to start, with what it waits for
+    ("" for none: it starts now): first those that may start, then those held by their
+    role's limit, then those waiting for other tasks; each group in priority order. For
+    `orchestra queue`, `ps` and `show`: it looks at the whole queue, `plan` does not."""
+    config = state.config
+    per_role = _per_role(state)
+    free = config.max_concurrent - len(state.active)
+    ready: list[tuple[int, str]] = []
+    held: list[tuple[int, str]] = []
+    blocked: list[tuple[int, str]] = []
+    for *_, task_id in state.run_order:
+        task = state.tasks[task_id]
+        deps = _waited_on(state, task)
+        if deps:
+            blocked.append((task_id, deps))
+            continue
+        limit = config.role_limits.get(task.role)
+        if limit is not None and per_role.get(task.role, 0) >= limit:
+            if limit == 0:
+                held.append((task_id, f"role_limits allows no {task.role} task (its limit is 0); raise it with `orchestra config set role_limits`"))
+            else:
+                held.append((task_id, f"a {task.role} slot (role_limits: {per_role.get(task.role, 0)} of {limit} running)"))
+            continue
+        if free > 0:
+            ready.append((task_id, ""))
+            free -= 1
+            per_role[task.role] = per_role.get(task.role, 0) + 1
+        else:
+            ready.append((task_id, f"a free slot ({len(state.active)} of {config.max_concurrent} running)"))
+    return ready + held + blocked
+
+
+def _per_role(state: State) -> dict[str, int]:
+    per_role: dict[str, int] = {}
+    for task_id in state.active:
+        role = state.tasks[task_id].role
+        per_role[role] = per_role.get(role, 0) + 1
+    return per_role
+
+
+def _waited_on(state: State, task: Task) -> str:
+    """The other tasks `task` still waits for, in words; "" if none."""
+    pending = [dep for dep in task.spec.after if not _succeeded(state, dep)]
+    words = []
+    if pending:
+        words.append(("task " if len(pending) == 1 else "tasks ") + ", ".join(map(str, pending)) + " to succeed")
+    condition = task.spec.run_if
+    if condition is not None and not _condition_met(state, task):
+        dep = state.tasks.get(condition.task)
+        name = f"step {dep.spec.step}" if dep is not None and dep.spec.step else f"task {condition.task}"
+        words.append(f"{name} to end {condition.outcome.value}")
+    return " and ".join(words)
 
 
 def _condition_met(state: State, task: Task) -> bool:

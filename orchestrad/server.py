@@ -248,7 +248,12 @@ class Server:
         return await self.engine.execute(request, _asking.get())
 
     def _view(self, task_id: int) -> p.TaskView:
-        return view(get_task(self.engine.state, task_id), self.engine.clock())
+        state = self.engine.state
+        task = get_task(state, task_id)
+        return view(task, self.engine.clock(), waits_for=self._waits_for().get(task_id, "") if task.id in state.queued else "")
+
+    def _waits_for(self) -> dict[int, str]:
+        return dict(scheduler.start_order(self.engine.state))
 
     async def submit(self, request: p.Submit) -> p.TaskView:
         limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
@@ -368,10 +373,13 @@ class Server:
         now = self.engine.clock()
         views: list[p.TaskView] = []
         size = 0
+        waits: dict[int, str] | None = None
         for task in tasks:
             if len(views) == limit:
                 return views, True
-            brief = view(task, now, preview=p.PREVIEW)
+            if task.status is Status.QUEUED and waits is None:
+                waits = self._waits_for()  # once a page, and only if it shows queued tasks
+            brief = view(task, now, preview=p.PREVIEW, waits_for=(waits or {}).get(task.id, ""))
             size += len(encoder.encode(brief))
             if views and size > p.PAGE_BYTES:
                 return views, True
@@ -383,7 +391,7 @@ class Server:
 
     async def queue(self, request: p.Queue) -> list[p.TaskView]:
         state = self.engine.state
-        views, _ = self._page((state.tasks[t] for t in scheduler.run_order(state)), request.limit)
+        views, _ = self._page((state.tasks[t] for t, _ in scheduler.start_order(state)), request.limit)
         return views
 
     async def wait(self, request: p.Wait) -> list[p.TaskView]:

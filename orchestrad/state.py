@@ -521,7 +521,7 @@ def _from_format_1(payload: bytes | memoryview) -> State:
     return state
 
 
-def view(task: Task, now: float, *, preview: int | None = None) -> TaskView:
+def view(task: Task, now: float, *, preview: int | None = None, waits_for: str = "") -> TaskView:
     """What clients see of `task`. With `preview`, its title, prompt, command and result are
     cut to that many characters each (list replies); without, they are whole (`show`)."""
     spec = task.spec
@@ -568,6 +568,7 @@ def view(task: Task, now: float, *, preview: int | None = None) -> TaskView:
         step=spec.step,
         worktree=task.workdir,
         parent=spec.parent,
+        waits_for=waits_for,
     )
 
 

@@ -125,3 +125,22 @@ def test_show_and_logs_of_stderr(daemon):
     assert json.loads(daemon.cli("logs", "--json", task).output) == [{"stream": "stderr", "text": "to-err\n"}]
     bad_env = daemon.cli("submit", "--env", "NOEQUALS", "--", "true")
     assert bad_env.exit_code == Exit.BAD_INPUT and "NAME=VALUE" in bad_env.output
+
+
+def test_ps_show_and_queue_say_what_a_queued_task_waits_for(daemon):
+    daemon.cli("config", "set", "max_concurrent", "1")
+    daemon.cli("config", "set", "role_limits", '{"reviewer": 0}')
+    gate = daemon.cli("submit", "--title", "gate", "--", "sleep", "30").output.strip()
+    wait_for(lambda: json.loads(daemon.cli("show", "--json", gate).output)["status"] == "running", what="the gate to run")
+    slot = daemon.cli("submit", "--title", "slot", "--", "true").output.strip()
+    held = daemon.cli("submit", "--role", "reviewer", "--title", "held", "--", "true").output.strip()
+    later = daemon.cli("submit", "--after", gate, "--title", "later", "--", "true").output.strip()
+    shown = daemon.cli("show", slot).output
+    assert "waits for  a free slot (1 of 1 running)" in shown, shown
+    ps = daemon.run_cli("ps")  # the quick path
+    assert "slot · waits for a free slot" in ps.stdout, ps.stdout
+    assert "held · waits for role_limits allows no reviewer task" in ps.stdout, ps.stdout
+    assert f"later · waits for task {gate} to succeed" in ps.stdout, ps.stdout
+    queue = json.loads(daemon.cli("queue", "--json").output)
+    assert [str(t["id"]) for t in queue] == [slot, held, later]
+    daemon.cli("stop", gate)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad import events as ev
+from orchestrad import scheduler
 from tests.core import Core
 
 
@@ -158,3 +161,32 @@ def test_auto_deny_answers_a_question_left_waiting():
     assert deny == ev.InputGiven(task=task, request_id="r", answer="deny: no answer came within 60 s")
     core.apply([deny])
     assert core.status(task) is Status.RUNNING
+
+
+def test_every_queued_task_says_what_it_waits_for_in_the_order_it_will_start():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=2))
+    core.do(p.ConfigSet(key="role_limits", value={"tester": 1, "reviewer": 0}))
+    running = core.submit(role="tester")
+    core.tick()
+    dep = core.submit(priority=50)  # high priority, but others wait on it
+    after = core.submit(after=[dep], priority=90)
+    tester = core.submit(role="tester", priority=80)
+    reviewer = core.submit(role="reviewer", priority=70)
+    low = core.submit(priority=-10)
+    order = scheduler.start_order(core.state)
+    assert [t for t, _ in order] == [dep, low, tester, reviewer, after]
+    reasons = dict(order)
+    assert reasons[dep] == ""  # starts at the next pass: the one free slot is its
+    assert reasons[low] == "a free slot (1 of 2 running)"
+    assert reasons[tester] == "a tester slot (role_limits: 1 of 1 running)"
+    assert "allows no reviewer task (its limit is 0)" in reasons[reviewer]
+    assert reasons[after] == f"task {dep} to succeed"
+    assert core.tick() == [dep]
+    assert running in core.state.active
+
+
+def test_role_limits_must_name_known_roles():
+    core = Core()
+    with pytest.raises(p.OrchestraError, match="role_limits names no known role: testr; the roles are"):
+        core.do(p.ConfigSet(key="role_limits", value={"testr": 1}))

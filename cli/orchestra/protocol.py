@@ -398,6 +398,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     step: str = ""  # the workflow step it is
     worktree: str = ""  # its git worktree, when it has one
     parent: int | None = None  # the task whose agent submitted it
+    waits_for: str = ""  # a queued task: what it waits for ("a free slot", "task 3 to succeed")
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -49,6 +49,8 @@ def doing(task: TaskView) -> str:
         return f"{task.title} ({task.reason})"
     if task.status.active and task.activity:
         return f"{task.title} · {task.activity}"
+    if getattr(task, "waits_for", ""):
+        return f"{task.title} · waits for {task.waits_for}"
     return task.title
 
 
@@ -115,6 +117,8 @@ def details(task: TaskView) -> str:
         lines.append(f"  limits     {', '.join(x for x in limits if x)}")
     if task.cost_usd or task.input_tokens or task.output_tokens:
         lines.append(f"  cost       {cost(task.cost_usd)} ({task.input_tokens} tokens in, {task.output_tokens} out)")
+    if task.waits_for:
+        lines.append(f"  waits for  {task.waits_for}")
     if task.parent is not None:
         lines.append(f"  submitted  by task {task.parent}'s agent")
     if task.session_id:
