@@ -31,7 +31,10 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from orchestrad.decide import Actor
 
 log = logging.getLogger(__name__)
 
@@ -266,6 +269,39 @@ class Cgroups:
         relative = next((line[3:] for line in lines if line.startswith("0::")), "")
         leaf = relative.rsplit("/", 1)[-1]
         return leaf[len(self.prefix) :] if leaf.startswith(self.prefix) else None
+
+
+# ---------------------------------------------------------------------------------------
+# Who asks
+
+
+def identify(pid: int | None, task_pids: dict[int, int], cgroups: "Cgroups | None", home_mark: str) -> "Actor | None":
+    """None if the peer `pid` is the user; an `Actor` if it is an agent's process or
+    anything one started: it is in a task's cgroup, or descends from a task's process
+    (`task_pids`: pid -> task) or from the daemon itself (which starts nothing but agents
+    and git), or carries an agent's mark in its environment (a previous daemon's agent, or
+    another home's)."""
+    from orchestrad import orphans
+    from orchestrad.decide import Actor
+
+    if pid is None or pid <= 0:
+        return None
+    if cgroups is not None:
+        name = cgroups.name_of(pid)
+        if name is not None:
+            return Actor(task=task_of_cgroup(name))
+    me = os.getpid()
+    for ancestor in ancestors(pid):
+        if ancestor in task_pids:
+            return Actor(task=task_pids[ancestor])
+        if ancestor == me:
+            return Actor(task=None)  # adopted: its task is over, or cannot be told
+    mark = orphans.mark_of(pid)
+    if mark is not None:
+        home, _, rest = mark.partition(":")
+        task = rest.split(":")[0]
+        return Actor(task=int(task) if home == home_mark and task.isdigit() else None)
+    return None
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -16,23 +16,19 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
-import msgspec
-
-from orchestra.vocab import shorten, version
 from orchestra import protocol as p
 from orchestra.paths import Paths
 from orchestra.protocol import Status
-from orchestrad import agentenv, configwatch, containment, orphans, scheduler, worktrees
+from orchestra.vocab import version
+from orchestrad import configwatch, containment, launch, orphans, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
-from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 from orchestrad.worktrees import WorktreeError
@@ -87,7 +83,7 @@ class Engine:
         self.home_mark = orphans.home_mark(str(store.log.directory))
         self._unrecorded: list[Item] = []  # observations the log could not take yet (disk full)
         self._retry: asyncio.TimerHandle | None = None
-        self._worktree_jobs: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
+        self.workdirs = launch.Workdirs(paths.state / "worktrees" if paths is not None else None)
         self._agents: dict[int, Agent] = {}
         self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
@@ -104,29 +100,9 @@ class Engine:
     # -- commands -----------------------------------------------------------------------
 
     def identify(self, pid: int | None) -> d.Actor | None:
-        """Who a peer is: None for the user, an `Actor` for an agent's process or anything
-        it started. An agent's process is in a task's cgroup, or descends from a task's
-        process or from the daemon itself (which starts nothing else but git), or carries
-        an agent's mark in its environment (a previous daemon's agent)."""
-        if pid is None or pid <= 0:
-            return None
-        cgroups = self.supervisor.cgroups
-        if cgroups is not None:
-            name = cgroups.name_of(pid)
-            if name is not None:
-                return d.Actor(task=containment.task_of_cgroup(name))
-        by_pid = {process: task for task, process in self.supervisor.pids().items()}
-        me = os.getpid()
-        for ancestor in containment.ancestors(pid):
-            if ancestor in by_pid:
-                return d.Actor(task=by_pid[ancestor])
-            if ancestor == me:
-                return d.Actor(task=None)  # adopted: its task is over, or cannot be told
-        mark = orphans.mark_of(pid)
-        if mark is not None:
-            home, task, _ = (mark.split(":") + ["", ""])[:3]
-            return d.Actor(task=int(task) if home == self.home_mark and task.isdigit() else None)
-        return None
+        """Who a peer is: None for the user, an `Actor` for an agent's process."""
+        tasks_by_pid = {process: task for task, process in self.supervisor.pids().items()}
+        return containment.identify(pid, tasks_by_pid, self.supervisor.cgroups, self.home_mark)
 
     async def execute(self, command: p.Request, actor: d.Actor | None = None) -> list[ev.Event]:
         """Decide and record `command` (asked by `actor`; None: the user); return its events
@@ -287,16 +263,13 @@ class Engine:
             return  # stopped while its start was being recorded
         agent = agent_for(task.spec.agent)
         try:
-            task_env = self._task_env(task)
-            cwd = await self._workdir(task)
-            task = self._prepared(self.state.tasks[task_id])
+            own_env = launch.task_env(self.env_store, task)
+            cwd = await self.workdirs.workdir(self.state, task, self.record_nowait)
+            task = launch.prepared(self.state, self.state.tasks[task_id])
             argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
-            env = {
-                **agentenv.inherited(self.base_env, (*agent.inherit_env, *self.state.config.pass_env)),
-                **task_env,
-                orphans.VARIABLE: orphans.mark(self.home_mark, task_id, task.attempts),
-            }
+            mark = orphans.mark(self.home_mark, task_id, task.attempts)
+            env = launch.environment(self.base_env, agent, self.state.config, own_env, mark)
             cgroup = containment.cgroup_name(task_id, task.attempts)
             pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
         except (SpawnError, WorktreeError) as exc:
@@ -308,71 +281,9 @@ class Engine:
             return
         self._agents[task_id] = agent
         spawned = ev.ProcessSpawned(
-            task=task_id, attempt=task.attempts, pid=pid, argv=_shown(argv), cgroup=self.supervisor.cgroup_of(task_id)
+            task=task_id, attempt=task.attempts, pid=pid, argv=launch.shown(argv), cgroup=self.supervisor.cgroup_of(task_id)
         )
         self._observe([spawned, *self._react(task_id, greeting)])
-
-    def _task_env(self, task: Task) -> dict[str, str]:
-        """The task's own environment: its values from the env store (and, for tasks of
-        logs older than the store, the values the log kept)."""
-        if not task.spec.secret_env:
-            return dict(task.spec.env)
-        try:
-            stored = self.env_store.get(task.id)
-        except (OSError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
-            raise SpawnError(f"could not read its stored environment: {exc}") from None
-        missing = [name for name in task.spec.secret_env if name not in (stored or {})]
-        if missing:
-            raise SpawnError(
-                f"its environment values ({', '.join(missing)}) are missing from the daemon's env store "
-                f"({self.env_store.directory}); submit the task again"
-            )
-        return {**task.spec.env, **(stored or {})}
-
-    def _prepared(self, task: Task) -> Task:
-        """The task as its agent should see it: a workflow step's prompt (or argv) with the
-        goal and the earlier steps' results filled in."""
-        workflow = self.state.workflows.get(task.spec.workflow) if task.spec.workflow else None
-        if workflow is None:
-            return task
-        results = {}
-        for step, step_task in workflow.steps.items():
-            t = self.state.tasks.get(step_task)
-            if t is not None:
-                results[step] = (t.status.value, t.result)
-        spec = msgspec.structs.replace(
-            task.spec,
-            prompt=workflows_mod.render(task.spec.prompt, workflow.goal, results),
-            argv=[workflows_mod.render(a, workflow.goal, results) for a in task.spec.argv],
-        )
-        return msgspec.structs.replace(task, spec=spec)
-
-    async def _workdir(self, task: Task) -> str:
-        """Where the task works: its own worktree, its workflow's shared one (made once, on
-        first need), or the directory it was submitted from."""
-        if not task.spec.worktree or task.workdir:
-            return task.cwd
-        root = self._worktree_root()
-        workflow = self.state.workflows.get(task.spec.workflow) if task.spec.workflow else None
-        if workflow is not None and task.spec.workspace == "shared":
-            job = self._worktree_jobs.get(workflow.id)
-            if job is None:
-                name = f"w{workflow.id}-{worktrees.slug(workflow.goal)}"
-                job = asyncio.ensure_future(worktrees.create(workflow.cwd or task.spec.cwd, root, name))
-                self._worktree_jobs[workflow.id] = job
-                path, branch, repo, workdir = await job
-                self.record_nowait([ev.WorktreeCreated(path=path, branch=branch, repo=repo, workflow=workflow.id, workdir=workdir)])
-            else:
-                await job
-            return self.state.tasks[task.id].cwd
-        path, branch, repo, workdir = await worktrees.create(task.spec.cwd, root, f"{task.id}-{worktrees.slug(task.spec.title)}")
-        self.record_nowait([ev.WorktreeCreated(path=path, branch=branch, repo=repo, task=task.id, workdir=workdir)])
-        return workdir
-
-    def _worktree_root(self) -> Path:
-        if self.paths is None:
-            raise WorktreeError("this daemon has no state directory for worktrees")
-        return self.paths.state / "worktrees"
 
     # -- observations from the supervisor -----------------------------------------------
 
@@ -499,10 +410,5 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
-
-
-def _shown(argv: list[str], limit: int = 200) -> list[str]:
-    """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
-    return [shorten(a, limit) for a in argv]
 
 

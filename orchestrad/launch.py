@@ -1,0 +1,111 @@
+"""Starting a task's process: where it works, what it is told, what it finds in its
+environment. The engine's `_start` strings these together once the start is durable.
+
+* `prepared` — a workflow step as its agent sees it: the goal and earlier steps' results
+  filled into its prompt (or argv). Pure.
+* `task_env` — the task's own environment values, from the env store.
+* `environment` — the whole environment of the process: what it inherits from the daemon
+  (`agentenv`), its own values, and its mark.
+* `Workdirs` — its working directory: its own git worktree, its workflow's shared one
+  (made once, on first need), or the directory it was submitted from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+import msgspec
+
+from orchestra.vocab import shorten
+from orchestrad import agentenv, orphans, worktrees
+from orchestrad import events as ev
+from orchestrad import workflows as workflows_mod
+from orchestrad.agents import Agent
+from orchestrad.config import Config
+from orchestrad.envstore import EnvStore
+from orchestrad.state import State, Task
+from orchestrad.supervisor import SpawnError
+from orchestrad.worktrees import WorktreeError
+
+
+def prepared(state: State, task: Task) -> Task:
+    """The task as its agent should see it: a workflow step's prompt (or argv) with the
+    goal and the earlier steps' results filled in."""
+    workflow = state.workflows.get(task.spec.workflow) if task.spec.workflow else None
+    if workflow is None:
+        return task
+    results = {}
+    for step, step_task in workflow.steps.items():
+        t = state.tasks.get(step_task)
+        if t is not None:
+            results[step] = (t.status.value, t.result)
+    spec = msgspec.structs.replace(
+        task.spec,
+        prompt=workflows_mod.render(task.spec.prompt, workflow.goal, results),
+        argv=[workflows_mod.render(a, workflow.goal, results) for a in task.spec.argv],
+    )
+    return msgspec.structs.replace(task, spec=spec)
+
+
+def task_env(store: EnvStore, task: Task) -> dict[str, str]:
+    """The task's own environment: its values from the env store (and, for tasks of logs
+    older than the store, the values the log kept). SpawnError if any is missing."""
+    if not task.spec.secret_env:
+        return dict(task.spec.env)
+    try:
+        stored = store.get(task.id) or {}
+    except (OSError, ValueError) as exc:  # msgspec's DecodeError is a ValueError
+        raise SpawnError(f"could not read its stored environment: {exc}") from None
+    missing = [name for name in task.spec.secret_env if name not in stored]
+    if missing:
+        raise SpawnError(
+            f"its environment values ({', '.join(missing)}) are missing from the daemon's env store "
+            f"({store.directory}); submit the task again"
+        )
+    return {**task.spec.env, **stored}
+
+
+def environment(base: dict[str, str], agent: Agent, config: Config, own: dict[str, str], mark: str) -> dict[str, str]:
+    """Everything the process finds in its environment."""
+    return {
+        **agentenv.inherited(base, (*agent.inherit_env, *config.pass_env)),
+        **own,
+        orphans.VARIABLE: mark,
+    }
+
+
+def shown(argv: list[str], limit: int = 200) -> list[str]:
+    """The argv as recorded: long arguments (a role's whole prompt) are shortened."""
+    return [shorten(a, limit) for a in argv]
+
+
+class Workdirs:
+    """Where tasks work, making their git worktrees under `root` as they start."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._shared: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
+
+    async def workdir(self, state: State, task: Task, record: Callable[[list[ev.Event]], object]) -> str:
+        """The task's working directory; a worktree made for it is recorded with `record`."""
+        if not task.spec.worktree or task.workdir:
+            return task.cwd
+        if self.root is None:
+            raise WorktreeError("this daemon has no state directory for worktrees")
+        workflow = state.workflows.get(task.spec.workflow) if task.spec.workflow else None
+        if workflow is not None and task.spec.workspace == "shared":
+            job = self._shared.get(workflow.id)
+            if job is None:
+                name = f"w{workflow.id}-{worktrees.slug(workflow.goal)}"
+                job = asyncio.ensure_future(worktrees.create(workflow.cwd or task.spec.cwd, self.root, name))
+                self._shared[workflow.id] = job
+                path, branch, repo, workdir = await job
+                record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, workflow=workflow.id, workdir=workdir)])
+            else:
+                await job
+            return state.tasks[task.id].cwd
+        path, branch, repo, workdir = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
+        record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, task=task.id, workdir=workdir)])
+        return workdir
