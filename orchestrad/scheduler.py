@@ -84,6 +84,26 @@ def run_order(state: State) -> list[int]:
     return [task_id for *_, task_id in state.run_order]
 
 
+def waits_for(state: State, task: Task) -> str:
+    """What the queued `task` waits for, in words ("" if it is about to start). Looks at
+    the task and the active ones only, so it is cheap enough for every view: a task that
+    could start would have been started by the last plan, so what holds it is its
+    dependencies, its role's limit, or the slots."""
+    deps = _waited_on(state, task)
+    if deps:
+        return deps
+    config = state.config
+    limit = config.role_limits.get(task.role)
+    running = _per_role(state).get(task.role, 0) if limit is not None else 0
+    if limit == 0:
+        return f"role_limits allows no {task.role} task (its limit is 0); raise it with `orchestra config set role_limits`"
+    if limit is not None and running >= limit:
+        return f"a {task.role} slot (role_limits: {running} of {limit} running)"
+    if len(state.active) >= config.max_concurrent:
+        return f"a free slot ({len(state.active)} of {config.max_concurrent} running)"
+    return ""
+
+
 def start_order(state: State) -> list[tuple[int, str]]:
     """Every queued task in the order it is expected to start, with what it waits for
     ("" for none: it starts now): first those that may start, then those held by their

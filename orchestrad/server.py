@@ -250,10 +250,10 @@ class Server:
     def _view(self, task_id: int) -> p.TaskView:
         state = self.engine.state
         task = get_task(state, task_id)
-        return view(task, self.engine.clock(), waits_for=self._waits_for().get(task_id, "") if task.id in state.queued else "")
+        return view(task, self.engine.clock(), waits_for=self._waits_for(task))
 
-    def _waits_for(self) -> dict[int, str]:
-        return dict(scheduler.start_order(self.engine.state))
+    def _waits_for(self, task: Task) -> str:
+        return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""
 
     async def submit(self, request: p.Submit) -> p.TaskView:
         limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
@@ -373,13 +373,10 @@ class Server:
         now = self.engine.clock()
         views: list[p.TaskView] = []
         size = 0
-        waits: dict[int, str] | None = None
         for task in tasks:
             if len(views) == limit:
                 return views, True
-            if task.status is Status.QUEUED and waits is None:
-                waits = self._waits_for()  # once a page, and only if it shows queued tasks
-            brief = view(task, now, preview=p.PREVIEW, waits_for=(waits or {}).get(task.id, ""))
+            brief = view(task, now, preview=p.PREVIEW, waits_for=self._waits_for(task))
             size += len(encoder.encode(brief))
             if views and size > p.PAGE_BYTES:
                 return views, True

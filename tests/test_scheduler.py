@@ -190,3 +190,14 @@ def test_role_limits_must_name_known_roles():
     core = Core()
     with pytest.raises(p.OrchestraError, match="role_limits names no known role: testr; the roles are"):
         core.do(p.ConfigSet(key="role_limits", value={"testr": 1}))
+
+
+def test_one_task_says_what_it_waits_for_without_looking_at_the_queue():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=1))
+    first = core.submit()
+    core.tick()
+    second = core.submit()
+    after = core.submit(after=[first])
+    assert scheduler.waits_for(core.state, core.state.tasks[second]) == "a free slot (1 of 1 running)"
+    assert scheduler.waits_for(core.state, core.state.tasks[after]) == f"task {first} to succeed"
