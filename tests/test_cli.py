@@ -54,8 +54,8 @@ def test_errors_are_one_line_with_what_to_do(daemon):
     assert result.stderr.startswith("orchestra: no task 7") and "orchestra ps" in result.stderr
 
 
-def test_unreachable_daemon_exit_code():
-    home = Path(tempfile.mkdtemp(prefix="orc-"))
+def test_unreachable_daemon_exit_code(tmp_path):
+    home = tmp_path / "home"
     result = subprocess.run(
         [sys.executable, "-m", "orchestra", "--home", str(home), "--no-autostart", "ps"],
         capture_output=True, text=True, timeout=30,
