@@ -149,11 +149,23 @@ class Store:
             notes.append(f"replayed from the snapshot at record {base.last_seq} (older records were compacted)")
         replayed = replay_log(self.log, base)
         if replayed != self.state:
-            diff = [t for t in set(replayed.tasks) | set(self.state.tasks) if replayed.tasks.get(t) != self.state.tasks.get(t)]
-            notes.append(f"MISMATCH: a replay differs from the live state (tasks {sorted(diff)[:20]})")
+            notes.append(f"MISMATCH: a replay differs from the live state ({_differences(replayed, self.state)})")
         else:
             notes.append(f"ok: replaying {replayed.last_seq} records gives the live state")
         return notes
+
+
+def _differences(replayed: State, live: State) -> str:
+    """Where two states differ: which tasks, and which tasks' output places."""
+    def differing(a: dict, b: dict) -> list[int]:
+        return sorted(t for t in set(a) | set(b) if a.get(t) != b.get(t))[:20]
+
+    found = []
+    if tasks := differing(replayed.tasks, live.tasks):
+        found.append(f"tasks {tasks}")
+    if outputs := differing(replayed.outputs, live.outputs):
+        found.append(f"the output places of tasks {outputs}")
+    return "; ".join(found) or "outside the tasks and their output"
 
 
 def _size(directory: Path) -> int:
