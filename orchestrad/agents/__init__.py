@@ -10,7 +10,8 @@ returns; the adapter itself does no I/O:
   whether to close stdin;
 * `answer(task, given)` — a person's recorded answer becomes a `Reaction`;
 * `spawn_error(message)` and `failure_detail()` — words for a person when it goes wrong;
-* `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`.
+* `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
+  `shown_as_stored(stream)` says when that is the output as stored.
 
 One adapter instance serves one process, so it may keep what it needs between chunks
 (a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
@@ -60,6 +61,12 @@ class Agent:
     def render(stream: str, data: bytes) -> bytes:
         return b"" if stream == "stdin" else data
 
+    @staticmethod
+    def shown_as_stored(stream: str) -> bool:
+        """Whether `render` gives this stream's output exactly as stored (so `logs` can send
+        it straight from the log, part by part)."""
+        return stream != "stdin"
+
 
 def _factories() -> dict[str, Callable[[], Agent]]:
     from orchestrad.agents.claude import ClaudeAgent
@@ -79,3 +86,9 @@ def agent_for(name: str) -> Agent:
 def renderer(name: str) -> Callable[[str, bytes], bytes]:
     factory = _factories().get(name)
     return factory.render if factory is not None else Agent.render
+
+
+def shown_as_stored(name: str) -> Callable[[str], bool]:
+    """For agent `name`: whether `renderer(name)` shows a stream's output as stored."""
+    factory = _factories().get(name)
+    return factory.shown_as_stored if factory is not None else Agent.shown_as_stored

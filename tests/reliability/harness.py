@@ -224,10 +224,19 @@ def strays(marker: str, active_pids: set[int]) -> list[ProcStat]:
 
 
 def vm_rss_kb(pid: int) -> int:
+    return _status_kb(pid, "VmRSS")
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """The process's peak resident memory so far (the kernel keeps it: no sampling gaps)."""
+    return _status_kb(pid, "VmHWM")
+
+
+def _status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 class RssSampler(threading.Thread):
