@@ -1,12 +1,16 @@
 """The RPC server: frames on a Unix socket, one small handler per request.
 
-A connection starts with `Hello` (the protocol version is checked) and then carries one
-request at a time. A request is answered with `Ok` or `Error`; a streaming request (`Logs`
-with follow, `Watch`) with many `Ok` frames and a closing `End`. Bad input never takes the
-daemon down: an undecodable or ill-typed frame gets an `Error` reply and the connection
-carries on; a frame longer than the limit gets an `Error` and the connection is closed,
-since the stream can no longer be trusted. The peer's uid is checked (SO_PEERCRED) before
-anything is read: only the daemon's own user may talk to it.
+A connection starts with `Hello` (the protocol version is checked; one that says nothing
+for HELLO_TIMEOUT seconds is closed) and then carries one request at a time. A request is
+answered with `Ok` or `Error`; a streaming request (`Logs` with follow, `Watch`) with many
+`Ok` frames and a closing `End`; a client that hangs up ends its stream, or its `Wait`.
+Bad input never takes the daemon down: an undecodable or ill-typed frame gets an `Error`
+reply and the connection carries on; a frame longer than the limit gets an `Error` and the
+connection is closed, since the stream can no longer be trusted. The peer's uid is checked
+(SO_PEERCRED) before anything is read: only the daemon's own user may talk to it.
+Connections are capped by the open-files limit (`orchestrad.descriptors`); past the cap,
+one is closed to make room or the new one is refused, with an error saying what to do
+(`orchestrad.connections`).
 
 Streams never buffer without bound: each frame waits until the one before has gone into
 the socket; `logs` reads output from the log as it goes, in frames of LOG_FRAME bytes, and
@@ -20,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import socket
 import struct
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
@@ -29,11 +34,12 @@ import msgspec
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder
-from orchestrad import scheduler
+from orchestrad import descriptors, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
 from orchestrad.agents import renderer, shown_as_stored
+from orchestrad.connections import Client, Clients
 from orchestrad.decide import get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.log import LogCorrupt
@@ -41,7 +47,9 @@ from orchestrad.state import view
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 30.0
+HELLO_TIMEOUT = 3.0  # seconds a new connection has to say Hello (real clients say it at once)
+REFUSE_WAIT = 1.0  # seconds a refused client has to send its Hello, so that it reads why, not a reset
+REFUSING_MAX = 32  # refused clients waited for at once; past that they are closed straight away
 request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
 LIST_PROMPT_LIMIT = 2000  # characters of each prompt in list replies (`show` has all of it)
 LOG_FRAME = 32 << 10  # bytes of output per frame: less than a socket's buffer takes (see _frames)
@@ -49,13 +57,17 @@ PIPELINE_DEPTH = 256  # requests a connection may have in flight
 
 
 class Server:
-    def __init__(self, engine: Engine, *, socket_path: str, home: str, on_shutdown: Callable[[], None]) -> None:
+    def __init__(self, engine: Engine, *, socket_path: str, home: str, on_shutdown: Callable[[], None],
+                 fd_limit: int | None = None) -> None:
         self.engine = engine
         self.socket_path = socket_path
         self.home = home
         self.on_shutdown = on_shutdown
         self.started_at = engine.clock()
-        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}  # every one, to close at shutdown
+        self.fd_limit = fd_limit if fd_limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.clients = Clients(self.connection_cap)  # the ones served, under the cap
+        self._refused = 0  # since the last warning about it
         self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
             p.Submit: self.submit,
             p.ListTasks: self.list_tasks,
@@ -94,14 +106,47 @@ class Server:
             if not _peer_is_us(writer):
                 await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="this daemon serves only its own user"))
                 return
-            await self._converse(reader, writer)
+            if not self.clients.make_room(_closed_for_room):
+                await self._refuse(reader, writer)
+                return
+            await self._converse(reader, writer, self.clients.add(task, writer))
         except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
             pass
         except Exception:  # a bug in a handler must not take the daemon down
             log.exception("connection failed")
         finally:
+            self.clients.remove(task)
             self.connections.pop(task, None)
             writer.close()
+
+    def connection_cap(self) -> int:
+        return descriptors.connection_cap(self.fd_limit, self.engine.state.config.max_concurrent)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Past the cap, and no connection could be closed for room: say so, and close.
+        The client's Hello is read first if it comes soon, so that the client reads this
+        answer; a socket closed with its Hello unread would reach it as a reset."""
+        cap, limit = self.connection_cap(), self.fd_limit
+        _write(writer, p.Error(code=p.ErrorCode.UNAVAILABLE, message=(
+            f"the daemon has as many connections as it can serve ({cap:,}: its open-files limit of {limit:,} "
+            f"less {limit - cap:,} kept for agents and itself), and none of them is idle; close clients you do "
+            "not need (each `orchestra logs -f`, `wait`, `dashboard` and MCP server holds one), or raise the "
+            "daemon's open-files limit (ulimit -n, or LimitNOFILE= in its systemd unit) and restart it")))
+        self._refused += 1
+        if self._refused == 1:
+            log.warning("refusing clients: %d connections, all busy, fill the cap of %d (open-files limit %d)",
+                        len(self.clients), cap, limit)
+            asyncio.get_running_loop().call_later(60, self._refusals_counted)
+        if len(self.connections) - len(self.clients) <= REFUSING_MAX:
+            try:
+                await asyncio.wait_for(reader.read(HEADER.size + 4096), REFUSE_WAIT)
+            except asyncio.TimeoutError:
+                pass
+
+    def _refusals_counted(self) -> None:
+        if self._refused > 1:
+            log.warning("refused %d more clients in the last minute: every connection was busy", self._refused - 1)
+        self._refused = 0
 
     async def close_connections(self, timeout: float = 2.0) -> None:
         """Close every client connection (their handlers see EOF and end), then wait."""
@@ -113,24 +158,28 @@ class Server:
             for task in pending:
                 task.cancel()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Client) -> None:
         """The handshake, then requests. A client may send several requests without waiting
         (pipelining): each is decided and appended in the order it came, their replies go
         back in that order, each once its events are durable, so group commit can cover a
-        whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight."""
+        whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight. `client`
+        keeps count of them, for the connection cap."""
         if not await self._greet(reader, writer):
             return
+        client.hello(self.clients.clock())
         replies: asyncio.Queue = asyncio.Queue(maxsize=PIPELINE_DEPTH)
-        replier = asyncio.ensure_future(self._reply_in_order(replies, writer))
+        replier = asyncio.ensure_future(self._reply_in_order(replies, writer, client))
         try:
             while not replier.done():
                 try:
                     body = await _read_frame(reader)
                 except FrameTooBig as exc:
+                    client.started()
                     await replies.put(p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
                     return
                 if body is None:
                     return
+                client.started()  # whatever it is, it gets a reply (or a stream)
                 try:
                     request = request_decoder.decode(body)
                 except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
@@ -141,8 +190,12 @@ class Server:
                     await replies.put(request)  # a stream has the connection to itself, in turn
                 else:
                     # Started now, so that requests are decided in the order they came.
-                    await replies.put(asyncio.ensure_future(self._answer(request)))
+                    answer = asyncio.ensure_future(self._answer(request))
+                    if isinstance(request, p.Wait):
+                        client.waits_for(answer)
+                    await replies.put(answer)
         finally:
+            client.left()  # a stream or a `wait` has nobody to tell now; the rest is still answered
             if not replier.done():
                 await replies.put(None)
                 await replier
@@ -151,6 +204,8 @@ class Server:
         try:
             body = await asyncio.wait_for(_read_frame(reader), HELLO_TIMEOUT)
         except asyncio.TimeoutError:
+            await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
+                f"no Hello within {HELLO_TIMEOUT:g} s of connecting; closing (a client says Hello first, at once)")))
             return False
         except FrameTooBig as exc:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
@@ -172,16 +227,24 @@ class Server:
         await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=_version(), pid=os.getpid())))
         return True
 
-    async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+    async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, client: Client) -> None:
         """Send each reply in the order its request came; a stream runs when its turn comes."""
         try:
             while (item := await replies.get()) is not None:
-                if isinstance(item, asyncio.Future):
-                    await self._send(writer, await item)
-                elif isinstance(item, p.Request):
-                    await self._stream(item, writer)
-                else:
-                    await self._send(writer, item)
+                try:
+                    if isinstance(item, asyncio.Future):
+                        await self._send(writer, await item)
+                    elif isinstance(item, p.Request):
+                        stream = asyncio.ensure_future(self._stream(item, writer))
+                        client.waits_for(stream)
+                        await stream
+                    else:
+                        await self._send(writer, item)
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # we are being stopped
+                    # else: a stream or a `wait` whose client left (Client.left)
+                client.done(self.clients.clock())
         except (ConnectionError, BrokenPipeError):
             pass  # the client left; what it asked for was still done
         finally:
@@ -503,6 +566,15 @@ async def _tail_start(store, task_id: int, lines: int, render) -> tuple[int, int
 
 def _short(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _closed_for_room(client: Client) -> None:
+    """A connection is closed to make room for a new one: tell it why (it reads this if it
+    speaks again; it never loses an answer: it had nothing in flight)."""
+    why = "it had not said Hello" if not client.greeted else "it was idle"
+    _write(client.writer, p.Error(code=p.ErrorCode.UNAVAILABLE, message=(
+        f"the daemon closed this connection to make room for another ({why}): it was at its connection "
+        "limit; connect again when you need it")))
 
 
 def _write(writer: asyncio.StreamWriter, message: p.Reply) -> None:
