@@ -33,6 +33,7 @@ from pathlib import Path
 import msgspec
 
 from orchestra import protocol as p
+from orchestra.main import Exit
 from orchestrad import connections, descriptors
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, Raw, raise_nofile, vm_hwm_kb
@@ -337,7 +338,7 @@ def test_past_the_cap_with_every_connection_busy_a_new_client_is_told_why():
             assert "as many connections as it can serve" in refused["message"] and "ulimit -n" in refused["message"], refused
             assert late.reply() is None  # and closed
         shown = d.run_cli("ps")
-        assert shown.returncode != 0 and "as many connections as it can serve" in shown.stderr, shown
+        assert shown.returncode == Exit.UNAVAILABLE and "as many connections as it can serve" in shown.stderr, shown
         print(f"\ncap {cap} under 256/256, every connection streaming: `orchestra ps` says: {shown.stderr.strip()}")
         for w in watchers[:5]:
             w.close()
