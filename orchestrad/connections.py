@@ -69,7 +69,6 @@ class Clients:
         self.cap = cap  # asked each time: the reserve follows max_concurrent
         self.clock = clock
         self.by_task: dict[asyncio.Task, Client] = {}
-        self.closed_for_room = 0  # since start, for the daemon's log and the tests
 
     def __len__(self) -> int:
         return len(self.by_task)
@@ -93,7 +92,6 @@ class Clients:
         del self.by_task[task]  # counted out now; its task ends once it sees the close
         farewell(client)
         client.writer.close()
-        self.closed_for_room += 1
         return True
 
     def _least_needed(self) -> tuple[asyncio.Task, Client] | None:
