@@ -270,7 +270,6 @@ def test_submit_works_while_1100_idle_connections_are_open_under_a_hard_limit_of
         conns = connect_many(d, 600, hello=True) + connect_many(d, 500, hello=False)
         done = submit_by_cli(d)
         assert done.returncode == 0, f"`orchestra submit` with 1,100 idle connections open: {done.stderr}"
-        task = int(done.stdout.split()[1]) if done.stdout.split()[:1] == ["task"] else None
         listed = d.run_cli("ps", "--json")
         assert listed.returncode == 0, listed.stderr
         said = [closed_by_daemon(c) for c in conns]
@@ -283,7 +282,6 @@ def test_submit_works_while_1100_idle_connections_are_open_under_a_hard_limit_of
         assert all(r["code"] == "unavailable" for r in for_room)
         assert "Too many open files" not in d.output()
         assert d.proc.poll() is None
-        del task
     finally:
         for c in conns:
             c.close()
