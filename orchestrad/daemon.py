@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 
 from orchestra.paths import Paths, check_socket_path, make_private_dir
-from orchestrad import configwatch, retention, systemd
+from orchestrad import configwatch, descriptors, retention, systemd
 from orchestrad.engine import Engine
 from orchestrad.server import Server
 from orchestrad.store import Store, StoreError
@@ -61,6 +61,7 @@ class Daemon:
         self._stop.set()
 
     async def main(self) -> int:
+        fd_limit = self._raise_fd_limit()
         try:
             store = self._start_up()
         except StartupError as exc:
@@ -71,7 +72,9 @@ class Daemon:
         await engine.start()
         watching = configwatch.watch(self.paths, engine.reload_files)
         tidying = asyncio.ensure_future(self._tidy(engine))
-        server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop)
+        server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop,
+                        fd_limit=fd_limit)
+        self._check_fd_room(server)
         activated = systemd.listen_socket()
         sock = activated if activated is not None else self._listen()
         listener = await asyncio.start_unix_server(server.serve_connection, sock=sock)
@@ -117,6 +120,25 @@ class Daemon:
                 log.exception("retention cleanup failed; it will be tried again")
 
     # -- start-up -----------------------------------------------------------------------
+
+    @staticmethod
+    def _raise_fd_limit() -> int:
+        """Every connection and every agent pipe is a descriptor: take all the system allows."""
+        before, after = descriptors.raise_limit()
+        if after != before:
+            log.info("open-files limit raised from %d to %d", before, after)
+        return after
+
+    @staticmethod
+    def _check_fd_room(server: Server) -> None:
+        cap, limit = server.connection_cap(), server.fd_limit
+        if cap + descriptors.reserve(server.engine.state.config.max_concurrent) > limit:
+            log.warning(
+                "the open-files limit of %d is low for max_concurrent %d: clients get at most %d connections, and agents "
+                "may fail to start; raise it (ulimit -Hn, or LimitNOFILE= in the systemd unit)",
+                limit, server.engine.state.config.max_concurrent, cap)
+        else:
+            log.info("serving up to %d connections (open-files limit %d)", cap, limit)
 
     def _start_up(self) -> Store:
         paths = self.paths

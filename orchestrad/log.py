@@ -1254,6 +1254,30 @@ class Log:
         """Read a record's data back from its .dat, checking its checksum.
 
         Raises LogCorrupt, naming the .dat, if the data does not match or is missing."""
+        data = b"".join(self._data_parts(ref, 0, ref.length, ref.length))  # one part: no copy
+        self._check_crc(ref, zlib.crc32(data))
+        return data
+
+    def check_data(self, ref: DataRef, part: int = 64 << 10) -> None:
+        """Check a record's data as `read_data` does, reading it `part` bytes at a time so as
+        never to hold it whole."""
+        crc = 0
+        for data in self._data_parts(ref, 0, ref.length, part):
+            crc = zlib.crc32(data, crc)
+        self._check_crc(ref, crc)
+
+    def read_data_part(self, ref: DataRef, start: int, length: int) -> bytes:
+        """Bytes `start` to `start + length` of a record's data (fewer at its end), NOT
+        checked: a checksum covers the whole data only. For a reader that has just checked
+        the whole of it (`check_data`) and sends it on part by part, so as to hold no more
+        than a part at a time."""
+        if not 0 <= start <= ref.length or length < 0:
+            raise ValueError(f"bytes {start:,}+{length:,} are not inside {ref}")
+        length = min(length, ref.length - start)
+        return b"".join(self._data_parts(ref, start, length, length))
+
+    def _data_parts(self, ref: DataRef, start: int, length: int, part: int) -> Iterator[bytes]:
+        """Bytes `start` to `start + length` of a record's data, `part` bytes at a time."""
         self._require_open()
         segment = self._segment_of(ref.segment)
         # (Of a segment not checked yet, only the .dat's own size is known: a short read tells.)
@@ -1262,14 +1286,18 @@ class Log:
         path = segment.dat_path
         try:
             with _FileFd(path, self._dfd if segment is self._active else None) as fd:
-                data = _pread_exact(fd, ref.length, ref.offset)
+                for at in range(start, start + length, max(part, 1)):
+                    want = min(part, start + length - at)
+                    data = _pread_exact(fd, want, ref.offset + at)
+                    if len(data) != want:
+                        raise LogCorrupt(path, ref.offset, f"data cut short ({at + len(data):,} of {ref.length:,} bytes)")
+                    yield data
         except FileNotFoundError:
             raise LogCorrupt(path, ref.offset, "the data file is missing") from None
-        if len(data) != ref.length:
-            raise LogCorrupt(path, ref.offset, f"data cut short ({len(data):,} of {ref.length:,} bytes)")
-        if zlib.crc32(data) != ref.crc:
-            raise LogCorrupt(path, ref.offset, "record data checksum mismatch")
-        return data
+
+    def _check_crc(self, ref: DataRef, crc: int) -> None:
+        if crc != ref.crc:
+            raise LogCorrupt(self._segment_of(ref.segment).dat_path, ref.offset, "record data checksum mismatch")
 
     def _segment_of(self, first: int) -> _Segment:
         try:

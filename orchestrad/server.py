@@ -1,16 +1,22 @@
 """The RPC server: frames on a Unix socket, one small handler per request.
 
-A connection starts with `Hello` (the protocol version is checked) and then carries one
-request at a time. A request is answered with `Ok` or `Error`; a streaming request (`Logs`
-with follow, `Watch`) with many `Ok` frames and a closing `End`. Bad input never takes the
-daemon down: an undecodable or ill-typed frame gets an `Error` reply and the connection
-carries on; a frame longer than the limit gets an `Error` and the connection is closed,
-since the stream can no longer be trusted. The peer's uid is checked (SO_PEERCRED) before
-anything is read: only the daemon's own user may talk to it.
+A connection starts with `Hello` (the protocol version is checked; one that says nothing
+for HELLO_TIMEOUT seconds is closed) and then carries one request at a time. A request is
+answered with `Ok` or `Error`; a streaming request (`Logs` with follow, `Watch`) with many
+`Ok` frames and a closing `End`; a client that hangs up ends its stream, or its `Wait`.
+Bad input never takes the daemon down: an undecodable or ill-typed frame gets an `Error`
+reply and the connection carries on; a frame longer than the limit gets an `Error` and the
+connection is closed, since the stream can no longer be trusted. The peer's uid is checked
+(SO_PEERCRED) before anything is read: only the daemon's own user may talk to it.
+Connections are capped by the open-files limit (`orchestrad.descriptors`); past the cap,
+one is closed to make room or the new one is refused, with an error saying what to do
+(`orchestrad.connections`).
 
-Streams never buffer without bound: each awaits the socket's drain before producing more,
-log followers pull chunks from the log as they go, and watchers hold only a set of changed
-task ids, so a reader that stalls costs the daemon almost nothing.
+Streams never buffer without bound: each frame waits until the one before has gone into
+the socket; `logs` reads output from the log as it goes, in frames of LOG_FRAME bytes, and
+holds nothing of it between frames (not the 1 MiB chunk a frame comes from); watchers hold
+only a set of changed task ids. So a reader that stalls, however long and however many,
+costs the daemon a frame of memory (measured: under 30 kB each), and loses nobody output.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import asyncio
 import contextvars
 import logging
 import os
+import resource
 import socket
 import struct
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import msgspec
 
@@ -29,11 +36,12 @@ from orchestra.vocab import shorten, version
 from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestra.wire import HEADER, encoder
-from orchestrad import limits, retention, scheduler
+from orchestrad import descriptors, limits, retention, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
-from orchestrad.agents import renderer
+from orchestrad.agents import renderer, shown_as_stored
+from orchestrad.connections import Client, Clients
 from orchestrad.decide import Actor, authorize, get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.log import LogCorrupt
@@ -41,9 +49,11 @@ from orchestrad.state import Task, view
 
 log = logging.getLogger(__name__)
 
-HELLO_TIMEOUT = 30.0
+HELLO_TIMEOUT = 3.0  # seconds a new connection has to say Hello (real clients say it at once)
+REFUSE_WAIT = 1.0  # seconds a refused client has to send its Hello, so that it reads why, not a reset
+REFUSING_MAX = 32  # refused clients waited for at once; past that they are closed straight away
 request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
-LOG_CHUNK_LIMIT = 1 << 20  # bytes of output per frame
+LOG_FRAME = 32 << 10  # bytes of output per frame: less than a socket's buffer takes (see _frames)
 PIPELINE_DEPTH = 256  # requests a connection may have in flight
 
 # Who asks on the connection being served: None for the user, an Actor for an agent's
@@ -52,13 +62,17 @@ _asking: contextvars.ContextVar[Actor | None] = contextvars.ContextVar("asking",
 
 
 class Server:
-    def __init__(self, engine: Engine, *, socket_path: str, home: str, on_shutdown: Callable[[], None]) -> None:
+    def __init__(self, engine: Engine, *, socket_path: str, home: str, on_shutdown: Callable[[], None],
+                 fd_limit: int | None = None) -> None:
         self.engine = engine
         self.socket_path = socket_path
         self.home = home
         self.on_shutdown = on_shutdown
         self.started_at = engine.clock()
-        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}
+        self.connections: dict[asyncio.Task, asyncio.StreamWriter] = {}  # every one, to close at shutdown
+        self.fd_limit = fd_limit if fd_limit is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.clients = Clients(self.connection_cap)  # the ones served, under the cap
+        self._refused = 0  # since the last warning about it
         self._handlers: dict[type, Callable[[Any], Awaitable[Any]]] = {
             p.Submit: self.submit,
             p.ListTasks: self.list_tasks,
@@ -98,18 +112,51 @@ class Server:
             if not us:
                 await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="this daemon serves only its own user"))
                 return
+            if not self.clients.make_room(_closed_for_room):
+                await self._refuse(reader, writer)
+                return
             actor = self.engine.identify(pid)
             if actor is not None:
                 log.debug("connection from pid %s: an agent's process (task %s)", pid, actor.task)
             _asking.set(actor)  # the requests of this connection run in its context
-            await self._converse(reader, writer)
+            await self._converse(reader, writer, self.clients.add(task, writer))
         except (ConnectionError, asyncio.IncompleteReadError, BrokenPipeError):
             pass
         except Exception:  # a bug in a handler must not take the daemon down
             log.exception("connection failed")
         finally:
+            self.clients.remove(task)
             self.connections.pop(task, None)
             writer.close()
+
+    def connection_cap(self) -> int:
+        return descriptors.connection_cap(self.fd_limit, self.engine.state.config.max_concurrent)
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Past the cap, and no connection could be closed for room: say so, and close.
+        The client's Hello is read first if it comes soon, so that the client reads this
+        answer; a socket closed with its Hello unread would reach it as a reset."""
+        cap, limit = self.connection_cap(), self.fd_limit
+        _write(writer, p.Error(code=p.ErrorCode.UNAVAILABLE, message=(
+            f"the daemon has as many connections as it can serve ({cap:,}: its open-files limit of {limit:,} "
+            f"less {limit - cap:,} kept for agents and itself), and none of them is idle; close clients you do "
+            "not need (each `orchestra logs -f`, `wait`, `dashboard` and MCP server holds one), or raise the "
+            "daemon's open-files limit (ulimit -n, or LimitNOFILE= in its systemd unit) and restart it")))
+        self._refused += 1
+        if self._refused == 1:
+            log.warning("refusing clients: %d connections, all busy, fill the cap of %d (open-files limit %d)",
+                        len(self.clients), cap, limit)
+            asyncio.get_running_loop().call_later(60, self._refusals_counted)
+        if len(self.connections) - len(self.clients) <= REFUSING_MAX:
+            try:
+                await asyncio.wait_for(reader.read(HEADER.size + 4096), REFUSE_WAIT)
+            except asyncio.TimeoutError:
+                pass
+
+    def _refusals_counted(self) -> None:
+        if self._refused > 1:
+            log.warning("refused %d more clients in the last minute: every connection was busy", self._refused - 1)
+        self._refused = 0
 
     async def close_connections(self, timeout: float = 2.0) -> None:
         """Close every client connection (their handlers see EOF and end), then wait."""
@@ -121,24 +168,28 @@ class Server:
             for task in pending:
                 task.cancel()
 
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, client: Client) -> None:
         """The handshake, then requests. A client may send several requests without waiting
         (pipelining): each is decided and appended in the order it came, their replies go
         back in that order, each once its events are durable, so group commit can cover a
-        whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight."""
+        whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight. `client`
+        keeps count of them, for the connection cap."""
         if not await self._greet(reader, writer):
             return
+        client.hello(self.clients.clock())
         replies: asyncio.Queue = asyncio.Queue(maxsize=PIPELINE_DEPTH)
-        replier = asyncio.ensure_future(self._reply_in_order(replies, writer))
+        replier = asyncio.ensure_future(self._reply_in_order(replies, writer, client))
         try:
             while not replier.done():
                 try:
                     body = await _read_frame(reader)
                 except FrameTooBig as exc:
+                    client.started()
                     await replies.put(p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
                     return
                 if body is None:
                     return
+                client.started()  # whatever it is, it gets a reply (or a stream)
                 try:
                     request = request_decoder.decode(body)
                 except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
@@ -149,8 +200,12 @@ class Server:
                     await replies.put(request)  # a stream has the connection to itself, in turn
                 else:
                     # Started now, so that requests are decided in the order they came.
-                    await replies.put(asyncio.ensure_future(self._answer(request)))
+                    answer = asyncio.ensure_future(self._answer(request))
+                    if isinstance(request, p.Wait):
+                        client.waits_for(answer)
+                    await replies.put(answer)
         finally:
+            client.left()  # a stream or a `wait` has nobody to tell now; the rest is still answered
             if not replier.done():
                 await replies.put(None)
                 await replier
@@ -159,6 +214,8 @@ class Server:
         try:
             body = await asyncio.wait_for(_read_frame(reader), HELLO_TIMEOUT)
         except asyncio.TimeoutError:
+            await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
+                f"no Hello within {HELLO_TIMEOUT:g} s of connecting; closing (a client says Hello first, at once)")))
             return False
         except FrameTooBig as exc:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
@@ -180,16 +237,24 @@ class Server:
         await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=version(), pid=os.getpid())))
         return True
 
-    async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+    async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, client: Client) -> None:
         """Send each reply in the order its request came; a stream runs when its turn comes."""
         try:
             while (item := await replies.get()) is not None:
-                if isinstance(item, asyncio.Future):
-                    await self._send(writer, await item)
-                elif isinstance(item, p.Request):
-                    await self._stream(item, writer)
-                else:
-                    await self._send(writer, item)
+                try:
+                    if isinstance(item, asyncio.Future):
+                        await self._send(writer, await item)
+                    elif isinstance(item, p.Request):
+                        stream = asyncio.ensure_future(self._stream(item, writer))
+                        client.waits_for(stream)
+                        await stream
+                    else:
+                        await self._send(writer, item)
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                        raise  # we are being stopped
+                    # else: a stream or a `wait` whose client left (Client.left)
+                client.done(self.clients.clock())
         except (ConnectionError, BrokenPipeError):
             pass  # the client left; what it asked for was still done
         finally:
@@ -199,9 +264,14 @@ class Server:
                     await asyncio.wait([item])
 
     async def _stream(self, request: p.Request, writer: asyncio.StreamWriter) -> None:
+        # Each frame waits until the one before has gone whole into the socket, so that a
+        # client that stops reading has at most one frame waiting in the daemon.
+        writer.transport.set_write_buffer_limits(high=0)
         try:
             async for item in self._streams[type(request)](request):
-                await self._send(writer, p.Ok(result=item))
+                _write(writer, p.Ok(result=item))
+                del item  # not held while the client takes its time
+                await writer.drain()
             await self._send(writer, p.End())
         except OrchestraError as exc:
             await self._send(writer, p.End(error=exc.to_reply()))
@@ -233,12 +303,8 @@ class Server:
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, message: p.Reply) -> None:
-        body = encoder.encode(message)
-        if len(body) > p.MAX_FRAME:  # clients refuse such frames: say so instead
-            too_big = f"the answer would be {len(body):,} bytes, over the limit of {p.MAX_FRAME:,}; ask for less"
-            error = p.Error(code=p.ErrorCode.BAD_REQUEST, message=too_big)
-            body = encoder.encode(p.End(error=error) if isinstance(message, p.End) else error)
-        writer.write(HEADER.pack(len(body)) + body)
+        _write(writer, message)
+        del message  # not held here while the client takes its time
         await writer.drain()
 
     # -- handlers -----------------------------------------------------------------------
@@ -456,30 +522,29 @@ class Server:
     async def logs(self, request: p.Logs) -> AsyncIterator[p.LogChunk]:
         store = self.engine.store
         task_id = request.task
-        render = None if request.raw else renderer(get_task(self.engine.state, task_id).spec.agent)
-        sent, skip = 0, 0
+        agent = get_task(self.engine.state, task_id).spec.agent
+        render = None if request.raw else renderer(agent)
+        as_stored = shown_as_stored(agent)
+        index, skip = 0, 0
         if request.tail is not None:
-            sent, skip = await _tail_start(store, task_id, request.tail, render)
+            index, skip = await _tail_start(store, task_id, request.tail, render)
         watcher = Watcher() if request.follow else None
         if watcher is not None:
             self.engine.watchers.add(watcher)
         try:
             while True:
-                count = store.output_count(task_id)
-                for stream, data in store.output(task_id, sent):
-                    sent += 1
-                    if render is not None:
-                        data = render(stream, data)
-                    if skip:
-                        data, skip = data[skip:], 0
-                    for start in range(0, len(data), LOG_CHUNK_LIMIT):
-                        yield p.LogChunk(stream=stream, data=data[start : start + LOG_CHUNK_LIMIT])
-                    if sent >= count:
-                        break
+                while index < store.output_count(task_id):
+                    ref = store.output_place(task_id, index)
+                    frames = _frames(store, ref, skip, None if render is None or as_stored(ref.stream) else render)
+                    try:
+                        while True:
+                            yield next(frames)  # not `for frame in`: that would hold a frame while suspended
+                    except StopIteration:
+                        index, skip = index + 1, 0
                 task = self.engine.state.tasks.get(task_id)
-                if watcher is None or task is None or (task.status.finished and sent >= store.output_count(task_id)):
+                if watcher is None or task is None or (task.status.finished and index >= store.output_count(task_id)):
                     return
-                if sent >= store.output_count(task_id):
+                if index >= store.output_count(task_id):
                     await watcher.next()
         finally:
             if watcher is not None:
@@ -531,6 +596,25 @@ def workflow_status(tasks: list[p.TaskView]) -> str:
     return "succeeded"
 
 
+def _frames(store, ref, skip: int, render) -> Iterator[p.LogChunk]:
+    """The frames of one output chunk (at `ref`), from byte `skip` of it as shown on.
+
+    Output shown as stored (`render` None) is checked whole first, against its checksum,
+    reading it a frame at a time; then each frame's bytes are read again by range, and
+    between frames nothing but the place is held. So a reader that stops reading keeps at
+    most a frame of output in the daemon, however long it stays away. Output a renderer
+    rewrites (a Claude transcript) is rendered whole, and kept until its last frame has gone.
+    """
+    if render is not None:
+        shown = render(ref.stream, store.read_output(ref))
+        for start in range(skip, len(shown), LOG_FRAME):
+            yield p.LogChunk(stream=ref.stream, data=shown[start : start + LOG_FRAME])
+        return
+    store.check_output(ref)
+    for start in range(skip, ref.length, LOG_FRAME):
+        yield p.LogChunk(stream=ref.stream, data=store.read_output_part(ref, start, LOG_FRAME))
+
+
 async def _tail_start(store, task_id: int, lines: int, render) -> tuple[int, int]:
     """Where the last `lines` lines of the output begin: (chunk index, offset in it).
     Reads backwards a chunk at a time, never joining them, and lets other clients in now
@@ -560,6 +644,25 @@ async def _tail_start(store, task_id: int, lines: int, render) -> tuple[int, int
 
 def _short(text: str, limit: int = 2000) -> str:
     return shorten(text, limit)
+
+
+def _closed_for_room(client: Client) -> None:
+    """A connection is closed to make room for a new one: tell it why (it reads this if it
+    speaks again; it never loses an answer: it had nothing in flight)."""
+    why = "it had not said Hello" if not client.greeted else "it was idle"
+    _write(client.writer, p.Error(code=p.ErrorCode.UNAVAILABLE, message=(
+        f"the daemon closed this connection to make room for another ({why}): it was at its connection "
+        "limit; connect again when you need it")))
+
+
+def _write(writer: asyncio.StreamWriter, message: p.Reply) -> None:
+    """Hand one reply frame to the connection (see Server._send, which also waits for room)."""
+    body = encoder.encode(message)
+    if len(body) > p.MAX_FRAME:  # clients refuse such frames: say so instead
+        too_big = f"the answer would be {len(body):,} bytes, over the limit of {p.MAX_FRAME:,}; ask for less"
+        error = p.Error(code=p.ErrorCode.BAD_REQUEST, message=too_big)
+        body = encoder.encode(p.End(error=error) if isinstance(message, p.End) else error)
+    writer.writelines((HEADER.pack(len(body)), body))  # not joined: no copy of the body
 
 
 class FrameTooBig(Exception):

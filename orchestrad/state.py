@@ -50,11 +50,29 @@ _pack_ref = _REF.pack
 
 
 def output_refs(state: "State", task_id: int, start: int = 0) -> Iterator[OutputRef]:
+    """The places of the task's output chunks from the `start`-th on, as there are now.
+
+    Each is unpacked by its offset, never through a view of the bytearray: a reader (a
+    `logs --follow` stream) may keep this generator suspended for as long as its client
+    does not read, while the fold appends to the same bytearray, and Python refuses to
+    resize a buffer that has a view alive (BufferError), which would lose the places.
+    """
     packed = state.outputs.get(task_id)
     if not packed:
         return
-    for segment, offset, length, crc, stream in _REF.iter_unpack(memoryview(packed)[start * _REF.size :]):
+    unpack, size = _REF.unpack_from, _REF.size
+    for at in range(start * size, len(packed), size):
+        segment, offset, length, crc, stream = unpack(packed, at)
         yield OutputRef(_STREAMS[stream], segment, offset, length, crc)
+
+
+def output_ref(state: "State", task_id: int, index: int) -> OutputRef:
+    """The place of the task's `index`-th output chunk (IndexError if it has none)."""
+    packed = state.outputs.get(task_id, b"")
+    if not 0 <= index < len(packed) // _REF.size:
+        raise IndexError(f"task {task_id} has no output chunk {index}")
+    segment, offset, length, crc, stream = _REF.unpack_from(packed, index * _REF.size)
+    return OutputRef(_STREAMS[stream], segment, offset, length, crc)
 
 
 def output_count(state: "State", task_id: int) -> int:

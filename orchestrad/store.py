@@ -17,7 +17,8 @@ from typing import Iterator, Sequence
 from orchestrad import events as ev
 from orchestrad.log import DataRef, GroupCommit, Log
 from orchestrad.snapshots import SnapshotStore
-from orchestrad.state import State, evolve, from_snapshot, output_count, output_refs, replay_decoded, to_snapshot
+from orchestrad.state import (OutputRef, State, evolve, from_snapshot, output_count, output_ref, output_refs,
+                              replay_decoded, to_snapshot)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,25 @@ class Store:
     def output(self, task_id: int, start: int = 0) -> Iterator[tuple[str, bytes]]:
         """The task's output chunks from the `start`-th on, read straight from their places."""
         for ref in output_refs(self.state, task_id, start):
-            yield ref.stream, self.log.read_data(DataRef(ref.segment, ref.offset, ref.length, ref.crc))
+            yield ref.stream, self.read_output(ref)
+
+    def output_place(self, task_id: int, index: int) -> OutputRef:
+        """Where the task's `index`-th output chunk lies (IndexError if it has none)."""
+        return output_ref(self.state, task_id, index)
+
+    def read_output(self, ref: OutputRef) -> bytes:
+        """An output chunk, whole, its checksum checked."""
+        return self.log.read_data(DataRef(ref.segment, ref.offset, ref.length, ref.crc))
+
+    def check_output(self, ref: OutputRef) -> None:
+        """Check an output chunk against its checksum (LogCorrupt if damaged), never holding
+        more than a small part of it."""
+        self.log.check_data(DataRef(ref.segment, ref.offset, ref.length, ref.crc))
+
+    def read_output_part(self, ref: OutputRef, start: int, length: int) -> bytes:
+        """Bytes `start` to `start + length` of an output chunk, unchecked: for a reader that
+        has just checked the whole chunk, and sends it on part by part."""
+        return self.log.read_data_part(DataRef(ref.segment, ref.offset, ref.length, ref.crc), start, length)
 
     def output_count(self, task_id: int) -> int:
         return output_count(self.state, task_id)
@@ -149,11 +168,23 @@ class Store:
             notes.append(f"replayed from the snapshot at record {base.last_seq} (older records were compacted)")
         replayed = replay_log(self.log, base)
         if replayed != self.state:
-            diff = [t for t in set(replayed.tasks) | set(self.state.tasks) if replayed.tasks.get(t) != self.state.tasks.get(t)]
-            notes.append(f"MISMATCH: a replay differs from the live state (tasks {sorted(diff)[:20]})")
+            notes.append(f"MISMATCH: a replay differs from the live state ({_differences(replayed, self.state)})")
         else:
             notes.append(f"ok: replaying {replayed.last_seq} records gives the live state")
         return notes
+
+
+def _differences(replayed: State, live: State) -> str:
+    """Where two states differ: which tasks, and which tasks' output places."""
+    def differing(a: dict, b: dict) -> list[int]:
+        return sorted(t for t in set(a) | set(b) if a.get(t) != b.get(t))[:20]
+
+    found = []
+    if tasks := differing(replayed.tasks, live.tasks):
+        found.append(f"tasks {tasks}")
+    if outputs := differing(replayed.outputs, live.outputs):
+        found.append(f"the output places of tasks {outputs}")
+    return "; ".join(found) or "outside the tasks and their output"
 
 
 def _size(directory: Path) -> int:

@@ -454,6 +454,26 @@ def test_read_data_round_trip_and_damaged_data_is_an_error(tmp_path):
             log.read_data(log_mod.DataRef(1, 300_010, 6, 0))
 
 
+def test_data_is_checked_and_read_in_parts_without_holding_it_whole(tmp_path):
+    """What `logs` does with a big chunk: check it part by part, then read parts by range."""
+    big = os.urandom(300_000)
+    with Log.open(tmp_path) as log:
+        [(_, _, before), (_, _, ref)] = log.append([(b"a", b"before"), (b"b", big)])
+        for part in (1, 4096, 65536, 300_000, 1 << 20):
+            log.check_data(ref, part)
+        assert b"".join(log.read_data_part(ref, at, 65536) for at in range(0, ref.length, 65536)) == big
+        assert log.read_data_part(ref, 299_990, 100) == big[-10:]  # fewer at its end
+        assert log.read_data_part(ref, ref.length, 100) == b""
+        with pytest.raises(ValueError, match="not inside"):
+            log.read_data_part(ref, ref.length + 1, 1)
+        log.check_data(before)
+        flip(data_path(tmp_path, 1), ref.offset + 299_999)
+        with pytest.raises(LogCorrupt, match="data checksum") as caught:
+            log.check_data(ref)
+        assert (caught.value.path, caught.value.offset) == (data_path(tmp_path, 1), ref.offset)
+        assert log.read_data_part(ref, 0, 6) == big[:6]  # unchecked, as it says
+
+
 def test_read_at_refuses_an_offset_that_is_not_a_record(tmp_path):
     fill(tmp_path, 10)
     with Log.open(tmp_path, segment_bytes=1024) as log:

@@ -10,6 +10,7 @@ from orchestra import protocol as p
 from orchestra.protocol import OrchestraError, Status
 from orchestrad import events as ev
 from orchestrad.log import Log
+from orchestrad.refs import DataRef
 from orchestrad.state import State, evolve, from_snapshot, output_refs, replay, to_snapshot, view
 from orchestrad.store import replay_log
 from tests.core import Core
@@ -71,6 +72,24 @@ def test_output_locations_are_kept_per_task():
     assert [o.offset for o in output_refs(state, task, 1)] == [200]
     assert state.tasks[task].output_bytes == 10 and state.tasks[task].last_activity == 2.0
 
+
+def test_a_reader_part_way_through_the_output_places_never_stops_the_fold_adding_more():
+    """A `logs --follow` stream keeps its walk over the places suspended while its client
+    does not read. The fold must still add places behind it (it used to raise BufferError:
+    the walk held a view of the bytearray), and the reader sees the ones there when it began."""
+    core = Core()
+    task = core.submit()
+    state = replay(core.records)
+    out = ev.OutputAppended(task=task, stream="stdout", size=5)
+    evolve(state, out, seq=2, ts=1.0, data=DataRef(1, 0, 5, 7))
+    evolve(state, out, seq=3, ts=1.0, data=DataRef(1, 5, 5, 8))
+    walk = output_refs(state, task)
+    assert next(walk).offset == 0
+    for seq in range(4, 4 + 1000):  # enough appends that the bytearray is moved
+        evolve(state, out, seq=seq, ts=2.0, data=DataRef(1, 5 * (seq - 2), 5, seq))
+    assert [r.offset for r in walk] == [5]
+    assert [r.offset for r in output_refs(state, task, 1000)] == [5000, 5005]
+    assert state.tasks[task].output_bytes == 5 * 1002
 
 def test_workflow_and_purge():
     core = Core()

@@ -11,6 +11,7 @@ returns; the adapter itself does no I/O:
 * `answer(task, given)` — a person's recorded answer becomes a `Reaction`;
 * `spawn_error(message)` and `failure_detail()` — words for a person when it goes wrong;
 * `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
+  `shown_as_stored(stream)` says when that is the output as stored;
 * `inherit_env` — the credential-like variables of the daemon's environment this kind of
   agent needs (see `orchestrad.agentenv`).
 
@@ -73,6 +74,12 @@ class Agent:
     def render(stream: str, data: bytes) -> bytes:
         return b"" if stream == "stdin" else data
 
+    @staticmethod
+    def shown_as_stored(stream: str) -> bool:
+        """Whether `render` gives this stream's output exactly as stored (so `logs` can send
+        it straight from the log, part by part)."""
+        return stream != "stdin"
+
 
 def _factories() -> dict[str, Callable[[], Agent]]:
     from orchestrad.agents.claude import ClaudeAgent
@@ -98,3 +105,9 @@ def traits(name: str) -> Traits:
 def renderer(name: str) -> Callable[[str, bytes], bytes]:
     factory = _factories().get(name)
     return factory.render if factory is not None else Agent.render
+
+
+def shown_as_stored(name: str) -> Callable[[str], bool]:
+    """For agent `name`: whether `renderer(name)` shows a stream's output as stored."""
+    factory = _factories().get(name)
+    return factory.shown_as_stored if factory is not None else Agent.shown_as_stored

@@ -258,6 +258,10 @@ class ClaudeAgent(Agent):
     # -- transcripts --------------------------------------------------------------------
 
     @staticmethod
+    def shown_as_stored(stream: str) -> bool:
+        return stream == "stderr"
+
+    @staticmethod
     def render(stream: str, data: bytes) -> bytes:
         if stream == "stderr":
             return data

@@ -48,21 +48,30 @@ class RDaemon(Daemon):
     and every task it submits carries this daemon's marker.
     """
 
-    def __init__(self, home: Path | None = None) -> None:
+    def __init__(self, home: Path | None = None, *, nofile: tuple[int, int] | None = None) -> None:
         super().__init__(home)
         self.outdir = Path(tempfile.mkdtemp(prefix="orc-out-"))
         self.out = self.outdir / "daemon.out"
         self.marker = uuid.uuid4().hex
         self.args: tuple[str, ...] = ()
+        self.nofile = nofile  # the (soft, hard) open-files limit the daemon starts under
+
+    def argv(self, *args: str) -> list[str]:
+        """The daemon's command line. Under `nofile`, a small Python sets the limit and
+        execs the daemon: the same pid, and no preexec_fn in this threaded test process."""
+        daemon = [PY, "-m", "orchestrad", "--home", str(self.home), *args]
+        if self.nofile is None:
+            return daemon
+        setup = ("import os, resource, sys\n"
+                 f"resource.setrlimit(resource.RLIMIT_NOFILE, {self.nofile!r})\n"
+                 "os.execv(sys.argv[1], sys.argv[1:])")
+        return [PY, "-c", setup, *daemon]
 
     def start(self, *args: str) -> "RDaemon":
         if args:
             self.args = args
         with open(self.out, "ab") as out:
-            self.proc = subprocess.Popen(
-                [PY, "-m", "orchestrad", "--home", str(self.home), *self.args],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=self.env,
-            )
+            self.proc = subprocess.Popen(self.argv(*self.args), stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=self.env)
         wait_for(self._answers, 20, "the daemon to answer")
         return self
 
@@ -100,10 +109,8 @@ class RDaemon(Daemon):
     def try_start(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess | None:
         """Start the daemon; None if it serves, else the refused run (its code and stderr)."""
         with open(self.out, "ab") as out:
-            proc = subprocess.Popen(
-                [PY, "-m", "orchestrad", "--home", str(self.home), *(args or self.args)],
-                stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env,
-            )
+            proc = subprocess.Popen(self.argv(*(args or self.args)), stdout=out, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -224,10 +231,19 @@ def strays(marker: str, active_pids: set[int]) -> list[ProcStat]:
 
 
 def vm_rss_kb(pid: int) -> int:
+    return _status_kb(pid, "VmRSS")
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """The process's peak resident memory so far (the kernel keeps it: no sampling gaps)."""
+    return _status_kb(pid, "VmHWM")
+
+
+def _status_kb(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
+    raise AssertionError(f"no {field} for {pid}")
 
 
 class RssSampler(threading.Thread):
