@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from orchestrad.log import GroupCommit, Log
+from orchestrad.commit import GroupCommit
+from orchestrad.log import Log
 
 REPO = Path(__file__).resolve().parent.parent
 

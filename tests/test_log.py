@@ -1,4 +1,4 @@
-"""The event log on disk: framing, torn tails, damage, repair, and group commit."""
+"""The event log on disk: framing, torn tails, damage, repair, durability, and its shape."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import asyncio
 import errno
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -17,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import orchestrad.log as log_mod
+from orchestrad.commit import GroupCommit
 from orchestrad.log import (
     CHAIN,
     MAX_BODY,
@@ -24,7 +27,6 @@ from orchestrad.log import (
     RECORD_HEAD_SIZE,
     RECORD_OVERHEAD,
     SEGMENT_HEADER_SIZE,
-    GroupCommit,
     Log,
     LogCorrupt,
     Position,
@@ -1093,7 +1095,7 @@ def test_a_rotted_length_that_reaches_past_the_end_is_damage_unless_nothing_foll
 
 
 # ---------------------------------------------------------------------------------------
-# Group commit
+# Durability: the order of fsyncs, and writes that fail
 
 
 @pytest.fixture
@@ -1109,97 +1111,6 @@ def fsyncs(monkeypatch):
 
     monkeypatch.setattr(log_mod, "_sync_file", counted)
     return calls
-
-
-def test_concurrent_appenders_get_contiguous_unique_seqs_and_share_fsyncs(tmp_path, fsyncs):
-    async def main():
-        with Log.open(tmp_path) as log:
-            fsyncs.clear()
-            commit = GroupCommit(log)
-
-            async def writer(i):
-                await asyncio.sleep(i % 7 * 0.002)
-                [(seq, _, _)] = await commit.append([(b"w%d" % i, b"")])
-                return seq
-
-            seqs = await asyncio.gather(*(writer(i) for i in range(200)))
-            await commit.close()
-            return seqs, commit.fsyncs
-
-    seqs, reported = asyncio.run(main())
-    assert sorted(seqs) == list(range(1, 201))
-    assert 1 <= len(fsyncs) < 50, "one fsync must cover many appends"
-    assert reported == len(fsyncs)
-    bodies = {seq: body for seq, body, _ in contents(tmp_path)}
-    assert all(bodies[seq] == b"w%d" % i for i, seq in enumerate(seqs))
-
-
-def test_append_nowait_orders_by_call_and_resolves_when_durable(tmp_path, fsyncs):
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            first, durable1 = commit.append_nowait([(b"a", b""), (b"b", b"")])
-            second, durable2 = commit.append_nowait([(b"c", b"")])
-            assert [r[0] for r in first + second] == [1, 2, 3]
-            assert not durable1.done() and not durable2.done()
-            calls_before = len(fsyncs)
-            await asyncio.gather(durable1, durable2)
-            assert len(fsyncs) == calls_before + 1
-            _, barrier = commit.append_nowait([])
-            await barrier
-            await commit.close()
-            with pytest.raises(RuntimeError, match="closed"):
-                commit.append_nowait([(b"late", b"")])
-
-    asyncio.run(main())
-
-
-def test_the_event_loop_keeps_running_during_an_fsync(tmp_path, monkeypatch):
-    monkeypatch.setattr(log_mod, "_sync_file", lambda fd: time.sleep(0.2))
-
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            ticks = 0
-
-            async def ticker():
-                nonlocal ticks
-                while True:
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-
-            task = asyncio.create_task(ticker())
-            await commit.append([(b"x", b"")])
-            task.cancel()
-            return ticks
-
-    assert asyncio.run(main()) >= 5
-
-
-def test_a_failed_fsync_fails_every_append_it_covered_and_the_log_stays_usable(tmp_path, monkeypatch):
-    real = log_mod._sync_file
-
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            await commit.append([(b"before", b"")])
-            monkeypatch.setattr(log_mod, "_sync_file", no_space)
-            outcomes = await asyncio.gather(
-                *(commit.append([(b"x%d" % i, b"")]) for i in range(5)), return_exceptions=True
-            )
-            monkeypatch.setattr(log_mod, "_sync_file", real)
-            [(seq, _, _)] = await commit.append([(b"after", b"")])
-            await commit.close()
-            return outcomes, seq
-
-    outcomes, seq = asyncio.run(main())
-    assert all(isinstance(o, OSError) and o.errno == errno.ENOSPC for o in outcomes)
-    assert seq == 7
-    # The records were written (the daemon may have applied them); only durability failed.
-    assert [body for _, body, _ in contents(tmp_path)] == [b"before", *(b"x%d" % i for i in range(5)), b"after"]
 
 
 def test_sync_fdatasyncs_the_data_file_before_the_segment_file_and_only_when_it_changed(tmp_path, fsyncs):
@@ -1276,25 +1187,13 @@ def test_a_write_failure_that_cannot_be_undone_stops_appends(tmp_path, monkeypat
             log.append([(b"three", b"")])
 
 
-def test_group_commit_across_segment_rolls(tmp_path, fsyncs):
-    """Rolls seal segments while an fsync of the active one may be running in a thread."""
+# ---------------------------------------------------------------------------------------
+# The package's shape: no event loop
 
-    async def main():
-        with Log.open(tmp_path, segment_bytes=2048) as log:
-            commit = GroupCommit(log)
 
-            async def writer(i):
-                for j in range(10):
-                    await commit.append([(b"writer %d append %d" % (i, j), b"x" * (j * 7))])
-
-            await asyncio.gather(*(writer(i) for i in range(20)))
-            await commit.close()
-            return log.segments()
-
-    segments = asyncio.run(main())
-    assert len(segments) > 5
-    with Log.open(tmp_path, segment_bytes=2048) as log:
-        assert log.report.truncated == []
-        assert [e.seq for e in log.read()] == list(range(1, 201))
-        assert [seq for seq, _, _ in log.replay()] == list(range(1, 201))
-    verify(tmp_path, deep=True)
+def test_the_log_imports_no_asyncio():
+    """The log is synchronous; group commit (orchestrad.commit) is where it meets asyncio."""
+    probe = "import sys, orchestrad.log; print(sorted(m for m in ('asyncio', 'orchestrad.commit') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"importing orchestrad.log imported {result.stdout.strip()}"
