@@ -64,12 +64,12 @@ residue, ``crc32(M + le32(crc32(M, s)), s) == CHAIN`` for any bytes M and seed s
 intact .seg file is CHAIN, and ``crc32(any run of whole records, CHAIN) == CHAIN``. Readers
 check a run of thousands of records with one zlib call and fall back to checking record by
 record only to find the damage when that fails; yet each record's crc still checks that
-record alone (`Log.read_at`). Damage that cancels out across two records passes the run
-check with the same 2**-32 odds as damage passing one record's check. ``record_crc`` also
-covers both lengths and the data's offset and crc, so a damaged header is caught before it
-sends a reader astray. Data is checked when it is read back (``read_data``), when the log
-is opened (for the active segment only: that is where a crash can leave damage), and by
-``verify(deep=True)``.
+record alone, which is how the damaged one is found. Damage that cancels out across two
+records passes the run check with the same 2**-32 odds as damage passing one record's
+check. ``record_crc`` also covers both lengths and the data's offset and crc, so a damaged
+header is caught before it sends a reader astray. Data is checked when it is read back
+(``read_data``), when the log is opened (for the active segment only: that is where a
+crash can leave damage), and by ``verify(deep=True)``.
 
 When a segment is sealed, its index (the offset of every 128th record) is saved beside it
 in a .idx file, so that replaying it later needs neither a pass to find its records nor one
@@ -170,7 +170,6 @@ import threading
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain, count
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
@@ -189,7 +188,6 @@ __all__ = [
     "MAX_BODY",
     "MAX_DATA",
     "DataRef",
-    "Entry",
     "Log",
     "LogCorrupt",
     "OpenReport",
@@ -299,20 +297,6 @@ class Decoded(NamedTuple):
     first_seq: int
     segment: int
     records: list[Framed]
-
-
-class Entry(NamedTuple):
-    """One record as reading yields it.
-
-    `body` is a memoryview into a memory map when it comes from `Log.read`: no copy is
-    made, and it is valid while the iteration runs. Copy it (``bytes(entry.body)``) to keep
-    it longer. `data` is None when the record has no data.
-    """
-
-    seq: int
-    position: Position
-    body: memoryview | bytes
-    data: DataRef | None
 
 
 class OpenReport(msgspec.Struct):
@@ -850,7 +834,7 @@ def _scan_directory(
     last one gets everything checked, since that is where a crash leaves damage. With
     `lazy` (how the daemon opens its log), sealed segments get only their header checked
     now: their record count follows from the next segment's first seq, and their records
-    are checked when first read (by `Log.replay` in the same pass, else by `_complete`), so
+    are checked when first read (by replay in the same pass, else by `_complete`), so
     opening does not grow with history. `found`: the directory's segments, if just listed.
     """
     found = _list_segments(directory) if found is None else found
@@ -944,7 +928,7 @@ def _report_line(tear: _Tear) -> tuple[str, int, int, str]:
 
 
 class Log:
-    """An open log: appends to the active segment, reads any record.
+    """An open log: appends to the active segment, replays records, reads their data back.
 
     One writer: a Log is not safe for concurrent appends from several threads. `sync` may
     run in another thread (`orchestrad.commit.GroupCommit` does that) while the owner keeps
@@ -1179,43 +1163,6 @@ class Log:
         # Freeze the extent now, so records appended while reading are not half-seen.
         return [(s, s.end, s.count) for s in (self._segments[f] for f in self._firsts[start:])], seq
 
-    def read(self, after_seq: int = 0) -> Iterator[Entry]:
-        """Yield the records with seq > after_seq, oldest first, checking each checksum.
-
-        Yields the records that exist when read() is called; to follow new ones, call again
-        with the last seq seen. Bodies are zero-copy views, valid while iterating. The
-        starting point is found from the in-memory index (one bisect over segments, then
-        at most 127 records hopped), so reading from the tail of a big log is cheap.
-        Raises LogCorrupt if a record no longer matches its checksum.
-        """
-        plan, seq = self._plan(after_seq)
-        return _read_plan(plan, seq)
-
-    def replay(self, after_seq: int = 0) -> Iterator[tuple[int, bytes, DataRef | None]]:
-        """Yield (seq, body, data ref or None) for the records with seq > after_seq.
-
-        What `replay_batches` yields, one record at a time.
-        """
-        batches = self.replay_batches(after_seq)
-        return chain.from_iterable(zip(count(b.first_seq), b.bodies, b.data) for b in batches)
-
-    def replay_batches(self, after_seq: int = 0) -> Iterator[Batch]:
-        """Yield the records with seq > after_seq as Batches of up to 128: for replay.
-
-        What `read` yields, minus the positions, and faster: each segment's records are
-        checked with one checksum call before any is yielded (record by record only to find
-        damage), and a lazily opened sealed segment read from its start is checked and
-        indexed in the same pass rather than in one of its own. Damage in a record raises
-        LogCorrupt before that record is yielded. What can only be seen once a lazily opened
-        segment has been read to its end (it holds more records than its neighbours say, or
-        its .dat does not end where its records' data ends) raises LogCorrupt after its
-        records were yielded. Bodies are bytes (copied: for bodies of a few dozen bytes that
-        is cheaper than a memoryview), so they stay valid after the iteration. Batches, not
-        records, because what replays them (decoding, folding) is cheaper per batch too.
-        """
-        plan, seq = self._plan(after_seq)
-        return _replay_plan(plan, seq)
-
     def replay_decoded(self, body_type: object, after_seq: int = 0) -> Iterator[Decoded]:
         """Yield the records with seq > after_seq decoded, each body as a `body_type`.
 
@@ -1224,29 +1171,19 @@ class Log:
         its index (128 records) is decoded with one msgspec call, framing and bodies alike.
         The offsets come from the segment's index file when it has a good one; else the
         segment is scanned for them first. Bodies must be MessagePack values of
-        `body_type`. Format 1 segments are read as `replay_batches` reads them, then
-        decoded. Damage is raised as `replay_batches` raises it.
+        `body_type`. Format 1 segments are cut out record by record, then decoded.
+
+        Each segment's records are checked with one checksum call before any is yielded
+        (record by record only to find damage), and a lazily opened sealed segment read
+        from its start is checked and indexed in the same pass rather than in one of its
+        own. Damage in a record raises LogCorrupt before that record is yielded. What can
+        only be seen once a lazily opened segment has been read to its end (it holds more
+        records than its neighbours say, or its .dat does not end where its records' data
+        ends) raises LogCorrupt after its records were yielded. Readers that only tests and
+        benchmarks use (record by record, by position) are in tests/logreaders.py.
         """
         plan, seq = self._plan(after_seq)
         return _decode_plan(plan, seq, body_type)
-
-    def read_at(self, position: Position) -> Entry:
-        """Read the one record at `position` (body as bytes), checking its checksum."""
-        self._require_open()
-        segment = self._segment_of(position.segment)
-        seq = self._seq_at(segment, position.offset)
-        layout = segment.layout
-        with _FileFd(segment.path, self._fd if segment is self._active else None) as fd:
-            head = _pread_exact(fd, layout.head_size, position.offset)
-            blen, dlen, dcrc, doff = layout.head.unpack(head)
-            if blen > MAX_BODY:
-                raise LogCorrupt(segment.path, position.offset, f"impossible body length {blen:,}", seq)
-            after = layout.overhead - layout.head_size
-            rest = _pread_exact(fd, blen + after, position.offset + layout.head_size)
-        if len(rest) != blen + after or zlib.crc32(rest, zlib.crc32(head, CHAIN)) != CHAIN:
-            raise LogCorrupt(segment.path, position.offset, "record checksum mismatch", seq)
-        ref = DataRef(segment.first, doff, dlen, dcrc) if dlen else None
-        return Entry(seq, position, rest[:blen], ref)
 
     def read_data(self, ref: DataRef) -> bytes:
         """Read a record's data back from its .dat, checking its checksum.
@@ -1277,25 +1214,6 @@ class Log:
                 f"the log has no segment {_segment_name(first)} (it holds {_segment_name(self._firsts[0])} onwards)"
             ) from None
 
-    def _seq_at(self, segment: _Segment, offset: int) -> int:
-        """The seq of the record whose header is at `offset`: index lookup, then hop."""
-        if not segment.scanned:
-            _complete(segment)
-        k = bisect.bisect_right(segment.index, offset) - 1
-        if k < 0 or offset >= segment.end:
-            raise ValueError(f"no record starts at offset {offset} of {segment.path.name}")
-        at = segment.index[k]
-        n = k * _INDEX_STRIDE
-        layout = segment.layout
-        with _FileFd(segment.path, self._fd if segment is self._active else None) as fd:
-            while at < offset:
-                blen = layout.head.unpack(_pread_exact(fd, layout.head_size, at))[0]
-                at += layout.overhead + blen
-                n += 1
-        if at != offset:
-            raise ValueError(f"no record starts at offset {offset} of {segment.path.name}")
-        return segment.first + n
-
     # -- compaction ---------------------------------------------------------------------
 
     def drop_segments_before(self, first_seq: int) -> list[Path]:
@@ -1303,7 +1221,7 @@ class Log:
 
         Used after a snapshot at first_seq - 1 made the old records unnecessary. Oldest
         first, each one's .seg before its .dat, so a crash half-way leaves a log that still
-        starts cleanly (and a .dat without its .seg, which the next call removes). A read()
+        starts cleanly (and a .dat without its .seg, which the next call removes). A replay
         under way that has not yet reached a dropped segment fails with FileNotFoundError
         there. Returns the .seg paths of the segments removed.
         """
@@ -1486,42 +1404,6 @@ def _find_damage(mv: memoryview, off: int, end: int, seq: int, segment: _Segment
     return good, off, LogCorrupt(segment.path, off, f"{why} (the file changed after the log was opened)", seq + good)
 
 
-def _read_plan(plan: list[tuple[_Segment, int, int]], seq: int) -> Iterator[Entry]:
-    """Yield Entries from `seq` on, segment by segment, up to each one's frozen end."""
-    crc32 = zlib.crc32
-    new = tuple.__new__
-    entry, position, dataref = Entry, Position, DataRef
-    for segment, end, count in plan:
-        first = segment.first
-        stop = first + count
-        if seq >= stop:
-            continue
-        if not segment.scanned:
-            _complete(segment)
-        mm = _map_to_read(segment.path, end)
-        mv = memoryview(mm)
-        try:
-            off = _start_at(segment, mv, seq)
-            damage = None
-            if crc32(mv[off:end], CHAIN) != CHAIN:  # every record at once; else find the bad one
-                good, _, damage = _find_damage(mv, off, end, seq, segment)
-                stop = min(stop, seq + good)
-            unpack = segment.layout.head.unpack_from
-            head_size, after = segment.layout.head_size, segment.layout.overhead - segment.layout.head_size
-            for seq in range(seq, stop):  # noqa: B020 - seq carries on from segment to segment
-                blen, dlen, dcrc, doff = unpack(mv, off)
-                at = off + head_size
-                ref = dataref(first, doff, dlen, dcrc) if dlen else None
-                yield new(entry, (seq, position(first, off), mv[at : at + blen], ref))
-                off = at + blen + after
-            seq = stop
-            if damage is not None:
-                raise damage
-        finally:
-            mv.release()
-            _unmap(mm)
-
-
 class _Run(NamedTuple):
     """The records of one segment that a replay reads, their checksums checked."""
 
@@ -1600,12 +1482,6 @@ def _segment_runs(plan: list[tuple[_Segment, int, int]], seq: int, *, indexed: b
         if run.damage is not None:
             raise run.damage
         seq = stop
-
-
-def _replay_plan(plan: list[tuple[_Segment, int, int]], seq: int) -> Iterator[Batch]:
-    """Yield Batches from `seq` on: bodies as bytes, data as DataRefs."""
-    for segment, run in _segment_runs(plan, seq):
-        yield from _frame_run(segment, run)
 
 
 def _frame_run(segment: _Segment, run: _Run) -> Iterator[Batch]:

@@ -12,6 +12,7 @@ import pytest
 import orchestrad.log as log_mod
 from orchestrad.commit import GroupCommit
 from orchestrad.log import Log, verify
+from tests import logreaders
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def fsyncs(monkeypatch):
 def records(directory: Path) -> list[tuple[int, bytes]]:
     """Every record of the log in `directory` as (seq, body), its checksums checked."""
     with Log.open(directory) as log:
-        return [(seq, bytes(body)) for seq, body, _ in log.replay()]
+        return [(seq, bytes(body)) for seq, body, _ in logreaders.replay(log)]
 
 
 def test_concurrent_appenders_get_contiguous_unique_seqs_and_share_fsyncs(tmp_path, fsyncs):
@@ -145,6 +146,6 @@ def test_group_commit_across_segment_rolls(tmp_path, fsyncs):
     assert len(segments) > 5
     with Log.open(tmp_path, segment_bytes=2048) as log:
         assert log.report.truncated == []
-        assert [e.seq for e in log.read()] == list(range(1, 201))
-        assert [seq for seq, _, _ in log.replay()] == list(range(1, 201))
+        assert [e.seq for e in logreaders.read(log)] == list(range(1, 201))
+        assert [seq for seq, _, _ in logreaders.replay(log)] == list(range(1, 201))
     verify(tmp_path, deep=True)

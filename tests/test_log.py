@@ -34,6 +34,7 @@ from orchestrad.log import (
     repair,
     verify,
 )
+from tests import logreaders
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -79,11 +80,11 @@ def is_bin(body: bytes) -> bool:
 
 
 def read_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
-    return [(e.seq, bytes(e.body), log.read_data(e.data) if e.data else b"") for e in log.read(after)]
+    return [(e.seq, bytes(e.body), log.read_data(e.data) if e.data else b"") for e in logreaders.read(log, after)]
 
 
 def replay_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
-    return [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay(after)]
+    return [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log, after)]
 
 
 def decoded_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
@@ -162,11 +163,11 @@ def test_format_1_segments_are_still_read_and_appended_to(tmp_path):
         for i in range(150, 300, 10):  # the active segment stays in format 1; new ones are in 2
             log.append(records[i : i + 10])
         log.sync()
-        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay()]
+        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log)]
         assert got == [(seq, body, data) for seq, (body, data) in enumerate(records, 1)]
-        read = list(log.read(after_seq=140))
+        read = list(logreaders.read(log, after_seq=140))
         assert [bytes(e.body) for e in read] == [body for body, _ in records[140:]]
-        assert log.read_at(read[5].position).body == records[145][0]
+        assert logreaders.read_at(log, read[5].position).body == records[145][0]
     versions = {struct.unpack_from("<H", p.read_bytes(), 8)[0] for p in segments(tmp_path)}
     assert versions == {1, 2}
     assert log_mod.verify(tmp_path, deep=True).last_seq == 300
@@ -184,7 +185,7 @@ def test_replay_decoded_reads_both_formats_alike(tmp_path):
         for i in range(200, 400, 10):
             log.append(records[i : i + 10])
         log.sync()
-        expected = [(seq, body, ref) for seq, body, ref in log.replay()]
+        expected = [(seq, body, ref) for seq, body, ref in logreaders.replay(log)]
         for after in (0, 1, 150, 199, 200, 333, 400):
             got = []
             for first_seq, segment, framed in log.replay_decoded(tuple[int, str], after):
@@ -198,7 +199,7 @@ def test_replay_decoded_reads_both_formats_alike(tmp_path):
 def to_format_1(directory: Path) -> None:
     """Rewrite every segment of a (closed) log in format 1, record by record."""
     with Log.open(directory, readonly=True) as log:
-        entries = [(e.position.segment, bytes(e.body), e.data) for e in log.read()]
+        entries = [(e.position.segment, bytes(e.body), e.data) for e in logreaders.read(log)]
     for path in segments(directory):
         first = int(path.name.split(".")[0])
         out = bytearray(log_mod._segment_header(first, version=1))
@@ -224,7 +225,7 @@ def test_round_trip_across_segment_rolls(tmp_path):
         assert replay_all(log) == expected(200)
         assert read_all(log) == expected(200)
         for (seq, position, ref), (body, data) in zip(results, (record(i) for i in range(200))):
-            entry = log.read_at(position)
+            entry = logreaders.read_at(log, position)
             assert (entry.seq, entry.body) == (seq, body)
             assert entry.data == ref
             assert (log.read_data(ref) if ref else b"") == data
@@ -239,14 +240,14 @@ def test_replay_yields_what_read_yields_from_anywhere(tmp_path):
         firsts = log.segments()
         starts = sorted({0, 1, 2, firsts[1] - 1, firsts[1], firsts[2] + 5, firsts[-1] - 1, 150, 299, 300, 400})
         for after in starts:  # some of these start in lazily opened segments, mid-way or not
-            got = [(seq, bytes(body), ref) for seq, body, ref in log.replay(after)]
-            assert got == [(e.seq, bytes(e.body), e.data) for e in log.read(after)]
+            got = [(seq, bytes(body), ref) for seq, body, ref in logreaders.replay(log, after)]
+            assert got == [(e.seq, bytes(e.body), e.data) for e in logreaders.read(log, after)]
             assert [seq for seq, _, _ in got] == list(range(after + 1, 301))
     with Log.open(tmp_path, segment_bytes=1024) as log:
         assert replay_all(log) == expected(300)  # checks and indexes every sealed segment ...
         assert all(s.scanned for s in log._segments.values())
-        for seq, position, _ in [(e.seq, e.position, e.data) for e in log.read()][::7]:
-            assert log.read_at(position).seq == seq  # ... so that the index finds records
+        for seq, position, _ in [(e.seq, e.position, e.data) for e in logreaders.read(log)][::7]:
+            assert logreaders.read_at(log, position).seq == seq  # ... so that the index finds records
 
 
 def test_a_batch_never_spans_segments_and_rolls_happen_before_it(tmp_path):
@@ -282,8 +283,8 @@ def test_reopening_continues_the_numbering(tmp_path):
 def test_a_new_directory_starts_at_seq_1(tmp_path):
     with Log.open(tmp_path / "state" / "log") as log:
         assert log.last_seq == 0
-        assert list(log.read()) == []
-        assert list(log.replay()) == []
+        assert list(logreaders.read(log)) == []
+        assert list(logreaders.replay(log)) == []
         assert log.append([(b"first", b"")])[0][0] == 1
         assert log.segments() == [1]
     assert sorted(files(tmp_path / "state" / "log")) == ["00000000000000000001.dat", "00000000000000000001.seg"]
@@ -299,26 +300,26 @@ def test_read_after_seq_starts_in_the_right_segment_without_touching_older_ones(
             if first < target:
                 flip(segment_path(tmp_path, first), SEGMENT_HEADER_SIZE + 20)
                 data_path(tmp_path, first).unlink()
-        entries = list(log.read(after_seq=target + 2))
+        entries = list(logreaders.read(log, after_seq=target + 2))
         assert entries[0].seq == target + 3
         assert entries[0].position.segment == target
         assert [e.seq for e in entries] == list(range(target + 3, 301))
         assert bytes(entries[0].body) == record(target + 2)[0]
-        assert [(s, bytes(b), r) for s, b, r in log.replay(target - 1)] == [
-            (e.seq, bytes(e.body), e.data) for e in log.read(target - 1)
+        assert [(s, bytes(b), r) for s, b, r in logreaders.replay(log, target - 1)] == [
+            (e.seq, bytes(e.body), e.data) for e in logreaders.read(log, target - 1)
         ]
         with pytest.raises(LogCorrupt):
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            list(log.replay())
+            list(logreaders.replay(log))
 
 
 def test_read_past_the_end_and_read_from_a_dropped_prefix(tmp_path):
     fill(tmp_path, 100)
     with Log.open(tmp_path, segment_bytes=1024) as log:
-        assert list(log.read(after_seq=100)) == []
-        assert list(log.read(after_seq=500)) == []
-        assert list(log.replay(after_seq=500)) == []
+        assert list(logreaders.read(log, after_seq=100)) == []
+        assert list(logreaders.read(log, after_seq=500)) == []
+        assert list(logreaders.replay(log, after_seq=500)) == []
         removed = log.drop_segments_before(40)
         assert removed and all(not p.exists() and not p.with_suffix(".dat").exists() for p in removed)
         assert log.first_seq <= 40
@@ -330,16 +331,16 @@ def test_read_sees_what_existed_when_it_was_called(tmp_path):
     with Log.open(tmp_path, segment_bytes=300) as log:
         log.append([(b"one", b""), (b"two", b"2")])
         seen = []
-        for entry in log.read():
+        for entry in logreaders.read(log):
             seen.append(entry.seq)
             log.append([(b"more" * 10, b"data")])  # rolls segments while reading
         assert seen == [1, 2]
         seen = []
-        for seq, _, _ in log.replay():
+        for seq, _, _ in logreaders.replay(log):
             seen.append(seq)
             log.append([(b"more" * 10, b"data")])
         assert seen == [1, 2, 3, 4]
-        assert [e.seq for e in log.read(2)] == list(range(3, 9))
+        assert [e.seq for e in logreaders.read(log, 2)] == list(range(3, 9))
 
 
 def test_a_segment_also_holds_at_most_segment_records_records(tmp_path):
@@ -460,9 +461,9 @@ def test_read_at_refuses_an_offset_that_is_not_a_record(tmp_path):
     fill(tmp_path, 10)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(ValueError, match="no record starts"):
-            log.read_at(Position(1, SEGMENT_HEADER_SIZE + 3))
+            logreaders.read_at(log, Position(1, SEGMENT_HEADER_SIZE + 3))
         with pytest.raises(ValueError, match="no segment"):
-            log.read_at(Position(99, SEGMENT_HEADER_SIZE))
+            logreaders.read_at(log, Position(99, SEGMENT_HEADER_SIZE))
 
 
 def test_oversized_records_are_refused_before_anything_is_written(tmp_path):
@@ -482,7 +483,7 @@ def test_appending_to_a_closed_log_says_so(tmp_path):
     with pytest.raises(ValueError, match="closed"):
         log.append([(b"x", b"")])
     with pytest.raises(ValueError, match="closed"):
-        log.replay()
+        logreaders.replay(log)
 
 
 # ---------------------------------------------------------------------------------------
@@ -544,7 +545,7 @@ def check_cut(directory, records, spans, last_first, original, original_dat, new
         assert (caught.value.path, caught.value.offset) == (seg, 0)
         return
     with Log.open(directory, segment_bytes=segment_bytes) as log:
-        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay()]
+        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log)]
         assert got == [(i + 1, *records[i]) for i in range(intact)]
         kept = [s for s in spans[:intact] if s.segment == last_first]
         clean = not header_torn and new == original[: kept[-1].end if kept else SEGMENT_HEADER_SIZE]
@@ -675,7 +676,7 @@ def test_a_final_record_whose_data_was_lost_is_a_torn_tail_with_everything_after
         with open(dat, "r+b") as f:
             f.truncate(size)
         with Log.open(tmp_path) as log:
-            assert [(seq, bytes(body)) for seq, body, _ in log.replay()] == [(1, b"kept")]
+            assert [(seq, bytes(body)) for seq, body, _ in logreaders.replay(log)] == [(1, b"kept")]
             cuts = {path: offset for path, offset, _, _ in log.report.truncated}
             assert cuts.pop(str(segment_path(tmp_path, 1))) == position.offset
             assert cuts == ({str(dat): ref.offset} if size > ref.offset else {})
@@ -793,13 +794,13 @@ def test_a_flipped_byte_in_a_sealed_segment_is_damage_named_by_file_and_offset(t
     # their records are checked when read, which replay does, and by verify.
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(LogCorrupt) as replayed:
-            list(log.replay())
+            list(logreaders.replay(log))
         with pytest.raises(LogCorrupt) as caught:
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            list(log.read(after_seq=3))
+            list(logreaders.read(log, after_seq=3))
         with pytest.raises(LogCorrupt):
-            list(log.replay(after_seq=3))
+            list(logreaders.replay(log, after_seq=3))
     for after in (0, 3):
         with Log.open(tmp_path, segment_bytes=1024) as log, pytest.raises(LogCorrupt) as decoded:
             list(log.replay_decoded(bytes, after))
@@ -821,14 +822,14 @@ def test_replay_yields_every_record_before_damage_in_the_active_segment_then_rai
         flip(segment_path(tmp_path, 1), position.offset + 22)  # after opening: open checked it
         seen = []
         with pytest.raises(LogCorrupt, match="changed after the log was opened") as caught:
-            for seq, _, _ in log.replay():
+            for seq, _, _ in logreaders.replay(log):
                 seen.append(seq)
         assert seen == list(range(1, 11))
         assert (caught.value.offset, caught.value.seq) == (position.offset, 11)
         with pytest.raises(LogCorrupt):
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            log.read_at(position)
+            logreaders.read_at(log, position)
 
 
 def test_a_damaged_sealed_segment_header_is_damage(tmp_path):
@@ -863,11 +864,11 @@ def test_a_missing_segment_in_the_middle_is_damage(tmp_path):
         verify(tmp_path)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(LogCorrupt, match="the next segment starts at record"):
-            list(log.read())
+            list(logreaders.read(log))
     with Log.open(tmp_path, segment_bytes=1024) as log:
         seen = []
         with pytest.raises(LogCorrupt, match="the next segment starts at record"):
-            for seq, _, _ in log.replay():
+            for seq, _, _ in logreaders.replay(log):
                 seen.append(seq)
         assert seen == list(range(1, firsts[1]))
 
@@ -882,10 +883,10 @@ def test_a_sealed_segment_with_more_records_than_its_neighbours_say_is_damage(tm
     os.close(dfd)
     with Log.open(tmp_path) as log:
         with pytest.raises(LogCorrupt, match="holds 2 records"):
-            list(log.replay())
+            list(logreaders.replay(log))
     with Log.open(tmp_path) as log:
         with pytest.raises(LogCorrupt, match="holds 2 records"):
-            list(log.read())
+            list(logreaders.read(log))
 
 
 def test_damaged_data_in_a_sealed_segment_is_found_by_read_data_and_deep_verify(tmp_path):
@@ -895,7 +896,7 @@ def test_damaged_data_in_a_sealed_segment_is_found_by_read_data_and_deep_verify(
     flip(data_path(tmp_path, 1), ref.offset)
     verify(tmp_path, deep=False)  # replay never reads data, so only a deep check sees it
     with Log.open(tmp_path, segment_bytes=1024) as log:
-        assert [seq for seq, _, _ in log.replay()] == list(range(1, 101))
+        assert [seq for seq, _, _ in logreaders.replay(log)] == list(range(1, 101))
     with pytest.raises(LogCorrupt) as caught:
         verify(tmp_path, deep=True)
     assert (caught.value.path, caught.value.offset, caught.value.seq) == (data_path(tmp_path, 1), ref.offset, seq)
@@ -923,9 +924,9 @@ def test_a_sealed_data_file_that_is_missing_or_the_wrong_size_is_damage(tmp_path
     assert caught.value.path == dat
     with Log.open(tmp_path, segment_bytes=1024) as log:  # lazily: only headers are checked
         with pytest.raises(LogCorrupt, match=match):
-            list(log.replay())
+            list(logreaders.replay(log))
         with pytest.raises(LogCorrupt, match=match):
-            list(log.read())
+            list(logreaders.read(log))
         if how != "longer":
             last_ref = [ref for _, position, ref in results if position.segment == 1 and ref][-1]
             with pytest.raises(LogCorrupt, match=dat.name):
@@ -1159,7 +1160,7 @@ def test_a_failed_write_leaves_no_partial_record_behind(tmp_path, monkeypatch, f
             [(seq, _, ref)] = await commit.append([(b"five", b"data five")])
             assert seq == 3
             assert ref.offset == data_size
-            assert [bytes(e.body) for e in log.read()] == [b"one", b"two", b"five"]
+            assert [bytes(e.body) for e in logreaders.read(log)] == [b"one", b"two", b"five"]
             await commit.close()
 
     asyncio.run(main())
