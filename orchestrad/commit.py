@@ -10,7 +10,8 @@ import asyncio
 import concurrent.futures
 from collections.abc import Sequence
 
-from orchestrad.log import DataRef, Log, Position
+from orchestrad.log import DataRef, Log
+from orchestrad.log.segmentlog import Position
 
 
 class GroupCommit:

@@ -4,7 +4,7 @@ The daemon reads its log two ways: `Log.replay_decoded` at start-up and `Log.rea
 for a task's output. Tests want more: every record with its position (to damage a chosen
 one, or to check `append`'s answers), one record by its position, and the bodies as bytes
 without decoding them (logs whose bodies are not events). These are those readers. They
-are built from the log's own parts (its replay loops, the scan, the file helpers) and the
+are built from the log's own parts (`orchestrad.log.replay`, `scan`, `fileio`) and the
 Log's frozen read plan, so they check what production checks, the same way.
 bench/bench_log.py times `read` and `replay`.
 """
@@ -17,28 +17,13 @@ from collections.abc import Iterator
 from itertools import chain, count
 from typing import NamedTuple
 
-from orchestrad.log import (
-    CHAIN,
-    MAX_BODY,
-    Batch,
-    DataRef,
-    Log,
-    LogCorrupt,
-    Position,
-)
-from orchestrad.log import _INDEX_STRIDE as INDEX_STRIDE
-from orchestrad.log import _complete as complete
-from orchestrad.log import _FileFd as FileFd
-from orchestrad.log import _find_damage as find_damage
-from orchestrad.log import _frame_run as frame_run
-from orchestrad.log import _map_to_read as map_to_read
-from orchestrad.log import _pread_exact as pread_exact
-from orchestrad.log import _Segment as Segment
-from orchestrad.log import _segment_runs as segment_runs
-from orchestrad.log import _start_at as start_at
-from orchestrad.log import _unmap as unmap
-
-Plan = list[tuple[Segment, int, int]]
+from orchestrad.log import DataRef, Log, LogCorrupt
+from orchestrad.log.fileio import FileFd, map_to_read, pread_exact, unmap
+from orchestrad.log.format import CHAIN, INDEX_STRIDE, MAX_BODY
+from orchestrad.log.replay import Batch, Plan, find_damage, frame_run, segment_runs, start_at
+from orchestrad.log.scan import complete
+from orchestrad.log.segment import Segment
+from orchestrad.log.segmentlog import Position
 
 
 class Entry(NamedTuple):
@@ -82,7 +67,7 @@ def replay_batches(log: Log, after_seq: int = 0) -> Iterator[Batch]:
 
     What `read` yields, minus the positions, and faster: the loops `Log.replay_decoded`
     runs (checked runs; a lazily opened segment checked and indexed in the same pass), and
-    its damage rules (see `Log.replay_decoded`), with each body cut out of the map as
+    its damage rules (see `orchestrad.log.replay`), with each body cut out of the map as
     bytes (copied: for bodies of a few dozen bytes that is cheaper than a memoryview), so
     they stay valid after the iteration.
     """

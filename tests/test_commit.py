@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import orchestrad.log as log_mod
+import orchestrad.log.segmentlog as segmentlog_mod
 from orchestrad.commit import GroupCommit
 from orchestrad.log import Log, verify
 from tests import logreaders
@@ -19,14 +19,14 @@ from tests import logreaders
 def fsyncs(monkeypatch):
     """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
     calls = []
-    real = log_mod._sync_file
+    real = segmentlog_mod.sync_file
 
     def counted(fd):
         calls.append(fd)
         time.sleep(0.005)
         real(fd)
 
-    monkeypatch.setattr(log_mod, "_sync_file", counted)
+    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
     return calls
 
 
@@ -80,7 +80,7 @@ def test_append_nowait_orders_by_call_and_resolves_when_durable(tmp_path, fsyncs
 
 
 def test_the_event_loop_keeps_running_during_an_fsync(tmp_path, monkeypatch):
-    monkeypatch.setattr(log_mod, "_sync_file", lambda fd: time.sleep(0.2))
+    monkeypatch.setattr(segmentlog_mod, "sync_file", lambda fd: time.sleep(0.2))
 
     async def main():
         with Log.open(tmp_path) as log:
@@ -102,7 +102,7 @@ def test_the_event_loop_keeps_running_during_an_fsync(tmp_path, monkeypatch):
 
 
 def test_a_failed_fsync_fails_every_append_it_covered_and_the_log_stays_usable(tmp_path, monkeypatch):
-    real = log_mod._sync_file
+    real = segmentlog_mod.sync_file
 
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -111,11 +111,11 @@ def test_a_failed_fsync_fails_every_append_it_covered_and_the_log_stays_usable(t
         with Log.open(tmp_path) as log:
             commit = GroupCommit(log)
             await commit.append([(b"before", b"")])
-            monkeypatch.setattr(log_mod, "_sync_file", no_space)
+            monkeypatch.setattr(segmentlog_mod, "sync_file", no_space)
             outcomes = await asyncio.gather(
                 *(commit.append([(b"x%d" % i, b"")]) for i in range(5)), return_exceptions=True
             )
-            monkeypatch.setattr(log_mod, "_sync_file", real)
+            monkeypatch.setattr(segmentlog_mod, "sync_file", real)
             [(seq, _, _)] = await commit.append([(b"after", b"")])
             await commit.close()
             return outcomes, seq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import errno
 import os
@@ -18,22 +19,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import orchestrad.log as log_mod
+import orchestrad.log.replay as replay_mod
+import orchestrad.log.segmentlog as segmentlog_mod
 from orchestrad.commit import GroupCommit
-from orchestrad.log import (
+from orchestrad.log import DataRef, Log, LogCorrupt, UnsupportedLogFormat, repair, verify
+from orchestrad.log.format import (
     CHAIN,
     MAX_BODY,
     MAX_DATA,
     RECORD_HEAD_SIZE,
     RECORD_OVERHEAD,
     SEGMENT_HEADER_SIZE,
-    Log,
-    LogCorrupt,
-    Position,
-    UnsupportedLogFormat,
-    repair,
-    verify,
+    SEGMENT_RECORDS,
+    U32,
+    segment_header,
 )
+from orchestrad.log.index import INDEX_HEADER
+from orchestrad.log.segment import create_segment, list_segments
+from orchestrad.log.segmentlog import Position
 from tests import logreaders
 
 # ---------------------------------------------------------------------------------------
@@ -91,7 +94,7 @@ def decoded_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
     got = []
     for first_seq, segment, records in log.replay_decoded(bytes, after):
         for seq, r in enumerate(records, first_seq):
-            data = log.read_data(log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc)) if r.data_len else b""
+            data = log.read_data(DataRef(segment, r.data_off, r.data_len, r.data_crc)) if r.data_len else b""
             got.append((seq, msgspec.msgpack.encode(r.body), data))
     return got
 
@@ -170,7 +173,7 @@ def test_format_1_segments_are_still_read_and_appended_to(tmp_path):
         assert logreaders.read_at(log, read[5].position).body == records[145][0]
     versions = {struct.unpack_from("<H", p.read_bytes(), 8)[0] for p in segments(tmp_path)}
     assert versions == {1, 2}
-    assert log_mod.verify(tmp_path, deep=True).last_seq == 300
+    assert verify(tmp_path, deep=True).last_seq == 300
 
 
 def test_replay_decoded_reads_both_formats_alike(tmp_path):
@@ -190,7 +193,7 @@ def test_replay_decoded_reads_both_formats_alike(tmp_path):
             got = []
             for first_seq, segment, framed in log.replay_decoded(tuple[int, str], after):
                 for seq, r in enumerate(framed, first_seq):
-                    ref = log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
+                    ref = DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
                     got.append((seq, msgspec.msgpack.encode(list(r.body)), ref))
                     assert r.body_len == len(got[-1][1])
             assert got == expected[after:]
@@ -202,7 +205,7 @@ def to_format_1(directory: Path) -> None:
         entries = [(e.position.segment, bytes(e.body), e.data) for e in logreaders.read(log)]
     for path in segments(directory):
         first = int(path.name.split(".")[0])
-        out = bytearray(log_mod._segment_header(first, version=1))
+        out = bytearray(segment_header(first, version=1))
         dpos = 0
         for segment, body, ref in entries:
             if segment != first:
@@ -351,7 +354,7 @@ def test_a_segment_also_holds_at_most_segment_records_records(tmp_path):
         log.sync()
         assert log.segments() == [1, 9, 17, 25, 35]  # 8, 8, 8, 10 records, then the big batch
     assert contents(tmp_path, segment_records=10) == expected(50)
-    assert log_mod.SEGMENT_RECORDS == 1 << 16
+    assert SEGMENT_RECORDS == 1 << 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,8 +368,8 @@ def test_sealed_segments_get_an_index_file_that_replay_uses_instead_of_a_scan(tm
     assert sorted(tmp_path.glob("*.idx")) == [p.with_suffix(".idx") for p in sealed]
     full = expected(400)
     scans = []
-    real_complete = log_mod._complete
-    monkeypatch.setattr(log_mod, "_complete", lambda segment: scans.append(segment.first) or real_complete(segment))
+    real_complete = replay_mod.complete
+    monkeypatch.setattr(replay_mod, "complete", lambda segment: scans.append(segment.first) or real_complete(segment))
     for after in (0, 5, 129, 250, 399):
         with Log.open(tmp_path, segment_bytes=1024) as log:
             assert decoded_all(log, after) == full[after:]
@@ -387,7 +390,7 @@ def test_a_wrong_index_file_is_never_taken_for_damage(tmp_path, wrong):
         log.sync()
     path = segments(tmp_path)[0].with_suffix(".idx")
     raw = bytearray(path.read_bytes())
-    head = log_mod._INDEX_HEADER.size
+    head = INDEX_HEADER.size
     if wrong == "offsets":  # offsets that miss the records, under a good checksum
         for i in range(head + 8, len(raw) - 4, 8):
             raw[i : i + 8] = struct.pack("<Q", struct.unpack_from("<Q", raw, i)[0] + 3)
@@ -454,7 +457,7 @@ def test_read_data_round_trip_and_damaged_data_is_an_error(tmp_path):
         assert (caught.value.path, caught.value.offset) == (data_path(tmp_path, 1), big_ref.offset)
         assert "data checksum" in str(caught.value)
         with pytest.raises(ValueError, match="does not point inside"):
-            log.read_data(log_mod.DataRef(1, 300_010, 6, 0))
+            log.read_data(DataRef(1, 300_010, 6, 0))
 
 
 def test_read_at_refuses_an_offset_that_is_not_a_record(tmp_path):
@@ -557,7 +560,7 @@ def check_cut(directory, records, spans, last_first, original, original_dat, new
             assert {path for path, *_ in log.report.truncated} <= {str(seg), str(dat)}
         assert log.append([(b"next", b"and its data")])[0][0] == intact + 1
         assert log.read_data(log.append([(b"then", b"more data")])[0][2]) == b"more data"
-    for first, path in log_mod._list_segments(directory):
+    for first, path in list_segments(directory):
         if first > last_first:  # the appends above moved on to a new segment: undo that
             path.unlink()
             path.with_suffix(".dat").unlink()
@@ -844,9 +847,9 @@ def test_a_segment_from_a_newer_format_is_refused_not_repaired(tmp_path):
     fill(tmp_path, 5)
     path = segment_path(tmp_path, 1)
     data = bytearray(path.read_bytes())
-    data[8:24] = log_mod._segment_header(1)[8:24]
+    data[8:24] = segment_header(1)[8:24]
     data[8] = 3  # version 3, with a correct header checksum
-    data[20:24] = log_mod._U32.pack(log_mod.zlib.crc32(bytes(data[:20])))
+    data[20:24] = U32.pack(zlib.crc32(bytes(data[:20])))
     path.write_bytes(bytes(data))
     with pytest.raises(UnsupportedLogFormat, match="version 3"):
         Log.open(tmp_path)
@@ -878,7 +881,7 @@ def test_a_sealed_segment_with_more_records_than_its_neighbours_say_is_damage(tm
         log.append([(b"one", b"1"), (b"two", b"2")])
         log.sync()
     # A second segment that claims to start at record 2: segment 1 holds one record too many.
-    fd, dfd = log_mod._create_segment(tmp_path, 2)
+    fd, dfd = create_segment(tmp_path, 2)
     os.close(fd)
     os.close(dfd)
     with Log.open(tmp_path) as log:
@@ -1103,14 +1106,14 @@ def test_a_rotted_length_that_reaches_past_the_end_is_damage_unless_nothing_foll
 def fsyncs(monkeypatch):
     """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
     calls = []
-    real = log_mod._sync_file
+    real = segmentlog_mod.sync_file
 
     def counted(fd):
         calls.append(fd)
         time.sleep(0.005)
         real(fd)
 
-    monkeypatch.setattr(log_mod, "_sync_file", counted)
+    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
     return calls
 
 
@@ -1189,7 +1192,12 @@ def test_a_write_failure_that_cannot_be_undone_stops_appends(tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------------------------------
-# The package's shape: no event loop
+# The package's shape: one job per module, and no event loop
+
+
+LOG_PACKAGE = Path(__file__).resolve().parent.parent / "orchestrad" / "log"
+# The order of orchestrad/log/__init__.py's docstring: each module imports only earlier ones.
+LOG_MODULES = ["format", "errors", "fileio", "segment", "index", "scan", "replay", "segmentlog", "repair"]
 
 
 def test_the_log_imports_no_asyncio():
@@ -1198,3 +1206,15 @@ def test_the_log_imports_no_asyncio():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"importing orchestrad.log imported {result.stdout.strip()}"
+
+
+def test_each_log_module_imports_only_the_ones_before_it():
+    assert sorted(p.stem for p in LOG_PACKAGE.glob("*.py")) == sorted(["__init__", *LOG_MODULES])
+    for i, name in enumerate(LOG_MODULES):
+        tree = ast.parse((LOG_PACKAGE / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        inside = {m.removeprefix("orchestrad.log.") for m in imported if m.startswith("orchestrad.log.")}
+        assert inside <= set(LOG_MODULES[:i]), f"orchestrad/log/{name}.py imports {sorted(inside - set(LOG_MODULES[:i]))}"
+        assert "orchestrad.log" not in imported, f"orchestrad/log/{name}.py imports the package it is part of"
+        assert not {m for m in imported if m.split(".")[0] == "asyncio"}, f"orchestrad/log/{name}.py imports asyncio"
