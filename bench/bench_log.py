@@ -25,13 +25,17 @@ import asyncio
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from orchestrad.log import GroupCommit, Log
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from orchestrad.commit import GroupCommit  # noqa: E402
+from orchestrad.log import Log  # noqa: E402
+from tests import logreaders  # noqa: E402  (read and replay: readers only tests and this use)
 
 
 def filesystem_of(path: Path) -> str:
@@ -84,7 +88,7 @@ def bench_read(directory: Path, records: int) -> None:
     for _ in range(3):
         t, c = time.perf_counter(), time.process_time()
         n = 0
-        for _entry in log.read():
+        for _entry in logreaders.read(log):
             n += 1
         elapsed, cpu = time.perf_counter() - t, time.process_time() - c
         assert n == records
@@ -103,7 +107,7 @@ def replay_figure(what: str, directory: Path, records: int, runs: int = 3) -> No
         with Log.open(directory) as log:
             t, c = time.perf_counter(), time.process_time()
             n = 0
-            for _seq, _body, _ref in log.replay():
+            for _seq, _body, _ref in logreaders.replay(log):
                 n += 1
             elapsed, cpu = time.perf_counter() - t, time.process_time() - c
         assert n == records

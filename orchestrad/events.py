@@ -10,7 +10,7 @@ Schema evolution (an event, once written, is never reinterpreted):
 * a new field goes at the end of its struct and has a default, so old records decode;
 * a field never changes type and is never reordered or removed;
 * a new kind of event gets a new class (and so a new tag); old kinds stay decodable forever;
-* the log's own framing is versioned in each segment's header (see `orchestrad.log`).
+* the log's own framing is versioned in each segment's header (see `orchestrad.log.format`).
 
 `tests/data/golden.log` holds a log written by the first version; every later version must
 still load it (tests/test_golden.py).

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from orchestrad import events as ev
-from orchestrad.log import DataRef, GroupCommit, Log
+from orchestrad.commit import GroupCommit
+from orchestrad.log import DataRef, Log
 from orchestrad.snapshots import SnapshotStore
 from orchestrad.state import (OutputRef, State, evolve, from_snapshot, output_count, output_ref, output_refs,
                               replay_decoded, to_snapshot)

@@ -152,7 +152,7 @@ def test_a_format_1_snapshot_of_it_still_loads_to_the_same_state(tmp_path):
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--create"]:
-    from orchestrad.log import FORMAT_VERSION
+    from orchestrad.log.format import FORMAT_VERSION
 
     target = GOLDEN_LOGS[FORMAT_VERSION]
     if target.exists():

@@ -1,11 +1,14 @@
-"""The event log on disk: framing, torn tails, damage, repair, and group commit."""
+"""The event log on disk: framing, torn tails, damage, repair, durability, and its shape."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import errno
 import os
 import struct
+import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -16,22 +19,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import orchestrad.log as log_mod
-from orchestrad.log import (
+import orchestrad.log.replay as replay_mod
+import orchestrad.log.segmentlog as segmentlog_mod
+from orchestrad.commit import GroupCommit
+from orchestrad.log import DataRef, Log, LogCorrupt, UnsupportedLogFormat, repair, verify
+from orchestrad.log.format import (
     CHAIN,
     MAX_BODY,
     MAX_DATA,
     RECORD_HEAD_SIZE,
     RECORD_OVERHEAD,
     SEGMENT_HEADER_SIZE,
-    GroupCommit,
-    Log,
-    LogCorrupt,
-    Position,
-    UnsupportedLogFormat,
-    repair,
-    verify,
+    SEGMENT_RECORDS,
+    U32,
+    segment_header,
 )
+from orchestrad.log.index import INDEX_HEADER
+from orchestrad.log.segment import create_segment, list_segments
+from orchestrad.log.segmentlog import Position
+from tests import logreaders
 
 # ---------------------------------------------------------------------------------------
 # Helpers
@@ -77,18 +83,18 @@ def is_bin(body: bytes) -> bool:
 
 
 def read_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
-    return [(e.seq, bytes(e.body), log.read_data(e.data) if e.data else b"") for e in log.read(after)]
+    return [(e.seq, bytes(e.body), log.read_data(e.data) if e.data else b"") for e in logreaders.read(log, after)]
 
 
 def replay_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
-    return [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay(after)]
+    return [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log, after)]
 
 
 def decoded_all(log: Log, after: int = 0) -> list[tuple[int, bytes, bytes]]:
     got = []
     for first_seq, segment, records in log.replay_decoded(bytes, after):
         for seq, r in enumerate(records, first_seq):
-            data = log.read_data(log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc)) if r.data_len else b""
+            data = log.read_data(DataRef(segment, r.data_off, r.data_len, r.data_crc)) if r.data_len else b""
             got.append((seq, msgspec.msgpack.encode(r.body), data))
     return got
 
@@ -160,14 +166,14 @@ def test_format_1_segments_are_still_read_and_appended_to(tmp_path):
         for i in range(150, 300, 10):  # the active segment stays in format 1; new ones are in 2
             log.append(records[i : i + 10])
         log.sync()
-        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay()]
+        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log)]
         assert got == [(seq, body, data) for seq, (body, data) in enumerate(records, 1)]
-        read = list(log.read(after_seq=140))
+        read = list(logreaders.read(log, after_seq=140))
         assert [bytes(e.body) for e in read] == [body for body, _ in records[140:]]
-        assert log.read_at(read[5].position).body == records[145][0]
+        assert logreaders.read_at(log, read[5].position).body == records[145][0]
     versions = {struct.unpack_from("<H", p.read_bytes(), 8)[0] for p in segments(tmp_path)}
     assert versions == {1, 2}
-    assert log_mod.verify(tmp_path, deep=True).last_seq == 300
+    assert verify(tmp_path, deep=True).last_seq == 300
 
 
 def test_replay_decoded_reads_both_formats_alike(tmp_path):
@@ -182,12 +188,12 @@ def test_replay_decoded_reads_both_formats_alike(tmp_path):
         for i in range(200, 400, 10):
             log.append(records[i : i + 10])
         log.sync()
-        expected = [(seq, body, ref) for seq, body, ref in log.replay()]
+        expected = [(seq, body, ref) for seq, body, ref in logreaders.replay(log)]
         for after in (0, 1, 150, 199, 200, 333, 400):
             got = []
             for first_seq, segment, framed in log.replay_decoded(tuple[int, str], after):
                 for seq, r in enumerate(framed, first_seq):
-                    ref = log_mod.DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
+                    ref = DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
                     got.append((seq, msgspec.msgpack.encode(list(r.body)), ref))
                     assert r.body_len == len(got[-1][1])
             assert got == expected[after:]
@@ -196,10 +202,10 @@ def test_replay_decoded_reads_both_formats_alike(tmp_path):
 def to_format_1(directory: Path) -> None:
     """Rewrite every segment of a (closed) log in format 1, record by record."""
     with Log.open(directory, readonly=True) as log:
-        entries = [(e.position.segment, bytes(e.body), e.data) for e in log.read()]
+        entries = [(e.position.segment, bytes(e.body), e.data) for e in logreaders.read(log)]
     for path in segments(directory):
         first = int(path.name.split(".")[0])
-        out = bytearray(log_mod._segment_header(first, version=1))
+        out = bytearray(segment_header(first, version=1))
         dpos = 0
         for segment, body, ref in entries:
             if segment != first:
@@ -222,7 +228,7 @@ def test_round_trip_across_segment_rolls(tmp_path):
         assert replay_all(log) == expected(200)
         assert read_all(log) == expected(200)
         for (seq, position, ref), (body, data) in zip(results, (record(i) for i in range(200))):
-            entry = log.read_at(position)
+            entry = logreaders.read_at(log, position)
             assert (entry.seq, entry.body) == (seq, body)
             assert entry.data == ref
             assert (log.read_data(ref) if ref else b"") == data
@@ -237,14 +243,14 @@ def test_replay_yields_what_read_yields_from_anywhere(tmp_path):
         firsts = log.segments()
         starts = sorted({0, 1, 2, firsts[1] - 1, firsts[1], firsts[2] + 5, firsts[-1] - 1, 150, 299, 300, 400})
         for after in starts:  # some of these start in lazily opened segments, mid-way or not
-            got = [(seq, bytes(body), ref) for seq, body, ref in log.replay(after)]
-            assert got == [(e.seq, bytes(e.body), e.data) for e in log.read(after)]
+            got = [(seq, bytes(body), ref) for seq, body, ref in logreaders.replay(log, after)]
+            assert got == [(e.seq, bytes(e.body), e.data) for e in logreaders.read(log, after)]
             assert [seq for seq, _, _ in got] == list(range(after + 1, 301))
     with Log.open(tmp_path, segment_bytes=1024) as log:
         assert replay_all(log) == expected(300)  # checks and indexes every sealed segment ...
         assert all(s.scanned for s in log._segments.values())
-        for seq, position, _ in [(e.seq, e.position, e.data) for e in log.read()][::7]:
-            assert log.read_at(position).seq == seq  # ... so that the index finds records
+        for seq, position, _ in [(e.seq, e.position, e.data) for e in logreaders.read(log)][::7]:
+            assert logreaders.read_at(log, position).seq == seq  # ... so that the index finds records
 
 
 def test_a_batch_never_spans_segments_and_rolls_happen_before_it(tmp_path):
@@ -280,8 +286,8 @@ def test_reopening_continues_the_numbering(tmp_path):
 def test_a_new_directory_starts_at_seq_1(tmp_path):
     with Log.open(tmp_path / "state" / "log") as log:
         assert log.last_seq == 0
-        assert list(log.read()) == []
-        assert list(log.replay()) == []
+        assert list(logreaders.read(log)) == []
+        assert list(logreaders.replay(log)) == []
         assert log.append([(b"first", b"")])[0][0] == 1
         assert log.segments() == [1]
     assert sorted(files(tmp_path / "state" / "log")) == ["00000000000000000001.dat", "00000000000000000001.seg"]
@@ -297,26 +303,26 @@ def test_read_after_seq_starts_in_the_right_segment_without_touching_older_ones(
             if first < target:
                 flip(segment_path(tmp_path, first), SEGMENT_HEADER_SIZE + 20)
                 data_path(tmp_path, first).unlink()
-        entries = list(log.read(after_seq=target + 2))
+        entries = list(logreaders.read(log, after_seq=target + 2))
         assert entries[0].seq == target + 3
         assert entries[0].position.segment == target
         assert [e.seq for e in entries] == list(range(target + 3, 301))
         assert bytes(entries[0].body) == record(target + 2)[0]
-        assert [(s, bytes(b), r) for s, b, r in log.replay(target - 1)] == [
-            (e.seq, bytes(e.body), e.data) for e in log.read(target - 1)
+        assert [(s, bytes(b), r) for s, b, r in logreaders.replay(log, target - 1)] == [
+            (e.seq, bytes(e.body), e.data) for e in logreaders.read(log, target - 1)
         ]
         with pytest.raises(LogCorrupt):
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            list(log.replay())
+            list(logreaders.replay(log))
 
 
 def test_read_past_the_end_and_read_from_a_dropped_prefix(tmp_path):
     fill(tmp_path, 100)
     with Log.open(tmp_path, segment_bytes=1024) as log:
-        assert list(log.read(after_seq=100)) == []
-        assert list(log.read(after_seq=500)) == []
-        assert list(log.replay(after_seq=500)) == []
+        assert list(logreaders.read(log, after_seq=100)) == []
+        assert list(logreaders.read(log, after_seq=500)) == []
+        assert list(logreaders.replay(log, after_seq=500)) == []
         removed = log.drop_segments_before(40)
         assert removed and all(not p.exists() and not p.with_suffix(".dat").exists() for p in removed)
         assert log.first_seq <= 40
@@ -328,16 +334,16 @@ def test_read_sees_what_existed_when_it_was_called(tmp_path):
     with Log.open(tmp_path, segment_bytes=300) as log:
         log.append([(b"one", b""), (b"two", b"2")])
         seen = []
-        for entry in log.read():
+        for entry in logreaders.read(log):
             seen.append(entry.seq)
             log.append([(b"more" * 10, b"data")])  # rolls segments while reading
         assert seen == [1, 2]
         seen = []
-        for seq, _, _ in log.replay():
+        for seq, _, _ in logreaders.replay(log):
             seen.append(seq)
             log.append([(b"more" * 10, b"data")])
         assert seen == [1, 2, 3, 4]
-        assert [e.seq for e in log.read(2)] == list(range(3, 9))
+        assert [e.seq for e in logreaders.read(log, 2)] == list(range(3, 9))
 
 
 def test_a_segment_also_holds_at_most_segment_records_records(tmp_path):
@@ -348,7 +354,7 @@ def test_a_segment_also_holds_at_most_segment_records_records(tmp_path):
         log.sync()
         assert log.segments() == [1, 9, 17, 25, 35]  # 8, 8, 8, 10 records, then the big batch
     assert contents(tmp_path, segment_records=10) == expected(50)
-    assert log_mod.SEGMENT_RECORDS == 1 << 16
+    assert SEGMENT_RECORDS == 1 << 16
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,8 +368,8 @@ def test_sealed_segments_get_an_index_file_that_replay_uses_instead_of_a_scan(tm
     assert sorted(tmp_path.glob("*.idx")) == [p.with_suffix(".idx") for p in sealed]
     full = expected(400)
     scans = []
-    real_complete = log_mod._complete
-    monkeypatch.setattr(log_mod, "_complete", lambda segment: scans.append(segment.first) or real_complete(segment))
+    real_complete = replay_mod.complete
+    monkeypatch.setattr(replay_mod, "complete", lambda segment: scans.append(segment.first) or real_complete(segment))
     for after in (0, 5, 129, 250, 399):
         with Log.open(tmp_path, segment_bytes=1024) as log:
             assert decoded_all(log, after) == full[after:]
@@ -384,7 +390,7 @@ def test_a_wrong_index_file_is_never_taken_for_damage(tmp_path, wrong):
         log.sync()
     path = segments(tmp_path)[0].with_suffix(".idx")
     raw = bytearray(path.read_bytes())
-    head = log_mod._INDEX_HEADER.size
+    head = INDEX_HEADER.size
     if wrong == "offsets":  # offsets that miss the records, under a good checksum
         for i in range(head + 8, len(raw) - 4, 8):
             raw[i : i + 8] = struct.pack("<Q", struct.unpack_from("<Q", raw, i)[0] + 3)
@@ -451,7 +457,7 @@ def test_read_data_round_trip_and_damaged_data_is_an_error(tmp_path):
         assert (caught.value.path, caught.value.offset) == (data_path(tmp_path, 1), big_ref.offset)
         assert "data checksum" in str(caught.value)
         with pytest.raises(ValueError, match="does not point inside"):
-            log.read_data(log_mod.DataRef(1, 300_010, 6, 0))
+            log.read_data(DataRef(1, 300_010, 6, 0))
 
 
 def test_data_is_checked_and_read_in_parts_without_holding_it_whole(tmp_path):
@@ -478,9 +484,9 @@ def test_read_at_refuses_an_offset_that_is_not_a_record(tmp_path):
     fill(tmp_path, 10)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(ValueError, match="no record starts"):
-            log.read_at(Position(1, SEGMENT_HEADER_SIZE + 3))
+            logreaders.read_at(log, Position(1, SEGMENT_HEADER_SIZE + 3))
         with pytest.raises(ValueError, match="no segment"):
-            log.read_at(Position(99, SEGMENT_HEADER_SIZE))
+            logreaders.read_at(log, Position(99, SEGMENT_HEADER_SIZE))
 
 
 def test_oversized_records_are_refused_before_anything_is_written(tmp_path):
@@ -500,7 +506,7 @@ def test_appending_to_a_closed_log_says_so(tmp_path):
     with pytest.raises(ValueError, match="closed"):
         log.append([(b"x", b"")])
     with pytest.raises(ValueError, match="closed"):
-        log.replay()
+        logreaders.replay(log)
 
 
 # ---------------------------------------------------------------------------------------
@@ -562,7 +568,7 @@ def check_cut(directory, records, spans, last_first, original, original_dat, new
         assert (caught.value.path, caught.value.offset) == (seg, 0)
         return
     with Log.open(directory, segment_bytes=segment_bytes) as log:
-        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in log.replay()]
+        got = [(seq, bytes(body), log.read_data(ref) if ref else b"") for seq, body, ref in logreaders.replay(log)]
         assert got == [(i + 1, *records[i]) for i in range(intact)]
         kept = [s for s in spans[:intact] if s.segment == last_first]
         clean = not header_torn and new == original[: kept[-1].end if kept else SEGMENT_HEADER_SIZE]
@@ -574,7 +580,7 @@ def check_cut(directory, records, spans, last_first, original, original_dat, new
             assert {path for path, *_ in log.report.truncated} <= {str(seg), str(dat)}
         assert log.append([(b"next", b"and its data")])[0][0] == intact + 1
         assert log.read_data(log.append([(b"then", b"more data")])[0][2]) == b"more data"
-    for first, path in log_mod._list_segments(directory):
+    for first, path in list_segments(directory):
         if first > last_first:  # the appends above moved on to a new segment: undo that
             path.unlink()
             path.with_suffix(".dat").unlink()
@@ -693,7 +699,7 @@ def test_a_final_record_whose_data_was_lost_is_a_torn_tail_with_everything_after
         with open(dat, "r+b") as f:
             f.truncate(size)
         with Log.open(tmp_path) as log:
-            assert [(seq, bytes(body)) for seq, body, _ in log.replay()] == [(1, b"kept")]
+            assert [(seq, bytes(body)) for seq, body, _ in logreaders.replay(log)] == [(1, b"kept")]
             cuts = {path: offset for path, offset, _, _ in log.report.truncated}
             assert cuts.pop(str(segment_path(tmp_path, 1))) == position.offset
             assert cuts == ({str(dat): ref.offset} if size > ref.offset else {})
@@ -811,13 +817,13 @@ def test_a_flipped_byte_in_a_sealed_segment_is_damage_named_by_file_and_offset(t
     # their records are checked when read, which replay does, and by verify.
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(LogCorrupt) as replayed:
-            list(log.replay())
+            list(logreaders.replay(log))
         with pytest.raises(LogCorrupt) as caught:
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            list(log.read(after_seq=3))
+            list(logreaders.read(log, after_seq=3))
         with pytest.raises(LogCorrupt):
-            list(log.replay(after_seq=3))
+            list(logreaders.replay(log, after_seq=3))
     for after in (0, 3):
         with Log.open(tmp_path, segment_bytes=1024) as log, pytest.raises(LogCorrupt) as decoded:
             list(log.replay_decoded(bytes, after))
@@ -839,14 +845,14 @@ def test_replay_yields_every_record_before_damage_in_the_active_segment_then_rai
         flip(segment_path(tmp_path, 1), position.offset + 22)  # after opening: open checked it
         seen = []
         with pytest.raises(LogCorrupt, match="changed after the log was opened") as caught:
-            for seq, _, _ in log.replay():
+            for seq, _, _ in logreaders.replay(log):
                 seen.append(seq)
         assert seen == list(range(1, 11))
         assert (caught.value.offset, caught.value.seq) == (position.offset, 11)
         with pytest.raises(LogCorrupt):
-            list(log.read())
+            list(logreaders.read(log))
         with pytest.raises(LogCorrupt):
-            log.read_at(position)
+            logreaders.read_at(log, position)
 
 
 def test_a_damaged_sealed_segment_header_is_damage(tmp_path):
@@ -861,9 +867,9 @@ def test_a_segment_from_a_newer_format_is_refused_not_repaired(tmp_path):
     fill(tmp_path, 5)
     path = segment_path(tmp_path, 1)
     data = bytearray(path.read_bytes())
-    data[8:24] = log_mod._segment_header(1)[8:24]
+    data[8:24] = segment_header(1)[8:24]
     data[8] = 3  # version 3, with a correct header checksum
-    data[20:24] = log_mod._U32.pack(log_mod.zlib.crc32(bytes(data[:20])))
+    data[20:24] = U32.pack(zlib.crc32(bytes(data[:20])))
     path.write_bytes(bytes(data))
     with pytest.raises(UnsupportedLogFormat, match="version 3"):
         Log.open(tmp_path)
@@ -881,11 +887,11 @@ def test_a_missing_segment_in_the_middle_is_damage(tmp_path):
         verify(tmp_path)
     with Log.open(tmp_path, segment_bytes=1024) as log:
         with pytest.raises(LogCorrupt, match="the next segment starts at record"):
-            list(log.read())
+            list(logreaders.read(log))
     with Log.open(tmp_path, segment_bytes=1024) as log:
         seen = []
         with pytest.raises(LogCorrupt, match="the next segment starts at record"):
-            for seq, _, _ in log.replay():
+            for seq, _, _ in logreaders.replay(log):
                 seen.append(seq)
         assert seen == list(range(1, firsts[1]))
 
@@ -895,15 +901,15 @@ def test_a_sealed_segment_with_more_records_than_its_neighbours_say_is_damage(tm
         log.append([(b"one", b"1"), (b"two", b"2")])
         log.sync()
     # A second segment that claims to start at record 2: segment 1 holds one record too many.
-    fd, dfd = log_mod._create_segment(tmp_path, 2)
+    fd, dfd = create_segment(tmp_path, 2)
     os.close(fd)
     os.close(dfd)
     with Log.open(tmp_path) as log:
         with pytest.raises(LogCorrupt, match="holds 2 records"):
-            list(log.replay())
+            list(logreaders.replay(log))
     with Log.open(tmp_path) as log:
         with pytest.raises(LogCorrupt, match="holds 2 records"):
-            list(log.read())
+            list(logreaders.read(log))
 
 
 def test_damaged_data_in_a_sealed_segment_is_found_by_read_data_and_deep_verify(tmp_path):
@@ -913,7 +919,7 @@ def test_damaged_data_in_a_sealed_segment_is_found_by_read_data_and_deep_verify(
     flip(data_path(tmp_path, 1), ref.offset)
     verify(tmp_path, deep=False)  # replay never reads data, so only a deep check sees it
     with Log.open(tmp_path, segment_bytes=1024) as log:
-        assert [seq for seq, _, _ in log.replay()] == list(range(1, 101))
+        assert [seq for seq, _, _ in logreaders.replay(log)] == list(range(1, 101))
     with pytest.raises(LogCorrupt) as caught:
         verify(tmp_path, deep=True)
     assert (caught.value.path, caught.value.offset, caught.value.seq) == (data_path(tmp_path, 1), ref.offset, seq)
@@ -941,9 +947,9 @@ def test_a_sealed_data_file_that_is_missing_or_the_wrong_size_is_damage(tmp_path
     assert caught.value.path == dat
     with Log.open(tmp_path, segment_bytes=1024) as log:  # lazily: only headers are checked
         with pytest.raises(LogCorrupt, match=match):
-            list(log.replay())
+            list(logreaders.replay(log))
         with pytest.raises(LogCorrupt, match=match):
-            list(log.read())
+            list(logreaders.read(log))
         if how != "longer":
             last_ref = [ref for _, position, ref in results if position.segment == 1 and ref][-1]
             with pytest.raises(LogCorrupt, match=dat.name):
@@ -1113,113 +1119,22 @@ def test_a_rotted_length_that_reaches_past_the_end_is_damage_unless_nothing_foll
 
 
 # ---------------------------------------------------------------------------------------
-# Group commit
+# Durability: the order of fsyncs, and writes that fail
 
 
 @pytest.fixture
 def fsyncs(monkeypatch):
     """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
     calls = []
-    real = log_mod._sync_file
+    real = segmentlog_mod.sync_file
 
     def counted(fd):
         calls.append(fd)
         time.sleep(0.005)
         real(fd)
 
-    monkeypatch.setattr(log_mod, "_sync_file", counted)
+    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
     return calls
-
-
-def test_concurrent_appenders_get_contiguous_unique_seqs_and_share_fsyncs(tmp_path, fsyncs):
-    async def main():
-        with Log.open(tmp_path) as log:
-            fsyncs.clear()
-            commit = GroupCommit(log)
-
-            async def writer(i):
-                await asyncio.sleep(i % 7 * 0.002)
-                [(seq, _, _)] = await commit.append([(b"w%d" % i, b"")])
-                return seq
-
-            seqs = await asyncio.gather(*(writer(i) for i in range(200)))
-            await commit.close()
-            return seqs, commit.fsyncs
-
-    seqs, reported = asyncio.run(main())
-    assert sorted(seqs) == list(range(1, 201))
-    assert 1 <= len(fsyncs) < 50, "one fsync must cover many appends"
-    assert reported == len(fsyncs)
-    bodies = {seq: body for seq, body, _ in contents(tmp_path)}
-    assert all(bodies[seq] == b"w%d" % i for i, seq in enumerate(seqs))
-
-
-def test_append_nowait_orders_by_call_and_resolves_when_durable(tmp_path, fsyncs):
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            first, durable1 = commit.append_nowait([(b"a", b""), (b"b", b"")])
-            second, durable2 = commit.append_nowait([(b"c", b"")])
-            assert [r[0] for r in first + second] == [1, 2, 3]
-            assert not durable1.done() and not durable2.done()
-            calls_before = len(fsyncs)
-            await asyncio.gather(durable1, durable2)
-            assert len(fsyncs) == calls_before + 1
-            _, barrier = commit.append_nowait([])
-            await barrier
-            await commit.close()
-            with pytest.raises(RuntimeError, match="closed"):
-                commit.append_nowait([(b"late", b"")])
-
-    asyncio.run(main())
-
-
-def test_the_event_loop_keeps_running_during_an_fsync(tmp_path, monkeypatch):
-    monkeypatch.setattr(log_mod, "_sync_file", lambda fd: time.sleep(0.2))
-
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            ticks = 0
-
-            async def ticker():
-                nonlocal ticks
-                while True:
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-
-            task = asyncio.create_task(ticker())
-            await commit.append([(b"x", b"")])
-            task.cancel()
-            return ticks
-
-    assert asyncio.run(main()) >= 5
-
-
-def test_a_failed_fsync_fails_every_append_it_covered_and_the_log_stays_usable(tmp_path, monkeypatch):
-    real = log_mod._sync_file
-
-    def no_space(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def main():
-        with Log.open(tmp_path) as log:
-            commit = GroupCommit(log)
-            await commit.append([(b"before", b"")])
-            monkeypatch.setattr(log_mod, "_sync_file", no_space)
-            outcomes = await asyncio.gather(
-                *(commit.append([(b"x%d" % i, b"")]) for i in range(5)), return_exceptions=True
-            )
-            monkeypatch.setattr(log_mod, "_sync_file", real)
-            [(seq, _, _)] = await commit.append([(b"after", b"")])
-            await commit.close()
-            return outcomes, seq
-
-    outcomes, seq = asyncio.run(main())
-    assert all(isinstance(o, OSError) and o.errno == errno.ENOSPC for o in outcomes)
-    assert seq == 7
-    # The records were written (the daemon may have applied them); only durability failed.
-    assert [body for _, body, _ in contents(tmp_path)] == [b"before", *(b"x%d" % i for i in range(5)), b"after"]
 
 
 def test_sync_fdatasyncs_the_data_file_before_the_segment_file_and_only_when_it_changed(tmp_path, fsyncs):
@@ -1268,7 +1183,7 @@ def test_a_failed_write_leaves_no_partial_record_behind(tmp_path, monkeypatch, f
             [(seq, _, ref)] = await commit.append([(b"five", b"data five")])
             assert seq == 3
             assert ref.offset == data_size
-            assert [bytes(e.body) for e in log.read()] == [b"one", b"two", b"five"]
+            assert [bytes(e.body) for e in logreaders.read(log)] == [b"one", b"two", b"five"]
             await commit.close()
 
     asyncio.run(main())
@@ -1296,25 +1211,30 @@ def test_a_write_failure_that_cannot_be_undone_stops_appends(tmp_path, monkeypat
             log.append([(b"three", b"")])
 
 
-def test_group_commit_across_segment_rolls(tmp_path, fsyncs):
-    """Rolls seal segments while an fsync of the active one may be running in a thread."""
+# ---------------------------------------------------------------------------------------
+# The package's shape: one job per module, and no event loop
 
-    async def main():
-        with Log.open(tmp_path, segment_bytes=2048) as log:
-            commit = GroupCommit(log)
 
-            async def writer(i):
-                for j in range(10):
-                    await commit.append([(b"writer %d append %d" % (i, j), b"x" * (j * 7))])
+LOG_PACKAGE = Path(__file__).resolve().parent.parent / "orchestrad" / "log"
+# The order of orchestrad/log/__init__.py's docstring: each module imports only earlier ones.
+LOG_MODULES = ["format", "errors", "fileio", "segment", "index", "scan", "replay", "segmentlog", "repair"]
 
-            await asyncio.gather(*(writer(i) for i in range(20)))
-            await commit.close()
-            return log.segments()
 
-    segments = asyncio.run(main())
-    assert len(segments) > 5
-    with Log.open(tmp_path, segment_bytes=2048) as log:
-        assert log.report.truncated == []
-        assert [e.seq for e in log.read()] == list(range(1, 201))
-        assert [seq for seq, _, _ in log.replay()] == list(range(1, 201))
-    verify(tmp_path, deep=True)
+def test_the_log_imports_no_asyncio():
+    """The log is synchronous; group commit (orchestrad.commit) is where it meets asyncio."""
+    probe = "import sys, orchestrad.log; print(sorted(m for m in ('asyncio', 'orchestrad.commit') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"importing orchestrad.log imported {result.stdout.strip()}"
+
+
+def test_each_log_module_imports_only_the_ones_before_it():
+    assert sorted(p.stem for p in LOG_PACKAGE.glob("*.py")) == sorted(["__init__", *LOG_MODULES])
+    for i, name in enumerate(LOG_MODULES):
+        tree = ast.parse((LOG_PACKAGE / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        inside = {m.removeprefix("orchestrad.log.") for m in imported if m.startswith("orchestrad.log.")}
+        assert inside <= set(LOG_MODULES[:i]), f"orchestrad/log/{name}.py imports {sorted(inside - set(LOG_MODULES[:i]))}"
+        assert "orchestrad.log" not in imported, f"orchestrad/log/{name}.py imports the package it is part of"
+        assert not {m for m in imported if m.split(".")[0] == "asyncio"}, f"orchestrad/log/{name}.py imports asyncio"

@@ -8,6 +8,7 @@ import sys
 from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad.log import Log
+from tests import logreaders
 from tests.daemon import Daemon, wait_for
 
 PY = sys.executable
@@ -26,7 +27,7 @@ def run_tasks(daemon: Daemon, n: int, *, size: int = 2000) -> list[int]:
 
 def record_positions(daemon: Daemon) -> list[tuple[int, object]]:
     with Log.open(daemon.paths.log_dir) as log:
-        return [(e.seq, e.position) for e in log.read()]
+        return [(e.seq, e.position) for e in logreaders.read(log)]
 
 
 def flip(path, offset: int) -> None:

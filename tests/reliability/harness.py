@@ -32,6 +32,7 @@ from orchestra.client import connect
 from orchestra.wire import DaemonUnreachable
 from orchestrad import events as ev
 from orchestrad.log import DataRef, Log
+from tests import logreaders
 from tests.daemon import Daemon, wait_for
 
 PY = sys.executable
@@ -464,7 +465,7 @@ def segment_path(log_dir: Path, first: int) -> Path:
 def read_log(log_dir: Path) -> list[Rec]:
     """Every record of a log that no daemon has open (Log.open may cut a torn tail)."""
     with Log.open(log_dir) as log:
-        entries = [(e.seq, e.position.segment, e.position.offset, bytes(e.body), e.data) for e in log.read()]
+        entries = [(e.seq, e.position.segment, e.position.offset, bytes(e.body), e.data) for e in logreaders.read(log)]
     recs = []
     for i, (seq, segment, offset, body, data) in enumerate(entries):
         if i + 1 < len(entries) and entries[i + 1][1] == segment:

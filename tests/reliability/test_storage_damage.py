@@ -31,6 +31,7 @@ from orchestra import protocol as p
 from orchestra.protocol import Status
 from orchestrad import events as ev
 from orchestrad.log import Log
+from tests import logreaders
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, Rec, flip, kill_marked, read_log, segment_path, settle, tasks
 
@@ -82,7 +83,7 @@ def base():
         shutil.copytree(d.paths.state, scratch)
         recs = read_log(scratch / "log")
         with Log.open(scratch / "log") as log:
-            data = {e.seq: log.read_data(e.data) for e in log.read() if e.data is not None}
+            data = {e.seq: log.read_data(e.data) for e in logreaders.read(log) if e.data is not None}
         shutil.rmtree(scratch)
         segments = sorted({r.segment for r in recs})
         assert len(segments) >= 3, "the base log should have sealed segments"
