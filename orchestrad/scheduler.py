@@ -106,35 +106,51 @@ def waits_for(state: State, task: Task) -> str:
 
 def start_order(state: State) -> list[tuple[int, str]]:
     """Every queued task in the order it is expected to start, with what it waits for
-    ("" for none: it starts now): first those that may start, then those held by their
-    role's limit, then those waiting for other tasks; each group in priority order. For
-    `orchestra queue`, `ps` and `show`: it looks at the whole queue, `plan` does not."""
+    ("" for none: it starts now). Priority order, except that a task comes after the queued
+    tasks it runs after (one that waits on a running task keeps its place: its slot frees
+    as it becomes ready), tasks held by their role's limit come after the others, and those
+    whose role's limit is 0 last. For `orchestra queue`: it looks at the whole queue, which
+    `plan` never does."""
     config = state.config
     per_role = _per_role(state)
     free = config.max_concurrent - len(state.active)
-    ready: list[tuple[int, str]] = []
+    placed: set[int] = set()
+    order: list[tuple[int, str]] = []
     held: list[tuple[int, str]] = []
-    blocked: list[tuple[int, str]] = []
-    for *_, task_id in state.run_order:
-        task = state.tasks[task_id]
-        deps = _waited_on(state, task)
-        if deps:
-            blocked.append((task_id, deps))
-            continue
-        limit = config.role_limits.get(task.role)
-        if limit is not None and per_role.get(task.role, 0) >= limit:
-            if limit == 0:
-                held.append((task_id, f"role_limits allows no {task.role} task (its limit is 0); raise it with `orchestra config set role_limits`"))
-            else:
-                held.append((task_id, f"a {task.role} slot (role_limits: {per_role.get(task.role, 0)} of {limit} running)"))
-            continue
-        if free > 0:
-            ready.append((task_id, ""))
+    never: list[tuple[int, str]] = []
+    deferred: list[Task] = []
+
+    def ready(task: Task) -> bool:  # its queued dependencies are placed before it
+        return all(dep in placed or dep not in state.queued for dep in task.spec.after)
+
+    def place(task: Task) -> None:
+        nonlocal free
+        placed.add(task.id)
+        reason = waits_for(state, task)
+        if not reason and free <= 0:
+            reason = f"a free slot ({len(state.active)} of {config.max_concurrent} running)"
+        elif not reason:
             free -= 1
             per_role[task.role] = per_role.get(task.role, 0) + 1
+        order.append((task.id, reason))
+
+    for *_, task_id in state.run_order:
+        task = state.tasks[task_id]
+        limit = config.role_limits.get(task.role)
+        if limit == 0:
+            never.append((task_id, waits_for(state, task)))
+        elif limit is not None and per_role.get(task.role, 0) >= limit:
+            held.append((task_id, waits_for(state, task)))
+        elif not ready(task):
+            deferred.append(task)
         else:
-            ready.append((task_id, f"a free slot ({len(state.active)} of {config.max_concurrent} running)"))
-    return ready + held + blocked
+            place(task)
+            while any(ready(t) for t in deferred):  # those waiting on it may follow now
+                later = next(t for t in deferred if ready(t))
+                deferred.remove(later)
+                place(later)
+    order += [(t.id, waits_for(state, t)) for t in deferred]  # after tasks that never start
+    return order + held + never
 
 
 def _per_role(state: State) -> dict[str, int]:

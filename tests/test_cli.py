@@ -142,5 +142,5 @@ def test_ps_show_and_queue_say_what_a_queued_task_waits_for(daemon):
     assert "held · waits for role_limits allows no reviewer task" in ps.stdout, ps.stdout
     assert f"later · waits for task {gate} to succeed" in ps.stdout, ps.stdout
     queue = json.loads(daemon.cli("queue", "--json").output)
-    assert [str(t["id"]) for t in queue] == [slot, held, later]
+    assert [str(t["id"]) for t in queue] == [slot, later, held]  # later waits on a running task: its place
     daemon.cli("stop", gate)
