@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -125,3 +126,27 @@ def test_show_and_logs_of_stderr(daemon):
     assert json.loads(daemon.cli("logs", "--json", task).output) == [{"stream": "stderr", "text": "to-err\n"}]
     bad_env = daemon.cli("submit", "--env", "NOEQUALS", "--", "true")
     assert bad_env.exit_code == Exit.BAD_INPUT and "NAME=VALUE" in bad_env.output
+
+
+def test_a_command_imports_only_the_module_it_lives_in(tmp_path):
+    """The group is lazy: `orchestra ps --json` loads `orchestra.commands.tasks` and none of
+    the other command modules, nor the MCP SDK or the dashboard."""
+    probe = ("import json, sys; sys.argv = ['orchestra', '--no-autostart', 'ps', '--json']\n"
+             "from orchestra.main import main\n"
+             "try:\n    main()\nexcept SystemExit:\n    pass\n"
+             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('orchestra.', 'mcp')))))")
+    result = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ORCHESTRA_HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=30)
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    commands = [m for m in loaded if m.startswith("orchestra.commands.")]
+    assert commands == ["orchestra.commands.base", "orchestra.commands.tasks"], loaded
+    assert not [m for m in loaded if m.startswith(("mcp", "orchestra.mcp", "orchestra.dashboard"))], loaded
+
+
+def test_every_command_the_group_names_is_there():
+    from orchestra.main import COMMANDS, cli
+
+    with cli.make_context("orchestra", ["--no-autostart", "ps"], resilient_parsing=True) as ctx:
+        for name in COMMANDS:
+            command = cli.get_command(ctx, name)
+            assert command is not None and command.name == name

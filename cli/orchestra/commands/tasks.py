@@ -1,0 +1,210 @@
+"""Commands about one task or a few: `submit`, `ps`, `show`, `logs`, `respond`, `stop`,
+`resume` and `wait`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import msgspec
+
+from orchestra import protocol as p
+from orchestra.commands.base import App, Exit, echo_json, emit, fail, json_option, priority_option, refused, task_id
+from orchestra.listing import RECENT
+
+
+class _SplitAtDashes(click.Command):
+    """Everything after `--` is the command to run, kept apart from the prompt words."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            index = args.index("--")
+            ctx.meta["argv"] = args[index + 1 :]
+            args = args[:index]
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_SplitAtDashes)
+@click.argument("prompt", nargs=-1)
+@click.option("--role", "-r", help=f"Role: {', '.join(p.BUILTIN_ROLES)}, or one of yours (default from config).")
+@click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
+@priority_option
+@click.option("--after", multiple=True, type=task_id, help="Start only after this task succeeded (repeatable).")
+@click.option("--timeout", type=float, help="Seconds of wall-clock time before it is stopped.")
+@click.option("--idle-timeout", type=float, help="Seconds without output before it is stopped.")
+@click.option("--budget", type=float, help="Dollars the agent may spend.")
+@click.option("--model", help="Model for the agent.")
+@click.option("--cwd", type=click.Path(file_okay=False), help="Working directory (default: here).")
+@click.option("--env", "-e", multiple=True, help="NAME=VALUE for the task's environment (repeatable).")
+@click.option("--title", default="", help="A short name shown by `ps`.")
+@click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree of its own, on a new branch (default: as the role says).")
+@json_option
+@click.pass_context
+def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree, as_json):
+    """Queue a task: a prompt for an agent, or a command after `--`.
+
+    \b
+      orchestra submit --role tester "write tests for the parser"
+      orchestra submit --agent command -- pytest -q
+    """
+    app: App = ctx.obj
+    argv = ctx.meta.get("argv", [])
+    env_map = {}
+    for item in env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--env {item!r} must look like NAME=VALUE", Exit.BAD_INPUT)
+        env_map[name] = value
+    request = p.Submit(
+        cwd=os.path.abspath(cwd or os.getcwd()),
+        prompt=" ".join(prompt),
+        argv=list(argv),
+        role=role,
+        agent=agent,
+        priority=priority,
+        after=list(after),
+        env=env_map,
+        timeout=timeout,
+        idle_timeout=idle_timeout,
+        budget_usd=budget,
+        model=model,
+        title=title,
+        worktree=worktree,
+    )
+    emit(app.call(request, p.TaskView), as_json, lambda task: str(task.id))
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+@click.command()
+@click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
+@click.option("--role", "-r", help="Only tasks with this role.")
+@click.option("--active", is_flag=True, help="Only queued, running and waiting tasks.")
+@click.option("--all", "everything", is_flag=True, help="Every finished task too, not only the newest.")
+@click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
+@json_option
+@click.pass_obj
+def ps(app: App, statuses, role, active, everything, limit, as_json):
+    """List tasks: every active one and the newest finished ones, with status, role,
+    runtime, cost, and what waiting tasks ask."""
+    from orchestra.listing import gather, note, parts
+
+    if everything and limit is not None:
+        fail("give --all or --limit, not both", Exit.BAD_INPUT)
+    queries = parts(list(statuses), role, active, limit, everything)
+    listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks)) for fields in pages], queries)
+    tasks = msgspec.convert(listing.tasks, list[p.TaskView])
+
+    def human(tasks: list[p.TaskView]) -> str | None:
+        if not tasks:
+            click.echo("no tasks", err=True)
+            return None
+        from orchestra.render import grouped, terminal_width
+
+        workflows = {}
+        wanted = sorted({t.workflow for t in tasks if t.workflow is not None})
+        if wanted:
+            workflows = {w.id: w for w in app.call(p.ListWorkflows(workflows=wanted), list[p.WorkflowView])}
+        return grouped(tasks, workflows, width=terminal_width())
+
+    emit(tasks, as_json, human)
+    if note(listing):
+        click.echo(note(listing), err=True)
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@json_option
+@click.pass_obj
+def show(app: App, task, as_json):
+    """Everything about one task."""
+    from orchestra.render import details
+
+    emit(app.call(p.Show(task=task), p.TaskView), as_json, details)
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the task ends.")
+@click.option("--tail", "-n", type=int, help="Start from the last N lines.")
+@click.option("--raw", is_flag=True, help="The agent's raw output (e.g. JSON lines).")
+@json_option
+@click.pass_obj
+def logs(app: App, task, follow, tail, raw, as_json):
+    """A task's output."""
+    chunks = app.stream(p.Logs(task=task, follow=follow, tail=tail, raw=raw), p.LogChunk)
+    if as_json:
+        echo_json([{"stream": c.stream, "text": c.data.decode(errors="replace")} for c in chunks])
+        return
+    out = sys.stdout.buffer
+    try:
+        for chunk in chunks:
+            out.write(chunk.data)
+            out.flush()
+    except BrokenPipeError:  # `orchestra logs 3 | head`
+        sys.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------
+# acting on tasks
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@click.argument("text", nargs=-1)
+@click.option("--allow", is_flag=True, help="Allow what the task asks permission for.")
+@click.option("--deny", is_flag=True, help="Deny it.")
+@click.option("--message", "-m", default="", help="With --deny: why, for the agent.")
+@json_option
+@click.pass_obj
+def respond(app: App, task, text, allow, deny, message, as_json):
+    """Answer a waiting task (option number, option, or your words), or write a line to a
+    command's stdin."""
+    answer = " ".join(text) if text else None
+    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message), p.TaskView)
+    emit(view, as_json, lambda v: f"task {v.id} is {v.status.value}")
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@json_option
+@click.pass_obj
+def stop(app: App, task, as_json):
+    """Stop a task: cancel it if queued, terminate it if running."""
+    view = app.call(p.Stop(task=task), p.TaskView)
+    emit(view, as_json, lambda v: f"task {v.id} is {'stopping' if v.status.active else v.status.value}")
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@click.argument("message", nargs=-1)
+@json_option
+@click.pass_obj
+def resume(app: App, task, message, as_json):
+    """Run a finished task again. A Claude task continues its conversation where it
+    stopped (after a crash, a shutdown or a stop); MESSAGE replaces the default nudge."""
+    view = app.call(p.Resume(task=task, message=" ".join(message)), p.TaskView)
+    emit(view, as_json, lambda v: f"task {v.id} is {v.status.value} again")
+
+
+@click.command()
+@click.argument("tasks", nargs=-1, required=True, type=task_id)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 1).")
+@json_option
+@click.pass_obj
+def wait(app: App, tasks, timeout, as_json):
+    """Block until the tasks have finished. Exit 0 if all succeeded, 1 if any did not."""
+    import socket
+
+    try:
+        views = app.connection(timeout=timeout).call(p.Wait(tasks=list(tasks)), list[p.TaskView])
+    except socket.timeout:
+        fail(f"tasks still running after {timeout:g} s", Exit.TASK_FAILED)
+    except p.OrchestraError as exc:
+        refused(exc)
+    emit(views, as_json, lambda views: "\n".join(f"task {v.id} {v.status.value}" + (f": {v.reason}" if v.reason else "") for v in views))
+    if any(v.status is not p.Status.SUCCEEDED for v in views):
+        sys.exit(int(Exit.TASK_FAILED))
