@@ -150,3 +150,24 @@ def test_every_command_the_group_names_is_there():
         for name in COMMANDS:
             command = cli.get_command(ctx, name)
             assert command is not None and command.name == name
+
+
+# ---------------------------------------------------------------------------------------
+# what a new user tripped on
+
+
+def test_config_set_refuses_a_value_of_the_wrong_shape_with_a_sentence(daemon):
+    for value in ("[1]", '{"tester": 1.5}'):
+        bad = daemon.cli("config", "set", "role_limits", value)
+        assert bad.exit_code == Exit.BAD_INPUT, bad.output
+        assert bad.output.startswith("orchestra: role_limits must be a table of role name to a whole number of at least 0, not "), bad.output
+        assert "Expected" not in bad.output and bad.output.count("\n") == 1
+
+
+def test_config_set_takes_none_as_the_message_offers_and_negative_numbers_as_values(daemon):
+    assert daemon.cli("config", "set", "default_timeout", "600").output == "default_timeout = 600\n"
+    cleared = daemon.cli("config", "set", "default_timeout", "none")
+    assert cleared.exit_code == 0 and cleared.output == "default_timeout = null\n", cleared.output
+    negative = daemon.cli("config", "set", "max_concurrent", "-3")
+    assert negative.exit_code == Exit.BAD_INPUT
+    assert negative.output == "orchestra: max_concurrent must be a whole number of at least 1, not -3\n"
