@@ -24,6 +24,7 @@ from typing import Sequence
 
 from orchestra.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
 from orchestra.render import cost, duration
+from orchestra.vocab import usd
 
 RECENT = 5  # finished tasks shown at the bottom
 QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
@@ -149,7 +150,7 @@ def _headline(counts: dict[Status, int], total_cost: float) -> str:
     order = [Status.WAITING, Status.RUNNING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
              Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED]
     shown = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in order if counts[s]]
-    return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {cost(total_cost) if total_cost else '$0.00'}"
+    return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {usd(total_cost)}"
 
 
 def picture_requests() -> dict:

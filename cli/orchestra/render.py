@@ -6,6 +6,8 @@ import os
 import sys
 import time
 
+from orchestra.vocab import usd
+
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,8 +36,9 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def cost(usd: float) -> str:
-    return f"${usd:.2f}" if usd else "-"
+def cost(amount: float) -> str:
+    """A cost in a column: "-" for none."""
+    return usd(amount) if amount else "-"
 
 
 def doing(task: TaskView) -> str:
@@ -109,7 +112,7 @@ def details(task: TaskView) -> str:
     limits = [
         f"timeout {duration(task.timeout)}" if task.timeout else "",
         f"idle timeout {duration(task.idle_timeout)}" if task.idle_timeout else "",
-        f"budget ${task.budget_usd:.2f}" if task.budget_usd else "",
+        f"budget {usd(task.budget_usd)}" if task.budget_usd else "",
     ]
     if any(limits):
         lines.append(f"  limits     {', '.join(x for x in limits if x)}")
@@ -164,7 +167,7 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     lines.append(f"  disallowed tools  {', '.join(role.disallowed_tools) or '-'}")
     lines.append(f"  permission mode   {role.permission_mode}")
     lines.append(f"  model             {role.model or '(default)'}")
-    limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget ${role.budget_usd:.2f}" if role.budget_usd else ""]
+    limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
     lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
     return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""What people read: costs, workflow steps, long prompts and transcripts, as the CLI, the
+dashboard and `logs` draw them (pure functions, no daemon)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestra import render
+from orchestra.dashboard import render as dashboard
+from orchestra.protocol import Status, TaskView, WorkflowView
+from orchestrad.agents.claude import ClaudeAgent
+
+
+def view(task_id: int, status: Status = Status.SUCCEEDED, **kw) -> TaskView:
+    fields = dict(id=task_id, status=status, role="tester", agent="claude", priority=0, after=[], title=f"task {task_id}",
+                  prompt="", argv=[], cwd="/work", submitted_at=float(task_id), runtime=12.5)
+    return TaskView(**{**fields, **kw})
+
+
+@pytest.mark.parametrize(("usd", "shown"), [(0.003, "$0.0030"), (0.0004, "$0.0004"), (0.42, "$0.42"), (12.3, "$12.30"), (0.0099, "$0.0099"), (0.01, "$0.01")])
+def test_one_cost_formatter_keeps_small_costs_visible(usd, shown):
+    assert render.cost(usd) == shown
+    assert render.cost(0.0) == "-"
+
+
+def test_a_cost_under_a_cent_shows_everywhere_a_cost_does():
+    task = view(1, cost_usd=0.003, input_tokens=10, output_tokens=5)
+    workflow = WorkflowView(id=1, template="t", goal="g", status="succeeded", cost_usd=0.003, created_at=0.0, cwd="/w",
+                            worktree="", steps={"one": 1}, tasks=[task])
+    assert "$0.0030" in render.table([task])  # ps, queue
+    assert "cost       $0.0030 (10 tokens in, 5 out)" in render.details(task)  # show
+    assert "· $0.0030 ·" in render.workflow_block(workflow)  # workflow status
+    picture = dashboard([task], [], [workflow], width=120)
+    assert picture.splitlines()[0].endswith("cost $0.0030") and "$0.0030  task 1" in picture
+
+
+def test_the_transcript_counts_turns_in_words_and_costs_like_the_rest():
+    def result_line(turns: int, cost: float) -> str:
+        message = {"type": "result", "subtype": "success", "result": "ok", "total_cost_usd": cost, "num_turns": turns, "duration_ms": 900}
+        return ClaudeAgent.render("stdout", json.dumps(message).encode()).decode().splitlines()[1]
+
+    assert result_line(1, 0.003) == "  $0.0030 · 1 turn · 0.9s"
+    assert result_line(3, 0.42) == "  $0.42 · 3 turns · 0.9s"
