@@ -9,7 +9,7 @@ import pytest
 
 from orchestra import render
 from orchestra.dashboard import render as dashboard
-from orchestra.protocol import Status, TaskView, WorkflowView
+from orchestra.protocol import Status, TaskView, WorkflowStep, WorkflowTemplate, WorkflowView
 from orchestrad.agents.claude import ClaudeAgent
 
 
@@ -43,3 +43,28 @@ def test_the_transcript_counts_turns_in_words_and_costs_like_the_rest():
 
     assert result_line(1, 0.003) == "  $0.0030 · 1 turn · 0.9s"
     assert result_line(3, 0.42) == "  $0.42 · 3 turns · 0.9s"
+
+
+# ---------------------------------------------------------------------------------------
+# parallel steps
+
+CODE_REVIEW = WorkflowTemplate(name="code-review", description="review", steps=[
+    WorkflowStep(name="review", role="reviewer", prompt="r"),
+    WorkflowStep(name="tests", role="tester", prompt="t"),
+    WorkflowStep(name="report", role="reviewer", after=["review", "tests"], prompt="p"),
+])
+
+
+def test_steps_that_run_in_parallel_are_drawn_side_by_side():
+    assert render.step_levels([("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])]) == [["a"], ["b", "c"], ["d"]]
+    assert render.step_levels([("x", []), ("y", [])]) == [["x", "y"]]
+    assert render.steps_line(CODE_REVIEW) == "review + tests → report"
+    assert "steps: review + tests → report" in render.template_details(CODE_REVIEW)
+
+
+def test_a_workflow_run_draws_its_parallel_steps_side_by_side():
+    tasks = [view(1, Status.RUNNING), view(2, Status.SUCCEEDED), view(3, Status.QUEUED, after=[1, 2])]
+    workflow = WorkflowView(id=4, template="code-review", goal="look", status="running", cost_usd=0.0, created_at=0.0, cwd="/w",
+                            worktree="", steps={"review": 1, "tests": 2, "report": 3}, tasks=tasks)
+    assert "    ● review #1 + ✓ tests #2 → ○ report #3" in dashboard(tasks, [tasks[2]], [workflow], width=120).splitlines()
+    assert "  steps: ● review #1 + ✓ tests #2 → ○ report #3" in render.workflow_block(workflow, steps=True).splitlines()

@@ -23,7 +23,7 @@ import time
 from typing import Sequence
 
 from orchestra.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
-from orchestra.render import cost, duration
+from orchestra.render import MARK, cost, duration, run_steps
 from orchestra.vocab import usd
 
 RECENT = 5  # finished tasks shown at the bottom
@@ -31,18 +31,6 @@ QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
 WORKFLOWS_SHOWN = 10  # the newest workflows
 SCREEN_QUEUE = 200  # the head of the queue the live screen keeps (it shows what fits)
 FINISHED_KEPT = 100  # finished tasks the live screen loads at start; the stream adds the rest
-
-_MARK = {
-    Status.SUCCEEDED: "✓",
-    Status.FAILED: "✗",
-    Status.TIMED_OUT: "✗",
-    Status.INTERRUPTED: "✗",
-    Status.CANCELLED: "–",
-    Status.RUNNING: "●",
-    Status.WAITING: "?",
-    Status.QUEUED: "○",
-}
-
 
 def label(task: TaskView) -> str:
     """A one-line name for a task: its title, else its prompt, else its command."""
@@ -121,13 +109,7 @@ def render(
         lines += ["", f"WORKFLOWS ({len(workflows)})"]
         for wf in workflows:
             lines.append(f"  workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}")
-            steps = {t.id: t for t in wf.tasks}
-            chain = []
-            for step, task_id in wf.steps.items():
-                t = steps.get(task_id)
-                mark = _MARK.get(t.status, "?") if t is not None else "·"
-                chain.append(f"{mark} {step} #{task_id}")
-            lines.append("    " + " → ".join(chain))
+            lines.append("    " + run_steps(wf))
 
     finished = [t for t in tasks if t.status in FINISHED]
     if finished and recent > 0:
@@ -137,7 +119,7 @@ def render(
         lines += ["", f"FINISHED ({shown})"]
         for t in reversed(latest):
             why = f"  ({t.reason})" if t.reason else ""
-            lines.append(f"  {_MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
+            lines.append(f"  {MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
 
     if not tasks and not any(counts.values()):
         lines += ["", "no tasks yet: orchestra submit --role tester \"write tests for the parser\""]

@@ -6,13 +6,24 @@ import os
 import sys
 import time
 
-from orchestra.vocab import usd
+from orchestra.vocab import Status, usd
 
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
+
+MARK = {  # a task's status as one character, in workflow steps and the dashboard
+    Status.SUCCEEDED: "✓",
+    Status.FAILED: "✗",
+    Status.TIMED_OUT: "✗",
+    Status.INTERRUPTED: "✗",
+    Status.CANCELLED: "–",
+    Status.RUNNING: "●",
+    Status.WAITING: "?",
+    Status.QUEUED: "○",
+}
 
 
 def terminal_width() -> int:
@@ -150,13 +161,67 @@ def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, wi
     return "\n\n".join(parts)
 
 
-def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None) -> str:
+def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None, steps: bool = False) -> str:
+    """A workflow's line and its tasks' table; with `steps`, the steps as they run between."""
     head = f"workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}"
     if wf.worktree:
         head += f" · {wf.worktree}"
-    if len(head) > width:
-        head = head[: width - 1] + "…"
-    return head + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+    lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])
+    fitted = [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+    return "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+
+
+# ---------------------------------------------------------------------------------------
+# workflow steps: a chain of levels, the steps of one level side by side ("a → b + c → d")
+
+
+def step_levels(steps: Sequence[tuple[str, Sequence[str]]]) -> list[list[str]]:
+    """(name, the names it runs after) in template order -> the names by level: each step
+    one level after the deepest step it depends on, so the steps of a level may run at the
+    same time. Names that are not steps are ignored, and so is a cycle (the daemon refuses
+    such templates)."""
+    deps = {name: list(after) for name, after in steps}
+    level: dict[str, int] = {}
+
+    def depth(name: str, path: tuple[str, ...]) -> int:
+        if name not in level:
+            inner = [depth(d, (*path, name)) for d in deps[name] if d in deps and d not in path and d != name]
+            level[name] = 1 + max(inner, default=-1)
+        return level[name]
+
+    for name in deps:
+        depth(name, ())
+    levels: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+    for name in deps:
+        levels[level[name]].append(name)
+    return levels
+
+
+def _chain(levels: list[list[str]]) -> str:
+    return " → ".join(" + ".join(level) for level in levels)
+
+
+def steps_line(t: WorkflowTemplate) -> str:
+    """A template's steps in the order they run: "review + tests → report"."""
+    return _chain(step_levels([(s.name, [*s.after, *filter(None, [s.if_succeeded, s.if_failed])]) for s in t.steps]))
+
+
+def run_steps(wf: WorkflowView) -> str:
+    """A workflow's steps in the order they run, each with its task and status mark:
+    "● review #1 + ✓ tests #2 → ○ report #3"."""
+    tasks = {t.id: t for t in wf.tasks}
+    step_of = {task_id: step for step, task_id in wf.steps.items()}
+
+    def after(task_id: int) -> list[str]:
+        task = tasks.get(task_id)
+        return [step_of[a] for a in task.after if a in step_of] if task is not None else []
+
+    def label(step: str) -> str:
+        task = tasks.get(wf.steps[step])
+        return f"{MARK.get(task.status, '?') if task is not None else '·'} {step} #{wf.steps[step]}"
+
+    levels = step_levels([(step, after(task_id)) for step, task_id in wf.steps.items()])
+    return _chain([[label(step) for step in level] for level in levels])
 
 
 def role_details(role: Role, *, custom: bool = False) -> str:
@@ -174,7 +239,7 @@ def role_details(role: Role, *, custom: bool = False) -> str:
 
 
 def template_details(t: WorkflowTemplate) -> str:
-    lines = [f"{t.name}: {t.description}" + (" (in a git worktree)" if t.worktree else ""), ""]
+    lines = [f"{t.name}: {t.description}" + (" (in a git worktree)" if t.worktree else ""), f"  steps: {steps_line(t)}", ""]
     for step in t.steps:
         deps = []
         if step.after:

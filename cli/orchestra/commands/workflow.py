@@ -20,13 +20,15 @@ def workflow():
 @click.pass_obj
 def workflow_list(app: App, as_json):
     """The templates you can run."""
+    from orchestra.render import steps_line
+
     result = app.call(p.Templates(), p.TemplatesResult)
 
     def human(result: p.TemplatesResult) -> str:
         lines = []
         for template in result.templates:
             source = " (yours)" if template.name in result.custom else ""
-            steps = " → ".join(s.name for s in template.steps)
+            steps = steps_line(template)
             lines.append(f"{template.name:<20} {template.description}{source}\n{'':<20} {steps}")
         return "\n".join(lines)
 
@@ -79,12 +81,12 @@ def workflow_status(app: App, workflow_id, as_json):
 
     if workflow_id is not None:
         view = app.call(p.ShowWorkflow(workflow=workflow_id), p.WorkflowView)
-        emit(view, as_json, lambda v: workflow_block(v, width=terminal_width()))
+        emit(view, as_json, lambda v: workflow_block(v, width=terminal_width(), steps=True))
         return
 
     def human(views: list[p.WorkflowView]) -> str | None:
         if not views:
             click.echo("no workflows yet", err=True)
-        return "\n".join(workflow_block(v, width=terminal_width()) for v in views)
+        return "\n".join(workflow_block(v, width=terminal_width(), steps=True) for v in views)
 
     emit(app.call(p.ListWorkflows(), list[p.WorkflowView]), as_json, human)
