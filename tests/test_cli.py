@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from orchestra import protocol as p
 from orchestra.main import Exit
 from orchestra.protocol import FINISHED
 from tests.daemon import Daemon, wait_for
@@ -171,3 +172,26 @@ def test_config_set_takes_none_as_the_message_offers_and_negative_numbers_as_val
     negative = daemon.cli("config", "set", "max_concurrent", "-3")
     assert negative.exit_code == Exit.BAD_INPUT
     assert negative.output == "orchestra: max_concurrent must be a whole number of at least 1, not -3\n"
+
+
+def test_a_long_prompt_comes_from_stdin_or_a_file_and_show_shortens_it(daemon, tmp_path):
+    gate = daemon.submit(sys.executable, "-c", "input()")  # the prompts stay queued behind it
+    prompt = "\n".join(f"line {i}: " + "word " * 20 for i in range(200))
+    from_stdin = daemon.cli("submit", "--agent", "claude", "--after", str(gate), "-", input=prompt)
+    assert from_stdin.exit_code == 0, from_stdin.output
+    task = int(from_stdin.output)
+    assert daemon.task(task).prompt == prompt
+    path = tmp_path / "prompt.md"
+    path.write_text(prompt)
+    from_file = daemon.cli("submit", "--agent", "claude", "--after", str(gate), "--prompt-file", str(path))
+    assert from_file.exit_code == 0, from_file.output
+    assert daemon.task(int(from_file.output)).prompt == prompt
+    shown = daemon.cli("show", str(task)).output
+    assert "line 0: word" in shown and "line 199:" not in shown and len(shown) < 3000
+    assert f"orchestra show --full {task}" in shown
+    assert "line 199: word" in daemon.cli("show", "--full", str(task)).output
+    both = daemon.cli("submit", "--prompt-file", str(path), "and", "words")
+    assert both.exit_code == Exit.BAD_INPUT and "--prompt-file" in both.output
+    missing = daemon.cli("submit", "--prompt-file", str(tmp_path / "nope.md"))
+    assert missing.exit_code == Exit.BAD_INPUT and "nope.md" in missing.output
+    daemon.call(p.Stop(task=gate))

@@ -68,3 +68,18 @@ def test_a_workflow_run_draws_its_parallel_steps_side_by_side():
                             worktree="", steps={"review": 1, "tests": 2, "report": 3}, tasks=tasks)
     assert "    ● review #1 + ✓ tests #2 → ○ report #3" in dashboard(tasks, [tasks[2]], [workflow], width=120).splitlines()
     assert "  steps: ● review #1 + ✓ tests #2 → ○ report #3" in render.workflow_block(workflow, steps=True).splitlines()
+
+
+# ---------------------------------------------------------------------------------------
+# long prompts
+
+
+def test_show_shortens_a_long_prompt_and_says_how_to_see_it_all():
+    prompt = "\n".join(f"line {i}" for i in range(100))
+    short = render.details(view(7, prompt=prompt))
+    assert "line 0" in short and "line 99" not in short
+    assert "(90 more lines: orchestra show --full 7)" in short
+    assert "line 99" in render.details(view(7, prompt=prompt), full=True)
+    one_long_line = render.details(view(7, prompt="x" * 5000))
+    assert "x" * 5000 not in one_long_line and "orchestra show --full 7" in one_long_line
+    assert "more lines" not in render.details(view(8, prompt="fix the parser"))

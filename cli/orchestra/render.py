@@ -92,7 +92,27 @@ def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
     return "\n".join(lines)
 
 
-def details(task: TaskView) -> str:
+PROMPT_LINES = 10  # of a long prompt, `show` prints these many lines ...
+PROMPT_CHARS = 1000  # ... or characters, whichever is less, unless --full
+
+
+def prompt_lines(task: TaskView, *, full: bool = False) -> list[str]:
+    """The prompt as `show` prints it: all of it with `full`, else its start, and a last
+    line saying how much more there is and how to see it."""
+    text = task.prompt
+    lines = text.splitlines() or [""]
+    if full or (len(text) <= PROMPT_CHARS and len(lines) <= PROMPT_LINES):
+        return lines
+    shown = text[:PROMPT_CHARS].splitlines()[:PROMPT_LINES]
+    if len(lines) > len(shown):
+        more = f"{len(lines) - len(shown):,} more lines"
+    else:
+        more = f"{len(text) - len(chr(10).join(shown)):,} more characters"
+    return [*shown, f"… ({more}: orchestra show --full {task.id})"]
+
+
+def details(task: TaskView, *, full: bool = False) -> str:
+    """Everything about one task, as `show` prints it (a long prompt shortened unless `full`)."""
     def when(ts: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -108,7 +128,9 @@ def details(task: TaskView) -> str:
     if task.argv:
         lines.append(f"  command    {' '.join(task.argv)}")
     if task.prompt:
-        lines.append(f"  prompt     {task.prompt}")
+        first, *rest = prompt_lines(task, full=full)
+        lines.append(f"  prompt     {first}")
+        lines += [f"             {line}" for line in rest]
     lines += [
         f"  submitted  {when(task.submitted_at)}",
         f"  started    {when(task.started_at)}",

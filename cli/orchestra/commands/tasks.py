@@ -27,6 +27,7 @@ class _SplitAtDashes(click.Command):
 
 @click.command(cls=_SplitAtDashes)
 @click.argument("prompt", nargs=-1)
+@click.option("--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from this file (a PROMPT of - reads it from stdin).")
 @click.option("--role", "-r", help=f"Role: {', '.join(p.BUILTIN_ROLES)}, or one of yours (default from config).")
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
 @priority_option
@@ -41,11 +42,12 @@ class _SplitAtDashes(click.Command):
 @click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree of its own, on a new branch (default: as the role says).")
 @json_option
 @click.pass_context
-def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree, as_json):
+def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree, as_json):
     """Queue a task: a prompt for an agent, or a command after `--`.
 
     \b
       orchestra submit --role tester "write tests for the parser"
+      orchestra submit --role implementer - < plan.md
       orchestra submit --agent command -- pytest -q
     """
     app: App = ctx.obj
@@ -58,7 +60,7 @@ def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, bud
         env_map[name] = value
     request = p.Submit(
         cwd=os.path.abspath(cwd or os.getcwd()),
-        prompt=" ".join(prompt),
+        prompt=_prompt(prompt, prompt_file),
         argv=list(argv),
         role=role,
         agent=agent,
@@ -73,6 +75,39 @@ def submit(ctx, prompt, role, agent, priority, after, timeout, idle_timeout, bud
         worktree=worktree,
     )
     emit(app.call(request, p.TaskView), as_json, lambda task: str(task.id))
+
+
+def _prompt(words: tuple[str, ...], path: str | None) -> str:
+    """The prompt: the words, all of stdin for a single `-`, or the text of --prompt-file."""
+    if path is not None:
+        if words:
+            fail("give the prompt as words or with --prompt-file, not both", Exit.BAD_INPUT)
+        try:
+            with open(path, "rb") as file:
+                return _text(file.read(_MAX_PROMPT_BYTES + 1), f"--prompt-file {path}")
+        except OSError as exc:
+            fail(f"cannot read --prompt-file {path}: {exc.strerror or exc}", Exit.BAD_INPUT)
+    if words == ("-",):
+        stdin = sys.stdin.buffer
+        if stdin.isatty():
+            click.echo("orchestra: reading the prompt from stdin; end it with Ctrl-D", err=True)
+        return _text(stdin.read(_MAX_PROMPT_BYTES + 1), "the prompt on stdin")
+    return " ".join(words)
+
+
+_MAX_PROMPT_BYTES = 4 * p.MAX_PROMPT  # UTF-8 takes at most four bytes a character
+
+
+def _text(data: bytes, where: str) -> str:
+    if len(data) > _MAX_PROMPT_BYTES:
+        fail(f"{where} is longer than a prompt may be ({p.MAX_PROMPT:,} characters); put long material in a file and tell the agent where it is", Exit.BAD_INPUT)
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        fail(f"{where} is not UTF-8 text (byte {exc.start:,} is not); convert it, e.g. with iconv", Exit.BAD_INPUT)
+    if not text.strip():
+        fail(f"{where} is empty; a prompt says what the agent is to do", Exit.BAD_INPUT)
+    return text
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,13 +152,14 @@ def ps(app: App, statuses, role, active, everything, limit, as_json):
 
 @click.command()
 @click.argument("task", type=task_id)
+@click.option("--full", is_flag=True, help="All of a long prompt, not only its start.")
 @json_option
 @click.pass_obj
-def show(app: App, task, as_json):
+def show(app: App, task, full, as_json):
     """Everything about one task."""
     from orchestra.render import details
 
-    emit(app.call(p.Show(task=task), p.TaskView), as_json, details)
+    emit(app.call(p.Show(task=task), p.TaskView), as_json, lambda view: details(view, full=full))
 
 
 @click.command()
