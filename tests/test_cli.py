@@ -9,6 +9,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from click.testing import CliRunner
+
 from orchestra import protocol as p
 from orchestra.main import Exit
 from orchestra.protocol import FINISHED
@@ -195,3 +197,19 @@ def test_a_long_prompt_comes_from_stdin_or_a_file_and_show_shortens_it(daemon, t
     missing = daemon.cli("submit", "--prompt-file", str(tmp_path / "nope.md"))
     assert missing.exit_code == Exit.BAD_INPUT and "nope.md" in missing.output
     daemon.call(p.Stop(task=gate))
+
+
+def test_respond_says_what_it_sent(daemon):
+    task = daemon.submit(sys.executable, "-c", "print('got', input())")
+    daemon.wait_status(task, p.Status.RUNNING)
+    sent = daemon.cli("respond", str(task), "hello", "there")
+    assert sent.exit_code == 0 and sent.output == f"sent to task {task}: hello there\n"
+    assert daemon.wait_status(task, *FINISHED).status is p.Status.SUCCEEDED
+
+
+def test_resume_says_what_it_does():
+    from orchestra.main import cli
+
+    listed = CliRunner().invoke(cli, ["--help"]).output
+    line = next(x for x in listed.splitlines() if x.strip().startswith("resume "))
+    assert "Run a finished task again" not in line and "Continue" in line

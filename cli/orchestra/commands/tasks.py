@@ -200,8 +200,38 @@ def respond(app: App, task, text, allow, deny, message, as_json):
     """Answer a waiting task (option number, option, or your words), or write a line to a
     command's stdin."""
     answer = " ".join(text) if text else None
+    asked = _question(app, task) if answer is not None else None
     view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message), p.TaskView)
-    emit(view, as_json, lambda v: f"task {v.id} is {v.status.value}")
+    emit(view, as_json, lambda v: _sent(v.id, asked, answer, allow, deny, message))
+
+
+def _question(app: App, task: int) -> p.Question | None:
+    """What the task asks right now, to say what an answer chose; None when it asks
+    nothing (or is not there: the answer itself then gets the daemon's error)."""
+    try:
+        return app.connection().call(p.Show(task=task), p.TaskView).waiting
+    except p.OrchestraError:
+        return None
+
+
+def _sent(task: int, asked: p.Question | None, answer: str | None, allow: bool, deny: bool, message: str) -> str:
+    """What `respond` sent, in a line: "sent to task 8: allow", "answered task 5's
+    question with option 2: PostgreSQL"."""
+    if allow or deny:
+        return f"sent to task {task}: {'allow' if allow else 'deny'}" + (f" ({_brief(message)})" if deny and message else "")
+    text = answer or ""
+    if asked is not None and asked.kind != "permission":
+        options = [o.casefold() for o in asked.options]
+        chosen = int(text) if text.strip().isdigit() else (options.index(text.casefold()) + 1 if text.casefold() in options else 0)
+        if 1 <= chosen <= len(asked.options):
+            return f"answered task {task}'s question with option {chosen}: {_brief(asked.options[chosen - 1])}"
+        return f"answered task {task}'s question: {_brief(text)}"
+    return f"sent to task {task}: {_brief(text)}"
+
+
+def _brief(text: str, limit: int = 80) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 @click.command()
@@ -220,8 +250,9 @@ def stop(app: App, task, as_json):
 @json_option
 @click.pass_obj
 def resume(app: App, task, message, as_json):
-    """Run a finished task again. A Claude task continues its conversation where it
-    stopped (after a crash, a shutdown or a stop); MESSAGE replaces the default nudge."""
+    """Continue an interrupted or finished task: a Claude task resumes its session
+    where it stopped (after a crash, a shutdown or a stop), told MESSAGE or to go on; a
+    command runs again."""
     view = app.call(p.Resume(task=task, message=" ".join(message)), p.TaskView)
     emit(view, as_json, lambda v: f"task {v.id} is {v.status.value} again")
 
