@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -126,6 +127,27 @@ def test_a_question_answered_by_option_number(team):
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
     answer = json.dumps(api.turn_requests[-1].tool_results())
     assert "PostgreSQL" in answer
+
+
+def test_wait_on_a_task_that_waits_for_an_answer_says_so_once_and_keeps_waiting(team):
+    d, api = team
+    api.add(reply.tool_use("Bash", {"command": "echo ran > waited.txt", "description": "write a file"}), reply.text("done"))
+    task = submit(d, "run it")
+    err = d.home / "wait.err"
+    with open(err, "w") as stderr:
+        waiting = subprocess.Popen([sys.executable, "-m", "orchestra", "wait", str(task)], env=d.env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        asks = d.wait_status(task, Status.WAITING, timeout=60).waiting.prompt
+        assert asks.startswith("Bash: echo ran > waited.txt")
+        notice = f"orchestra: task {task} is waiting for an answer ({asks}): orchestra respond {task} --allow, or --deny\n"
+        wait_for(lambda: err.read_text() == notice, 30, "the notice on stderr")
+        assert waiting.poll() is None  # still waiting
+        assert d.cli("respond", str(task), "--allow").exit_code == 0
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and out == f"task {task} succeeded\n"
+    assert err.read_text() == notice  # once
 
 
 def test_a_follow_up_continues_the_same_conversation(team):

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` render
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
+    from orchestra.protocol import Question, Role, TaskView, WorkflowTemplate, WorkflowView
 
 MARK = {  # a task's status as one character, in workflow steps and the dashboard
     Status.SUCCEEDED: "✓",
@@ -55,15 +55,29 @@ def cost(amount: float) -> str:
 def doing(task: TaskView) -> str:
     """What a person most wants to know about the task in one line."""
     if task.waiting is not None:
-        text = f"asks: {task.waiting.prompt}"
-        if task.waiting.options:
-            text += " [" + " / ".join(f"{i}. {o}" for i, o in enumerate(task.waiting.options, 1)) + "]"
-        return text
+        return f"asks: {question_line(task.waiting)}"
     if task.reason:
         return f"{task.title} ({task.reason})"
     if task.status.active and task.activity:
         return f"{task.title} · {task.activity}"
     return task.title
+
+
+def waiting_notice(task: TaskView) -> str:
+    """What a waiting task asks and the command that answers it, in one line."""
+    w = task.waiting
+    if w.kind == "permission":
+        how = f"orchestra respond {task.id} --allow, or --deny"
+    elif w.options:
+        how = f"orchestra respond {task.id} 1 (an option number, or your own words)"
+    else:
+        how = f'orchestra respond {task.id} "your answer"'
+    return f"task {task.id} is waiting for an answer ({question_line(w)}): {how}"
+
+
+def question_line(w: Question) -> str:
+    """A question and its numbered options, on one line: "Which? [1. Red / 2. Blue]"."""
+    return w.prompt + (" [" + " / ".join(f"{i}. {o}" for i, o in enumerate(w.options, 1)) + "]" if w.options else "")
 
 
 def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:

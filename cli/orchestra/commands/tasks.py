@@ -266,12 +266,57 @@ def wait(app: App, tasks, timeout, as_json):
     """Block until the tasks have finished. Exit 0 if all succeeded, 1 if any did not."""
     import socket
 
+    conn = app.connection(timeout=timeout)
+    done_telling = _tell_when_waiting(app, set(tasks))
     try:
-        views = app.connection(timeout=timeout).call(p.Wait(tasks=list(tasks)), list[p.TaskView])
+        views = conn.call(p.Wait(tasks=list(tasks)), list[p.TaskView])
     except socket.timeout:
         fail(f"tasks still running after {timeout:g} s", Exit.TASK_FAILED)
     except p.OrchestraError as exc:
         refused(exc)
+    finally:
+        done_telling()
     emit(views, as_json, lambda views: "\n".join(f"task {v.id} {v.status.value}" + (f": {v.reason}" if v.reason else "") for v in views))
     if any(v.status is not p.Status.SUCCEEDED for v in views):
         sys.exit(int(Exit.TASK_FAILED))
+
+
+def _tell_when_waiting(app: App, tasks: set[int]):
+    """While `wait` blocks: say on stderr, once per task, when one of `tasks` waits for an
+    answer (it will not finish until someone gives one), from the daemon's Watch stream
+    on a connection of its own, in a thread. Returns what ends it."""
+    import socket
+    import threading
+
+    from orchestra.client import connect
+    from orchestra.render import waiting_notice
+    from orchestra.wire import DaemonUnreachable
+
+    try:
+        conn = connect(app.paths, timeout=30)
+    except (DaemonUnreachable, OSError):
+        return lambda: None  # `wait` itself still works, and reports what it finds
+    conn.sock.settimeout(None)
+
+    def follow() -> None:
+        told: set[int] = set()
+        try:
+            for view in conn.stream(p.Watch(), p.TaskView):
+                if view.id in tasks and view.waiting is not None and view.id not in told:
+                    told.add(view.id)
+                    click.echo(f"orchestra: {waiting_notice(view)}", err=True)
+        except (DaemonUnreachable, p.OrchestraError, OSError):
+            pass  # the daemon went away: `wait` says so
+
+    thread = threading.Thread(target=follow, name="orchestra-wait-notices", daemon=True)
+    thread.start()
+
+    def done() -> None:
+        try:  # wakes the thread blocked in recv(); close() alone would not
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        thread.join(5)
+        conn.close()
+
+    return done
