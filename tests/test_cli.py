@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -213,3 +214,62 @@ def test_resume_says_what_it_does():
     listed = CliRunner().invoke(cli, ["--help"]).output
     line = next(x for x in listed.splitlines() if x.strip().startswith("resume "))
     assert "Run a finished task again" not in line and "Continue" in line
+
+
+def test_stop_then_start_at_once_with_a_task_running(tmp_path):
+    """`daemon stop` returns once the daemon is gone (its process ended, its lock free),
+    so a `daemon start` right after it starts a new one; several times in a row, each
+    time with a task running."""
+    d = Daemon()
+    try:
+        assert d.run_cli("daemon", "start").returncode == 0
+        for _ in range(3):
+            task = d.submit(sys.executable, "-c", "import time; time.sleep(60)")
+            d.wait_status(task, p.Status.RUNNING)
+            pid = d.call(p.Info(), p.DaemonStatus).pid
+            stopped = d.cli("daemon", "stop")
+            assert stopped.exit_code == 0 and stopped.output == f"stopped orchestrad (pid {pid})\n", stopped.output
+            assert not _running(pid)
+            with open(d.paths.lock, "rb") as lock:  # the old daemon holds it no longer
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            started = d.run_cli("daemon", "start")
+            assert started.returncode == 0, started.stderr
+            assert d.task(task).status is p.Status.INTERRUPTED
+    finally:
+        d.run_cli("daemon", "stop")
+        d.cleanup()
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_start_says_why_the_daemon_did_not_start(tmp_path):
+    d = Daemon()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(d.paths.lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        started = d.run_cli("daemon", "start")
+        assert started.returncode == Exit.UNREACHABLE
+        assert f"another orchestrad (pid {holder.pid}) is already running" in started.stderr, started.stderr
+        assert started.stderr.count("\n") == 1
+    finally:
+        holder.kill()
+        holder.communicate()
+        d.cleanup()
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()}\\n".encode())
+print("holding", flush=True)
+time.sleep(60)
+"""

@@ -60,19 +60,56 @@ def daemon_stop(app: App):
     except p.OrchestraError as exc:
         refused(exc)
     pid = result["stopping"]
-    _wait_gone(conn)
+    if not _wait_gone(conn, pid, STOP_TIMEOUT):
+        fail(f"orchestrad (pid {pid}) is still running {STOP_TIMEOUT:g} s after it was asked to stop, perhaps still "
+             f"stopping its tasks; see {app.paths.daemon_log}, or end it with `kill {pid}`", Exit.UNAVAILABLE)
     click.echo(f"stopped orchestrad (pid {pid})")
 
 
-def _wait_gone(conn) -> None:
-    """The daemon closes every connection last thing before it exits."""
-    conn.sock.settimeout(60)
+STOP_TIMEOUT = 60.0  # seconds `daemon stop` waits for the daemon to be gone
+
+
+def _wait_gone(conn, pid: int, timeout: float) -> bool:
+    """Whether the daemon's process ended within `timeout`. It closes every connection
+    near the end of its shutdown, and holds its lock until it exits: a `daemon start`
+    right after this returns finds the lock free."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    conn.sock.settimeout(timeout)
     try:
         while conn.sock.recv(65536):
             pass
     except OSError:
         pass
     conn.close()
+    delay = 0.001
+    while not _ended(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    return True
+
+
+def _ended(pid: int) -> bool:
+    """Whether process `pid` has ended (a zombie, not yet reaped by its parent, has)."""
+    import os
+
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc here (macOS): ask the kernel
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @daemon.command("status")
