@@ -16,11 +16,13 @@ from orchestra.commands.base import App, Exit, echo_json, fail, json_option, ref
 @click.pass_context
 def daemon(ctx):
     """Run the daemon in the foreground, or start, stop or check it."""
-    if ctx.invoked_subcommand is None:
-        from orchestrad.__main__ import main as daemon_main
+    if ctx.invoked_subcommand is None:  # the daemon is a program of its own: this process becomes it
+        import os
 
         app: App = ctx.obj
-        sys.exit(daemon_main(["--home", str(app.paths.home)] if app.paths.home else []))
+        argv = [sys.executable, "-m", "orchestrad", *(["--home", str(app.paths.home)] if app.paths.home else [])]
+        sys.stdout.flush()
+        os.execv(sys.executable, argv)
 
 
 @daemon.command("start")
