@@ -9,7 +9,7 @@ import click
 import msgspec
 
 from orchestra import protocol as p
-from orchestra.commands.base import App, Exit, echo_json, fail, json_option, refused
+from orchestra.commands.base import App, Exit, emit, fail, json_option, refused
 
 
 @click.group(invoke_without_command=True)
@@ -125,17 +125,12 @@ def daemon_status(app: App, as_json):
     try:
         conn = connect(app.paths, timeout=5)
     except DaemonUnreachable as exc:
-        if as_json:
-            echo_json({"running": False, "socket": str(app.paths.socket)})
-        else:
-            click.echo(f"not running ({exc})")
+        emit({"running": False, "socket": str(app.paths.socket)}, as_json, lambda _: f"not running ({exc})")
         sys.exit(int(Exit.UNREACHABLE))
     info = conn.call(p.Info(), p.DaemonStatus)
-    if as_json:
-        echo_json({"running": True, **msgspec.structs.asdict(info)})
-    else:
-        counts = ", ".join(f"{n} {s}" for s, n in sorted(info.counts.items())) or "no tasks"
-        click.echo(f"running: pid {info.pid}, version {info.version}, socket {info.socket}\n{counts}")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(info.counts.items())) or "no tasks"
+    emit({"running": True, **msgspec.structs.asdict(info)}, as_json,
+         lambda _: f"running: pid {info.pid}, version {info.version}, socket {info.socket}\n{counts}")
 
 
 # ---------------------------------------------------------------------------------------
