@@ -99,6 +99,8 @@ _MAX_PROMPT_BYTES = 4 * p.MAX_PROMPT  # UTF-8 takes at most four bytes a charact
 
 
 def _text(data: bytes, where: str) -> str:
+    """`data` as a prompt, refused here with the reason (too long to send, not UTF-8,
+    empty) rather than as a frame or a decoding error further on."""
     if len(data) > _MAX_PROMPT_BYTES:
         fail(f"{where} is longer than a prompt may be ({p.MAX_PROMPT:,} characters); put long material in a file and tell the agent where it is", Exit.BAD_INPUT)
     try:
