@@ -37,8 +37,22 @@ def get_task(state: State, task_id: int) -> Task:
     return task
 
 
-def describe(task: Task) -> str:
-    return f"task {task.id} is {task.status.value}"
+_ENDED = {  # how a finished task ended, as said of it: "task 3 failed", "task 3 was cancelled"
+    Status.SUCCEEDED: ("", "succeeded"),
+    Status.FAILED: ("", "failed"),
+    Status.TIMED_OUT: ("", "timed out"),
+    Status.CANCELLED: ("was ", "cancelled"),
+    Status.INTERRUPTED: ("was ", "interrupted"),
+}
+
+
+def describe(task: Task, *, already: bool = False) -> str:
+    """A task's status in a sentence a person reads: "task 3 is running", "task 3
+    succeeded", "task 3 was already cancelled"."""
+    if task.status not in _ENDED:
+        return f"task {task.id} is {task.status.value}"
+    verb, ended = _ENDED[task.status]
+    return f"task {task.id} {verb}{'already ' if already else ''}{ended}"
 
 
 def decide(state: State, command: p.Request, now: float, actor: Actor | None = None) -> list[ev.Event]:
@@ -310,7 +324,7 @@ def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
         if task.stopping is not None:
             return []  # already on its way out
         return [ev.StopRequested(task=task.id, outcome=Status.CANCELLED, reason="stopped on request")]
-    raise conflict(f"{describe(task)} already; there is nothing to stop")
+    raise conflict(f"{describe(task, already=True)}; there is nothing to stop")
 
 
 def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:

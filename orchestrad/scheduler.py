@@ -24,6 +24,7 @@ from __future__ import annotations
 import msgspec
 
 from orchestra.protocol import Status
+from orchestra.vocab import usd
 from orchestrad import events as ev
 from orchestrad.config import Config
 from orchestrad.state import State, Task
@@ -211,7 +212,7 @@ def _expiry(task: Task, config: Config, now: float) -> tuple[ev.Event | None, fl
     spec = task.spec
     deadlines: list[float] = []
     if spec.budget_usd is not None and task.cost_usd > spec.budget_usd:
-        return _stop(task, Status.FAILED, f"budget of ${spec.budget_usd:.2f} exceeded (${task.cost_usd:.2f} spent)"), None
+        return _stop(task, Status.FAILED, f"budget of {usd(spec.budget_usd)} exceeded ({usd(task.cost_usd)} spent)"), None
     if spec.timeout is not None and task.started_at is not None:
         deadline = task.started_at + spec.timeout
         if now >= deadline:

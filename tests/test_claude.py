@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from orchestra import protocol as p
+from orchestra import render
 from orchestra.protocol import Status
 from orchestrad import roles
 from tests.daemon import Daemon, wait_for
@@ -52,7 +54,7 @@ def test_a_task_that_writes_a_file_and_reports_cost(team):
     assert view.result == "Wrote hello.txt"
     assert view.session_id and view.cost_usd > 0 and view.input_tokens > 0 and view.output_tokens > 0
     shown = d.cli("show", str(task)).output
-    assert f"${view.cost_usd:.2f}" in shown and f"{view.input_tokens} tokens in" in shown
+    assert f"cost       {render.cost(view.cost_usd)} (" in shown and f"{view.input_tokens} tokens in" in shown
     transcript = d.cli("logs", str(task)).output
     assert "» create hello.txt" in transcript and f"→ Write: {target}" in transcript and "✓ Wrote hello.txt" in transcript
     raw = d.cli("logs", "--raw", str(task)).output
@@ -78,7 +80,8 @@ def test_bash_permission_allowed_runs_the_command(team):
     assert waiting.status is Status.WAITING
     assert waiting.waiting.kind == "permission" and waiting.waiting.prompt.startswith("Bash: echo ran > allowed.txt")
     assert "asks: Bash: echo ran" in d.cli("ps").output
-    assert d.cli("respond", str(task), "--allow").exit_code == 0
+    allowed = d.cli("respond", str(task), "--allow")
+    assert allowed.exit_code == 0 and allowed.output == f"sent to task {task}: allow\n"
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
     assert (d.home / "allowed.txt").read_text() == "ran\n"
     assert "  allowed" in d.cli("logs", str(task)).output
@@ -89,7 +92,8 @@ def test_bash_permission_denied_does_not_run(team):
     api.add(reply.tool_use("Bash", {"command": "echo ran > denied.txt"}), reply.text("ok, I will not"))
     task = submit(d, "run it")
     d.wait_status(task, Status.WAITING, timeout=60)
-    assert d.cli("respond", str(task), "--deny", "-m", "not today").exit_code == 0
+    denied = d.cli("respond", str(task), "--deny", "-m", "not today")
+    assert denied.exit_code == 0 and denied.output == f"sent to task {task}: deny (not today)\n"
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
     assert not (d.home / "denied.txt").exists()
     results = [r for r in api.turn_requests[-1].tool_results()]
@@ -118,10 +122,32 @@ def test_a_question_answered_by_option_number(team):
     assert view.waiting.kind == "question" and view.waiting.prompt == "Which database should I use?"
     assert view.waiting.options == ["SQLite", "PostgreSQL"]
     assert "2. PostgreSQL" in d.cli("show", str(task)).output
-    assert d.cli("respond", str(task), "2").exit_code == 0
+    answered = d.cli("respond", str(task), "2")
+    assert answered.exit_code == 0 and answered.output == f"answered task {task}'s question with option 2: PostgreSQL\n"
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
     answer = json.dumps(api.turn_requests[-1].tool_results())
     assert "PostgreSQL" in answer
+
+
+def test_wait_on_a_task_that_waits_for_an_answer_says_so_once_and_keeps_waiting(team):
+    d, api = team
+    api.add(reply.tool_use("Bash", {"command": "echo ran > waited.txt", "description": "write a file"}), reply.text("done"))
+    task = submit(d, "run it")
+    err = d.home / "wait.err"
+    with open(err, "w") as stderr:
+        waiting = subprocess.Popen([sys.executable, "-m", "orchestra", "wait", str(task)], env=d.env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        asks = d.wait_status(task, Status.WAITING, timeout=60).waiting.prompt
+        assert asks.startswith("Bash: echo ran > waited.txt")
+        notice = f"orchestra: task {task} is waiting for an answer ({asks}): orchestra respond {task} --allow, or --deny\n"
+        wait_for(lambda: err.read_text() == notice, 30, "the notice on stderr")
+        assert waiting.poll() is None  # still waiting
+        assert d.cli("respond", str(task), "--allow").exit_code == 0
+        out, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0 and out == f"task {task} succeeded\n"
+    assert err.read_text() == notice  # once
 
 
 def test_a_follow_up_continues_the_same_conversation(team):

@@ -163,6 +163,23 @@ def test_the_live_screen_follows_tasks_from_running_to_succeeded_and_q_restores_
         assert "FINISHED" not in term.screen()  # back on the normal screen, not the dashboard's
 
 
+def test_the_live_screen_waits_for_a_daemon_that_restarts_and_follows_the_new_one(daemon):
+    with dashboard(daemon) as term:
+        term.wait_for(r"^orchestra · idle")
+        daemon.stop()
+        term.wait_for(r"^  the daemon is not answering .*; reconnecting")
+        assert term.exited() is None  # still there, waiting
+        daemon.start()
+        task = daemon.submit(sys.executable, "-c", "input()", title="after the restart")
+        screen = term.wait_for(r"^RUNNING \(1\)")
+        assert re.search(rf"#{task} +generalist +command .*after the restart", screen) and "reconnecting" not in screen
+        daemon.call(p.Stop(task=task))
+        term.wait_for(r"^FINISHED \(1\)")
+        term.keys("q")
+        wait_for(lambda: term.exited() is not None, what="the dashboard to quit")
+        assert term.exited() == "0"
+
+
 def test_the_live_screen_shows_what_a_waiting_claude_task_asks_and_how_to_answer():
     claude = find_claude()
     if not claude:

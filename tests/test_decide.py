@@ -435,3 +435,25 @@ def test_a_workflow_whose_steps_the_agent_cannot_run_is_refused_at_submit():
         core.do(p.RunWorkflow(template="code-review", goal="look", cwd="/tmp", agent="command"))
     assert caught.value.code is p.ErrorCode.BAD_REQUEST and "--agent claude" in caught.value.message
     assert not core.state.tasks and not core.state.workflows
+
+
+@pytest.mark.parametrize(("status", "said"), [
+    (Status.SUCCEEDED, "already succeeded"), (Status.FAILED, "already failed"), (Status.TIMED_OUT, "already timed out"),
+    (Status.CANCELLED, "was already cancelled"), (Status.INTERRUPTED, "was already interrupted"),
+])
+def test_stopping_a_finished_task_says_how_it_ended_in_plain_words(status, said):
+    core = Core()
+    task = task_in(core, status)
+    with pytest.raises(OrchestraError) as caught:
+        core.do(p.Stop(task=task))
+    assert caught.value.message == f"task {task} {said}; there is nothing to stop"
+
+
+def test_errors_name_a_finished_task_by_how_it_ended():
+    core = Core()
+    task = task_in(core, Status.SUCCEEDED)
+    with pytest.raises(OrchestraError, match=rf"^task {task} succeeded; priority only orders tasks that are still queued$"):
+        core.do(p.SetPriority(task=task, priority=1))
+    queued = task_in(core, Status.QUEUED)
+    with pytest.raises(OrchestraError, match=rf"^task {queued} is queued; only a finished task can be resumed$"):
+        core.do(p.Resume(task=queued))

@@ -50,6 +50,7 @@ def start_daemon(paths: Paths) -> int:
     if paths.home is not None:
         argv += ["--home", str(paths.home)]
     fd = os.open(paths.daemon_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    written_before = os.fstat(fd).st_size
     with open(fd, "ab") as log:
         proc = subprocess.Popen(
             argv,
@@ -67,8 +68,23 @@ def start_daemon(paths: Paths) -> int:
         except DaemonUnreachable:
             code = proc.poll()
             if code is not None and code != 0:
-                raise DaemonUnreachable(
-                    f"the daemon exited at start-up with code {code}; see {paths.daemon_log}"
-                ) from None
+                why = _why_it_stopped(paths, written_before)
+                said = f": {why}; more in {paths.daemon_log}" if why else f"; see {paths.daemon_log}"
+                raise DaemonUnreachable(f"the daemon exited at start-up with code {code}{said}") from None
             time.sleep(0.02)
     raise DaemonUnreachable(f"the daemon did not answer within {START_TIMEOUT:g} s; see {paths.daemon_log}")
+
+
+def _why_it_stopped(paths: Paths, offset: int) -> str:
+    """What a daemon that exited at start-up wrote to its log from `offset` on: its last
+    error (a line logged as ERROR, or a traceback's last line), without the time stamp."""
+    try:
+        with open(paths.daemon_log, "rb") as log:
+            log.seek(offset)
+            lines = [line.strip() for line in log.read(1 << 16).decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if " ERROR " in line or " CRITICAL " in line]
+    last = (errors or lines or [""])[-1]
+    stamp, sep, message = last.partition(": ")  # "2026-01-02 10:11:12,345 ERROR orchestrad.daemon: ..."
+    return message if sep and (" ERROR " in stamp or " CRITICAL " in stamp) else last

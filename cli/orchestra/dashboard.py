@@ -12,9 +12,11 @@ ones, the head of the queue and the newest workflows.
 stream: a reader thread receives task changes and wakes the screen loop, which fetches the
 queue and the workflows (they change only when tasks do) and redraws. Nothing polls. While
 a task runs, the screen also redraws once a second so that its runtime column counts up;
-with nothing running it sleeps until the next change or key. Plain ANSI: the alternate
-screen, cursor home, clear to end of line. `q` or Ctrl-C leaves and restores the terminal.
-When stdout is not a terminal, the picture is printed once.
+with nothing running it sleeps until the next change or key. When the daemon goes away
+(a restart), the screen says so and waits for it, connecting again now and then, and
+carries on with the new daemon. Plain ANSI: the alternate screen, cursor home, clear to
+end of line. `q` or Ctrl-C leaves and restores the terminal. When stdout is not a
+terminal, the picture is printed once.
 """
 
 from __future__ import annotations
@@ -23,25 +25,14 @@ import time
 from typing import Sequence
 
 from orchestra.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
-from orchestra.render import cost, duration
+from orchestra.render import MARK, cost, duration, run_steps
+from orchestra.vocab import usd
 
 RECENT = 5  # finished tasks shown at the bottom
 QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
 WORKFLOWS_SHOWN = 10  # the newest workflows
 SCREEN_QUEUE = 200  # the head of the queue the live screen keeps (it shows what fits)
 FINISHED_KEPT = 100  # finished tasks the live screen loads at start; the stream adds the rest
-
-_MARK = {
-    Status.SUCCEEDED: "✓",
-    Status.FAILED: "✗",
-    Status.TIMED_OUT: "✗",
-    Status.INTERRUPTED: "✗",
-    Status.CANCELLED: "–",
-    Status.RUNNING: "●",
-    Status.WAITING: "?",
-    Status.QUEUED: "○",
-}
-
 
 def label(task: TaskView) -> str:
     """A one-line name for a task: its title, else its prompt, else its command."""
@@ -120,13 +111,7 @@ def render(
         lines += ["", f"WORKFLOWS ({len(workflows)})"]
         for wf in workflows:
             lines.append(f"  workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}")
-            steps = {t.id: t for t in wf.tasks}
-            chain = []
-            for step, task_id in wf.steps.items():
-                t = steps.get(task_id)
-                mark = _MARK.get(t.status, "?") if t is not None else "·"
-                chain.append(f"{mark} {step} #{task_id}")
-            lines.append("    " + " → ".join(chain))
+            lines.append("    " + run_steps(wf))
 
     finished = [t for t in tasks if t.status in FINISHED]
     if finished and recent > 0:
@@ -136,7 +121,7 @@ def render(
         lines += ["", f"FINISHED ({shown})"]
         for t in reversed(latest):
             why = f"  ({t.reason})" if t.reason else ""
-            lines.append(f"  {_MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
+            lines.append(f"  {MARK[t.status]} #{t.id:<4} {t.status.value:<11} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}{why}")
 
     if not tasks and not any(counts.values()):
         lines += ["", "no tasks yet: orchestra submit --role tester \"write tests for the parser\""]
@@ -149,7 +134,7 @@ def _headline(counts: dict[Status, int], total_cost: float) -> str:
     order = [Status.WAITING, Status.RUNNING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
              Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED]
     shown = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in order if counts[s]]
-    return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {cost(total_cost) if total_cost else '$0.00'}"
+    return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {usd(total_cost)}"
 
 
 def picture_requests() -> dict:
@@ -205,15 +190,14 @@ def run(app) -> None:
     """Draw the dashboard full-screen and keep it current until q or Ctrl-C."""
     import sys
 
-    from orchestra import protocol as p
-
-    conn = app.connection(timeout=None)  # starts the daemon if needed, or exits with a message
+    app.connection(timeout=None)  # starts the daemon if needed, or exits with a message
     if not sys.stdout.isatty():
         types = picture_types()
         replies = {name: app.call(request, types[name]) for name, request in picture_requests().items()}
         print(picture(replies, width=_size()[0]))
         return
-    Screen(app, conn).loop()
+    app.close()  # the screen makes connections of its own, and makes them again after a restart
+    Screen(app.paths).loop()
 
 
 def _size() -> tuple[int, int]:
@@ -223,44 +207,74 @@ def _size() -> tuple[int, int]:
     return size.columns, size.lines
 
 
-class Screen:
-    """The terminal side: cbreak input, the alternate screen, and a redraw per change."""
+RECONNECT_FIRST = 0.25  # seconds before the first attempt to reach a daemon that went away ...
+RECONNECT_MOST = 5.0  # ... doubling up to this between attempts
 
-    def __init__(self, app, watch_conn) -> None:
+
+class Screen:
+    """The terminal side: cbreak input, the alternate screen, and a redraw per change.
+
+    A reader thread follows the daemon's Watch stream. When the daemon goes away (a
+    restart, a crash), the picture stays, says so, and the reader connects again (after
+    RECONNECT_FIRST seconds, doubling up to RECONNECT_MOST), as `orchestra mcp` does; on
+    the new stream the picture is drawn afresh. Only q or Ctrl-C ends the screen."""
+
+    CONNECTED = object()  # on the frame queue: a new Watch stream begins after it
+
+    def __init__(self, paths) -> None:
         import os
         import queue
+        import threading
 
-        self.app = app
-        self.watch_conn = watch_conn
+        self.paths = paths
         self.frames: queue.SimpleQueue = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)  # a full pipe already means "wake up"
+        self.closing = threading.Event()
+        self.watch_conn = None  # the reader's current connection
         self.tasks: dict[int, tuple[TaskView, float]] = {}  # id -> (view, monotonic time received)
         self.queue: list[TaskView] = []
         self.workflows: list[WorkflowView] = []
         self.info: DaemonStatus | None = None
-        self.gone: str | None = None  # why the picture can no longer be kept current
+        self.connected = False  # whether a Watch stream has begun: there is a picture to draw
+        self.gone: str | None = None  # why the picture is not current, when it is not
+
+    # -- the reader thread ----------------------------------------------------------------
 
     def _read_watch(self) -> None:
-        """Reader thread: each frame of the Watch stream onto the queue, and a wake-up."""
-        import os
-
+        """Follow the Watch stream onto the queue, with a wake-up per frame; when it ends,
+        say why on the queue and connect again, until the screen closes."""
         from orchestra import protocol as p
+        from orchestra.client import connect
         from orchestra.wire import DaemonUnreachable
 
-        try:
-            for view in self.watch_conn.stream(p.Watch(), p.TaskView):
-                self.frames.put(view)
-                self._wake(b"w")
-            reason = "the daemon ended the stream (it is shutting down)"
-        except p.OrchestraError as exc:
-            reason = exc.message
-        except (OSError, DaemonUnreachable) as exc:
-            reason = f"lost the connection to the daemon: {exc}"
-        except Exception as exc:  # the screen loop must still learn that the stream is over
-            reason = f"the dashboard's reader failed: {exc!r}"
-        self.frames.put(reason)
-        self._wake(b"x")
+        delay = RECONNECT_FIRST
+        while not self.closing.is_set():
+            try:
+                self.watch_conn = connect(self.paths, timeout=30)
+                self.watch_conn.sock.settimeout(None)
+                delay = RECONNECT_FIRST
+                self.frames.put(self.CONNECTED)
+                self._wake(b"c")
+                for view in self.watch_conn.stream(p.Watch(), p.TaskView):
+                    self.frames.put(view)
+                    self._wake(b"w")
+                reason = "the daemon ended the stream (it is shutting down)"
+            except p.OrchestraError as exc:
+                reason = exc.message
+            except (OSError, DaemonUnreachable) as exc:
+                reason = f"lost the connection to the daemon: {exc}" if self.watch_conn is not None else str(exc)
+            except Exception as exc:  # the screen loop must still learn that the stream is over
+                reason = f"the dashboard's reader failed: {exc!r}"
+            if self.watch_conn is not None:
+                self.watch_conn.close()
+                self.watch_conn = None
+            if self.closing.is_set():
+                return
+            self.frames.put(reason)
+            self._wake(b"x")
+            self.closing.wait(delay)
+            delay = min(RECONNECT_MOST, delay * 2)
 
     def _wake(self, byte: bytes) -> None:
         import os
@@ -270,43 +284,31 @@ class Screen:
         except BlockingIOError:
             pass
 
+    # -- the screen loop ------------------------------------------------------------------
+
     def loop(self) -> None:
         import os
         import select
         import signal
-        import socket
         import sys
         import termios
         import threading
         import tty
 
-        from orchestra import protocol as p
-        from orchestra.client import connect
-        from orchestra.wire import DaemonUnreachable
-
         out = sys.stdout
         fd = sys.stdin.fileno() if sys.stdin.isatty() else None
         saved = termios.tcgetattr(fd) if fd is not None else None
         reader = threading.Thread(target=self._read_watch, name="orchestra-watch", daemon=True)
-        queries = None
+        self.queries = None
         previous_winch = signal.signal(signal.SIGWINCH, lambda *_: self._wake(b"r"))
         try:
-            # The stream starts before the snapshot of finished tasks, so that a task which
-            # finishes in between shows up in one or the other.
             reader.start()
-            queries = connect(self.app.paths, timeout=30)
-            finished = p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=FINISHED_KEPT)
-            for t in queries.call(finished, p.TaskPage).tasks:
-                self.tasks.setdefault(t.id, (t, time.monotonic()))
-            self._refresh(queries)
             if fd is not None:
                 tty.setcbreak(fd)
             out.write("\x1b[?1049h\x1b[?25l")
             while True:
                 self._draw(out)
-                if self.gone is not None:
-                    break
-                ticking = any(v.status.active for v, _ in self.tasks.values())
+                ticking = self.gone is None and any(v.status.active for v, _ in self.tasks.values())
                 watched = [self.wake_r] + ([fd] if fd is not None else [])
                 ready, _, _ = select.select(watched, [], [], 1.0 if ticking else None)
                 if fd is not None and fd in ready:
@@ -315,33 +317,50 @@ class Screen:
                         break
                 if self.wake_r in ready:
                     os.read(self.wake_r, 4096)
-                    if self._drain():
-                        self._refresh(queries)
+                    self._take_frames()
         except KeyboardInterrupt:
             pass
-        except (p.OrchestraError, OSError, DaemonUnreachable) as exc:
-            self.gone = getattr(exc, "message", None) or f"lost the connection to the daemon: {exc}"
         finally:
             out.write("\x1b[?25h\x1b[?1049l")
             out.flush()
             if saved is not None:
                 termios.tcsetattr(fd, termios.TCSADRAIN, saved)
             signal.signal(signal.SIGWINCH, previous_winch)
-            if queries is not None:
-                queries.close()
+            self._close(reader)
+
+    def _close(self, reader) -> None:
+        import os
+        import socket
+
+        self.closing.set()
+        if self.queries is not None:
+            self.queries.close()
+        conn = self.watch_conn
+        if conn is not None:
             try:  # wakes the reader thread blocked in recv(); close() alone would not
-                self.watch_conn.sock.shutdown(socket.SHUT_RDWR)
+                conn.sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            reader.join(5)
-            self.app.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-        if self.gone is not None:
-            print(f"orchestra: {self.gone}", file=sys.stderr)
+        reader.join(5)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+    def _take_frames(self) -> None:
+        """Every frame that has arrived; the queue and the workflows again if tasks changed."""
+        from orchestra import protocol as p
+        from orchestra.wire import DaemonUnreachable
+
+        try:
+            if self._drain():
+                self._refresh()
+        except (p.OrchestraError, OSError, DaemonUnreachable) as exc:
+            self.gone = getattr(exc, "message", None) or f"lost the connection to the daemon: {exc}"
+            if self.queries is not None:
+                self.queries.close()
+                self.queries = None  # the reader connects again, and says when
 
     def _drain(self) -> bool:
-        """Take every frame that has arrived; True if any task changed."""
+        """Take every frame that has arrived; True if the picture changed."""
         import queue
 
         changed = False
@@ -350,19 +369,40 @@ class Screen:
                 item = self.frames.get_nowait()
             except queue.Empty:
                 return changed
-            if isinstance(item, str):
+            if item is self.CONNECTED:
+                self._start_over()
+                changed = True
+            elif isinstance(item, str):
                 self.gone = item
-                return changed
-            self.tasks[item.id] = (item, time.monotonic())
-            changed = True
+            else:
+                self.tasks[item.id] = (item, time.monotonic())
+                changed = True
 
-    def _refresh(self, queries) -> None:
+    def _start_over(self) -> None:
+        """A new Watch stream: forget what the old one said, and load the finished tasks.
+        The stream was asked for before them, so that a task which finishes in between
+        shows up in one or the other."""
+        from orchestra import protocol as p
+        from orchestra.client import connect
+
+        if self.queries is not None:
+            self.queries.close()
+        self.queries = connect(self.paths, timeout=30)
+        self.tasks.clear()
+        finished = p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=FINISHED_KEPT)
+        for t in self.queries.call(finished, p.TaskPage).tasks:
+            self.tasks.setdefault(t.id, (t, time.monotonic()))
+        self.connected, self.gone = True, None
+
+    def _refresh(self) -> None:
         """The queue and the workflows: they change only when tasks do."""
         from orchestra import protocol as p
 
-        self.info = queries.call(p.Info(), p.DaemonStatus)
-        self.queue = queries.call(p.Queue(limit=SCREEN_QUEUE), list[p.TaskView])
-        self.workflows = queries.call(p.ListWorkflows(limit=WORKFLOWS_SHOWN), list[p.WorkflowView])
+        if self.queries is None:
+            return
+        self.info = self.queries.call(p.Info(), p.DaemonStatus)
+        self.queue = self.queries.call(p.Queue(limit=SCREEN_QUEUE), list[p.TaskView])
+        self.workflows = self.queries.call(p.ListWorkflows(limit=WORKFLOWS_SHOWN), list[p.WorkflowView])
         queued = {t.id for t in self.queue}
         for task_id, (view, _) in list(self.tasks.items()):
             if view.status is Status.QUEUED and task_id not in queued:  # removed from the queue
@@ -371,14 +411,18 @@ class Screen:
     def _draw(self, out) -> None:
         import msgspec
 
+        if not self.connected and self.gone is None:
+            return  # the first stream has not begun: nothing to show yet
         now = time.monotonic()
         views = []
         for view, received in self.tasks.values():
-            if view.status.active and view.runtime is not None:
+            if view.status.active and view.runtime is not None and self.gone is None:
                 view = msgspec.structs.replace(view, runtime=view.runtime + (now - received))
             views.append(view)
         width, height = _size()
         lines = render(views, self.queue, self.workflows, width=width - 1, info=self.info).split("\n")
+        if self.gone is not None:
+            lines.insert(1, _fit(f"  the daemon is not answering ({self.gone}); reconnecting… (q to quit)", width - 1))
         if len(lines) > height - 1:
             lines = lines[: max(1, height - 2)] + [lines[-1]]  # keep the hint line
         body = "\x1b[K\r\n".join(_emphasize(line) for line in lines) + "\x1b[K"

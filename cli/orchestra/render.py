@@ -6,11 +6,24 @@ import os
 import sys
 import time
 
+from orchestra.vocab import Status, usd
+
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestra.protocol import Role, TaskView, WorkflowTemplate, WorkflowView
+    from orchestra.protocol import Question, Role, TaskView, WorkflowTemplate, WorkflowView
+
+MARK = {  # a task's status as one character, in workflow steps and the dashboard
+    Status.SUCCEEDED: "✓",
+    Status.FAILED: "✗",
+    Status.TIMED_OUT: "✗",
+    Status.INTERRUPTED: "✗",
+    Status.CANCELLED: "–",
+    Status.RUNNING: "●",
+    Status.WAITING: "?",
+    Status.QUEUED: "○",
+}
 
 
 def terminal_width() -> int:
@@ -34,17 +47,15 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def cost(usd: float) -> str:
-    return f"${usd:.2f}" if usd else "-"
+def cost(amount: float) -> str:
+    """A cost in a column: "-" for none."""
+    return usd(amount) if amount else "-"
 
 
 def doing(task: TaskView) -> str:
     """What a person most wants to know about the task in one line."""
     if task.waiting is not None:
-        text = f"asks: {task.waiting.prompt}"
-        if task.waiting.options:
-            text += " [" + " / ".join(f"{i}. {o}" for i, o in enumerate(task.waiting.options, 1)) + "]"
-        return text
+        return f"asks: {question_line(task.waiting)}"
     if task.reason:
         return f"{task.title} ({task.reason})"
     if task.status.active and task.activity:
@@ -52,6 +63,23 @@ def doing(task: TaskView) -> str:
     if getattr(task, "waits_for", ""):
         return f"{task.title} · waits for {task.waits_for}"
     return task.title
+
+
+def waiting_notice(task: TaskView) -> str:
+    """What a waiting task asks and the command that answers it, in one line."""
+    w = task.waiting
+    if w.kind == "permission":
+        how = f"orchestra respond {task.id} --allow, or --deny"
+    elif w.options:
+        how = f"orchestra respond {task.id} 1 (an option number, or your own words)"
+    else:
+        how = f'orchestra respond {task.id} "your answer"'
+    return f"task {task.id} is waiting for an answer ({question_line(w)}): {how}"
+
+
+def question_line(w: Question) -> str:
+    """A question and its numbered options, on one line: "Which? [1. Red / 2. Blue]"."""
+    return w.prompt + (" [" + " / ".join(f"{i}. {o}" for i, o in enumerate(w.options, 1)) + "]" if w.options else "")
 
 
 def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
@@ -80,7 +108,27 @@ def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
     return "\n".join(lines)
 
 
-def details(task: TaskView) -> str:
+PROMPT_LINES = 10  # of a long prompt, `show` prints these many lines ...
+PROMPT_CHARS = 1000  # ... or characters, whichever is less, unless --full
+
+
+def prompt_lines(task: TaskView, *, full: bool = False) -> list[str]:
+    """The prompt as `show` prints it: all of it with `full`, else its start, and a last
+    line saying how much more there is and how to see it."""
+    text = task.prompt
+    lines = text.splitlines() or [""]
+    if full or (len(text) <= PROMPT_CHARS and len(lines) <= PROMPT_LINES):
+        return lines
+    shown = text[:PROMPT_CHARS].splitlines()[:PROMPT_LINES]
+    if len(lines) > len(shown):
+        more = f"{len(lines) - len(shown):,} more lines"
+    else:
+        more = f"{len(text) - len(chr(10).join(shown)):,} more characters"
+    return [*shown, f"… ({more}: orchestra show --full {task.id})"]
+
+
+def details(task: TaskView, *, full: bool = False) -> str:
+    """Everything about one task, as `show` prints it (a long prompt shortened unless `full`)."""
     def when(ts: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
@@ -96,7 +144,9 @@ def details(task: TaskView) -> str:
     if task.argv:
         lines.append(f"  command    {' '.join(task.argv)}")
     if task.prompt:
-        lines.append(f"  prompt     {task.prompt}")
+        first, *rest = prompt_lines(task, full=full)
+        lines.append(f"  prompt     {first}")
+        lines += [f"             {line}" for line in rest]
     lines += [
         f"  submitted  {when(task.submitted_at)}",
         f"  started    {when(task.started_at)}",
@@ -111,7 +161,7 @@ def details(task: TaskView) -> str:
     limits = [
         f"timeout {duration(task.timeout)}" if task.timeout else "",
         f"idle timeout {duration(task.idle_timeout)}" if task.idle_timeout else "",
-        f"budget ${task.budget_usd:.2f}" if task.budget_usd else "",
+        f"budget {usd(task.budget_usd)}" if task.budget_usd else "",
     ]
     if any(limits):
         lines.append(f"  limits     {', '.join(x for x in limits if x)}")
@@ -151,13 +201,67 @@ def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, wi
     return "\n\n".join(parts)
 
 
-def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None) -> str:
+def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None, steps: bool = False) -> str:
+    """A workflow's line and its tasks' table; with `steps`, the steps as they run between."""
     head = f"workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}"
     if wf.worktree:
         head += f" · {wf.worktree}"
-    if len(head) > width:
-        head = head[: width - 1] + "…"
-    return head + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+    lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])
+    fitted = [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+    return "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+
+
+# ---------------------------------------------------------------------------------------
+# workflow steps: a chain of levels, the steps of one level side by side ("a → b + c → d")
+
+
+def step_levels(steps: Sequence[tuple[str, Sequence[str]]]) -> list[list[str]]:
+    """(name, the names it runs after) in template order -> the names by level: each step
+    one level after the deepest step it depends on, so the steps of a level may run at the
+    same time. Names that are not steps are ignored, and so is a cycle (the daemon refuses
+    such templates)."""
+    deps = {name: list(after) for name, after in steps}
+    level: dict[str, int] = {}
+
+    def depth(name: str, path: tuple[str, ...]) -> int:
+        if name not in level:
+            inner = [depth(d, (*path, name)) for d in deps[name] if d in deps and d not in path and d != name]
+            level[name] = 1 + max(inner, default=-1)
+        return level[name]
+
+    for name in deps:
+        depth(name, ())
+    levels: list[list[str]] = [[] for _ in range(1 + max(level.values(), default=-1))]
+    for name in deps:
+        levels[level[name]].append(name)
+    return levels
+
+
+def _chain(levels: list[list[str]]) -> str:
+    return " → ".join(" + ".join(level) for level in levels)
+
+
+def steps_line(t: WorkflowTemplate) -> str:
+    """A template's steps in the order they run: "review + tests → report"."""
+    return _chain(step_levels([(s.name, [*s.after, *filter(None, [s.if_succeeded, s.if_failed])]) for s in t.steps]))
+
+
+def run_steps(wf: WorkflowView) -> str:
+    """A workflow's steps in the order they run, each with its task and status mark:
+    "● review #1 + ✓ tests #2 → ○ report #3"."""
+    tasks = {t.id: t for t in wf.tasks}
+    step_of = {task_id: step for step, task_id in wf.steps.items()}
+
+    def after(task_id: int) -> list[str]:
+        task = tasks.get(task_id)
+        return [step_of[a] for a in task.after if a in step_of] if task is not None else []
+
+    def label(step: str) -> str:
+        task = tasks.get(wf.steps[step])
+        return f"{MARK.get(task.status, '?') if task is not None else '·'} {step} #{wf.steps[step]}"
+
+    levels = step_levels([(step, after(task_id)) for step, task_id in wf.steps.items()])
+    return _chain([[label(step) for step in level] for level in levels])
 
 
 def role_details(role: Role, *, custom: bool = False) -> str:
@@ -168,14 +272,14 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     lines.append(f"  disallowed tools  {', '.join(role.disallowed_tools) or '-'}")
     lines.append(f"  permission mode   {role.permission_mode}")
     lines.append(f"  model             {role.model or '(default)'}")
-    limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget ${role.budget_usd:.2f}" if role.budget_usd else ""]
+    limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
     lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
     return "\n".join(lines)
 
 
 def template_details(t: WorkflowTemplate) -> str:
-    lines = [f"{t.name}: {t.description}" + (" (in a git worktree)" if t.worktree else ""), ""]
+    lines = [f"{t.name}: {t.description}" + (" (in a git worktree)" if t.worktree else ""), f"  steps: {steps_line(t)}", ""]
     for step in t.steps:
         deps = []
         if step.after:

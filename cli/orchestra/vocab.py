@@ -1,5 +1,5 @@
 """The words the daemon and every client share that need no encoder: task statuses, how
-long text is shortened, the version.
+long text is shortened, how an amount of money is written, the version.
 
 Kept apart from `orchestra.protocol` so that `orchestra.quick` and `orchestra.render` can use
 them without importing msgspec; `orchestra.protocol` re-exports them.
@@ -55,3 +55,12 @@ class Status(str, enum.Enum):
 FINISHED = frozenset(
     {Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED}
 )
+
+
+def usd(amount: float) -> str:
+    """Dollars as people read them everywhere (`ps`, `show`, the dashboard, workflows, the
+    transcript, budgets): cents, and four places under a cent, so that a cost of a few
+    tenths of a cent does not read as nothing: $12.30, $0.42, $0.0030."""
+    if 0 < abs(amount) < 0.01:
+        return f"${amount:.4f}"
+    return f"${amount:.2f}"

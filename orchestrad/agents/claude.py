@@ -29,6 +29,7 @@ import msgspec
 
 from orchestra.vocab import shorten
 from orchestra.protocol import Role
+from orchestra.vocab import usd
 from orchestrad import events as ev
 from orchestrad import roles
 from orchestrad.agents import Agent, Item, Reaction, Traits
@@ -327,7 +328,8 @@ def _render_stdout(m: dict[str, Any]) -> list[str]:
         text = m.get("result") if isinstance(m.get("result"), str) else m.get("subtype", "")
         cost = float(m.get("total_cost_usd") or 0.0)
         seconds = int(m.get("duration_ms") or 0) / 1000
-        return [f"{mark} {text}", f"  ${cost:.4f} · {m.get('num_turns', 0)} turns · {seconds:.1f}s"]
+        turns = int(m.get("num_turns") or 0)
+        return [f"{mark} {text}", f"  {usd(cost)} · {turns} turn{'' if turns == 1 else 's'} · {seconds:.1f}s"]
     if kind == "control_request":
         request = m.get("request") or {}
         if request.get("subtype") == "can_use_tool":

@@ -2,15 +2,15 @@
 
 A thin shim over the daemon, built on the MCP SDK's low-level `Server` (mcp 2.x), so that
 every schema comes from the same msgspec types as the rest of orchestra. This module wires
-the parts into one `Server` and runs it:
+the parts of the package `orchestra.mcp` into one `Server` and runs it:
 
-* `mcp_tools`: the ten tools, each a daemon request or a few (their argument and result
-  types and schemas are in `mcp_tool_types`);
-* `mcp_resources`: the four resources, status, a task's logs, roles and workflows;
-* `mcp_notify`: a background `Watch` stream on the daemon, turned into resource updates and
+* `tools`: the ten tools, each a daemon request or a few (their argument and result
+  types and schemas are in `tool_types`);
+* `resources`: the four resources, status, a task's logs, roles and workflows;
+* `notify`: a background `Watch` stream on the daemon, turned into resource updates and
   a log message when a task starts waiting for a person;
-* `mcp_elicit`: `respond-to-process` with only a task id asks the person with a form;
-* `mcp_daemon`: the calls to the daemon (`orchestra.aclient`, one short connection each).
+* `elicit`: `respond-to-process` with only a task id asks the person with a form;
+* `daemon`: the calls to the daemon (`orchestra.aclient`, one short connection each).
 
 The SDK serves two protocol eras on the same stdio pipe and the client's first request picks
 one. Handshake clients (2025-11-25 and before: Claude Code, Claude Desktop, the MCP
@@ -49,11 +49,11 @@ from mcp_types import (
     SetLevelRequestParams,
 )
 
-from orchestra import mcp_resources
+from orchestra.mcp import resources as mcp_resources
 from orchestra.client import connect_or_start
-from orchestra.mcp_daemon import Daemon, unreachable_message
-from orchestra.mcp_notify import Notifier
-from orchestra.mcp_tools import Tools
+from orchestra.mcp.daemon import Daemon, unreachable_message
+from orchestra.mcp.notify import Notifier
+from orchestra.mcp.tools import Tools
 from orchestra.paths import Paths
 from orchestra.protocol import OrchestraError
 from orchestra.wire import DaemonUnreachable

@@ -14,9 +14,9 @@ from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResul
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from orchestra import protocol as p
-from orchestra.mcp_daemon import Daemon
-from orchestra.mcp_notify import question_line
-from orchestra.mcp_tool_types import Output, RespondResult, ToolFailure
+from orchestra.mcp.daemon import Daemon
+from orchestra.mcp.notify import question_line
+from orchestra.mcp.tool_types import Output, RespondResult, ToolFailure
 
 # Sends an answer to the daemon: (task id, decision, answer, message) -> the tool's output.
 Respond = Callable[[int, str | None, str | None, str], Awaitable[Output]]

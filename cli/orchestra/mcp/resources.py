@@ -18,7 +18,7 @@ from mcp_types import (
 )
 
 from orchestra import protocol as p
-from orchestra.mcp_daemon import Daemon, unreachable_message
+from orchestra.mcp.daemon import Daemon, unreachable_message
 from orchestra.wire import DaemonUnreachable
 
 STATUS_URI = "orchestra://status"

@@ -26,9 +26,9 @@ from msgspec import UNSET
 
 from orchestra import protocol as p
 from orchestra.dashboard import picture, picture_requests, picture_types
-from orchestra.mcp_daemon import Daemon, unreachable_message
-from orchestra.mcp_elicit import ask_the_person
-from orchestra.mcp_tool_types import (
+from orchestra.mcp.daemon import Daemon, unreachable_message
+from orchestra.mcp.elicit import ask_the_person
+from orchestra.mcp.tool_types import (
     Args,
     AssignRoleArgs,
     AssignRoleResult,

@@ -20,8 +20,8 @@ from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import LoggingMessageNotification, LoggingMessageNotificationParams
 
 from orchestra import protocol as p
-from orchestra.mcp_daemon import Daemon
-from orchestra.mcp_resources import STATUS_URI, logs_uri
+from orchestra.mcp.daemon import Daemon
+from orchestra.mcp.resources import STATUS_URI, logs_uri
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")
