@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from orchestra.protocol import Status
+from orchestra.shared.protocol import Status
 from orchestrad import events as ev
 from orchestrad.log import Log
 from orchestrad.store import Store

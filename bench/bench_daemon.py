@@ -50,9 +50,9 @@ from typing import Any, Callable
 
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect
-from orchestra.paths import resolve
+from orchestra.shared.paths import resolve
 from orchestra.wire import HEADER, DaemonUnreachable, frame
 
 REPO = Path(__file__).resolve().parent.parent

@@ -40,7 +40,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from orchestra import protocol as p  # noqa: E402
 from orchestra.client import connect  # noqa: E402
-from orchestra.protocol import Status  # noqa: E402
+from orchestra.shared.protocol import Status  # noqa: E402
 from orchestra.wire import FrameTooLarge  # noqa: E402
 from tests.daemon import wait_for  # noqa: E402
 from tests.reliability import crashloop  # noqa: E402

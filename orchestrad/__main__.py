@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from orchestra.paths import resolve
+    from orchestra.shared.paths import resolve
 
     paths = resolve(args.home)
     if args.repair:

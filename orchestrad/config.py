@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from orchestra.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 import msgspec
 
-from orchestra.protocol import Role, WorkflowTemplate
+from orchestra.shared.protocol import Role, WorkflowTemplate
 from orchestrad import config as config_mod
 from orchestrad import roles as roles_mod
 from orchestrad import trusted

@@ -14,7 +14,7 @@ import logging
 import threading
 from typing import Callable
 
-from orchestra.paths import Paths
+from orchestra.shared.paths import Paths
 from orchestrad import config as config_mod
 from orchestrad import configfiles
 from orchestrad import events as ev

@@ -18,7 +18,7 @@ import signal
 import socket
 from pathlib import Path
 
-from orchestra.paths import Paths, check_socket_path, make_private_dir
+from orchestra.shared.paths import Paths, check_socket_path, make_private_dir
 from orchestrad import configwatch, descriptors, retention, systemd
 from orchestrad.engine import Engine
 from orchestrad.server import Server

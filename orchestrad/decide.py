@@ -16,9 +16,9 @@ import signal as signal_mod
 
 import msgspec
 
-from orchestra.vocab import shorten
-from orchestra import protocol as p
-from orchestra.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
+from orchestra.shared.vocab import shorten
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
 from orchestrad import limits
 from orchestrad.agents import traits

@@ -18,10 +18,10 @@ import os
 import time
 from typing import Callable, Sequence
 
-from orchestra import protocol as p
-from orchestra.paths import Paths
-from orchestra.protocol import Status
-from orchestra.vocab import version
+from orchestra.shared import protocol as p
+from orchestra.shared.paths import Paths
+from orchestra.shared.protocol import Status
+from orchestra.shared.vocab import version
 from orchestrad import configwatch, containment, launch, orphans, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev

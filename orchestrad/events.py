@@ -22,7 +22,7 @@ from typing import Literal, Union
 
 import msgspec
 
-from orchestra.protocol import ConfigValue, Status
+from orchestra.shared.protocol import ConfigValue, Status
 from orchestrad.roles import Role
 from orchestrad.workflows import Template
 

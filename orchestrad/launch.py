@@ -18,7 +18,7 @@ from typing import Callable
 
 import msgspec
 
-from orchestra.vocab import shorten
+from orchestra.shared.vocab import shorten
 from orchestrad import agentenv, orphans, worktrees
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod

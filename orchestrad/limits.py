@@ -3,7 +3,7 @@ here before anything is decided, so that no task can be too big to list, to log 
 
 Pure: each check raises a `bad_request` that says which field, what it holds and what is
 allowed, quoting at most a short piece of the value (a 7 MiB title is not echoed back).
-The numbers live in `orchestra.protocol`, where clients can see them too.
+The numbers live in `orchestra.shared.protocol`, where clients can see them too.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import re
 
-from orchestra.vocab import shorten
-from orchestra import protocol as p
-from orchestra.protocol import bad_request
+from orchestra.shared.vocab import shorten
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import bad_request
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import worktrees

@@ -22,7 +22,7 @@ log's schema: fields are only ever added at the end, with defaults.
 
 from __future__ import annotations
 
-from orchestra.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
+from orchestra.shared.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
 from orchestrad import tomlfile
 from orchestrad.config import PERMISSION_MODES
 

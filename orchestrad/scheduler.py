@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import msgspec
 
-from orchestra.protocol import Status
-from orchestra.vocab import usd
+from orchestra.shared.protocol import Status
+from orchestra.shared.vocab import usd
 from orchestrad import events as ev
 from orchestrad.config import Config
 from orchestrad.state import State, Task

@@ -32,10 +32,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import msgspec
 
-from orchestra.vocab import shorten, version
-from orchestra import protocol as p
-from orchestra.protocol import OrchestraError, Status
-from orchestra.wire import HEADER, encoder
+from orchestra.shared.vocab import shorten, version
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import OrchestraError, Status
+from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
 from orchestrad import descriptors, limits, retention, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -53,6 +53,7 @@ HELLO_TIMEOUT = 3.0  # seconds a new connection has to say Hello (real clients s
 REFUSE_WAIT = 1.0  # seconds a refused client has to send its Hello, so that it reads why, not a reset
 REFUSING_MAX = 32  # refused clients waited for at once; past that they are closed straight away
 request_decoder = msgspec.msgpack.Decoder(p.AnyRequest)
+encoder = msgspec.msgpack.Encoder()
 LOG_FRAME = 32 << 10  # bytes of output per frame: less than a socket's buffer takes (see _frames)
 PIPELINE_DEPTH = 256  # requests a connection may have in flight
 
@@ -183,7 +184,7 @@ class Server:
             while not replier.done():
                 try:
                     body = await _read_frame(reader)
-                except FrameTooBig as exc:
+                except FrameTooLarge as exc:
                     client.started()
                     await replies.put(p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
                     return
@@ -217,7 +218,7 @@ class Server:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
                 f"no Hello within {HELLO_TIMEOUT:g} s of connecting; closing (a client says Hello first, at once)")))
             return False
-        except FrameTooBig as exc:
+        except FrameTooLarge as exc:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
             return False
         if body is None:
@@ -665,21 +666,16 @@ def _write(writer: asyncio.StreamWriter, message: p.Reply) -> None:
     writer.writelines((HEADER.pack(len(body)), body))  # not joined: no copy of the body
 
 
-class FrameTooBig(Exception):
-    pass
-
-
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    """The next frame's body; None if the client closed the connection between frames.
+    FrameTooLarge, before its body is read, for a frame over the limit."""
     try:
-        header = await reader.readexactly(HEADER.size)
+        head = await reader.readexactly(HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise
         return None
-    (size,) = HEADER.unpack(header)
-    if size > p.MAX_FRAME:
-        raise FrameTooBig(f"frame of {size} bytes is over the limit of {p.MAX_FRAME}; closing the connection")
-    return await reader.readexactly(size)
+    return await reader.readexactly(body_size(head))
 
 
 _PEERCRED = struct.Struct("3i")

@@ -21,8 +21,8 @@ from typing import Callable, Iterator, get_args
 
 import msgspec
 
-from orchestra.vocab import shorten
-from orchestra.protocol import Question, Status, TaskView
+from orchestra.shared.vocab import shorten
+from orchestra.shared.protocol import Question, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod

@@ -36,8 +36,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from orchestra.protocol import WorkflowStep as Step
-from orchestra.protocol import WorkflowTemplate as Template
+from orchestra.shared.protocol import WorkflowStep as Step
+from orchestra.shared.protocol import WorkflowTemplate as Template
 from orchestrad import roles as roles_mod
 from orchestrad import tomlfile
 

@@ -16,7 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from orchestra.paths import make_private_dir
+from orchestra.shared.paths import make_private_dir
 from orchestrad import containment
 
 

@@ -5,7 +5,7 @@ It keeps every record it applied, so tests can replay them and compare.
 
 from __future__ import annotations
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import scheduler

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 from click.testing import CliRunner
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect
 from orchestra.main import cli
-from orchestra.paths import resolve
+from orchestra.shared.paths import resolve
 from orchestra.wire import DaemonUnreachable
 
 

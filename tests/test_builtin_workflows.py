@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import workflows
 from tests.daemon import Daemon
 from tests.scripted_api import Reply, ScriptedAPI, reply

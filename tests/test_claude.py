@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra import render
-from orchestra.protocol import Status
+from orchestra.shared.protocol import Status
 from orchestrad import roles
 from tests.daemon import Daemon, wait_for
 from tests.scripted_api import ScriptedAPI, reply

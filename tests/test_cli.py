@@ -10,9 +10,9 @@ import sys
 
 from click.testing import CliRunner
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.main import Exit
-from orchestra.protocol import FINISHED
+from orchestra.shared.protocol import FINISHED
 from tests.daemon import Daemon, wait_for
 
 

@@ -14,8 +14,8 @@ import time
 import msgspec
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestra.wire import Connection
 from tests.daemon import Daemon, wait_for
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.dashboard import render
-from orchestra.protocol import Question, Status, TaskView, WorkflowView
+from orchestra.shared.protocol import Question, Status, TaskView, WorkflowView
 from tests.daemon import Daemon, wait_for
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply
 

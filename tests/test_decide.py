@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import ErrorCode, OrchestraError, Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import ErrorCode, OrchestraError, Status
 from orchestrad import decide as d
 from orchestrad import events as ev
 from tests.core import Core

@@ -23,7 +23,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from orchestra.protocol import Role, Status, WorkflowStep, WorkflowTemplate
+from orchestra.shared.protocol import Role, Status, WorkflowStep, WorkflowTemplate
 from orchestrad import events as ev
 from orchestrad.log import Log
 from orchestrad.snapshots import SnapshotStore

@@ -1,20 +1,48 @@
-"""The shape of the installed project: what an install makes importable."""
+"""The shape of the code: what may import what (see docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_an_editable_install_exposes_only_the_two_packages(tmp_path):
-    """Not the folders above them: `cli`, `tests` and `bench` would collide with other
-    distributions' packages of those names."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = (
-        "import importlib.util, orchestra, orchestrad\n"
-        "print(sorted(n for n in ('cli', 'tests', 'bench') if importlib.util.find_spec(n) is not None))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]", f"importable from anywhere: {done.stdout.strip()}"
+def imports(package: Path) -> dict[str, set[str]]:
+    """module file -> the modules it imports (absolute names), for every module below."""
+    found: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def crossing(found: dict[str, set[str]], allowed) -> list[str]:
+    return sorted(f"{module} imports {name}" for module, names in found.items() for name in names if not allowed(module, name))
+
+
+def test_the_daemon_imports_only_the_shared_contract_of_the_client_package():
+    def allowed(module: str, name: str) -> bool:
+        return not (name == "orchestra" or name.startswith("orchestra.")) or name.startswith("orchestra.shared")
+
+    assert not crossing(imports(ROOT / "orchestrad"), allowed)
+
+
+def test_the_clients_never_import_the_daemon():
+    def allowed(module: str, name: str) -> bool:
+        return not (name == "orchestrad" or name.startswith("orchestrad."))
+
+    assert not crossing(imports(ROOT / "cli" / "orchestra"), allowed)
+
+
+def test_the_shared_contract_imports_neither_side():
+    def allowed(module: str, name: str) -> bool:
+        side = name.split(".")[0] in ("orchestra", "orchestrad")
+        return not side or name.startswith("orchestra.shared")
+
+    assert not crossing(imports(ROOT / "cli" / "orchestra" / "shared"), allowed)

@@ -27,8 +27,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from tests.daemon import Daemon, wait_for
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply, run_claude
 

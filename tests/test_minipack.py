@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestra import minipack
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 
 scalars = (
     st.none()

@@ -12,7 +12,7 @@ import threading
 import msgspec
 import pytest
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra import listing, quick, render
 from orchestra.main import Exit
 from tests.daemon import wait_for
@@ -161,10 +161,6 @@ def test_views_render_like_the_task_views_they_came_from():
     ]
     decoded = [quick._task(msgspec.to_builtins(v)) for v in views]
     assert render.table(decoded, width=80) == render.table(views, width=80)
-
-
-def test_the_quick_path_speaks_the_protocol_of_this_version():
-    assert (quick.PROTOCOL_VERSION, quick.MAX_FRAME, listing.PAGE_MAX) == (p.PROTOCOL_VERSION, p.MAX_FRAME, p.PAGE_MAX)
 
 
 def test_replies_it_does_not_understand_go_to_the_full_cli(tmp_path):

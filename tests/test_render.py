@@ -9,7 +9,7 @@ import pytest
 
 from orchestra import render
 from orchestra.dashboard import render as dashboard
-from orchestra.protocol import Status, TaskView, WorkflowStep, WorkflowTemplate, WorkflowView
+from orchestra.shared.protocol import Status, TaskView, WorkflowStep, WorkflowTemplate, WorkflowView
 from orchestrad.agents.claude import ClaudeAgent
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import events as ev
 from orchestrad import scheduler
 from tests.core import Core

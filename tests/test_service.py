@@ -15,7 +15,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra import service as svc
 from orchestra.main import cli
 from tests.daemon import Daemon, wait_for

@@ -6,8 +6,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestra import protocol as p
-from orchestra.protocol import OrchestraError, Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import OrchestraError, Status
 from orchestrad import events as ev
 from orchestrad.log import Log
 from orchestrad.refs import DataRef

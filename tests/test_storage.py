@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad.log import Log
 from tests import logreaders
 from tests.daemon import Daemon, wait_for

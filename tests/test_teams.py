@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.main import Exit
-from orchestra.protocol import Status
+from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
 
 PY = sys.executable

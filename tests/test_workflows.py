@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import OrchestraError, Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import OrchestraError, Status
 from orchestrad import events as ev
 from orchestrad import roles, workflows
 from tests.core import Core

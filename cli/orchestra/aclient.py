@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, AsyncIterator, TypeVar
 
-from orchestra import protocol as p
-from orchestra.paths import Paths
-from orchestra.wire import HEADER, DaemonUnreachable, FrameTooLarge, frame, reply_decoder, result
+from orchestra.shared import protocol as p
+from orchestra.shared.paths import Paths
+from orchestra.shared.framing import HEADER, body_size
+from orchestra.wire import DaemonUnreachable, frame, reply_decoder, result
 
 T = TypeVar("T")
 
@@ -44,11 +45,8 @@ class AsyncConnection:
 
     async def receive(self) -> p.Ok | p.Error | p.End:
         try:
-            header = await self._reader.readexactly(HEADER.size)
-            (size,) = HEADER.unpack(header)
-            if size > p.MAX_FRAME:
-                raise FrameTooLarge(size)
-            body = await self._reader.readexactly(size)
+            head = await self._reader.readexactly(HEADER.size)
+            body = await self._reader.readexactly(body_size(head))
         except asyncio.IncompleteReadError:
             raise DaemonUnreachable("the daemon closed the connection") from None
         return reply_decoder.decode(body)

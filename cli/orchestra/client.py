@@ -6,8 +6,8 @@ import os
 import sys
 import time
 
-from orchestra import protocol as p
-from orchestra.paths import Paths, make_private_dir
+from orchestra.shared import protocol as p
+from orchestra.shared.paths import Paths, make_private_dir
 from orchestra.wire import Connection, DaemonUnreachable
 
 AUTOSTART_ENV = "ORCHESTRA_NO_AUTOSTART"

@@ -24,9 +24,9 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-from orchestra.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
+from orchestra.shared.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
 from orchestra.render import MARK, cost, duration, run_steps
-from orchestra.vocab import usd
+from orchestra.shared.vocab import usd
 
 RECENT = 5  # finished tasks shown at the bottom
 QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
@@ -141,7 +141,7 @@ def picture_requests() -> dict:
     """What the picture is drawn from, each reply bounded however long the history:
     the daemon's counts, the active tasks, the newest finished ones, the head of the
     queue and the newest workflows."""
-    from orchestra import protocol as p
+    from orchestra.shared import protocol as p
 
     return {
         "info": p.Info(),
@@ -159,7 +159,7 @@ def picture(replies: dict, *, width: int = 100, hint: bool = True) -> str:
 
 
 def picture_types() -> dict:
-    from orchestra import protocol as p
+    from orchestra.shared import protocol as p
 
     return {"info": p.DaemonStatus, "active": p.TaskPage, "finished": p.TaskPage, "queue": list[p.TaskView], "workflows": list[p.WorkflowView]}
 
@@ -244,7 +244,7 @@ class Screen:
     def _read_watch(self) -> None:
         """Follow the Watch stream onto the queue, with a wake-up per frame; when it ends,
         say why on the queue and connect again, until the screen closes."""
-        from orchestra import protocol as p
+        from orchestra.shared import protocol as p
         from orchestra.client import connect
         from orchestra.wire import DaemonUnreachable
 
@@ -347,7 +347,7 @@ class Screen:
 
     def _take_frames(self) -> None:
         """Every frame that has arrived; the queue and the workflows again if tasks changed."""
-        from orchestra import protocol as p
+        from orchestra.shared import protocol as p
         from orchestra.wire import DaemonUnreachable
 
         try:
@@ -382,7 +382,7 @@ class Screen:
         """A new Watch stream: forget what the old one said, and load the finished tasks.
         The stream was asked for before them, so that a task which finishes in between
         shows up in one or the other."""
-        from orchestra import protocol as p
+        from orchestra.shared import protocol as p
         from orchestra.client import connect
 
         if self.queries is not None:
@@ -396,7 +396,7 @@ class Screen:
 
     def _refresh(self) -> None:
         """The queue and the workflows: they change only when tasks do."""
-        from orchestra import protocol as p
+        from orchestra.shared import protocol as p
 
         if self.queries is None:
             return

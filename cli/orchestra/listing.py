@@ -11,14 +11,14 @@ both print the same thing; it works on plain maps and imports neither click nor 
 
 from __future__ import annotations
 
-from orchestra.vocab import FINISHED, Status
+from orchestra.shared.vocab import FINISHED, Status
 
 TYPE_CHECKING = False  # typing is not imported: `orchestra.quick` lists with this module
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 RECENT = 20  # finished tasks `ps` shows unless --limit or --all says otherwise
-PAGE_MAX = 1000  # orchestra.protocol.PAGE_MAX; a test keeps them equal
+from orchestra.shared.framing import PAGE_MAX  # noqa: E402 - pure Python, like this module
 ACTIVE = [Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value]
 ENDED = [s.value for s in Status if s in FINISHED]
 

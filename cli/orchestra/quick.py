@@ -18,14 +18,13 @@ from __future__ import annotations
 import os
 import sys
 
-from orchestra.vocab import Status
+from orchestra.shared.vocab import Status
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-PROTOCOL_VERSION = 2  # orchestra.protocol.PROTOCOL_VERSION; a test keeps them equal
-MAX_FRAME = 16 << 20  # orchestra.protocol.MAX_FRAME; a test keeps them equal
+from orchestra.shared.framing import PROTOCOL_VERSION, FrameTooLarge, header, read_frame  # noqa: E402 - pure Python
 # Replies larger than this are decoded by msgspec: decoding in Python runs at about 8 MB/s
 # here, and importing msgspec costs about 60 ms, so past this size the import pays for itself.
 LARGE_REPLY = 256 << 10
@@ -115,7 +114,7 @@ def run_ps(home: str | None, options: dict) -> tuple[str, str]:
     """The table `orchestra ps` prints (empty when there are no tasks), and its note for
     stderr (empty unless finished tasks were left out)."""
     from orchestra.listing import gather, note, parts
-    from orchestra.paths import quick_socket
+    from orchestra.shared.paths import quick_socket
     from orchestra.render import grouped, terminal_width
 
     path = quick_socket(home)
@@ -215,10 +214,10 @@ class _Client:
         return results
 
     def _receive(self) -> bytes:
-        size = int.from_bytes(self._exactly(4), "big")
-        if size > MAX_FRAME:
-            raise _Fallback
-        return self._exactly(size)
+        try:
+            return read_frame(self._exactly)
+        except FrameTooLarge:
+            raise _Fallback from None
 
     def _exactly(self, n: int) -> bytes:
         data = b""

@@ -6,13 +6,13 @@ import os
 import sys
 import time
 
-from orchestra.vocab import Status, usd
+from orchestra.shared.vocab import Status, usd
 
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from orchestra.protocol import Question, Role, TaskView, WorkflowTemplate, WorkflowView
+    from orchestra.shared.protocol import Question, Role, TaskView, WorkflowTemplate, WorkflowView
 
 MARK = {  # a task's status as one character, in workflow steps and the dashboard
     Status.SUCCEEDED: "✓",

@@ -1,8 +1,8 @@
 """Frames on the socket: a 4-byte big-endian length, then that many bytes of MessagePack.
 
-Both sides refuse frames longer than `protocol.MAX_FRAME` before reading them, so a bogus
-length never makes anyone allocate gigabytes. The daemon reads with asyncio streams; the CLI
-uses a plain blocking socket (`Connection`) so that a short command imports no asyncio.
+The framing itself is `orchestra.shared.framing`, which the daemon reads with too. Here:
+encoding a message into a frame (with a sentence for what MessagePack cannot carry), and
+`Connection`, the CLI's plain blocking socket, so that a short command imports no asyncio.
 """
 
 from __future__ import annotations
@@ -14,19 +14,13 @@ from typing import Any, Iterator, TypeVar
 
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
+from orchestra.shared.framing import FrameTooLarge as FrameTooLarge, header, read_frame  # FrameTooLarge re-exported
 
-HEADER = struct.Struct(">I")
 T = TypeVar("T")
 
 encoder = msgspec.msgpack.Encoder()
 reply_decoder = msgspec.msgpack.Decoder(p.AnyReply)
-
-
-class FrameTooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(f"frame of {size} bytes is larger than the limit of {p.MAX_FRAME}")
-        self.size = size
 
 
 def frame(message: Any) -> bytes:
@@ -36,9 +30,7 @@ def frame(message: Any) -> bytes:
         body = encoder.encode(message)
     except (UnicodeEncodeError, OverflowError) as exc:
         raise p.bad_request(_unencodable(message) or str(exc)) from None
-    if len(body) > p.MAX_FRAME:
-        raise FrameTooLarge(len(body))
-    return HEADER.pack(len(body)) + body
+    return header(len(body)) + body
 
 
 def _unencodable(message: Any) -> str | None:
@@ -136,11 +128,7 @@ class Connection:
         self.sock.sendall(frame(message))
 
     def receive(self) -> p.Ok | p.Error | p.End:
-        header = self._read_exactly(HEADER.size)
-        (size,) = HEADER.unpack(header)
-        if size > p.MAX_FRAME:
-            raise FrameTooLarge(size)
-        return reply_decoder.decode(self._read_exactly(size))
+        return reply_decoder.decode(read_frame(self._read_exactly))
 
     def _read_exactly(self, n: int) -> bytes:
         while len(self._buffer) < n:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from orchestra.protocol import Role
+from orchestra.shared.protocol import Role
 from orchestrad import events as ev
 from orchestrad.config import Config
 from orchestrad.state import Task

@@ -27,9 +27,9 @@ from typing import Any
 
 import msgspec
 
-from orchestra.vocab import shorten
-from orchestra.protocol import Role
-from orchestra.vocab import usd
+from orchestra.shared.vocab import shorten
+from orchestra.shared.protocol import Role
+from orchestra.shared.vocab import usd
 from orchestrad import events as ev
 from orchestrad import roles
 from orchestrad.agents import Agent, Item, Reaction, Traits

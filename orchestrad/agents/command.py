@@ -3,7 +3,7 @@ a response is a line written to its stdin."""
 
 from __future__ import annotations
 
-from orchestra.protocol import Role
+from orchestra.shared.protocol import Role
 from orchestrad import events as ev
 from orchestrad.agents import Agent, Reaction, Traits
 from orchestrad.config import Config

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from tests.reliability.harness import PY
 
 FLOOD = 100_000_000

@@ -27,9 +27,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect
-from orchestra.protocol import Status
+from orchestra.shared.protocol import Status
 from orchestra.wire import DaemonUnreachable, FrameTooLarge
 from orchestrad import events as ev
 from tests.daemon import wait_for

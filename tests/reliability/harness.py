@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect
 from orchestra.wire import DaemonUnreachable
 from orchestrad import events as ev

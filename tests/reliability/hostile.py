@@ -12,7 +12,7 @@ import time
 import msgspec
 from hypothesis import strategies as st
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from tests.reliability.harness import PY, RDaemon, Raw
 
 HARD = 5.0  # seconds: a probe call not answered within this is a liveness failure

@@ -25,8 +25,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import events as ev
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, Raw, events_of, read_log, settle, tasks
@@ -47,7 +47,8 @@ def as_nobody(code: str, *, timeout: float = 30) -> subprocess.CompletedProcess:
     prelude = textwrap.dedent("""
         import os, pathlib, socket, struct, sys, json
         import msgspec, click
-        from orchestra import protocol, wire, client, paths, render
+        from orchestra.shared import protocol, paths
+        from orchestra import wire, client, render
         from orchestra.main import cli
         os.setgroups([]); os.setgid(65534); os.setuid(65534)
         assert os.getuid() == 65534

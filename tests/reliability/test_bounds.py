@@ -24,8 +24,8 @@ import anyio
 import msgspec
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, Raw, encode_map
 from tests.test_mcp import call, connected

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import configfiles
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, alive, settle

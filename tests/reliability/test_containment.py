@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import containment, orphans
 from tests.daemon import wait_for
 from tests.reliability.harness import RDaemon

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from tests.daemon import wait_for
 from tests.reliability import crashloop
 from tests.reliability.harness import RDaemon, kill_marked, strays, tasks

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect
 from orchestra.wire import FrameTooLarge
 from tests.daemon import wait_for

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestra.wire import FrameTooLarge
 from tests.daemon import wait_for
 from tests.reliability.agents import cases, fake_claude_paths

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
 from tests.reliability.harness import RDaemon, vm_rss_kb
 from tests.reliability.test_disk_full import fill, small_disk  # noqa: F401 - a fixture

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from orchestrad import events as ev
 from orchestrad.log import Log
 from tests import logreaders

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.main import Exit
 from orchestrad import connections, descriptors
 from tests.daemon import wait_for

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from orchestra import protocol as p
-from orchestra.protocol import Status
+from orchestra.shared import protocol as p
+from orchestra.shared.protocol import Status
 from tests.reliability.harness import RDaemon
 from tests.test_teams import git_repo
 

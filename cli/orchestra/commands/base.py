@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn
 import click
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 
 
 class Exit(enum.IntEnum):
@@ -56,7 +56,7 @@ class App:
     daemon, made on first use (starting a daemon unless autostart is off)."""
 
     def __init__(self, home: str | None, autostart: bool) -> None:
-        from orchestra.paths import resolve
+        from orchestra.shared.paths import resolve
 
         self.paths = resolve(home)
         self.autostart = autostart

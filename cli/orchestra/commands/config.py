@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.commands.base import App, emit, json_option
 
 

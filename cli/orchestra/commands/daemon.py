@@ -8,7 +8,7 @@ import sys
 import click
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.commands.base import App, Exit, emit, fail, json_option, refused
 
 
@@ -125,7 +125,8 @@ def daemon_status(app: App, as_json):
     try:
         conn = connect(app.paths, timeout=5)
     except DaemonUnreachable as exc:
-        emit({"running": False, "socket": str(app.paths.socket)}, as_json, lambda _: f"not running ({exc})")
+        why = str(exc)
+        emit({"running": False, "socket": str(app.paths.socket)}, as_json, lambda _: f"not running ({why})")
         sys.exit(int(Exit.UNREACHABLE))
     info = conn.call(p.Info(), p.DaemonStatus)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(info.counts.items())) or "no tasks"
@@ -166,7 +167,7 @@ def service_install(app: App, dry_run, socket, platform_):
     """Write the unit (or plist) for this user with the real path of orchestrad, and say
     how to enable it."""
     from orchestra import service as svc
-    from orchestra.paths import make_private_dir
+    from orchestra.shared.paths import make_private_dir
 
     platform = _platform(platform_)
     try:

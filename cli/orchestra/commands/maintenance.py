@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.commands.base import App, emit, json_option
 
 

@@ -9,7 +9,7 @@ import sys
 import click
 import msgspec
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.commands.base import App, Exit, echo_json, emit, fail, json_option, priority_option, refused, task_id
 from orchestra.listing import RECENT
 

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.commands.base import App, Exit, emit, fail, json_option, priority_option, task_id
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import anyio
 
 from orchestra import aclient
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.client import connect_or_start
-from orchestra.paths import Paths
+from orchestra.shared.paths import Paths
 from orchestra.wire import DaemonUnreachable
 
 

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable
 from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResult
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.mcp.daemon import Daemon
 from orchestra.mcp.notify import question_line
 from orchestra.mcp.tool_types import Output, RespondResult, ToolFailure

@@ -19,7 +19,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus
 from mcp.shared.subscriptions import ResourceUpdated
 from mcp_types import LoggingMessageNotification, LoggingMessageNotificationParams
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.mcp.daemon import Daemon
 from orchestra.mcp.resources import STATUS_URI, logs_uri
 from orchestra.wire import DaemonUnreachable

@@ -17,7 +17,7 @@ from mcp_types import (
     TextResourceContents,
 )
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.mcp.daemon import Daemon, unreachable_message
 from orchestra.wire import DaemonUnreachable
 

@@ -54,8 +54,8 @@ from orchestra.client import connect_or_start
 from orchestra.mcp.daemon import Daemon, unreachable_message
 from orchestra.mcp.notify import Notifier
 from orchestra.mcp.tools import Tools
-from orchestra.paths import Paths
-from orchestra.protocol import OrchestraError
+from orchestra.shared.paths import Paths
+from orchestra.shared.protocol import OrchestraError
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 
 
 class ToolFailure(Exception):

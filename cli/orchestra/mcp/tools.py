@@ -24,7 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolAnnotations
 from msgspec import UNSET
 
-from orchestra import protocol as p
+from orchestra.shared import protocol as p
 from orchestra.dashboard import picture, picture_requests, picture_types
 from orchestra.mcp.daemon import Daemon, unreachable_message
 from orchestra.mcp.elicit import ask_the_person

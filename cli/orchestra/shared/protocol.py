@@ -19,10 +19,9 @@ from typing import Any, Literal, Union
 
 import msgspec
 
-from orchestra.vocab import FINISHED as FINISHED, Status as Status  # re-exported
+from orchestra.shared.vocab import FINISHED as FINISHED, Status as Status  # re-exported
 
-PROTOCOL_VERSION = 2  # 2: `ListTasks` answers a `TaskPage`
-MAX_FRAME = 16 << 20  # bytes; larger frames are refused without being read
+from orchestra.shared.framing import MAX_FRAME as MAX_FRAME, PROTOCOL_VERSION as PROTOCOL_VERSION  # re-exported
 
 # ---------------------------------------------------------------------------------------
 # Vocabulary
@@ -58,7 +57,7 @@ MAX_WAIT = 10_000  # tasks one `Wait` may name
 # and result (`Show` has all of it). A page holds at most PAGE_MAX tasks and PAGE_BYTES of
 # them, so that even a history of a million tasks is read a page at a time.
 PREVIEW = 200
-PAGE_MAX = 1000
+from orchestra.shared.framing import PAGE_MAX as PAGE_MAX  # noqa: E402 - re-exported
 PAGE_BYTES = 4 << 20
 
 

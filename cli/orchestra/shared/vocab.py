@@ -1,8 +1,8 @@
 """The words the daemon and every client share that need no encoder: task statuses, how
 long text is shortened, how an amount of money is written, the version.
 
-Kept apart from `orchestra.protocol` so that `orchestra.quick` and `orchestra.render` can use
-them without importing msgspec; `orchestra.protocol` re-exports them.
+Kept apart from `orchestra.shared.protocol` so that `orchestra.quick` and `orchestra.render` can use
+them without importing msgspec; `orchestra.shared.protocol` re-exports them.
 """
 
 from __future__ import annotations
