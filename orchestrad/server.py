@@ -400,18 +400,18 @@ class Server:
         await self._execute(request)
         return self._view(request.task)
 
-    async def remove(self, request: p.Remove) -> dict:
+    async def remove(self, request: p.Remove) -> p.Removed:
         await self._execute(request)
-        return {"removed": request.task}
+        return p.Removed(removed=request.task)
 
-    async def assign_role(self, request: p.AssignRole) -> dict:
+    async def assign_role(self, request: p.AssignRole) -> p.RoleAssigned:
         task = get_task(self.engine.state, request.task)
         await self._execute(request)
         if task.status is Status.QUEUED:
             note = f"task {task.id} will run as {request.role}"
         else:
             note = f"task {task.id} is {task.status.value}; the role {request.role} applies from its next attempt"
-        return {"task": self._view(task.id), "note": note}
+        return p.RoleAssigned(task=self._view(task.id), note=note)
 
     async def list_tasks(self, request: p.ListTasks) -> p.TaskPage:
         """A page of previews, newest first; `total` counts every match, so the whole
@@ -481,7 +481,7 @@ class Server:
             raise p.not_found(f"task {task_id} was removed while you waited for it")
         return task.status.finished
 
-    async def config_get(self, request: p.ConfigGet) -> Any:
+    async def config_get(self, request: p.ConfigGet) -> p.Settings:
         config = msgspec.structs.asdict(self.engine.state.config)
         if request.key is None:
             return config
@@ -489,7 +489,7 @@ class Server:
             raise p.not_found(f"unknown setting {request.key!r}; known settings: {', '.join(config)}")
         return {request.key: config[request.key]}
 
-    async def config_set(self, request: p.ConfigSet) -> Any:
+    async def config_set(self, request: p.ConfigSet) -> p.Settings:
         await self._execute(request)
         return await self.config_get(p.ConfigGet(key=request.key))
 
@@ -514,9 +514,9 @@ class Server:
     async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
         return await retention.cleanup(self.engine, force=request.force)
 
-    async def shutdown(self, request: p.Shutdown) -> dict:
+    async def shutdown(self, request: p.Shutdown) -> p.Stopping:
         asyncio.get_running_loop().call_soon(self.on_shutdown)
-        return {"stopping": os.getpid()}
+        return p.Stopping(stopping=os.getpid())
 
     # -- streams ------------------------------------------------------------------------
 

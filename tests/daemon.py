@@ -66,7 +66,7 @@ class Daemon:
     def connect(self):
         return connect(self.paths, timeout=30)
 
-    def call(self, request: p.Request, result_type: Any = Any) -> Any:
+    def call(self, request: p.Request, result_type: Any = None) -> Any:
         with self.connect() as conn:
             return conn.call(request, result_type)
 

@@ -46,3 +46,24 @@ def test_the_shared_contract_imports_neither_side():
         return not side or name.startswith("orchestra.shared")
 
     assert not crossing(imports(ROOT / "cli" / "orchestra" / "shared"), allowed)
+
+
+def test_every_request_has_one_reply_type_and_one_handler(tmp_path):
+    """The contract is a closed table: each request says what it is answered with, and the
+    daemon has exactly one handler (or stream) for each."""
+    import typing
+
+    from orchestra.shared import protocol as p
+    from orchestrad.engine import Engine
+    from orchestrad.server import Server
+    from orchestrad.store import Store
+
+    requests = set(typing.get_args(p.AnyRequest))
+    assert set(p.REPLIES) == requests
+    store = Store.open(tmp_path / "log", tmp_path / "snapshots")
+    try:
+        server = Server(Engine(store), socket_path="", home="", on_shutdown=lambda: None)
+        assert set(server._handlers) | set(server._streams) | {p.Hello} == requests
+        assert not set(server._handlers) & set(server._streams)
+    finally:
+        store.log.close()

@@ -51,10 +51,11 @@ class AsyncConnection:
             raise DaemonUnreachable("the daemon closed the connection") from None
         return reply_decoder.decode(body)
 
-    async def call(self, request: p.Request, result_type: type[T] | Any = Any) -> T:
-        """Send `request`, return its result converted to `result_type`, or raise its error."""
+    async def call(self, request: p.Request, result_type: type[T] | Any = None) -> T:
+        """Send `request`, return its result as `result_type` (by default, the type the
+        protocol says it is answered with), or raise its error."""
         await self.send(request)
-        return result(await self.receive(), result_type)
+        return result(await self.receive(), p.reply_type(request) if result_type is None else result_type)
 
     async def stream(self, request: p.Request, item_type: type[T] | Any = Any) -> AsyncIterator[T]:
         """Send `request` and yield each item the daemon streams back until it ends."""

@@ -140,10 +140,11 @@ class Connection:
         del self._buffer[:n]
         return data
 
-    def call(self, request: p.Request, result_type: type[T] | Any = Any) -> T:
-        """Send `request`, return its result converted to `result_type`, or raise its error."""
+    def call(self, request: p.Request, result_type: type[T] | Any = None) -> T:
+        """Send `request`, return its result as `result_type` (by default, the type the
+        protocol says it is answered with), or raise its error."""
         self.send(request)
-        return result(self.receive(), result_type)
+        return result(self.receive(), p.reply_type(request) if result_type is None else result_type)
 
     def call_many(self, requests: list[p.Request], result_type: type[T] | Any = Any, *, window: int = 64) -> list[T | p.OrchestraError]:
         """Pipeline `requests`: keep up to `window` of them in flight, reading replies in

@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 import msgspec
+from typing import Any
 import pytest
 
 from orchestra.shared import protocol as p
@@ -227,7 +228,7 @@ def test_secrets_reach_the_agent_and_nothing_else(daemon):
             d.run_cli("ps", "--json").stdout,
             d.run_cli("show", str(ids[0])).stdout,
             json.dumps(d.call(p.ConfigGet())),
-            json.dumps(d.call(p.Info())),
+            json.dumps(d.call(p.Info(), Any)),
         ]
         assert set(SECRET_NAMES) <= set(json.loads(shown[0])["env_keys"])
         streamed = b""

@@ -79,7 +79,7 @@ class App:
                 fail(f"{exc}; {hint}", Exit.UNREACHABLE)
         return self._conn
 
-    def call(self, request: p.Request, result_type: Any = Any, *, timeout: float | None = 30.0) -> Any:
+    def call(self, request: p.Request, result_type: Any = None, *, timeout: float | None = 30.0) -> Any:
         try:
             return self.connection(timeout=timeout).call(request, result_type)
         except p.OrchestraError as exc:

@@ -61,7 +61,7 @@ def daemon_stop(app: App):
         result = conn.call(p.Shutdown())
     except p.OrchestraError as exc:
         refused(exc)
-    pid = result["stopping"]
+    pid = result.stopping
     if not _wait_gone(conn, pid, STOP_TIMEOUT):
         fail(f"orchestrad (pid {pid}) is still running {STOP_TIMEOUT:g} s after it was asked to stop, perhaps still "
              f"stopping its tasks; see {app.paths.daemon_log}, or end it with `kill {pid}`", Exit.UNAVAILABLE)

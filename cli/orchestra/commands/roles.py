@@ -37,4 +37,4 @@ def roles(app: App, name, as_json):
 @click.pass_obj
 def assign_role(app: App, task, role, as_json):
     """Give a task another role (a running one takes it from its next attempt)."""
-    emit(app.call(p.AssignRole(task=task, role=role)), as_json, lambda result: result["note"])
+    emit(app.call(p.AssignRole(task=task, role=role)), as_json, lambda result: result.note)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import click
 import msgspec
@@ -132,7 +133,7 @@ def ps(app: App, statuses, role, active, everything, limit, as_json):
     if everything and limit is not None:
         fail("give --all or --limit, not both", Exit.BAD_INPUT)
     queries = parts(list(statuses), role, active, limit, everything)
-    listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks)) for fields in pages], queries)
+    listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks), Any) for fields in pages], queries)  # as maps, like the quick path
     tasks = msgspec.convert(listing.tasks, list[p.TaskView])
 
     def human(tasks: list[p.TaskView]) -> str | None:

@@ -39,7 +39,7 @@ class Daemon:
     def _start_blocking(self) -> None:
         connect_or_start(self.paths, autostart=True, timeout=10).close()
 
-    async def call(self, request: p.Request, result_type: Any = Any) -> Any:
+    async def call(self, request: p.Request, result_type: Any = None) -> Any:
         conn = await self.connect()
         try:
             return await conn.call(request, result_type)

@@ -314,8 +314,7 @@ class Tools:
 
     async def assign_role(self, a: AssignRoleArgs, ctx, params) -> Output:
         result = await self.daemon.call(p.AssignRole(task=a.task_id, role=a.role))
-        view = msgspec.convert(result["task"], p.TaskView)
-        return Output(AssignRoleResult(task=view, note=result["note"]), result["note"])
+        return Output(AssignRoleResult(task=result.task, note=result.note), result.note)
 
     async def create_workflow(self, a: CreateWorkflowArgs, ctx, params) -> Output:
         view = await self.daemon.call(

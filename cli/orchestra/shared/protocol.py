@@ -507,3 +507,57 @@ class Welcome(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     daemon: str
     pid: int
+
+
+class Removed(msgspec.Struct, frozen=True, kw_only=True):
+    removed: int  # the task taken out of the queue
+
+
+class RoleAssigned(msgspec.Struct, frozen=True, kw_only=True):
+    task: TaskView
+    note: str  # when the role applies
+
+
+class Stopping(msgspec.Struct, frozen=True, kw_only=True):
+    stopping: int  # the pid of the daemon that is stopping
+
+
+Settings = dict[str, ConfigValue]  # setting name -> value (all of them, or the one asked for)
+
+
+# ---------------------------------------------------------------------------------------
+# What each request is answered with: one closed table, so that both sides agree on the
+# type of every reply and a client decodes it without being told (`reply_type`). Streams
+# (`Logs`, `Watch`) answer with many `Ok` frames of the type named here, then `End`.
+
+REPLIES: dict[type, object] = {
+    Hello: Welcome,
+    Submit: TaskView,
+    ListTasks: TaskPage,
+    Show: TaskView,
+    Logs: LogChunk,
+    Respond: TaskView,
+    Stop: TaskView,
+    Resume: TaskView,
+    SetPriority: TaskView,
+    Remove: Removed,
+    AssignRole: RoleAssigned,
+    Queue: list[TaskView],
+    Wait: list[TaskView],
+    Watch: TaskView,
+    ConfigGet: Settings,
+    ConfigSet: Settings,
+    Cleanup: CleanupResult,
+    Roles: RolesResult,
+    Templates: TemplatesResult,
+    RunWorkflow: WorkflowView,
+    ShowWorkflow: WorkflowView,
+    ListWorkflows: list[WorkflowView],
+    Info: DaemonStatus,
+    Shutdown: Stopping,
+}
+
+
+def reply_type(request: Request) -> object:
+    """The type `request`'s result decodes to."""
+    return REPLIES[type(request)]
