@@ -30,14 +30,11 @@ from orchestrad import workflows as workflows_mod
 from orchestrad.refs import DataRef
 
 
-class OutputRef(msgspec.Struct, frozen=True, array_like=True):
-    """Where one output chunk's bytes lie in the log (the record's data)."""
+class OutputRef(DataRef, frozen=True, array_like=True):
+    """Where one output chunk's bytes lie in the log (a record's data), and which stream
+    they came from: a `DataRef` the log reads back as it is."""
 
     stream: str
-    segment: int
-    offset: int
-    length: int
-    crc: int
 
 
 # A task's output places are packed 25 bytes each into one bytearray per task, not kept as
@@ -63,7 +60,7 @@ def output_refs(state: "State", task_id: int, start: int = 0) -> Iterator[Output
     unpack, size = _REF.unpack_from, _REF.size
     for at in range(start * size, len(packed), size):
         segment, offset, length, crc, stream = unpack(packed, at)
-        yield OutputRef(_STREAMS[stream], segment, offset, length, crc)
+        yield OutputRef(segment, offset, length, crc, _STREAMS[stream])
 
 
 def output_ref(state: "State", task_id: int, index: int) -> OutputRef:
@@ -72,7 +69,7 @@ def output_ref(state: "State", task_id: int, index: int) -> OutputRef:
     if not 0 <= index < len(packed) // _REF.size:
         raise IndexError(f"task {task_id} has no output chunk {index}")
     segment, offset, length, crc, stream = _REF.unpack_from(packed, index * _REF.size)
-    return OutputRef(_STREAMS[stream], segment, offset, length, crc)
+    return OutputRef(segment, offset, length, crc, _STREAMS[stream])
 
 
 def output_count(state: "State", task_id: int) -> int:

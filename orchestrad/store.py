@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from orchestrad import events as ev
 from orchestrad.commit import GroupCommit
-from orchestrad.log import DataRef, Log
+from orchestrad.log import Log
 from orchestrad.snapshots import SnapshotStore
 from orchestrad.state import (OutputRef, State, evolve, from_snapshot, output_count, output_ref, output_refs,
                               replay_decoded, to_snapshot)
@@ -141,17 +141,17 @@ class Store:
 
     def read_output(self, ref: OutputRef) -> bytes:
         """An output chunk, whole, its checksum checked."""
-        return self.log.read_data(DataRef(ref.segment, ref.offset, ref.length, ref.crc))
+        return self.log.read_data(ref)
 
     def check_output(self, ref: OutputRef) -> None:
         """Check an output chunk against its checksum (LogCorrupt if damaged), never holding
         more than a small part of it."""
-        self.log.check_data(DataRef(ref.segment, ref.offset, ref.length, ref.crc))
+        self.log.check_data(ref)
 
     def read_output_part(self, ref: OutputRef, start: int, length: int) -> bytes:
         """Bytes `start` to `start + length` of an output chunk, unchecked: for a reader that
         has just checked the whole chunk, and sends it on part by part."""
-        return self.log.read_data_part(DataRef(ref.segment, ref.offset, ref.length, ref.crc), start, length)
+        return self.log.read_data_part(ref, start, length)
 
     def output_count(self, task_id: int) -> int:
         return output_count(self.state, task_id)

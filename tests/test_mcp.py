@@ -28,6 +28,9 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 from orchestra.shared import protocol as p
+from orchestrad.roles import BUILTIN
+
+BUILTIN_ROLES = tuple(BUILTIN)
 from orchestra.shared.protocol import Status
 from tests.daemon import Daemon, wait_for
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply, run_claude
@@ -124,7 +127,7 @@ def test_the_ten_tools_have_precise_schemas(daemon):
         assert props["agent"]["anyOf"][0] == {"enum": ["claude", "command"], "type": "string"}
         assert {"enum": ["high", "low", "normal", "urgent"], "type": "string"} in props["priority"]["anyOf"]
         assert {"type": "integer", "minimum": -100, "maximum": 100} in props["priority"]["anyOf"]
-        for role in p.BUILTIN_ROLES:
+        for role in BUILTIN_ROLES:
             assert role in props["role"]["description"] and role in props["role"]["examples"]
         assert str(daemon.home) in props["cwd"]["description"]  # the default cwd is said
         assert submit["additionalProperties"] is False and "$defs" not in json.dumps(submit)
@@ -274,7 +277,7 @@ def test_resources_are_listed_and_read(daemon):
             assert status["daemon"]["pid"] == daemon.proc.pid and status["counts"] == {"succeeded": 1}
             assert status["waiting"] == [] and status["queue"] == []
             roles = json.loads((await client.read_resource("orchestra://roles")).contents[0].text)
-            assert set(p.BUILTIN_ROLES) <= {r["name"] for r in roles["roles"]}
+            assert set(BUILTIN_ROLES) <= {r["name"] for r in roles["roles"]}
             templates = json.loads((await client.read_resource("orchestra://workflows")).contents[0].text)
             assert {"code-review", "feature-development", "bug-fix", "refactoring"} <= {t["name"] for t in templates["templates"]}
             logs = (await client.read_resource(f"orchestra://tasks/{task}/logs")).contents[0]

@@ -26,7 +26,7 @@ from typing import Sequence
 
 from orchestra.shared.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
 from orchestra.render import MARK, cost, duration, run_steps
-from orchestra.shared.vocab import usd
+from orchestra.shared.vocab import usd, shorten
 
 RECENT = 5  # finished tasks shown at the bottom
 QUEUE_SHOWN = 25  # queued tasks listed; the headline counts them all
@@ -179,7 +179,7 @@ def _hints(waiting: list[TaskView], running: list[TaskView]) -> str:
 
 
 def _fit(line: str, width: int) -> str:
-    return line if len(line) <= width else line[: width - 1] + "…"
+    return shorten(line, width)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from orchestra.shared.vocab import Status, usd
+from orchestra.shared.vocab import Status, usd, shorten
 
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
     for row in [headers, *rows]:
         fixed = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1]))
         room = max(20, width - len(fixed) - 2)
-        last = row[-1] if len(row[-1]) <= room else row[-1][: room - 1] + "…"
+        last = shorten(row[-1], room)
         lines.append(f"{fixed}  {last}".rstrip())
     return "\n".join(lines)
 
@@ -207,7 +207,7 @@ def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskVi
     if wf.worktree:
         head += f" · {wf.worktree}"
     lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])
-    fitted = [line if len(line) <= width else line[: width - 1] + "…" for line in lines]
+    fitted = [shorten(line, width) for line in lines]
     return "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
 
 

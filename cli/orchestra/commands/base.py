@@ -9,6 +9,8 @@ what only it needs, so that `orchestra ps` pays for `ps` alone.
 
 from __future__ import annotations
 
+from orchestra.shared.vocab import shorten
+
 import enum
 import sys
 from typing import Any, Callable, NoReturn
@@ -129,7 +131,7 @@ def task_id(value: str) -> int:
     except ValueError:
         number = 0
     if not 1 <= number <= p.MAX_TASK_ID:
-        shown = value if len(value) <= 40 else value[:39] + "…"
+        shown = shorten(value, 40)
         fail(f"{shown!r} is not a task id (a whole number from 1, as `orchestra ps` shows)", Exit.BAD_INPUT)
     return number
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from orchestra.shared.vocab import shorten
+
 import os
 import sys
 from typing import Any
@@ -29,7 +31,7 @@ class _SplitAtDashes(click.Command):
 @click.command(cls=_SplitAtDashes)
 @click.argument("prompt", nargs=-1)
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from this file (a PROMPT of - reads it from stdin).")
-@click.option("--role", "-r", help=f"Role: {', '.join(p.BUILTIN_ROLES)}, or one of yours (default from config).")
+@click.option("--role", "-r", help="Role (`orchestra roles` lists them; default from config).")
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
 @priority_option
 @click.option("--after", multiple=True, type=task_id, help="Start only after this task succeeded (repeatable).")
@@ -234,7 +236,7 @@ def _sent(task: int, asked: p.Question | None, answer: str | None, allow: bool, 
 
 def _brief(text: str, limit: int = 80) -> str:
     line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
+    return shorten(line, limit)
 
 
 @click.command()

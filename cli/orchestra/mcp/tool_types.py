@@ -236,13 +236,13 @@ def input_schema(args: type[Args], roles: list[str], templates: list[str], setti
     the roles, templates and settings there are, and the directory `cwd` defaults to."""
     schema = json_schema(args)
     props = schema.get("properties", {})
-    custom = [r for r in roles if r not in p.BUILTIN_ROLES]
     texts = {
-        "ROLES": "The role: a named profile (system prompt, tools it may use, model, limits). Built in: "
-        + ", ".join(p.BUILTIN_ROLES)
-        + (f". The user's own: {', '.join(custom)}" if custom else "")
+        "ROLES": "The role: a named profile (system prompt, tools it may use, model, limits)"
+        + (": " + ", ".join(roles) if roles else " (the orchestra://roles resource lists them)")
         + ". Default: the configured default role (generalist).",
-        "TEMPLATES": "The workflow template: " + ", ".join(templates) + ". The orchestra://workflows resource shows their steps.",
+        "TEMPLATES": "The workflow template"
+        + (": " + ", ".join(templates) if templates else "")
+        + ". The orchestra://workflows resource shows their steps.",
         "SETTINGS": "The setting"
         + (": " + ", ".join(settings) if settings else " (e.g. max_concurrent, default_role, permission_mode)")
         + ". Leave out to read them all.",

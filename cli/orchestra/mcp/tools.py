@@ -59,7 +59,6 @@ from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")
 
-BUILTIN_TEMPLATES = ("code-review", "feature-development", "bug-fix", "refactoring")
 
 
 @dataclass(frozen=True)
@@ -166,8 +165,11 @@ class Tools:
         ]
 
     async def _live_names(self) -> tuple[list[str], list[str], list[str]]:
-        """Roles, templates and setting names, from the daemon when it answers."""
-        roles, templates, settings = list(p.BUILTIN_ROLES), list(BUILTIN_TEMPLATES), []
+        """Roles, templates and setting names, from the daemon when it answers (the client
+        keeps no list of its own: the daemon's are the ones there are)."""
+        roles: list[str] = []
+        templates: list[str] = []
+        settings: list[str] = []
         try:
             roles = [r.name for r in (await self.daemon.call(p.Roles(), p.RolesResult)).roles]
             templates = [t.name for t in (await self.daemon.call(p.Templates(), p.TemplatesResult)).templates]

@@ -31,7 +31,6 @@ PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 AGENTS = ("claude", "command")
-BUILTIN_ROLES = ("architect", "implementer", "tester", "reviewer", "devops", "documenter", "generalist")
 
 
 # ---------------------------------------------------------------------------------------
