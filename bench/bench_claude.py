@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestra import protocol as p  # noqa: E402
+from orchestra.shared import protocol as p  # noqa: E402
 from orchestrad import roles  # noqa: E402
 from tests.daemon import Daemon  # noqa: E402
 from tests.scripted_api import ScriptedAPI, allow, find_claude, reply, run_claude  # noqa: E402

@@ -53,7 +53,8 @@ import msgspec
 from orchestra.shared import protocol as p
 from orchestra.client import connect
 from orchestra.shared.paths import resolve
-from orchestra.wire import HEADER, DaemonUnreachable, frame
+from orchestra.shared.framing import HEADER
+from orchestra.wire import DaemonUnreachable, frame
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 import msgspec  # noqa: E402
 
-from orchestra import protocol as p  # noqa: E402
+from orchestra.shared import protocol as p  # noqa: E402
 from tests.reliability.harness import PY, RDaemon, Raw, kill_marked  # noqa: E402
 
 WRITER = ("import hashlib, sys\nsys.stdin.readline()\nout = sys.stdout.buffer\n"

@@ -38,7 +38,7 @@ import msgspec  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from orchestra import protocol as p  # noqa: E402
+from orchestra.shared import protocol as p  # noqa: E402
 from orchestra.client import connect  # noqa: E402
 from orchestra.shared.protocol import Status  # noqa: E402
 from orchestra.wire import FrameTooLarge  # noqa: E402

@@ -25,14 +25,16 @@ def unused_name(path: Path) -> Path:
     return candidate
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write `path` (mode 0600) atomically and durably: a temporary file, fsync, rename,
-    fsync of the directory. A crash leaves the old file or the new one, never a mix."""
+def write_private(path: Path, *parts: bytes) -> None:
+    """Write `parts` as the file `path` (mode 0600), atomically and durably: a temporary
+    file, fsync, rename, fsync of the directory. A crash leaves the old file or the new
+    one, never a mix."""
     temp = path.with_name(f".{path.name}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for part in parts:
+                f.write(part)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)

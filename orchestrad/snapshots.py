@@ -34,7 +34,7 @@ import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-from orchestrad.files import fsync_dir, unused_name
+from orchestrad.files import fsync_dir, unused_name, write_private
 
 __all__ = ["Snapshot", "SnapshotStore"]
 
@@ -66,22 +66,9 @@ class SnapshotStore:
         """Store `payload` as the state at `seq`, atomically; keep only the newest two."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self._path(seq)
-        temp = self.directory / f".{path.name}.tmp"
         head = _HEADER.pack(MAGIC, FORMAT_VERSION, 0, seq, len(payload), 0)[:-4]
         crc = zlib.crc32(payload, zlib.crc32(head))
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(head)
-                f.write(struct.pack("<I", crc))
-                f.write(payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.directory)
+        write_private(path, head, struct.pack("<I", crc), payload)
         self._prune()
         return path
 

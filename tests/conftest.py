@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.daemon import Daemon
@@ -20,3 +22,20 @@ def claude() -> str:
     if path is None:
         pytest.fail(INSTALL_HINT)
     return path
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
+    calls = []
+    import orchestrad.log.segmentlog as segmentlog_mod
+
+    real = segmentlog_mod.sync_file
+
+    def counted(fd):
+        calls.append(fd)
+        time.sleep(0.005)  # the latency of a real disk's fsync
+        real(fd)
+
+    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
+    return calls

@@ -15,19 +15,6 @@ from orchestrad.log import Log, verify
 from tests import logreaders
 
 
-@pytest.fixture
-def fsyncs(monkeypatch):
-    """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
-    calls = []
-    real = segmentlog_mod.sync_file
-
-    def counted(fd):
-        calls.append(fd)
-        time.sleep(0.005)
-        real(fd)
-
-    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
-    return calls
 
 
 def records(directory: Path) -> list[tuple[int, bytes]]:

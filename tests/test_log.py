@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import orchestrad.log.replay as replay_mod
-import orchestrad.log.segmentlog as segmentlog_mod
 from orchestrad.commit import GroupCommit
 from orchestrad.log import DataRef, Log, LogCorrupt, UnsupportedLogFormat, repair, verify
 from orchestrad.log.format import (
@@ -1122,19 +1120,6 @@ def test_a_rotted_length_that_reaches_past_the_end_is_damage_unless_nothing_foll
 # Durability: the order of fsyncs, and writes that fail
 
 
-@pytest.fixture
-def fsyncs(monkeypatch):
-    """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
-    calls = []
-    real = segmentlog_mod.sync_file
-
-    def counted(fd):
-        calls.append(fd)
-        time.sleep(0.005)
-        real(fd)
-
-    monkeypatch.setattr(segmentlog_mod, "sync_file", counted)
-    return calls
 
 
 def test_sync_fdatasyncs_the_data_file_before_the_segment_file_and_only_when_it_changed(tmp_path, fsyncs):
