@@ -420,6 +420,29 @@ def check_processes(fig: Figures, daemon: RDaemon, when: str) -> None:
         fig.problems.append(f"{when}: processes of no running task left behind: {described}")
 
 
+def _attempts_cut_off_before_spawning(fig: Figures, recs: list) -> Counter:
+    """Per task, the attempts that were recorded as starting but ended before a process
+    existed. Each must have ended interrupted (the kill came between the start's record
+    and the spawn) or failed (it could not be started); any other end is a problem."""
+    open_attempt: dict[int, bool] = {}  # task -> whether its latest attempt has a process
+    cut: Counter = Counter()
+    for r in recs:
+        e = r.event
+        if isinstance(e, ev.TaskStarting):
+            open_attempt[e.task] = False
+        elif isinstance(e, ev.ProcessSpawned):
+            open_attempt[e.task] = True
+        elif isinstance(e, ev.TaskFinished) and open_attempt.get(e.task) is False:
+            del open_attempt[e.task]
+            if e.outcome in (Status.INTERRUPTED, Status.FAILED):
+                cut[e.task] += 1
+            else:
+                fig.problems.append(f"task {e.task} ended {e.outcome.value} in an attempt that never had a process")
+        elif isinstance(e, ev.TaskFinished):
+            open_attempt.pop(e.task, None)
+    return cut
+
+
 def check_spawns(fig: Figures, daemon: RDaemon, final: list[p.TaskView], seen_pids: set[int]) -> None:
     """With the daemon stopped: the log's ProcessSpawned records agree with the attempts,
     no command task was started twice, and no process of any attempt is still alive."""
@@ -427,13 +450,16 @@ def check_spawns(fig: Figures, daemon: RDaemon, final: list[p.TaskView], seen_pi
     spawned = events_of(recs, ev.ProcessSpawned)
     fig.processes_seen = len(spawned)
     starts = Counter(e.task for e in spawned)
+    unspawned = _attempts_cut_off_before_spawning(fig, recs)
     views = {t.id: t for t in final}
     for task_id, n in starts.items():
         t = views.get(task_id)
         if t is None:
             continue
-        # a task still queued or running in `final` may have started once more before the stop
-        if t.status.finished and n != t.attempts:
+        # a task still queued or running in `final` may have started once more before the stop;
+        # an attempt whose start was recorded when a kill came, before its process existed,
+        # ended interrupted without one (durable before any process: never run twice)
+        if t.status.finished and n != t.attempts - unspawned[task_id]:
             fig.problems.append(f"task {task_id} ({t.status.value}) has {t.attempts} attempts but was spawned {n} times")
         if t.agent == "command" and n > 1:
             fig.finished_reran += 1
