@@ -248,7 +248,7 @@ def test_built_in_roles_deny_only_tools_the_cli_knows(claude):
     """A denied tool the CLI does not know is named as unknown in every transcript."""
     from tests.scripted_api import run_claude
 
-    with ScriptedAPI([reply.text("hi")]).start() as api:
+    with ScriptedAPI([reply.text("hi")]) as api:
         run = run_claude(api, "hello", claude=claude)
     [init] = [m for m in run.messages if m.get("type") == "system" and m.get("subtype") == "init"]
     known = set(init["tools"])
