@@ -34,15 +34,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _repair(paths) -> int:
-    from orchestrad.log import repair
+    from orchestrad.log import UnsupportedLogFormat, repair
 
-    for line in repair(paths.log_dir):
-        print(line)
+    try:
+        for line in repair(paths.log_dir):
+            print(line)
+    except UnsupportedLogFormat as exc:
+        print(exc, file=sys.stderr)
+        return 2
     return 0
 
 
 def _verify(paths) -> int:
-    from orchestrad.log import LogCorrupt
+    from orchestrad.log import LogCorrupt, UnsupportedLogFormat
     from orchestrad.store import Store, StoreError
 
     from orchestrad.log import verify as verify_log
@@ -51,7 +55,7 @@ def _verify(paths) -> int:
     try:
         report = verify_log(paths.log_dir, deep=True)
         store = Store.open(paths.log_dir, paths.snapshot_dir, readonly=True)
-    except (LogCorrupt, StoreError) as exc:
+    except (LogCorrupt, UnsupportedLogFormat, StoreError) as exc:
         print(exc, file=sys.stderr)
         return 2
     except FileNotFoundError as exc:

@@ -147,11 +147,11 @@ class Daemon:
         if problem:
             raise StartupError(problem)
         self._take_lock()
-        from orchestrad.log import LogCorrupt
+        from orchestrad.log import LogCorrupt, UnsupportedLogFormat
 
         try:
             store = Store.open(paths.log_dir, paths.snapshot_dir, segment_bytes=self.segment_bytes)
-        except (LogCorrupt, StoreError) as exc:
+        except (LogCorrupt, UnsupportedLogFormat, StoreError) as exc:
             raise StartupError(f"{exc}", EXIT_DAMAGED) from None
         for note in store.notes:
             log.warning("%s", note)

@@ -422,3 +422,34 @@ def test_with_the_log_compacted_and_every_snapshot_damaged_start_up_refuses_and_
         assert "snapshot" in refused.stderr, refused.stderr
     finally:
         d.cleanup()
+
+
+def test_a_log_of_a_newer_format_is_refused_with_a_sentence_by_start_verify_and_repair():
+    """A segment written by a newer orchestrad: every entry point says so and what to do,
+    and none of them touches it (no traceback, no repair)."""
+    import zlib
+
+    from orchestrad.log.format import U32, segment_header
+
+    d = RDaemon()
+    try:
+        d.start()
+        d.wait_status(d.submit("true"), Status.SUCCEEDED)
+        assert d.stop() == 0
+        [first] = sorted(d.paths.log_dir.glob("*.seg"))[:1]
+        data = bytearray(first.read_bytes())
+        data[8:24] = segment_header(1)[8:24]
+        data[8] = 99  # a version from the future, with a correct header checksum
+        data[20:24] = U32.pack(zlib.crc32(bytes(data[:20])))
+        first.write_bytes(bytes(data))
+        before = first.read_bytes()
+        refused = d.try_start()
+        assert refused is not None and refused.returncode == 2, refused
+        for args in (("--verify",), ("--repair",)):
+            done = d.orchestrad(*args)
+            assert done.returncode == 2, (args, done.stdout, done.stderr)
+            assert "uses event log format version 99" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert "format version 99" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+        assert first.read_bytes() == before, "a segment of a newer format was changed"
+    finally:
+        d.cleanup()
