@@ -22,6 +22,7 @@ fit the same interface.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 from orchestra.shared.protocol import Role
@@ -81,7 +82,9 @@ class Agent:
         return stream != "stdin"
 
 
+@functools.cache
 def _factories() -> dict[str, Callable[[], Agent]]:
+    """The agent kinds, imported once (decide asks for their traits on every submit)."""
     from orchestrad.agents.claude import ClaudeAgent
     from orchestrad.agents.command import CommandAgent
 
