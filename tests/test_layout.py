@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,3 +71,19 @@ def test_every_request_has_one_reply_type_and_one_handler(tmp_path):
         assert not set(server._handlers) & set(server._streams)
     finally:
         store.log.close()
+
+
+def test_the_install_exposes_only_the_two_packages(tmp_path):
+    """From any directory, `orchestra` and `orchestrad` import and the checkout's other
+    top-level folders (cli, tests, bench) do not: an editable install must not put the
+    repository root on sys.path."""
+    probe = (
+        "import importlib.util, json\n"
+        "names = ['orchestra', 'orchestrad', 'cli', 'tests', 'bench']\n"
+        "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == {"orchestra": True, "orchestrad": True,
+                               "cli": False, "tests": False, "bench": False}
