@@ -15,11 +15,13 @@ run time, so no pattern but `*` matches it.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple
 
-SEPARATORS = ("&&", "||", "|&", ";", "|", "&")
 _REDIRECT_CHARS = "<>"
 _SPACE = " \t"
+_ENDS_WORD = " \t\n<>()&|;"
+_ORDINARY = re.compile(r"[^ \t\n<>()&|;\\'\"$`*?\[]+")  # characters that stand for themselves
 
 
 class Word(NamedTuple):
@@ -73,9 +75,8 @@ class _Parser:
             elif c == "#" :
                 end = self.s.find("\n", self.i)
                 self.i = len(self.s) if end < 0 else end
-            elif any(self.s.startswith(sep, self.i) for sep in SEPARATORS):
-                sep = next(sep for sep in SEPARATORS if self.s.startswith(sep, self.i))
-                self.i += len(sep)
+            elif c in "&|;":
+                self.i += 2 if self.s[self.i : self.i + 2] in ("&&", "||", "|&") else 1
                 flush()
             elif c in "(){}" and (c in "()" or self._word_alone()):
                 # a subshell or a group: what runs inside is listed, but it is not plain
@@ -137,10 +138,14 @@ class _Parser:
         literal = True
         started = False
         while self.i < len(self.s):
+            run = _ORDINARY.match(self.s, self.i)
+            if run:
+                text.append(run.group())
+                self.i = run.end()
+                started = True
+                continue
             c = self.s[self.i]
-            if c in _SPACE or c == "\n" or c in _REDIRECT_CHARS or (c in "()" and not self.s.startswith("$(", self.i)):
-                break
-            if any(self.s.startswith(sep, self.i) for sep in SEPARATORS):
+            if c in _ENDS_WORD:
                 break
             started = True
             if c == "\\":

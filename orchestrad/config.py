@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 
@@ -33,6 +34,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     auto_deny_after: float | None = None  # seconds a question may wait before it is denied
     pass_env: list[str] = []  # daemon variables (globs) agents inherit though they look like credentials
     max_output_bytes: int = 1 << 30  # output a task may write in all; past it, it is stopped
+    policy: list[str] = []  # permission rules for every task, after its role's (see orchestrad.policy)
 
 
 DEFAULT = Config()
@@ -62,6 +64,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "auto_deny_after": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
     "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
     "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
+    "policy": ("a list of rules, like [\"allow Bash(pytest *)\", \"deny Read(~/.ssh/**)\"]", lambda v: policy.check_rules(v) is None),
 }
 
 
@@ -85,6 +88,8 @@ def check(key: str, value: ConfigValue) -> str | None:
     what, ok = _CHECKS[key]
     if isinstance(value, bool) and key != "auto_resume":
         return f"{key} must be {what}, not {value!r}"
+    if key == "policy" and policy.check_rules(value) is not None:
+        return f"policy: {policy.check_rules(value)}"
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"
     return None

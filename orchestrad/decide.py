@@ -83,7 +83,7 @@ class Actor(msgspec.Struct, frozen=True):
 
 READS = frozenset({
     p.Hello, p.ListTasks, p.Show, p.Logs, p.Watch, p.Wait, p.Queue, p.Roles, p.Templates,
-    p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows,
+    p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows, p.CheckPolicy,
 })
 
 _ON_A_TASK = {p.Stop: "stop", p.SetPriority: "re-prioritise", p.Remove: "remove", p.AssignRole: "change the role of", p.Resume: "resume"}
@@ -342,7 +342,8 @@ def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
                 raise bad_request("a command agent takes a line of text on its stdin")
             return [ev.InputGiven(task=task.id, request_id="", answer=cmd.text)]
         raise conflict(f"{describe(task)}, not waiting for input; `orchestra ps` shows who is")
-    return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question))]
+    by = f"a person ({cmd.via})" if cmd.via else "a person"
+    return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question), by=by)]
 
 
 def _follow_up(task: Task, cmd: p.Respond) -> list[ev.Event]:

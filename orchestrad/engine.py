@@ -22,13 +22,15 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import configwatch, containment, launch, orphans, scheduler
+from orchestrad import configwatch, containment, launch, orphans, policy, scheduler
+from orchestrad import roles as roles_mod
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
+from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 from orchestrad.worktrees import WorktreeError
@@ -198,7 +200,8 @@ class Engine:
         return []
 
     def _react(self, task_id: int, reaction: Reaction) -> list[Item]:
-        """Carry out an adapter's reaction's I/O; its events are for the caller to record."""
+        """Carry out an adapter's reaction's I/O, and put the tool calls it asks about to the
+        permission policy; the events are for the caller to record."""
         try:
             if reaction.write:
                 self.supervisor.write(task_id, reaction.write)
@@ -206,7 +209,30 @@ class Engine:
                 self.supervisor.close_stdin(task_id)
         except WriteError as exc:  # the process went away or stopped reading
             log.warning("task %s: could not write to it: %s", task_id, exc)
-        return list(reaction.items)
+        items = list(reaction.items)
+        agent = self._agents.get(task_id)
+        task = self.state.tasks.get(task_id)
+        for ask in reaction.asks:
+            if agent is not None and task is not None:
+                items += self._react(task_id, agent.ruled(task, ask, self.rule(task, ask.tool, ask.input)))
+        return items
+
+    def rule(self, task: Task, tool: str, tool_input: dict) -> policy.Decision | None:
+        """The policy's decision on a tool call of `task`'s agent (None: no rule decides).
+        The shell's part: where the task works, whose home ~ is, where symlinks lead."""
+        return policy.decide(self.policy_for(task.role), self.call(tool, tool_input, task.cwd))
+
+    def policy_for(self, role: str) -> policy.Policy:
+        spec = roles_mod.get(role, self.state.roles)
+        builtin = role in roles_mod.BUILTIN and role not in self.state.roles
+        return policy.sources(role, spec.policy if spec is not None else [], self.state.config.policy, builtin)
+
+    def call(self, tool: str, tool_input: dict, cwd: str) -> policy.Call:
+        cwd = os.path.realpath(cwd or "/")
+        home = os.path.expanduser("~")
+        real = {path: os.path.realpath(path) for path in policy.paths_of(tool, tool_input, cwd, home)}
+        places = {} if self.paths is None else {name: os.path.realpath(getattr(self.paths, name)) for name in ("state", "config", "runtime")}
+        return policy.Call(tool, tool_input, cwd, home, real, places)
 
     def _forget(self, task: int) -> None:
         """A task that will never run again: its environment values go (they are kept until

@@ -154,6 +154,18 @@ class InputGiven(Event):
     task: int
     request_id: str  # "" for a line written to a command agent's stdin
     answer: str
+    by: str = ""  # who answered: "a person (cli)", "the auto-deny timeout"; "" in older logs
+
+
+class PermissionDecided(Event):
+    """The permission policy answered a tool call itself: no person was asked."""
+
+    task: int
+    request_id: str
+    tool: str
+    summary: str  # the command, the file, the URL (as `InputRequested.prompt` shows it)
+    effect: str  # allow | deny
+    by: str  # "rule 3 of role tester (allow Bash(pytest *))"
 
 
 class UsageRecorded(Event):
@@ -276,6 +288,7 @@ AnyEvent = Union[
     CatalogChanged,
     ConfigChanged,
     TasksPurged,
+    PermissionDecided,
 ]
 
 

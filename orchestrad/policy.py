@@ -40,7 +40,7 @@ import fnmatch
 import functools
 import posixpath
 import re
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from orchestrad import cmdline
 
@@ -52,9 +52,11 @@ _PATH_KEYS = ("file_path", "notebook_path", "path")
 _WRAPPERS = frozenset({"env", "sudo", "nohup", "nice", "time", "timeout", "command", "exec", "builtin", "xargs", "stdbuf", "ionice", "doas"})
 _SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh"})
 
-# Always in force after the role's and config.toml's rules: secrets and orchestra's own
-# files are never read or written by an agent without a rule that says so, and a push waits
-# for a person. `{state}`, `{config}` and `{runtime}` are the instance's directories.
+# Always in force after the role's and config.toml's rules: secrets are not read, and
+# orchestra's own files (its log, the stored task environments, its settings and roles:
+# an agent's own rights) are not written, without a rule that says so; a push waits for a
+# person. `{state}`, `{config}` and `{runtime}` are the instance's directories (worktrees
+# live in {state}/worktrees, and are written).
 DEFAULTS: tuple[str, ...] = (
     "deny Read(~/.ssh/**)",
     "deny Edit(~/.ssh/**)",
@@ -69,9 +71,11 @@ DEFAULTS: tuple[str, ...] = (
     "deny Read(~/.git-credentials)",
     "deny Read(~/.pypirc)",
     "deny Read(~/.npmrc)",
-    "deny Read({state}/**)",
-    "deny Edit({state}/**)",
-    "deny Read({config}/**)",
+    "deny Read({state}/env/**)",
+    "deny Edit({state}/env/**)",
+    "deny Edit({state}/log/**)",
+    "deny Edit({state}/snapshots/**)",
+    "deny Edit({state}/orchestrad.*)",
     "deny Edit({config}/**)",
     "deny Edit({runtime}/**)",
     "ask Bash(git push *)",
@@ -189,28 +193,138 @@ def check_rules(texts: object) -> str | None:
     return None
 
 
-def sources(role: str, role_rules: Sequence[str], config_rules: Sequence[str], builtin: bool) -> tuple[Source, ...]:
+class Entry(NamedTuple):
+    position: int  # in the whole ordered list
+    source: str
+    index: int  # 1-based, within its source
+    rule: Rule
+
+
+class Policy:
+    """The rules that apply to one role, compiled for one question: which rule decides a
+    call. Rules are indexed by the tool they name and, for commands, by their first word, so
+    a decision tries only the rules that could match, still in order."""
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self.sources = tuple(s for s in sources if s.rules)
+        self.entries = [Entry(0, s.name, i, r) for s in self.sources for i, r in enumerate(s.rules, 1)]
+        self.entries = [e._replace(position=n) for n, e in enumerate(self.entries)]
+        self.size = len(self.entries)
+        self._tools: dict[str, list[Entry]] = {}
+        self._commands: dict[str, list[Entry]] = {}  # Bash rules by their first word
+        self._any_command: list[Entry] = []  # Bash rules for any command, or with a glob first word
+        self._path_denials = [e for e in self.entries if e.rule.path and e.rule.effect != "allow"]  # they see commands' paths
+        self._denials: dict[tuple, re.Pattern[str] | None] = {}  # per place: those rules as one pattern
+        for e in self.entries:
+            r = e.rule
+            if r.words and not any(ch in r.words[0] for ch in "*?["):
+                self._commands.setdefault(r.words[0], []).append(e)
+            elif r.words or (not r.spec and fnmatch.fnmatchcase("Bash", r.tool)):
+                self._any_command.append(e)
+
+    def decide(self, call: Call) -> Decision | None:
+        """The first rule that decides `call`, or None when none does."""
+        if call.tool == "Bash":
+            return self._shell(call)
+        entries = self._tools.get(call.tool)
+        if entries is None:
+            entries = self._tools[call.tool] = [e for e in self.entries if _could_match(e.rule, call.tool)]
+        path = _tool_path(call.tool, call.input, call.cwd)
+        for e in entries:
+            reason = _matches(e.rule, call, path)
+            if reason is not None:
+                return Decision(e.rule.effect, e.rule, e.source, e.index, reason)
+        return None
+
+    def _shell(self, call: Call) -> Decision | None:
+        command = call.input.get("command")
+        if not isinstance(command, str):
+            return None
+        line = cmdline.parse(command)
+        firsts = [self._first_for_command(part, line.plain, call) for part in line.commands]
+        if not firsts:
+            return None
+        for effect in ("deny", "ask"):
+            for d in firsts:
+                if d is not None and d.effect == effect:
+                    return d
+        if all(d is not None and d.effect == "allow" for d in firsts):
+            return firsts[0] if len(firsts) == 1 else firsts[0]._replace(reason=f"every command of the line is allowed ({len(firsts)})")
+        return None
+
+    def _first_for_command(self, part: cmdline.Command, plain: bool, call: Call) -> Decision | None:
+        """The first rule that decides one simple command."""
+        paths = _command_paths(part, call.cwd, call.home)
+        resolved = [call.real.get(p, p) for p in paths]
+        named = list(dict.fromkeys([*paths, *resolved]))
+        inside = all(_inside(p, call.cwd) or p == "/dev/null" for p in named)
+        loose = _loose_forms(part)
+        heads = {part.words[0].text} if part.words else set()
+        heads |= {posixpath.basename(f[0].text) for f in loose}
+        candidates = [e for head in heads for e in self._commands.get(head, ())]
+        if candidates:
+            candidates = sorted({e.position: e for e in [*candidates, *self._any_command]}.values())
+        else:
+            candidates = self._any_command
+        path_hit = self._first_path_denial(named, call)
+        for e in candidates:
+            if path_hit is not None and path_hit[0].position < e.position:
+                break
+            rule = e.rule
+            if rule.words:
+                if rule.effect == "allow":
+                    if plain and inside and _words_match(rule.words, part.words, strict=True):
+                        return Decision("allow", rule, e.source, e.index, f"the command {_show(part)}")
+                elif any(_words_match(rule.words, form, strict=False) for form in loose):
+                    return Decision(rule.effect, rule, e.source, e.index, f"the command {_show(part)}")
+            elif rule.effect != "allow" or (plain and inside):
+                return Decision(rule.effect, rule, e.source, e.index, "any use of Bash")
+        if path_hit is not None:
+            e, p = path_hit
+            return Decision(e.rule.effect, e.rule, e.source, e.index, f"the command {_show(part)} names {p}")
+        return None
+
+    def _first_path_denial(self, paths: Sequence[str], call: Call) -> tuple[Entry, str] | None:
+        """The first deny or ask path rule that one of a command's paths falls under: all
+        those rules are one pattern of alternatives, tried in order, per path."""
+        if not paths or not self._path_denials:
+            return None
+        key = (call.cwd, call.home, tuple(call.places.items()))
+        pattern = self._denials.get(key)
+        if pattern is None:
+            if len(self._denials) >= 256:
+                self._denials.clear()
+            alternatives = "|".join(f"(?P<r{e.position}>{_root_source(e.rule.path, *key)})" for e in self._path_denials)
+            pattern = self._denials[key] = re.compile(f"(?:{alternatives})\\Z")
+        best: tuple[Entry, str] | None = None
+        for p in paths:
+            m = pattern.match(p)
+            if m is not None:
+                e = self.entries[int(m.lastgroup[1:])]  # type: ignore[index]
+                if best is None or e.position < best[0].position:
+                    best = (e, p)
+        return best
+
+
+def sources(role: str, role_rules: Sequence[str], config_rules: Sequence[str], builtin: bool) -> Policy:
     """The rules that apply to a task of `role`, in the order they are tried. `builtin`: the
     role is a built-in one (not overridden by a file), whose default rules then apply."""
-    out = [
-        Source(f"role {role}", compile_rules(tuple(role_rules))),
-        Source("config", compile_rules(tuple(config_rules))),
+    return _compiled(role, tuple(role_rules), tuple(config_rules), builtin)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(role: str, role_rules: tuple[str, ...], config_rules: tuple[str, ...], builtin: bool) -> Policy:
+    return Policy([
+        Source(f"role {role}", compile_rules(role_rules)),
+        Source("config", compile_rules(config_rules)),
         Source("defaults", compile_rules(DEFAULTS)),
         Source(f"the built-in {role} role", compile_rules(BUILTIN_ROLE_RULES.get(role, ()) if builtin else ())),
-    ]
-    return tuple(s for s in out if s.rules)
+    ])
 
 
-def decide(rules: Iterable[Source], call: Call) -> Decision | None:
-    """The first rule that decides `call`, or None when none does."""
-    if call.tool == "Bash":
-        return _decide_shell(rules, call)
-    for source in rules:
-        for index, rule in enumerate(source.rules, 1):
-            reason = _matches(rule, call)
-            if reason is not None:
-                return Decision(rule.effect, rule, source.name, index, reason)
-    return None
+def decide(policy: Policy, call: Call) -> Decision | None:
+    """The first rule of `policy` that decides `call`, or None when none does."""
+    return policy.decide(call)
 
 
 def paths_of(tool: str, tool_input: Mapping[str, Any], cwd: str, home: str) -> list[str]:
@@ -248,12 +362,18 @@ def parse_call(text: str) -> tuple[str, dict[str, Any]]:
 # -- matching -----------------------------------------------------------------------------
 
 
-def _matches(rule: Rule, call: Call) -> str | None:
-    """Why `rule` matches a call of a tool other than Bash, or None."""
+def _could_match(rule: Rule, tool: str) -> bool:
+    """Whether `rule` can ever match a call of `tool` (other than Bash)."""
     if rule.path:
-        if call.tool not in _FAMILIES[rule.tool]:
-            return None
-        path = _tool_path(call.tool, call.input, call.cwd)
+        return tool in _FAMILIES[rule.tool]
+    if rule.domain:
+        return tool == "WebFetch"
+    return not rule.words and fnmatch.fnmatchcase(tool, rule.tool)
+
+
+def _matches(rule: Rule, call: Call, path: str) -> str | None:
+    """Why `rule` matches a call of a tool other than Bash (`path`: the one it names), or None."""
+    if rule.path:
         if not path:
             return None
         seen = [path, call.real.get(path, path)]
@@ -263,60 +383,11 @@ def _matches(rule: Rule, call: Call) -> str | None:
             return f"{call.tool} of {hit[-1]}"
         return None
     if rule.domain:
-        if call.tool != "WebFetch":
-            return None
         host = _host(call.input.get("url"))
         if host and (host == rule.domain or host.endswith("." + rule.domain)):
             return f"a fetch from {host}"
         return None
-    if rule.words:
-        return None  # a Bash pattern; Bash calls are decided by _decide_shell
-    if fnmatch.fnmatchcase(call.tool, rule.tool):
-        return f"any use of {call.tool}"
-    return None
-
-
-def _decide_shell(rules: Iterable[Source], call: Call) -> Decision | None:
-    command = call.input.get("command")
-    if not isinstance(command, str):
-        return None
-    line = cmdline.parse(command)
-    ordered = [(source.name, index, rule) for source in rules for index, rule in enumerate(source.rules, 1)]
-    firsts: list[Decision | None] = []
-    for part in line.commands:
-        firsts.append(_first_for_command(ordered, part, line.plain, call))
-    if not firsts:
-        return None
-    for effect in ("deny", "ask"):
-        for d in firsts:
-            if d is not None and d.effect == effect:
-                return d
-    if all(d is not None and d.effect == "allow" for d in firsts):
-        return firsts[0] if len(firsts) == 1 else firsts[0]._replace(reason=f"every command of the line is allowed ({len(firsts)})")
-    return None
-
-
-def _first_for_command(ordered: list[tuple[str, int, Rule]], part: cmdline.Command, plain: bool, call: Call) -> Decision | None:
-    """The first rule that decides one simple command."""
-    paths = _command_paths(part, call.cwd, call.home)
-    resolved = [call.real.get(p, p) for p in paths]
-    inside = all(_inside(p, call.cwd) or p == "/dev/null" for p in [*paths, *resolved])
-    loose = _loose_forms(part)
-    for name, index, rule in ordered:
-        if rule.tool == "Bash" and rule.words:
-            if rule.effect == "allow":
-                if plain and inside and _words_match(rule.words, part.words, strict=True):
-                    return Decision("allow", rule, name, index, f"the command {_show(part)}")
-            elif any(_words_match(rule.words, form, strict=False) for form in loose):
-                return Decision(rule.effect, rule, name, index, f"the command {_show(part)}")
-        elif not rule.spec and fnmatch.fnmatchcase("Bash", rule.tool):
-            if rule.effect != "allow" or (plain and inside):
-                return Decision(rule.effect, rule, name, index, "any use of Bash")
-        elif rule.path and rule.effect != "allow":
-            for p in [*paths, *resolved]:
-                if _path_match(rule, p, call):
-                    return Decision(rule.effect, rule, name, index, f"the command {_show(part)} names {p}")
-    return None
+    return f"any use of {call.tool}"
 
 
 def _words_match(pattern: tuple[str, ...], words: Sequence[cmdline.Word], strict: bool) -> bool:
@@ -325,23 +396,25 @@ def _words_match(pattern: tuple[str, ...], words: Sequence[cmdline.Word], strict
     written, and an expansion matches only `*`. Loose (for deny and ask): any directory of
     the program, and an expansion matches anything."""
 
-    def one(p: str, w: cmdline.Word, first: bool) -> bool:
-        text = w.text
-        if first and not strict:
-            text = posixpath.basename(text)
+    def one(p: str, j: int) -> bool:
+        w = words[j]
         if not w.literal:
             return not strict
+        text = posixpath.basename(w.text) if j == 0 and not strict else w.text
         if any(ch in p for ch in "*?["):
             return fnmatch.fnmatchcase(text, p)
         return text == p
 
-    @functools.lru_cache(maxsize=None)
     def go(i: int, j: int) -> bool:
+        while i < len(pattern) and pattern[i] != "*":
+            if j >= len(words) or not one(pattern[i], j):
+                return False
+            i, j = i + 1, j + 1
         if i == len(pattern):
             return j == len(words)
-        if pattern[i] == "*":
-            return any(go(i + 1, k) for k in range(j, len(words) + 1))
-        return j < len(words) and one(pattern[i], words[j], j == 0) and go(i + 1, j + 1)
+        if i == len(pattern) - 1:
+            return True  # a trailing * takes the rest
+        return any(go(i + 1, k) for k in range(j, len(words) + 1))
 
     return go(0, 0)
 
@@ -412,26 +485,29 @@ def _inside(path: str, directory: str) -> bool:
 
 
 def _path_match(rule: Rule, path: str, call: Call) -> bool:
-    return _path_regex(_rule_root(rule.path, call)).match(path) is not None
+    return _root_regex(rule.path, call.cwd, call.home, tuple(call.places.items())).match(path) is not None
 
 
-def _rule_root(spec: str, call: Call) -> str:
-    """A rule's path pattern made absolute: ~ is the home, a leading // or / the root,
-    {state} {config} {runtime} the instance's directories, anything else the task's directory."""
-    for name, value in call.places.items():
+@functools.lru_cache(maxsize=4096)
+def _root_regex(spec: str, cwd: str, home: str, places: tuple[tuple[str, str], ...]) -> re.Pattern[str]:
+    return re.compile(_root_source(spec, cwd, home, places) + r"\Z")
+
+
+def _root_source(spec: str, cwd: str, home: str, places: tuple[tuple[str, str], ...]) -> str:
+    """A rule's path pattern made absolute, as a regular expression: ~ is the home, a leading // or /
+    the root, {state} {config} {runtime} the instance's directories, anything else the
+    task's directory. `**` is any depth (`a/**` is a and all below it), `*` any name part,
+    `?` one character."""
+    for name, value in places:
         spec = spec.replace("{" + name + "}", value.rstrip("/"))
     if spec == "~" or spec.startswith("~/"):
-        return call.home.rstrip("/") + spec[1:]
-    if spec.startswith("//"):
-        return spec[1:]
-    if spec.startswith("/"):
-        return spec
-    return posixpath.join(call.cwd.rstrip("/") or "/", spec[2:] if spec.startswith("./") else spec)
-
-
-@functools.lru_cache(maxsize=1024)
-def _path_regex(pattern: str) -> re.Pattern[str]:
-    """`**` is any depth (`a/**` is a and all below it), `*` any name part, `?` one character."""
+        pattern = home.rstrip("/") + spec[1:]
+    elif spec.startswith("//"):
+        pattern = spec[1:]
+    elif spec.startswith("/"):
+        pattern = spec
+    else:
+        pattern = posixpath.join(cwd.rstrip("/") or "/", spec[2:] if spec.startswith("./") else spec)
     out = []
     i = 0
     while i < len(pattern):
@@ -450,7 +526,7 @@ def _path_regex(pattern: str) -> re.Pattern[str]:
         else:
             out.append(re.escape(pattern[i]))
             i += 1
-    return re.compile("".join(out) + r"\Z")
+    return "".join(out)
 
 
 def _host(url: object) -> str:

@@ -15,6 +15,11 @@ People add or override roles with TOML files in `<config dir>/roles/NAME.toml`::
     model = "claude-sonnet-4-5"
     timeout = 1800
     worktree = false
+    policy = ["allow Bash(alembic upgrade *)", "deny Bash(psql *)"]
+
+Edits, tests and git inside the task's directory need no `allowed_tools`: the built-in
+roles' permission rules allow them (`orchestrad.policy.BUILTIN_ROLE_RULES`), scoped to the
+task's directory, and a role file's `policy` rules come before them.
 
 Loaded roles are recorded in the log (`CatalogChanged`), so the Role struct is part of the
 log's schema: fields are only ever added at the end, with defaults.
@@ -23,7 +28,7 @@ log's schema: fields are only ever added at the end, with defaults.
 from __future__ import annotations
 
 from orchestra.shared.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
-from orchestrad import tomlfile
+from orchestrad import policy, tomlfile
 from orchestrad.config import PERMISSION_MODES
 
 READ_ONLY_DENIED = ["Write", "Edit", "NotebookEdit"]  # only tools the CLI knows: it names unknown ones in every transcript
@@ -56,7 +61,7 @@ BUILTIN: dict[str, Role] = {
                 "finish. End with a short summary of what you changed, file by file, and anything "
                 "left undone and why."
             ),
-            allowed_tools=["Read", "Glob", "Grep", "LS", "Edit", "Write"],
+            allowed_tools=["Read", "Glob", "Grep", "LS"],
         ),
         Role(
             name="tester",
@@ -69,7 +74,7 @@ BUILTIN: dict[str, Role] = {
                 "result, and the file and line where it fails. Do not change the code under test "
                 "unless asked; if a test fails because of a bug, say so and stop there."
             ),
-            allowed_tools=["Read", "Glob", "Grep", "LS", "Edit", "Write"],
+            allowed_tools=["Read", "Glob", "Grep", "LS"],
         ),
         Role(
             name="reviewer",
@@ -103,7 +108,7 @@ BUILTIN: dict[str, Role] = {
                 "set it up, how to use it with real examples that you have checked against the "
                 "code, and how to fix common problems. Match the project's existing docs."
             ),
-            allowed_tools=["Read", "Glob", "Grep", "LS", "Edit", "Write"],
+            allowed_tools=["Read", "Glob", "Grep", "LS"],
         ),
         Role(
             name="generalist",
@@ -139,6 +144,9 @@ def parse(name: str, text: str) -> Role:
         raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {role.permission_mode!r}")
     if not role.prompt.strip():
         raise ValueError("prompt is empty: say what this role does and how")
+    problem = policy.check_rules(role.policy)
+    if problem is not None:
+        raise ValueError(f"policy: {problem}")
     for field, most in (("timeout", MAX_SECONDS), ("idle_timeout", MAX_SECONDS), ("budget_usd", MAX_BUDGET_USD)):
         value = getattr(role, field)
         if value is not None and not 0 < value <= most:  # also refuses nan; inf is over the top

@@ -222,7 +222,7 @@ def _expiry(task: Task, config: Config, now: float) -> tuple[ev.Event | None, fl
         deadline = task.waiting.since + config.auto_deny_after
         if now >= deadline:
             answer = f"deny: no answer came within {_seconds(config.auto_deny_after)}"
-            return ev.InputGiven(task=task.id, request_id=task.waiting.request_id, answer=answer), None
+            return ev.InputGiven(task=task.id, request_id=task.waiting.request_id, answer=answer, by="the auto-deny timeout"), None
         deadlines.append(deadline)
     if spec.idle_timeout is not None and task.status is Status.RUNNING:
         deadline = task.last_activity + spec.idle_timeout

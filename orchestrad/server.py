@@ -36,7 +36,7 @@ from orchestra.shared.vocab import shorten, version
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
 from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
-from orchestrad import descriptors, limits, retention, scheduler
+from orchestrad import descriptors, limits, policy, retention, scheduler
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
@@ -90,6 +90,7 @@ class Server:
             p.ConfigSet: self.config_set,
             p.Roles: self.roles,
             p.Templates: self.templates,
+            p.CheckPolicy: self.check_policy,
             p.RunWorkflow: self.run_workflow,
             p.ShowWorkflow: self.show_workflow,
             p.ListWorkflows: self.list_workflows,
@@ -387,6 +388,27 @@ class Server:
             custom=sorted(state.roles),
             problems=[x for x in state.catalog_problems if "/roles/" in x],
         )
+
+    async def check_policy(self, request: p.CheckPolicy) -> p.PolicyVerdict:
+        state = self.engine.state
+        if roles_mod.get(request.role, state.roles) is None:
+            raise p.bad_request(f"no role named {request.role!r}; roles: {', '.join(roles_mod.names(state.roles))}")
+        if not os.path.isabs(request.cwd):
+            raise p.bad_request(f"the working directory must be an absolute path, not {request.cwd!r}")
+        try:
+            tool, tool_input = policy.parse_call(request.call)
+        except ValueError as exc:
+            raise p.bad_request(str(exc)) from None
+        for key in ("file_path", "notebook_path", "path"):
+            if isinstance(tool_input.get(key), str):
+                tool_input[key] = os.path.expanduser(tool_input[key])
+        sources = self.engine.policy_for(request.role)
+        decision = policy.decide(sources, self.engine.call(tool, tool_input, request.cwd))
+        tried = sources.size
+        if decision is None:
+            reason = "no rule decides, so the agent's own rules apply: Claude Code asks a person for anything but reads and read-only commands in its directory"
+            return p.PolicyVerdict(effect="", by="", reason=reason, rules=tried)
+        return p.PolicyVerdict(effect=decision.effect, by=decision.by, reason=decision.reason, rules=tried)
 
     async def templates(self, request: p.Templates) -> p.TemplatesResult:
         state = self.engine.state

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, get_args
 import msgspec
 
 from orchestra.shared.vocab import shorten
-from orchestra.shared.protocol import Question, Status, TaskView
+from orchestra.shared.protocol import DECISIONS_KEPT, Decided, Question, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
@@ -117,6 +117,8 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     pending_message: str = ""  # what the next attempt starts with (follow-up or resume)
     continued: str = ""  # why the next attempt happens: "follow-up" | "resume" | "retry"
     workdir: str = ""  # its git worktree, once made; else it works in spec.cwd
+    decisions: list[Decided] = []  # the latest permission decisions (up to DECISIONS_KEPT)
+    decisions_total: int = 0
 
     @property
     def cwd(self) -> str:
@@ -277,8 +279,23 @@ def _input_given(s: State, e: ev.InputGiven, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.last_activity = ts
     if t.waiting is not None and t.waiting.request_id == e.request_id:
+        if t.waiting.kind == "permission":
+            effect = "deny" if e.answer == "deny" or e.answer.startswith("deny: ") else "allow"
+            summary = t.waiting.prompt.removeprefix(f"{t.waiting.tool}: ")
+            _decided(t, Decided(at=ts, tool=t.waiting.tool, summary=summary, effect=effect, by=e.by or "a person"))
         t.waiting = None
         t.status = Status.RUNNING
+
+
+def _permission_decided(s: State, e: ev.PermissionDecided, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.last_activity = ts
+    _decided(t, Decided(at=ts, tool=e.tool, summary=e.summary, effect=e.effect, by=e.by))
+
+
+def _decided(t: Task, decision: Decided) -> None:
+    t.decisions = [*t.decisions[-(DECISIONS_KEPT - 1):], decision]
+    t.decisions_total += 1
 
 
 def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
@@ -427,6 +444,7 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.CatalogChanged: _catalog,
     ev.ConfigChanged: _config,
     ev.TasksPurged: _purged,
+    ev.PermissionDecided: _permission_decided,
 }
 
 
@@ -584,6 +602,8 @@ def view(task: Task, now: float, *, preview: int | None = None, waits_for: str =
         worktree=task.workdir,
         parent=spec.parent,
         waits_for=waits_for,
+        decisions=task.decisions if preview is None else [],
+        decisions_total=task.decisions_total,
     )
 
 

@@ -74,12 +74,12 @@ def test_the_roles_prompt_reaches_the_api(team):
 
 def test_bash_permission_allowed_runs_the_command(team):
     d, api = team
-    api.add(reply.tool_use("Bash", {"command": "echo ran > allowed.txt", "description": "write a file"}), reply.text("done"))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > allowed.txt", "description": "write a file"}), reply.text("done"))
     task = submit(d, "run it")
     waiting = d.wait_status(task, Status.WAITING, *FINISHED, timeout=60)
     assert waiting.status is Status.WAITING
-    assert waiting.waiting.kind == "permission" and waiting.waiting.prompt.startswith("Bash: echo ran > allowed.txt")
-    assert "asks: Bash: echo ran" in d.cli("ps").output
+    assert waiting.waiting.kind == "permission" and waiting.waiting.prompt.startswith("Bash: /bin/echo ran > allowed.txt")
+    assert "asks: Bash: /bin/echo ran" in d.cli("ps").output
     allowed = d.cli("respond", str(task), "--allow")
     assert allowed.exit_code == 0 and allowed.output == f"sent to task {task}: allow\n"
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
@@ -89,7 +89,7 @@ def test_bash_permission_allowed_runs_the_command(team):
 
 def test_bash_permission_denied_does_not_run(team):
     d, api = team
-    api.add(reply.tool_use("Bash", {"command": "echo ran > denied.txt"}), reply.text("ok, I will not"))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > denied.txt"}), reply.text("ok, I will not"))
     task = submit(d, "run it")
     d.wait_status(task, Status.WAITING, timeout=60)
     denied = d.cli("respond", str(task), "--deny", "-m", "not today")
@@ -131,14 +131,14 @@ def test_a_question_answered_by_option_number(team):
 
 def test_wait_on_a_task_that_waits_for_an_answer_says_so_once_and_keeps_waiting(team):
     d, api = team
-    api.add(reply.tool_use("Bash", {"command": "echo ran > waited.txt", "description": "write a file"}), reply.text("done"))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > waited.txt", "description": "write a file"}), reply.text("done"))
     task = submit(d, "run it")
     err = d.home / "wait.err"
     with open(err, "w") as stderr:
         waiting = subprocess.Popen([sys.executable, "-m", "orchestra", "wait", str(task)], env=d.env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         asks = d.wait_status(task, Status.WAITING, timeout=60).waiting.prompt
-        assert asks.startswith("Bash: echo ran > waited.txt")
+        assert asks.startswith("Bash: /bin/echo ran > waited.txt")
         notice = f"orchestra: task {task} is waiting for an answer ({asks}): orchestra respond {task} --allow, or --deny\n"
         wait_for(lambda: err.read_text() == notice, 30, "the notice on stderr")
         assert waiting.poll() is None  # still waiting
@@ -188,7 +188,7 @@ def test_kill9_while_waiting_then_restart_and_resume(team):
     d, api = team
     # The orphaned CLI may still send a request after the daemon died (its permission
     # request can no longer be answered), so the last reply answers every request from then on.
-    api.add(reply.tool_use("Bash", {"command": "echo once > resumed.txt"}), reply.text("Picking up where I left off: done.", repeat=None))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo once > resumed.txt"}), reply.text("Picking up where I left off: done.", repeat=None))
     task = submit(d, "do the thing")
     waiting = d.wait_status(task, Status.WAITING, timeout=60)
     claude_pid = waiting.pid
@@ -207,7 +207,7 @@ def test_kill9_while_waiting_then_restart_and_resume(team):
 def test_unanswered_permission_is_denied_after_the_configured_wait(team):
     d, api = team
     d.call(p.ConfigSet(key="auto_deny_after", value=0.5))
-    api.add(reply.tool_use("Bash", {"command": "echo x > never.txt"}), reply.text("understood"))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo x > never.txt"}), reply.text("understood"))
     task = submit(d, "try")
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
     assert not (d.home / "never.txt").exists()

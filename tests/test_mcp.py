@@ -44,7 +44,7 @@ TOOLS = {
 }
 ASK_COLOR = {"questions": [{"question": "Which color should the button be?", "header": "Color", "multiSelect": False,
                             "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}]}]}
-WRITE_FILE = {"command": "echo hi > out.txt", "description": "Write out.txt"}
+WRITE_FILE = {"command": "/bin/echo hi > out.txt", "description": "Write out.txt"}
 
 
 def server_argv(home: Path) -> list[str]:
@@ -385,7 +385,7 @@ def test_a_waiting_task_is_announced_to_subscribers_and_in_the_log():
                         await event.wait()
                 [notice] = logged
                 assert notice.level == "warning" and notice.logger == "orchestra"
-                assert "Task 1 (generalist: write out.txt) is waiting for permission: Bash: echo hi > out.txt" in notice.data
+                assert "Task 1 (generalist: write out.txt) is waiting for permission: Bash: /bin/echo hi > out.txt" in notice.data
                 assert "respond-to-process" in notice.data and "orchestra respond 1 --allow" in notice.data
                 waiting = (await call(client, "list-processes", status=["waiting"])).structured_content["tasks"]
                 assert waiting[0]["waiting"]["kind"] == "permission"
@@ -466,7 +466,7 @@ def test_elicitation_of_a_permission_can_deny_with_a_message_or_be_declined():
                 denied = await call(client, "respond-to-process", task_id=1)
                 assert denied.structured_content["answer"] == "deny: use a temp dir"
             assert forms[0].requested_schema["properties"]["decision"]["enum"] == ["allow", "deny"]
-            assert "asks permission to use Bash" in forms[0].message and "echo hi > out.txt" in forms[0].message
+            assert "asks permission to use Bash" in forms[0].message and "/bin/echo hi > out.txt" in forms[0].message
             assert daemon.wait_status(1, *p.FINISHED, timeout=30).status is Status.SUCCEEDED
             results = [b for r in api.turn_requests[1:] for b in r.tool_results()]
             assert results[0]["is_error"] is True and "use a temp dir" in json.dumps(results[0]["content"])

@@ -105,13 +105,16 @@ def test_path_patterns():
     assert decide(["deny Read(/etc/*.conf)"], "Read", {"file_path": "/etc/sub/x.conf"}) is None  # * stays in one name
     assert effect(decide(["deny Read(//etc/**)"], "Grep", {"pattern": "x", "path": "/etc"})) == "deny"
     assert effect(decide(["allow Read(src/**)"], "Glob", {"pattern": "*.py", "path": "src"})) == "allow"
-    assert effect(decide(["deny Read({state}/**)"], "Read", {"file_path": f"{PLACES['state']}/env/3"})) == "deny"
+    assert effect(decide([], "Read", {"file_path": f"{PLACES['state']}/env/3"})) == "deny"
+    worktree = f"{PLACES['state']}/worktrees/task-3"
+    assert effect(decide([], "Write", {"file_path": f"{worktree}/a.py"}, cwd=worktree, builtin=True)) == "allow"
 
 
 def test_defaults_deny_secrets_and_orchestras_files_and_ask_before_a_push():
     assert effect(decide([], "Read", {"file_path": f"{HOME}/.ssh/id_rsa"})) == "deny"
     assert effect(decide([], "Read", {"file_path": f"{HOME}/.aws/credentials"})) == "deny"
     assert effect(decide([], "Edit", {"file_path": f"{PLACES['config']}/config.toml"})) == "deny"
+    assert effect(decide([], "Write", {"file_path": f"{PLACES['config']}/roles/tester.toml"}, cwd=PLACES["config"], builtin=True)) == "deny"
     assert effect(bash([], "git push origin main")) == "ask"
 
 

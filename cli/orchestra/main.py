@@ -29,6 +29,7 @@ COMMANDS = {
     "queue": "queue:queue",
     "roles": "roles:roles",
     "assign-role": "roles:assign_role",
+    "policy": "policy:policy",
     "workflow": "workflow:workflow",
     "config": "config:config",
     "daemon": "daemon:daemon",

@@ -181,6 +181,15 @@ def details(task: TaskView, *, full: bool = False) -> str:
     if task.env_keys:
         lines.append(f"  env        {', '.join(task.env_keys)} (values not shown)")
     lines.append(f"  output     {task.output_bytes} bytes")
+    if task.decisions_total:
+        shown = task.decisions if full else task.decisions[-10:]
+        earlier = task.decisions_total - len(shown)
+        lines.append(f"  decisions  {task.decisions_total} permission decision{'' if task.decisions_total == 1 else 's'}"
+                     + (f" (the latest {len(shown)}; --full for up to {len(task.decisions)})" if earlier and not full else ""))
+        for d in shown:
+            stamp = time.strftime("%H:%M:%S", time.localtime(d.at))
+            lines.append(f"    {stamp} {'allowed' if d.effect == 'allow' else 'denied '} {shorten(f'{d.tool}: {d.summary}', 80)}")
+            lines.append(f"             by {d.by}")
     if task.waiting is not None:
         w = task.waiting
         lines.append(f"  waiting    {w.kind}: {w.prompt}")

@@ -9,6 +9,9 @@ returns; the adapter itself does no I/O:
   (the output itself, and whatever the adapter understood in it), bytes to write back, and
   whether to close stdin;
 * `answer(task, given)` — a person's recorded answer becomes a `Reaction`;
+* a `Reaction`'s `asks` are tool calls for the permission policy (`orchestrad.policy`);
+  the engine rules on each and hands the ruling to `ruled(task, ask, ruling)`, which
+  answers the agent itself or, when no rule decides, asks a person;
 * `spawn_error(message)` and `failure_detail()` — words for a person when it goes wrong;
 * `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
   `shown_as_stored(stream)` says when that is the output as stored;
@@ -23,7 +26,7 @@ fit the same interface.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Protocol
 
 from orchestra.shared.protocol import Role
 from orchestrad import events as ev
@@ -33,10 +36,28 @@ from orchestrad.state import Task
 Item = ev.Event | tuple[ev.Event, bytes]
 
 
+class Ask(NamedTuple):
+    """A tool call the agent wants to make, for the permission policy to rule on."""
+
+    request_id: str
+    tool: str
+    input: dict
+    stage: str  # "before" (every call, before the agent's own rules) | "permission" (the agent would ask a person)
+
+
+class Ruling(Protocol):
+    """What the policy decided (`orchestrad.policy.Decision`, or None: no rule did)."""
+
+    effect: str
+    by: str
+    reason: str
+
+
 class Reaction(NamedTuple):
     items: list[Item] = []
     write: bytes = b""
     close_stdin: bool = False
+    asks: list[Ask] = []  # for the engine to put to the policy, then to `Agent.ruled`
 
 
 class Traits(NamedTuple):
@@ -63,6 +84,10 @@ class Agent:
         return Reaction([(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)])
 
     def answer(self, task: Task, given: ev.InputGiven) -> Reaction:
+        return Reaction()
+
+    def ruled(self, task: Task, ask: Ask, ruling: Ruling | None) -> Reaction:
+        """The policy's ruling on `ask` (None: no rule decides) becomes a `Reaction`."""
         return Reaction()
 
     def spawn_error(self, message: str) -> str:

@@ -7,13 +7,19 @@ Started as::
            [--append-system-prompt ROLE_PROMPT] [--allowed-tools ...] [--disallowed-tools ...]
            [--model M] [--max-budget-usd B] [--resume SESSION]
 
-stdin gets one JSON object per line: an `initialize` control request, then the user's
-message. stdout gives one JSON object per line: `system/init` (the session id), `assistant`
-(text and tool uses), `user` (tool results), `result` (the answer, cost and tokens), and
-`control_request`s of subtype `can_use_tool` when the CLI wants permission for a tool, or
-asks the person a question (tool `AskUserQuestion`). Those become `InputRequested`; the
-person's answer goes back as a `control_response`. After the result, stdin is closed and
-the CLI exits.
+stdin gets one JSON object per line: an `initialize` control request (which registers a
+PreToolUse hook), then the user's message. stdout gives one JSON object per line:
+`system/init` (the session id), `assistant` (text and tool uses), `user` (tool results),
+`result` (the answer, cost and tokens), and `control_request`s:
+
+* `hook_callback` before every tool call: the daemon's permission policy rules on it
+  (allow, deny, ask), or lets the CLI's own rules apply when no rule decides;
+* `can_use_tool` when the CLI wants permission for a tool: the policy again, and when no
+  rule decides, `InputRequested` for a person; or when it asks the person a question (tool
+  `AskUserQuestion`), which always goes to a person.
+
+Answers go back as `control_response`s. After the result, stdin is closed and the CLI
+exits.
 
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
@@ -32,7 +38,7 @@ from orchestra.shared.protocol import Role
 from orchestra.shared.vocab import usd
 from orchestrad import events as ev
 from orchestrad import roles
-from orchestrad.agents import Agent, Item, Reaction, Traits
+from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, Traits
 from orchestrad.config import Config
 from orchestrad.state import Task
 
@@ -42,6 +48,11 @@ NOT_FOUND = (
     "(orchestra config set claude_path /path/to/claude)"
 )
 QUESTION_TOOL = "AskUserQuestion"
+HOOK_ID = "orchestra-policy"
+# Asked of the CLI at start-up: every tool call goes through a PreToolUse hook answered on
+# stdin, so the daemon's policy sees calls the CLI would make without asking (a read-only
+# command, a read), not only those it would ask about.
+HOOKS = {"PreToolUse": [{"matcher": None, "hookCallbackIds": [HOOK_ID]}]}
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -110,7 +121,7 @@ class ClaudeAgent(Agent):
 
     def greeting(self, task: Task) -> Reaction:
         text = task.pending_message or task.spec.prompt
-        init = _line({"type": "control_request", "request_id": f"init-{task.id}", "request": {"subtype": "initialize", "hooks": None}})
+        init = _line({"type": "control_request", "request_id": f"init-{task.id}", "request": {"subtype": "initialize", "hooks": HOOKS}})
         user = _line({"type": "user", "message": {"role": "user", "content": text}, "parent_tool_use_id": None, "session_id": ""})
         return Reaction(items=[_stdin(task, user)], write=init + user)
 
@@ -139,6 +150,7 @@ class ClaudeAgent(Agent):
         items: list[Item] = [(ev.OutputAppended(task=task.id, stream="stdout", size=len(whole)), whole)]
         write = bytearray()
         close = False
+        asks: list[Ask] = []
         for line in whole.splitlines():
             try:
                 message = _decode(line)
@@ -149,7 +161,8 @@ class ClaudeAgent(Agent):
                 items += reaction.items
                 write += reaction.write
                 close = close or reaction.close_stdin
-        return Reaction(items, bytes(write), close)
+                asks += reaction.asks
+        return Reaction(items, bytes(write), close, asks)
 
     def _message(self, task: Task, m: dict[str, Any]) -> Reaction:
         kind = m.get("type")
@@ -199,19 +212,63 @@ class ClaudeAgent(Agent):
     def _control_request(self, task: Task, m: dict[str, Any]) -> Reaction:
         request_id = str(m.get("request_id", ""))
         request = m.get("request") or {}
-        if request.get("subtype") != "can_use_tool":
-            error = {"type": "control_response", "response": {"subtype": "error", "request_id": request_id, "error": f"orchestra does not handle {request.get('subtype')!r}"}}
+        subtype = request.get("subtype")
+        if subtype == "hook_callback":
+            return self._hook(task, request_id, request)
+        if subtype != "can_use_tool":
+            error = {"type": "control_response", "response": {"subtype": "error", "request_id": request_id, "error": f"orchestra does not handle {subtype!r}"}}
             return Reaction(write=_line(error))
         tool = str(request.get("tool_name", "?"))
         tool_input = request.get("input") if isinstance(request.get("input"), dict) else {}
         if tool == QUESTION_TOOL and isinstance(tool_input.get("questions"), list) and tool_input["questions"]:
             self._pending[request_id] = {"tool": tool, "input": tool_input, "answers": {}, "index": 0}
             return Reaction([self._ask(task, request_id)])
-        self._pending[request_id] = {"tool": tool, "input": tool_input}
-        prompt = f"{tool}: {summarize(tool, tool_input)}"
-        if request.get("blocked_path"):
-            prompt += f" (touches {request['blocked_path']})"
-        return Reaction([ev.InputRequested(task=task.id, request_id=request_id, kind="permission", prompt=prompt, tool=tool)])
+        self._pending[request_id] = {"tool": tool, "input": tool_input, "blocked_path": str(request.get("blocked_path") or "")}
+        return Reaction(asks=[Ask(request_id, tool, tool_input, "permission")])
+
+    def _hook(self, task: Task, request_id: str, request: dict[str, Any]) -> Reaction:
+        """A PreToolUse hook call: put the tool call to the policy before the CLI's own rules."""
+        hook_input = request.get("input") if isinstance(request.get("input"), dict) else {}
+        tool = str(hook_input.get("tool_name", ""))
+        if request.get("callback_id") != HOOK_ID or hook_input.get("hook_event_name") != "PreToolUse" or not tool or tool == QUESTION_TOOL:
+            return self._reply(task, request_id, {})  # nothing to rule on: carry on
+        tool_input = hook_input.get("tool_input") if isinstance(hook_input.get("tool_input"), dict) else {}
+        return Reaction(asks=[Ask(request_id, tool, tool_input, "before")])
+
+    def ruled(self, task: Task, ask: Ask, ruling: Ruling | None) -> Reaction:
+        summary = summarize(ask.tool, ask.input)
+        decided: list[Item] = []
+        if ruling is not None and ruling.effect in ("allow", "deny"):
+            decided.append(ev.PermissionDecided(task=task.id, request_id=ask.request_id, tool=ask.tool, summary=summary, effect=ruling.effect, by=ruling.by))
+        if ask.stage == "before":
+            if ruling is None:
+                return self._reply(task, ask.request_id, {})  # the CLI's own rules apply
+            output: dict[str, Any] = {"hookEventName": "PreToolUse", "permissionDecision": ruling.effect}
+            if ruling.effect != "ask":
+                output["permissionDecisionReason"] = f"orchestra's policy: {ruling.by}"
+            reply = self._reply(task, ask.request_id, {"hookSpecificOutput": output})
+            return Reaction([*decided, *reply.items], reply.write)
+        pending = self._pending.get(ask.request_id)
+        if pending is None:
+            return Reaction()
+        if ruling is not None and ruling.effect in ("allow", "deny"):
+            if ruling.effect == "allow":
+                verdict = {"behavior": "allow", "updatedInput": pending["input"]}
+            else:
+                verdict = {"behavior": "deny", "message": f"Denied by orchestra's policy: {ruling.by}."}
+            del self._pending[ask.request_id]
+            line = _line({"type": "control_response", "response": {"subtype": "success", "request_id": ask.request_id, "response": verdict}})
+            return Reaction([*decided, _stdin(task, line)], write=line)
+        prompt = f"{ask.tool}: {summary}"
+        if pending["blocked_path"]:
+            prompt += f" (touches {pending['blocked_path']})"
+        if ruling is not None:
+            prompt += f" [{ruling.by} asks]"
+        return Reaction([ev.InputRequested(task=task.id, request_id=ask.request_id, kind="permission", prompt=prompt, tool=ask.tool)])
+
+    def _reply(self, task: Task, request_id: str, response: dict[str, Any]) -> Reaction:
+        line = _line({"type": "control_response", "response": {"subtype": "success", "request_id": request_id, "response": response}})
+        return Reaction([_stdin(task, line)], write=line)
 
     def _ask(self, task: Task, request_id: str) -> ev.InputRequested:
         pending = self._pending[request_id]
@@ -351,6 +408,10 @@ def _render_stdin(m: dict[str, Any]) -> list[str]:
         return [f"» {_first_line(str(_content(m)[0].get('text', '')) if _content(m) else '', 500)}"]
     if m.get("type") == "control_response":
         verdict = (m.get("response") or {}).get("response") or {}
+        hook = verdict.get("hookSpecificOutput")
+        if isinstance(hook, dict):
+            decision, why = hook.get("permissionDecision"), hook.get("permissionDecisionReason", "")
+            return [f"  {'allowed' if decision == 'allow' else 'denied'}: {why}"] if decision in ("allow", "deny") else []
         if verdict.get("behavior") == "deny":
             return [f"  denied: {verdict.get('message', '')}"]
         answers = (verdict.get("updatedInput") or {}).get("answers")

@@ -206,7 +206,7 @@ def respond(app: App, task, text, allow, deny, message, as_json):
     command's stdin."""
     answer = " ".join(text) if text else None
     asked = _question(app, task) if answer is not None else None
-    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message), p.TaskView)
+    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message, via="cli"), p.TaskView)
     emit(view, as_json, lambda v: _sent(v.id, asked, answer, allow, deny, message))
 
 

@@ -275,7 +275,7 @@ class Tools:
 
     async def _respond(self, task_id: int, decision: str | None, answer: str | None, message: str) -> Output:
         view = await self.daemon.call(
-            p.Respond(task=task_id, text=answer, allow=decision == "allow", deny=decision == "deny", message=message),
+            p.Respond(task=task_id, text=answer, allow=decision == "allow", deny=decision == "deny", message=message, via="mcp"),
             p.TaskView,
         )
         sent = decision if decision else (answer or "")

@@ -153,6 +153,7 @@ class Respond(Request):
     allow: bool = False
     deny: bool = False
     message: str = ""
+    via: str = ""  # how the person answers ("cli", "mcp"), for the record
 
 
 class Stop(Request):
@@ -228,6 +229,14 @@ class Templates(Request):
     pass
 
 
+class CheckPolicy(Request):
+    """Which permission rule decides a tool call for a task of `role` in `cwd`, and why."""
+
+    role: str
+    call: str  # "Bash(git push origin main)", "Read(~/.ssh/id_rsa)", "WebFetch(https://...)"
+    cwd: str
+
+
 class RunWorkflow(Request):
     """Turn a goal into a team: one task per step of the template, wired by dependencies."""
 
@@ -286,6 +295,7 @@ AnyRequest = Union[
     Info,
     Cleanup,
     Shutdown,
+    CheckPolicy,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
@@ -360,6 +370,19 @@ class Question(msgspec.Struct, frozen=True, kw_only=True):
     since: float = 0.0
 
 
+class Decided(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A permission decision: what a tool call was, the answer, and who gave it."""
+
+    at: float
+    tool: str
+    summary: str  # the command, the file, the URL
+    effect: str  # allow | deny
+    by: str  # "rule 3 of role tester (allow Bash(pytest *))", "a person (cli)", "the auto-deny timeout"
+
+
+DECISIONS_KEPT = 50  # per task, in its state and its view
+
+
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     status: Status
@@ -397,6 +420,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     worktree: str = ""  # its git worktree, when it has one
     parent: int | None = None  # the task whose agent submitted it
     waits_for: str = ""  # a queued task: what it waits for ("a free slot", "task 3 to succeed")
+    decisions: list[Decided] = []  # the latest permission decisions, oldest first (up to DECISIONS_KEPT)
+    decisions_total: int = 0  # all of them, in every attempt
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -426,6 +451,7 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     budget_usd: float | None = None
     worktree: bool = False
     delegate: list[str] = []  # roles its agents may submit tasks as ("*": any); none: they may not
+    policy: list[str] = []  # permission rules, tried before config.toml's ("allow Bash(pytest *)")
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -451,6 +477,13 @@ class RolesResult(msgspec.Struct, frozen=True, kw_only=True):
     roles: list[Role]
     custom: list[str]  # names defined (or overridden) by files
     problems: list[str]  # files that could not be loaded, and why
+
+
+class PolicyVerdict(msgspec.Struct, frozen=True, kw_only=True):
+    effect: str  # allow | deny | ask | "" (no rule decides: the agent's own rules apply)
+    by: str  # the rule, as `show` names it; "" when none decides
+    reason: str  # what matched, or what happens when nothing does
+    rules: int  # how many rules were tried
 
 
 class TemplatesResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -536,6 +569,7 @@ REPLIES: dict[type, object] = {
     Show: TaskView,
     Logs: LogChunk,
     Respond: TaskView,
+    CheckPolicy: PolicyVerdict,
     Stop: TaskView,
     Resume: TaskView,
     SetPriority: TaskView,
