@@ -73,15 +73,16 @@ class Notifier:
                 self._channel(name).add(found, durable)
 
     async def close(self, grace: float = SHUTDOWN_GRACE) -> None:
-        """Stop the workers; send what each sink still holds, within `grace` seconds."""
+        """Stop the workers (a notice being sent may finish), then send what each sink
+        still holds; all within `grace` seconds."""
         self._closed = True
+        deadline = asyncio.get_running_loop().time() + grace
         channels = list(self._channels.values())
-        for channel in channels:
-            await channel.stop()
-        last = [channel.last() for channel in channels]
-        jobs = [asyncio.ensure_future(channel.send(notice)) for channel, notice in zip(channels, last) if notice is not None]
+        await asyncio.gather(*(channel.stop(grace) for channel in channels))
+        last = [(channel, channel.last()) for channel in channels]
+        jobs = [asyncio.ensure_future(channel.send(notice)) for channel, notice in last if notice is not None]
         if jobs:
-            _, late = await asyncio.wait(jobs, timeout=grace)
+            _, late = await asyncio.wait(jobs, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
             for job in late:
                 job.cancel()
             if late:
@@ -107,7 +108,7 @@ class Notifier:
             return ""  # turned off since
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
         env = {**self.env, "ORCHESTRA_NOTICE_KIND": notice.kind, "ORCHESTRA_NOTICE_MESSAGE": notice.message}
-        name = f"the command {_first_word(command)}"
+        name = f"notify_command ({_first_word(command)})"
         await run(argv, notify.payload(notice), env, config.notify_timeout, name)
         return name
 
@@ -133,7 +134,7 @@ class Notifier:
             except TimeoutError:
                 problem = f"no answer within {config.notify_timeout:g} s"
             except (OSError, httppost.BadAnswer) as exc:
-                problem = str(exc) or type(exc).__name__
+                problem = (exc.strerror if isinstance(exc, OSError) else None) or str(exc) or type(exc).__name__
             else:
                 if 200 <= status < 300:
                     return f"the webhook {_origin(url)}"
@@ -178,6 +179,7 @@ class Channel:
         self.window = notify.Window()
         self.current: Notice | None = None  # the notice being delivered
         self.failing = False
+        self.closing = False
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
@@ -187,12 +189,12 @@ class Channel:
                 dropped, _ = self.pending.popleft()
                 self.left_out[dropped.kind] += 1
             self.pending.append((notice, durable))
-        if self._worker is None:
+        if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._run(), name=f"notify-{self.name}")
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self.closing:
             if not self.pending and not self.left_out:
                 self._wake.clear()
                 await self._wake.wait()
@@ -207,16 +209,16 @@ class Channel:
                 await asyncio.sleep(wait)
                 continue
             if self.left_out:
-                notice = self._summary(now)
+                self.current = self._summary(now)
             else:
-                notice, durable = self.pending.popleft()
+                self.current, durable = self.pending.popleft()
                 try:
                     await asyncio.shield(durable)
                 except Exception:  # not durable: as far as a restart knows, it never happened
+                    self.current = None
                     continue
             self.window.sent(now)
-            self.current = notice
-            await self.send(notice)
+            await self.send(self.current)
             self.current = None
 
     def _summary(self, now: float) -> Notice:
@@ -234,27 +236,35 @@ class Channel:
         except DeliveryError as exc:
             if not self.failing:
                 self.failing = True
-                log.warning("a %s notice was not delivered: %s. Until %s notices work again, their failures are not logged",
+                log.warning("a notice (%s) was not delivered: %s. Until the %s works again, its failures are not logged",
                             notice.kind, exc, self.name)
             return
         except Exception:
             if not self.failing:
                 self.failing = True
-                log.exception("a %s notice was not delivered to the %s", notice.kind, self.name)
+                log.exception("a notice (%s) was not delivered to the %s", notice.kind, self.name)
             return
         if self.failing and what:
             self.failing = False
             log.info("%s takes notices again", what)
 
-    async def stop(self) -> None:
-        """Stop the worker; what it was sending counts as not sent."""
+    async def stop(self, grace: float) -> None:
+        """Stop the worker, letting a notice it is sending finish within `grace` seconds;
+        one that does not counts as not sent."""
         worker, self._worker = self._worker, None
         if worker is None:
             return
-        worker.cancel()
-        await asyncio.wait([worker])
+        self.closing = True
         if self.current is not None:
-            self.pending.appendleft((self.current, _done()))
+            await asyncio.wait([worker], timeout=grace)
+        if not worker.done():
+            worker.cancel()
+            await asyncio.wait([worker])
+        if self.current is not None:
+            if self.current.kind == "more":
+                self.left_out.update(self.current.counts)
+            else:
+                self.pending.appendleft((self.current, _done()))
             self.current = None
 
     def last(self) -> Notice | None:
@@ -284,7 +294,7 @@ async def run(argv: list[str], stdin: bytes, env: dict[str, str], timeout: float
     containment.OWN.add(proc.pid)  # the loop reaps it, not the sweep for adopted processes
     try:
         async with asyncio.timeout(timeout):
-            _, err = await proc.communicate(stdin)
+            err = await _talk(proc, stdin)
     except TimeoutError:
         _kill_group(proc.pid)
         await proc.wait()
@@ -300,6 +310,27 @@ async def run(argv: list[str], stdin: bytes, env: dict[str, str], timeout: float
         raise DeliveryError(f"{name} {how}" + (f": {said[-1][:200]}" if said else ""))
 
 
+async def _talk(proc: asyncio.subprocess.Process, stdin: bytes) -> bytes:
+    """Write `stdin` (a command that does not read it all is no error), then wait for the
+    end; returns the last of what it wrote to stderr (the rest is read and dropped)."""
+    assert proc.stdin is not None and proc.stderr is not None
+    try:
+        proc.stdin.write(stdin)
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError, RuntimeError):  # uvloop: RuntimeError once closed
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except (OSError, RuntimeError):
+            pass
+    tail = b""
+    while chunk := await proc.stderr.read(65536):
+        tail = (tail + chunk)[-4096:]
+    await proc.wait()
+    return tail
+
+
 def _kill_group(pid: int) -> None:
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -310,7 +341,7 @@ def _kill_group(pid: int) -> None:
 def _first_word(command: str | list[str]) -> str:
     """What a log line may name of a command: its program, never its arguments."""
     words = command.split() if isinstance(command, str) else command
-    return os.path.basename(words[0]) if words else "?"
+    return (os.path.basename(words[0]) if words else "?") + (" …" if len(words) > 1 else "")
 
 
 def _origin(url: str) -> str:
