@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 from typing import Awaitable, Callable, Sequence
@@ -131,6 +132,11 @@ class Notifier:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 status = await httppost.post(url, body, headers, config.notify_timeout)
+            except ssl.SSLCertVerificationError as exc:  # trying again will not help
+                raise DeliveryError(
+                    f"the webhook {_origin(url)} has a certificate the daemon does not trust ({exc.verify_message}); "
+                    "give it one a known authority signed, or name its CA file in SSL_CERT_FILE in the daemon's environment"
+                ) from None
             except TimeoutError:
                 problem = f"no answer within {config.notify_timeout:g} s"
             except (OSError, httppost.BadAnswer) as exc:

@@ -6,7 +6,8 @@ made) and returns a `Notice` for each that a person should hear of:
 * ``waiting``: a task asks for permission, an answer or input (`InputRequested`), and
   still does once the batch is folded (a request answered in the same batch, by a policy
   say, is not announced);
-* ``failed``: a task ended failed or timed out (`TaskFinished`);
+* ``failed``: a task ended failed or timed out (`TaskFinished`), and was not retried in
+  the same batch;
 * ``parked``: a task waits on a usage limit (the facts in `PARKED_EVENTS`);
 * ``workflow_ended``: the last unfinished step of a workflow finished, so the workflow
   is over (succeeded, failed or cancelled), once per batch. A workflow with a step cut
@@ -151,8 +152,8 @@ def _waiting(state: State, e: ev.InputRequested, now: float) -> Notice | None:
 
 def _failed(state: State, e: ev.TaskFinished, now: float) -> Notice | None:
     task = state.tasks.get(e.task)
-    if e.outcome not in FAILED or task is None:
-        return None
+    if e.outcome not in FAILED or task is None or task.status is not e.outcome:
+        return None  # not a failure; or retried in the same batch
     what = "timed out" if e.outcome is Status.TIMED_OUT else "failed"
     reason = f": {shorten(e.reason, _IN_MESSAGE)}" if e.reason else ""
     return _task_notice("failed", task, now, f"{_who(task)} {what}{reason}", f"orchestra: task {task.id} {what}")

@@ -5,7 +5,8 @@ calls), and the real Claude CLI asking permission against the scripted API."""
 from __future__ import annotations
 
 import json
-import os
+import ssl
+import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +54,7 @@ class Receiver:
     statuses in `answers`, the rest 200; requests that come while `holding` is set hang
     until `released` is (at the latest when it closes)."""
 
-    def __init__(self, answers: tuple[int, ...] = ()) -> None:
+    def __init__(self, answers: tuple[int, ...] = (), tls: tuple[Path, Path] | None = None) -> None:
         self.answers = list(answers)
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.holding = threading.Event()
@@ -79,11 +80,17 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str = "/hooks/orchestra") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}{path}"
 
     def bodies(self) -> list[dict]:
         return [json.loads(body) for _, body in self.requests]
@@ -98,8 +105,8 @@ class Receiver:
 def receiver():
     made: list[Receiver] = []
 
-    def make(answers: tuple[int, ...] = ()) -> Receiver:
-        made.append(Receiver(answers))
+    def make(answers: tuple[int, ...] = (), tls: tuple[Path, Path] | None = None) -> Receiver:
+        made.append(Receiver(answers, tls))
         return made[-1]
 
     yield make
@@ -171,6 +178,33 @@ def test_a_webhook_that_fails_twice_gets_the_notice_on_the_third_attempt_with_it
     log = d.output()
     assert "not delivered" not in log  # it worked in the end
     assert "tok-123-secret" not in log and "private-path" not in log
+
+
+def certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cert, key)."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_an_https_webhook_is_checked_against_the_trusted_certificates(home, receiver):
+    trusted, untrusted = certificate(home.home, "trusted"), certificate(home.home, "untrusted")
+    home.env["SSL_CERT_FILE"] = str(trusted[0])  # the daemon trusts this one alone
+    good, bad = receiver(tls=trusted), receiver(tls=untrusted)
+    d = home.start()
+    d.call(p.ConfigSet(key="notify_webhook", value=good.url()))
+    task = fail(d)
+    wait_for(lambda: good.requests, 20, "the notice over https")
+    assert good.bodies()[0]["task"] == task
+    d.call(p.ConfigSet(key="notify_webhook", value=bad.url()))
+    fail(d)
+    wait_for(lambda: "not delivered" in d.output(), 20, "the refused certificate to be logged")
+    assert "has a certificate the daemon does not trust (self-signed certificate)" in d.output() and "SSL_CERT_FILE" in d.output()
+    assert bad.requests == []
 
 
 def test_a_webhook_with_a_secret_in_its_url_is_refused_with_the_way_to_pass_it(home):

@@ -65,6 +65,17 @@ def test_a_timeout_notifies_as_a_failure_and_a_stop_or_shutdown_does_not():
     assert ended(core, stopped, None) == [] and ended(core, interrupted, None) == []
 
 
+def test_a_failure_retried_in_the_same_batch_is_not_announced():
+    core = Core()
+    task = core.submit()
+    core.spawn(task)
+    batch = [
+        ev.TaskFinished(task=task, outcome=Status.FAILED, reason="overloaded"),
+        ev.TaskContinued(task=task, message="", reason="retry"),
+    ]
+    assert found(core, batch) == []
+
+
 def test_a_waiting_task_notifies_with_its_question_and_how_to_answer():
     core = Core()
     task = core.submit(prompt="tidy up", title="tidy")
