@@ -6,7 +6,9 @@ events, so a replay schedules exactly as the live daemon did. Pure: no I/O here.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -14,6 +16,8 @@ from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: 
 from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+# What may notify (see orchestrad.notify); "parked" is notified once tasks can be parked.
+NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +39,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     pass_env: list[str] = []  # daemon variables (globs) agents inherit though they look like credentials
     max_output_bytes: int = 1 << 30  # output a task may write in all; past it, it is stopped
     policy: list[str] = []  # permission rules for every task, after its role's (see orchestrad.policy)
+    # Notifications (orchestrad.notify): where notices go, which kinds, and how many.
+    notify_command: str | list[str] | None = None  # an argv, or a shell line; gets the notice as JSON on stdin
+    notify_webhook: str | None = None  # an http(s) URL that gets the notice as a JSON POST; holds no secret
+    notify_webhook_token_env: str | None = None  # a daemon variable whose value is sent as a bearer token
+    notify_desktop: bool = False  # notify-send or osascript, where present
+    notify_on: list[str] = msgspec.field(default_factory=lambda: list(NOTIFY_KINDS))
+    notify_limit: int = 10  # notices per sink within notify_window; the rest become one "and N more"
+    notify_window: float = 60.0  # seconds
+    notify_timeout: float = 10.0  # seconds a command or one webhook attempt may take
 
 
 DEFAULT = Config()
@@ -65,11 +78,61 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
     "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
     "policy": ("a list of rules, like [\"allow Bash(pytest *)\", \"deny Read(~/.ssh/**)\"]", lambda v: policy.check_rules(v) is None),
+    "notify_command": (
+        'a command as a list of arguments, like ["notify-me", "--json"], or a shell line, or none',
+        lambda v: v is None or (isinstance(v, str) and v.strip() != "") or (_names(v) and len(v) > 0),
+    ),
+    "notify_webhook": ("an http:// or https:// URL, or none", lambda v: v is None or _url(v)),
+    "notify_webhook_token_env": (
+        "the name of a variable in the daemon's environment (letters, digits and _), or none",
+        lambda v: v is None or (isinstance(v, str) and v.isidentifier() and v.isascii()),
+    ),
+    "notify_desktop": ("true or false", lambda v: isinstance(v, bool)),
+    "notify_on": (
+        f"a list of what to notify, of {', '.join(NOTIFY_KINDS)}",
+        lambda v: isinstance(v, list) and all(k in NOTIFY_KINDS for k in v),
+    ),
+    "notify_limit": ("a whole number of at least 1", lambda v: isinstance(v, int) and v >= 1),
+    "notify_window": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "notify_timeout": ("seconds above 0 and at most 1 hour", lambda v: _number(v) and 0 < v <= 3600),
 }
 
 
 def _names(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)
+
+
+def _url(v: object) -> bool:
+    """An http:// or https:// URL with a host (and a port that is a number, if any)."""
+    if not isinstance(v, str):
+        return False
+    try:
+        url = urlsplit(v)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname)
+
+
+def _url_secret(v: str) -> str | None:
+    """What in a URL looks like a credential, if anything."""
+    url = urlsplit(v)
+    if url.username is not None or url.password is not None:
+        return "it holds a user or password"
+    if any(_secret_param(name) for name, _ in parse_qsl(url.query, keep_blank_values=True)):
+        return "its query holds what looks like a secret"
+    return None
+
+
+# Query parameters that carry a credential: a URL is recorded in the log and shown by
+# `config get`, to agents too, so a secret goes in notify_webhook_token_env instead.
+_SECRET_WORDS = ("token", "key", "secret", "auth", "password", "passwd", "pwd", "sig", "signature", "code", "credential")
+
+
+def _secret_param(name: str) -> bool:
+    """`token`, `api_key`, `X-Auth`, `accessToken`: a query parameter named for a credential."""
+    parts = re.split(r"[^a-z0-9]+", name.lower())
+    return any(part in _SECRET_WORDS or part.endswith(("token", "key", "secret", "password")) for part in parts)
 
 
 def _number(v: object) -> bool:
@@ -86,12 +149,18 @@ def check(key: str, value: ConfigValue) -> str | None:
     if key not in _CHECKS:
         return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
     what, ok = _CHECKS[key]
-    if isinstance(value, bool) and key != "auto_resume":
+    if isinstance(value, bool) and not isinstance(getattr(DEFAULT, key), bool):
         return f"{key} must be {what}, not {value!r}"
     if key == "policy" and policy.check_rules(value) is not None:
         return f"policy: {policy.check_rules(value)}"
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"
+    if key == "notify_webhook" and isinstance(value, str) and (secret := _url_secret(value)):
+        return (
+            f"notify_webhook must hold no secret, but {secret}: the URL is recorded in the log and shown by "
+            "`config get`, to agents too. Put the token in a variable of the daemon's environment and name it "
+            "in notify_webhook_token_env: it is sent as `Authorization: Bearer <value>`"
+        )
     return None
 
 

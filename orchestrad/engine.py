@@ -31,6 +31,7 @@ from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
 from orchestrad.state import Task
+from orchestrad.notifier import Notifier
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 from orchestrad.worktrees import WorktreeError
@@ -90,6 +91,7 @@ class Engine:
         self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
+        self.notifier = Notifier(self.base_env, clock)  # told of every batch appended
 
     @property
     def state(self):
@@ -151,6 +153,7 @@ class Engine:
         durable: asyncio.Future | None = None
         schedulable = False
         batch = list(items)
+        appended: list[ev.Event] = []
         while batch:
             try:
                 written = self.store.append(self.clock(), batch)
@@ -162,6 +165,7 @@ class Engine:
             changed: set[int] = set()
             for item in batch:
                 event = item[0] if isinstance(item, tuple) else item
+                appended.append(event)
                 task = getattr(event, "task", None)
                 if task is not None:
                     changed.add(task)
@@ -172,6 +176,7 @@ class Engine:
                     watcher.mark(changed)
             batch = follow_ups
         assert durable is not None, "nothing to append"
+        self.notifier.saw(self.state, appended, written)  # once all of it is folded and durable
         return durable, schedulable
 
     async def record(self, items: Sequence[Item]) -> None:
@@ -436,5 +441,6 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
+        await self.notifier.close()
 
 

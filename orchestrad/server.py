@@ -372,7 +372,7 @@ class Server:
             id=workflow.id,
             template=workflow.template,
             goal=workflow.goal,
-            status=workflow_status(tasks),
+            status=workflows_mod.status(tasks),
             cost_usd=sum(t.cost_usd for t in tasks),
             created_at=workflow.created_at,
             cwd=workflow.cwd,
@@ -601,22 +601,6 @@ async def _check_directory(cwd: str, worktree: bool, why: str) -> None:
     if worktree and await worktrees.repo_root(cwd) is None:
         fix = "drop --worktree" if why == "--worktree" else "pass --no-worktree"
         raise p.bad_request(f"{cwd} is not in a git repository, so it cannot have a worktree ({why}); {fix}, or run it in a repository")
-
-
-def workflow_status(tasks: list[p.TaskView]) -> str:
-    """One word for a workflow: what its steps add up to."""
-    statuses = {t.status for t in tasks}
-    if Status.WAITING in statuses:
-        return "waiting"
-    if Status.RUNNING in statuses:
-        return "running"
-    if Status.QUEUED in statuses:
-        return "queued" if statuses == {Status.QUEUED} else "running"
-    if statuses & {Status.FAILED, Status.TIMED_OUT, Status.INTERRUPTED}:
-        return "failed"
-    if any(t.status is Status.CANCELLED and not t.reason.startswith("skipped") for t in tasks):
-        return "cancelled"
-    return "succeeded"
 
 
 def _frames(store, ref, skip: int, render) -> Iterator[p.LogChunk]:

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import Iterable, Protocol
 
+from orchestra.shared.protocol import Status
 from orchestra.shared.protocol import WorkflowStep as Step
 from orchestra.shared.protocol import WorkflowTemplate as Template
 from orchestrad import roles as roles_mod
@@ -287,3 +289,26 @@ def render(text: str, goal: str, results: dict[str, tuple[str, str]]) -> str:
 
 def role_names(custom_roles: dict[str, roles_mod.Role] | None) -> set[str]:
     return set(roles_mod.names(custom_roles))
+
+
+class _Step(Protocol):  # a task as the state holds it, or its view
+    status: Status
+    reason: str
+
+
+def status(tasks: Iterable[_Step]) -> str:
+    """One word for a workflow: what its steps' tasks add up to. It has ended when it is
+    none of waiting, running and queued."""
+    tasks = list(tasks)
+    statuses = {t.status for t in tasks}
+    if Status.WAITING in statuses:
+        return "waiting"
+    if Status.RUNNING in statuses:
+        return "running"
+    if Status.QUEUED in statuses:
+        return "queued" if statuses == {Status.QUEUED} else "running"
+    if statuses & {Status.FAILED, Status.TIMED_OUT, Status.INTERRUPTED}:
+        return "failed"
+    if any(t.status is Status.CANCELLED and not t.reason.startswith("skipped") for t in tasks):
+        return "cancelled"
+    return "succeeded"
