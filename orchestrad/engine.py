@@ -30,8 +30,8 @@ from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
-from orchestrad.state import Task
 from orchestrad.notifier import Notifier
+from orchestrad.state import Task
 from orchestrad.store import Item, Store
 from orchestrad.supervisor import SpawnError, Supervisor, WriteError
 from orchestrad.worktrees import WorktreeError
