@@ -13,6 +13,7 @@ import msgspec
 from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+SANDBOX_MODES = ("off", "on")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -33,6 +34,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     auto_deny_after: float | None = None  # seconds a question may wait before it is denied
     pass_env: list[str] = []  # daemon variables (globs) agents inherit though they look like credentials
     max_output_bytes: int = 1 << 30  # output a task may write in all; past it, it is stopped
+    sandbox: str = "off"  # "on": every agent runs in a sandbox (orchestrad.sandbox) unless its role says "off"
+    network: bool = True  # false: sandboxed agents have no network (unless their role says true)
 
 
 DEFAULT = Config()
@@ -62,7 +65,11 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "auto_deny_after": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
     "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
     "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
+    "sandbox": (f"one of {', '.join(SANDBOX_MODES)}", lambda v: v in SANDBOX_MODES),
+    "network": ("true or false", lambda v: isinstance(v, bool)),
 }
+
+_FLAGS = frozenset({"auto_resume", "network"})  # the settings that take true or false
 
 
 def _names(v: object) -> bool:
@@ -83,7 +90,7 @@ def check(key: str, value: ConfigValue) -> str | None:
     if key not in _CHECKS:
         return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
     what, ok = _CHECKS[key]
-    if isinstance(value, bool) and key != "auto_resume":
+    if isinstance(value, bool) and key not in _FLAGS:
         return f"{key} must be {what}, not {value!r}"
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from orchestra.shared.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
 from orchestrad import tomlfile
-from orchestrad.config import PERMISSION_MODES
+from orchestrad.config import PERMISSION_MODES, SANDBOX_MODES
 
 READ_ONLY_DENIED = ["Write", "Edit", "NotebookEdit"]  # only tools the CLI knows: it names unknown ones in every transcript
 
@@ -137,6 +137,8 @@ def parse(name: str, text: str) -> Role:
     role = tomlfile.load(text, Role, name)
     if role.permission_mode not in PERMISSION_MODES:
         raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {role.permission_mode!r}")
+    if role.sandbox is not None and role.sandbox not in SANDBOX_MODES:
+        raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)} (or left out: as the config says), not {role.sandbox!r}")
     if not role.prompt.strip():
         raise ValueError("prompt is empty: say what this role does and how")
     for field, most in (("timeout", MAX_SECONDS), ("idle_timeout", MAX_SECONDS), ("budget_usd", MAX_BUDGET_USD)):

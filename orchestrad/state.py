@@ -117,6 +117,7 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     pending_message: str = ""  # what the next attempt starts with (follow-up or resume)
     continued: str = ""  # why the next attempt happens: "follow-up" | "resume" | "retry"
     workdir: str = ""  # its git worktree, once made; else it works in spec.cwd
+    sandbox: str = ""  # the sandbox its latest process runs in ("" for none)
 
     @property
     def cwd(self) -> str:
@@ -239,6 +240,7 @@ def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
         _start(s, t, e.attempt, ts)
     t.pid = e.pid
     t.pending_message = ""
+    t.sandbox = e.sandbox
 
 
 def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
@@ -584,6 +586,7 @@ def view(task: Task, now: float, *, preview: int | None = None, waits_for: str =
         worktree=task.workdir,
         parent=spec.parent,
         waits_for=waits_for,
+        sandbox=task.sandbox,
     )
 
 

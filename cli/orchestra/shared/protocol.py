@@ -397,6 +397,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     worktree: str = ""  # its git worktree, when it has one
     parent: int | None = None  # the task whose agent submitted it
     waits_for: str = ""  # a queued task: what it waits for ("a free slot", "task 3 to succeed")
+    sandbox: str = ""  # the sandbox its latest process ran in ("" for none)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -426,6 +427,8 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     budget_usd: float | None = None
     worktree: bool = False
     delegate: list[str] = []  # roles its agents may submit tasks as ("*": any); none: they may not
+    sandbox: str | None = None  # "on" | "off": whether its agents run in a sandbox; None: as the config says
+    network: bool | None = None  # whether its sandboxed agents have the network; None: as the config says
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
