@@ -221,7 +221,7 @@ def git_dirs(workdir: str) -> tuple[list[str], list[str]]:
             worktrees = sorted(others.iterdir()) if others.is_dir() else []
             for tree in dict.fromkeys([own, *worktrees]):
                 read_only += [str(tree / name) for name in ("commondir", "gitdir", "config.worktree") if (tree / name).exists()]
-            return writable, [p for p in read_only if os.path.lexists(p)]
+            return writable, read_only
     return [], []
 
 
@@ -240,7 +240,7 @@ class Sandboxes:
         SandboxError, saying how to fix it, when the role asks for a sandbox (or for no
         network) that cannot be had: never a silent start without one."""
         choice = chosen(role, config)
-        whose = f"role {role_name}" if role is not None and (role.sandbox is not None or role.network is not None) else "the config"
+        whose = f"role {role_name}" if role is not None and role.network is not None else "the config"  # network's
         if not choice.on:
             if not choice.network:
                 raise SandboxError(
@@ -272,7 +272,7 @@ class Sandboxes:
             writable.append(str(_real(Path(path))))
         for path, content in state.seed:
             _seed(Path(path), content)
-        read_only += [str(_real(Path(p))) for p in state.read_only if os.path.lexists(p)]
+        read_only += [str(_real(Path(p))) for p in state.read_only]
         git_writable, git_read_only = git_dirs(workdir)
         hidden = [Path(p) for p in self.hidden]
         runtime = env.get("XDG_RUNTIME_DIR")
@@ -283,7 +283,7 @@ class Sandboxes:
         return Layout(
             workdir=workdir,
             writable=tuple(writable + git_writable),
-            read_only=tuple(read_only + git_read_only),
+            read_only=tuple(p for p in read_only + git_read_only if os.path.lexists(p)),  # bwrap refuses a missing source
             hidden=tuple(hidden_real),
             exposed=tuple(exposed),
             network=network,

@@ -613,3 +613,23 @@ def test_a_role_that_delegates_gets_the_daemon_s_socket_alone_and_is_still_known
     assert [line for line in lines if line.startswith("rc=")] == ["rc=0", "rc=7"], said
     [child] = [t for t in d.tasks() if t.id != lead]
     assert child.parent == lead and child.role == "tester"  # its requests are still known as its agent's
+
+
+def test_a_worktree_under_the_hidden_state_dir_is_writable_and_commits_while_the_rest_stays_hidden(boxed, place):
+    d = boxed
+    repo = place / "work" / "repo"
+    git("commit", "-q", "--allow-empty", "-m", "start", cwd=repo)
+    script = (
+        f"ls -A {d.paths.state}; ls -A {d.paths.state / 'worktrees'} | wc -l; "
+        "echo hi > a.txt && git add a.txt && git -c user.name=a -c user.email=a@a commit -q -m in-the-worktree && echo committed"
+    )
+    task = d.call(p.Submit(argv=["sh", "-c", script], cwd=str(repo), worktree=True), p.TaskView).id
+    view = d.wait_status(task, *FINISHED, timeout=30)
+    said = d.output_of(task).decode().splitlines()
+    assert view.status is Status.SUCCEEDED, said
+    assert view.worktree.startswith(str(d.paths.state / "worktrees")) and view.sandbox.startswith(f"bubblewrap: writes {view.worktree}")
+    # Of the state directory, the agent sees only the way down to its own worktree.
+    assert said == ["worktrees", "1", "committed"], said
+    assert sorted(os.listdir(d.paths.state)) != ["worktrees"]  # on the host there is more: the log, the env store
+    branch = git("for-each-ref", "--format=%(refname:short)", "refs/heads/orchestra/", cwd=repo).split()
+    assert [git("log", "-1", "--format=%s", b, cwd=repo).strip() for b in branch] == ["in-the-worktree"]
