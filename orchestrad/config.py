@@ -18,6 +18,7 @@ from orchestrad import policy
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 # What may notify (see orchestrad.notify); "parked" is notified once tasks can be parked.
 NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended")
+SANDBOX_MODES = ("off", "on")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +49,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     notify_limit: int = 10  # notices per sink within notify_window; the rest become one "and N more"
     notify_window: float = 60.0  # seconds
     notify_timeout: float = 10.0  # seconds a command or one webhook attempt may take
+    sandbox: str = "off"  # "on": every agent runs in a sandbox (orchestrad.sandbox) unless its role says "off"
+    network: bool = True  # false: sandboxed agents have no network (unless their role says true)
 
 
 DEFAULT = Config()
@@ -95,6 +98,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "notify_limit": ("a whole number of at least 1", lambda v: isinstance(v, int) and v >= 1),
     "notify_window": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "notify_timeout": ("seconds above 0 and at most 1 hour", lambda v: _number(v) and 0 < v <= 3600),
+    "sandbox": (f"one of {', '.join(SANDBOX_MODES)}", lambda v: v in SANDBOX_MODES),
+    "network": ("true or false", lambda v: isinstance(v, bool)),
 }
 
 

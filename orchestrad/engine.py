@@ -22,8 +22,7 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import configwatch, containment, launch, orphans, policy, scheduler
-from orchestrad import roles as roles_mod
+from orchestrad import configwatch, containment, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -87,6 +86,8 @@ class Engine:
         self._unrecorded: list[Item] = []  # observations the log could not take yet (disk full)
         self._retry: asyncio.TimerHandle | None = None
         self.workdirs = launch.Workdirs(paths.state / "worktrees" if paths is not None else None)
+        own = [paths.state, paths.config, paths.runtime] if paths is not None else [store.log.directory.parent]
+        self.sandboxes = sandbox.Sandboxes(hidden=own, socket=paths.socket if paths is not None else None)
         self._agents: dict[int, Agent] = {}
         self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
@@ -228,8 +229,8 @@ class Engine:
         return policy.decide(self.policy_for(task.role), self.call(tool, tool_input, task.cwd))
 
     def policy_for(self, role: str) -> policy.Policy:
-        spec = roles_mod.get(role, self.state.roles)
-        builtin = role in roles_mod.BUILTIN and role not in self.state.roles
+        spec = roles.get(role, self.state.roles)
+        builtin = role in roles.BUILTIN and role not in self.state.roles
         return policy.sources(role, spec.policy if spec is not None else [], self.state.config.policy, builtin)
 
     def call(self, tool: str, tool_input: dict, cwd: str) -> policy.Call:
@@ -301,6 +302,10 @@ class Engine:
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             mark = orphans.mark(self.home_mark, task_id, task.attempts)
             env = launch.environment(self.base_env, agent, self.state.config, own_env, mark)
+            role = roles.get(task.role, self.state.roles)
+            argv, box = await self.sandboxes.wrap(
+                argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config
+            )
             cgroup = containment.cgroup_name(task_id, task.attempts)
             pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
         except (SpawnError, WorktreeError) as exc:
@@ -312,7 +317,8 @@ class Engine:
             return
         self._agents[task_id] = agent
         spawned = ev.ProcessSpawned(
-            task=task_id, attempt=task.attempts, pid=pid, argv=launch.shown(argv), cgroup=self.supervisor.cgroup_of(task_id)
+            task=task_id, attempt=task.attempts, pid=pid, argv=launch.shown(argv), cgroup=self.supervisor.cgroup_of(task_id),
+            sandbox=box,
         )
         self._observe([spawned, *self._react(task_id, greeting)])
 

@@ -120,6 +120,7 @@ class ProcessSpawned(Event):
     pid: int
     argv: list[str]
     cgroup: str = ""  # the cgroup it was born in (see orchestrad.containment), if any
+    sandbox: str = ""  # the sandbox it runs in (see orchestrad.sandbox), if any
 
 
 class SessionStarted(Event):

@@ -119,6 +119,7 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     workdir: str = ""  # its git worktree, once made; else it works in spec.cwd
     decisions: list[Decided] = []  # the latest permission decisions (up to DECISIONS_KEPT)
     decisions_total: int = 0
+    sandbox: str = ""  # the sandbox its latest process runs in ("" for none)
 
     @property
     def cwd(self) -> str:
@@ -241,6 +242,7 @@ def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
         _start(s, t, e.attempt, ts)
     t.pid = e.pid
     t.pending_message = ""
+    t.sandbox = e.sandbox
 
 
 def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
@@ -279,10 +281,10 @@ def _input_given(s: State, e: ev.InputGiven, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.last_activity = ts
     if t.waiting is not None and t.waiting.request_id == e.request_id:
-        if t.waiting.kind == "permission":
+        if t.waiting.kind == "permission" and e.by:  # older logs did not say who: no decision to list
             effect = "deny" if e.answer == "deny" or e.answer.startswith("deny: ") else "allow"
             summary = t.waiting.prompt.removeprefix(f"{t.waiting.tool}: ")
-            _decided(t, Decided(at=ts, tool=t.waiting.tool, summary=summary, effect=effect, by=e.by or "a person"))
+            _decided(t, Decided(at=ts, tool=t.waiting.tool, summary=summary, effect=effect, by=e.by))
         t.waiting = None
         t.status = Status.RUNNING
 
@@ -604,6 +606,7 @@ def view(task: Task, now: float, *, preview: int | None = None, waits_for: str =
         waits_for=waits_for,
         decisions=task.decisions if preview is None else [],
         decisions_total=task.decisions_total,
+        sandbox=task.sandbox,
     )
 
 

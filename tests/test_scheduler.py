@@ -158,7 +158,7 @@ def test_auto_deny_answers_a_question_left_waiting():
     assert core.plan().wake_at == core.now + 60
     core.now += 60
     [deny] = core.plan().events
-    assert deny == ev.InputGiven(task=task, request_id="r", answer="deny: no answer came within 60 s")
+    assert deny == ev.InputGiven(task=task, request_id="r", answer="deny: no answer came within 60 s", by="the auto-deny timeout")
     core.apply([deny])
     assert core.status(task) is Status.RUNNING
 

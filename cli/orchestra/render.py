@@ -156,6 +156,8 @@ def details(task: TaskView, *, full: bool = False) -> str:
     ]
     if task.pid is not None:
         lines.append(f"  pid        {task.pid}")
+    if task.sandbox:
+        lines.append(f"  sandbox    {task.sandbox}")
     if task.exit_code is not None or task.signal is not None:
         lines.append(f"  exit       {task.exit_code if task.signal is None else 'signal ' + str(task.signal)}")
     limits = [
@@ -284,6 +286,9 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
     lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
+    if role.sandbox is not None or role.network is not None:
+        network = "" if role.network is None else f", network {'on' if role.network else 'off'}"
+        lines.append(f"  sandbox           {role.sandbox or '(as configured)'}{network}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,9 @@ returns; the adapter itself does no I/O:
 * `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
   `shown_as_stored(stream)` says when that is the output as stored;
 * `inherit_env` — the credential-like variables of the daemon's environment this kind of
-  agent needs (see `orchestrad.agentenv`).
+  agent needs (see `orchestrad.agentenv`);
+* `sandbox_state(env)` — where this kind keeps its own state, which it must be able to
+  write inside a sandbox, and what in there stays read-only (see `orchestrad.sandbox`).
 
 One adapter instance serves one process, so it may keep what it needs between chunks
 (a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
@@ -67,6 +69,15 @@ class Traits(NamedTuple):
     runs_argv: bool = False  # it is given a program to run, not a prompt; input is a line on stdin
     converses: bool = False  # it keeps a conversation: a follow-up or a resume continues its session
     reports_result: bool = False  # it says its own result; else its result is the end of its stdout
+    needs_network: bool = False  # it cannot work without the network (its model's API)
+
+
+class SandboxState(NamedTuple):
+    """What an agent kind must be able to write inside a sandbox (see `orchestrad.sandbox`)."""
+
+    writable: tuple[str, ...] = ()  # directories it keeps its state in (made where missing)
+    read_only: tuple[str, ...] = ()  # within them, what would change later runs outside the sandbox
+    seed: tuple[tuple[str, str | None], ...] = ()  # of those, what to make where missing (None: a directory), so that it can be kept read-only
 
 
 class Agent:
@@ -79,6 +90,10 @@ class Agent:
 
     def greeting(self, task: Task) -> Reaction:
         return Reaction()
+
+    def sandbox_state(self, env: dict[str, str]) -> SandboxState:
+        """Its own state, for a process with environment `env`."""
+        return SandboxState()
 
     def output(self, task: Task, stream: str, chunk: bytes) -> Reaction:
         return Reaction([(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)])

@@ -29,6 +29,7 @@ transcript with the questions and their answers.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import msgspec
@@ -38,7 +39,7 @@ from orchestra.shared.protocol import Role
 from orchestra.shared.vocab import usd
 from orchestrad import events as ev
 from orchestrad import roles
-from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, Traits
+from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
 from orchestrad.config import Config
 from orchestrad.state import Task
 
@@ -53,6 +54,24 @@ HOOK_ID = "orchestra-policy"
 # stdin, so the daemon's policy sees calls the CLI would make without asking (a read-only
 # command, a read), not only those it would ask about.
 HOOKS = {"PreToolUse": [{"matcher": None, "hookCallbackIds": [HOOK_ID]}]}
+
+# In Claude Code's config directory, what would make a later, unsandboxed run of it do what
+# a sandboxed agent wrote there: settings (hooks, permissions), MCP servers (.claude.json),
+# memory, commands, agents, skills, hooks, plugins, output styles. Kept read-only in a
+# sandbox; those with a value are made first where missing (None: an empty directory), so
+# that an agent cannot make them instead.
+PROTECTED: dict[str, str | None] = {
+    "settings.json": "{}\n",
+    "settings.local.json": "",
+    ".claude.json": "",
+    "CLAUDE.md": "",
+    "commands": None,
+    "agents": None,
+    "skills": None,
+    "hooks": None,
+    "plugins": None,
+    "output-styles": None,
+}
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -79,7 +98,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
 
 class ClaudeAgent(Agent):
     name = "claude"
-    traits = Traits(converses=True, reports_result=True)
+    traits = Traits(converses=True, reports_result=True, needs_network=True)
     inherit_env = ("ANTHROPIC_*", "CLAUDE_*")  # its API key, base URL, OAuth token
 
     def __init__(self) -> None:
@@ -118,6 +137,22 @@ class ClaudeAgent(Agent):
         if task.session_id and task.continued in ("follow-up", "resume"):
             argv += ["--resume", task.session_id]
         return argv
+
+    def sandbox_state(self, env: dict[str, str]) -> SandboxState:
+        """Its config directory ($CLAUDE_CONFIG_DIR, else ~/.claude), writable but for what
+        `PROTECTED` names. What 2.1.197 writes (traced with strace): sessions, projects,
+        shell snapshots, session-env and backups, all in there; and its global config,
+        ~/.claude.json (in the config directory when $CLAUDE_CONFIG_DIR is set), through a
+        lock directory and a temporary file beside it, then a rename. That file stays
+        read-only: the CLI reads it and, unable to save it, carries on without (tested)."""
+        config = env.get("CLAUDE_CONFIG_DIR") or (os.path.join(env["HOME"], ".claude") if env.get("HOME") else "")
+        if not config:
+            return SandboxState()
+        return SandboxState(
+            writable=(config,),
+            read_only=tuple(os.path.join(config, name) for name in PROTECTED),
+            seed=tuple((os.path.join(config, name), content) for name, content in PROTECTED.items() if content != ""),
+        )
 
     def greeting(self, task: Task) -> Reaction:
         text = task.pending_message or task.spec.prompt

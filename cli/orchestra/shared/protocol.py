@@ -422,6 +422,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     waits_for: str = ""  # a queued task: what it waits for ("a free slot", "task 3 to succeed")
     decisions: list[Decided] = []  # the latest permission decisions, oldest first (up to DECISIONS_KEPT)
     decisions_total: int = 0  # all of them, in every attempt
+    sandbox: str = ""  # the sandbox its latest process ran in ("" for none)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -452,6 +453,8 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     worktree: bool = False
     delegate: list[str] = []  # roles its agents may submit tasks as ("*": any); none: they may not
     policy: list[str] = []  # permission rules, tried before config.toml's ("allow Bash(pytest *)")
+    sandbox: str | None = None  # "on" | "off": whether its agents run in a sandbox; None: as the config says
+    network: bool | None = None  # whether its sandboxed agents have the network; None: as the config says
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
