@@ -33,6 +33,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     auto_deny_after: float | None = None  # seconds a question may wait before it is denied
     pass_env: list[str] = []  # daemon variables (globs) agents inherit though they look like credentials
     max_output_bytes: int = 1 << 30  # output a task may write in all; past it, it is stopped
+    resume_after_limit: bool = True  # a task stopped by its account's usage limit resumes at the reset
+    retries: int = 4  # retries of an attempt that failed on a transient API error (overloaded, 5xx, connection)
+    retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
+    retry_cap: float = 300.0  # ... but never longer than this
 
 
 DEFAULT = Config()
@@ -62,7 +66,13 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "auto_deny_after": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
     "pass_env": ("a list of variable names or globs, like [\"GH_TOKEN\", \"AWS_*\"]", lambda v: _names(v)),
     "max_output_bytes": ("a whole number of bytes of at least 1024", lambda v: isinstance(v, int) and v >= 1024),
+    "resume_after_limit": ("true or false", lambda v: isinstance(v, bool)),
+    "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
+    "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
 }
+
+_BOOLEAN = frozenset({"auto_resume", "resume_after_limit"})
 
 
 def _names(v: object) -> bool:
@@ -83,7 +93,7 @@ def check(key: str, value: ConfigValue) -> str | None:
     if key not in _CHECKS:
         return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
     what, ok = _CHECKS[key]
-    if isinstance(value, bool) and key != "auto_resume":
+    if isinstance(value, bool) and key not in _BOOLEAN:
         return f"{key} must be {what}, not {value!r}"
     if not ok(value):
         return f"{key} must be {what}, not {value!r}"

@@ -13,7 +13,8 @@ returns; the adapter itself does no I/O:
 * `render(stream, data)` — a readable transcript of stored output, for `orchestra logs`;
   `shown_as_stored(stream)` says when that is the output as stored;
 * `inherit_env` — the credential-like variables of the daemon's environment this kind of
-  agent needs (see `orchestrad.agentenv`).
+  agent needs (see `orchestrad.agentenv`); `default_env` — variables it gets unless its
+  environment sets them (Claude Code: no retries of its own, see `orchestrad.retries`).
 
 One adapter instance serves one process, so it may keep what it needs between chunks
 (a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
@@ -46,12 +47,14 @@ class Traits(NamedTuple):
     runs_argv: bool = False  # it is given a program to run, not a prompt; input is a line on stdin
     converses: bool = False  # it keeps a conversation: a follow-up or a resume continues its session
     reports_result: bool = False  # it says its own result; else its result is the end of its stdout
+    credentials: tuple[str, ...] = ()  # the variables that choose its account (whose usage limits it meets)
 
 
 class Agent:
     name = ""
     traits = Traits()
     inherit_env: tuple[str, ...] = ()  # credential-like daemon variables (globs) this kind needs
+    default_env: dict[str, str] = {}  # variables it gets unless the daemon's or the task's environment sets them
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         raise NotImplementedError
@@ -97,6 +100,11 @@ def agent_for(name: str) -> Agent:
     if factory is None:
         raise LookupError(f"no adapter for agent {name!r}")
     return factory()
+
+
+def kinds() -> list[str]:
+    """The names of the agent kinds there are."""
+    return list(_factories())
 
 
 def traits(name: str) -> Traits:

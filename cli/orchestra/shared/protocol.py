@@ -360,6 +360,18 @@ class Question(msgspec.Struct, frozen=True, kw_only=True):
     since: float = 0.0
 
 
+class Setback(msgspec.Struct, frozen=True, kw_only=True):
+    """An attempt that ended on the API's availability rather than on the work: it was
+    retried (`kind` "retry") or parked until its account's usage limit reset ("parked")."""
+
+    attempt: int  # the task's attempt that ended so (its `attempts` count then)
+    kind: Literal["retry", "parked"]
+    error: str  # "overloaded", "server error", "usage limit", ...
+    detail: str = ""  # the agent's own words, shortened
+    at: float = 0.0  # when it ended
+    until: float = 0.0  # when the next attempt was to start
+
+
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     status: Status
@@ -397,6 +409,10 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     worktree: str = ""  # its git worktree, when it has one
     parent: int | None = None  # the task whose agent submitted it
     waits_for: str = ""  # a queued task: what it waits for ("a free slot", "task 3 to succeed")
+    hold: str = ""  # a queued task held until a time: "parked" (usage limit), "retry", "account" (its account's limit)
+    hold_until: float | None = None  # when that hold ends (epoch seconds)
+    hold_reason: str = ""  # "usage limit", "attempt 2 of 5: overloaded"
+    setbacks: list[Setback] = []  # attempts retried or parked (in `show`; lists leave them out)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
