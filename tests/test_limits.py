@@ -9,6 +9,8 @@ CLI not to retry, and these tests would see one attempt where they expect two if
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -116,23 +118,32 @@ def test_a_usage_limit_parks_the_task_holds_its_account_and_resumes_the_session_
     monkeypatch.setenv("COLUMNS", "200")
     api.add(
         reply.tool_use("Bash", {"command": "echo step1", "description": "first step"}),
-        reply.usage_limit(resets_in=3),
+        reply.usage_limit(resets_in=5),
         reply.text("Done.", repeat=2),  # the resumed task and the other one, in either order
     )
     task = submit(d, "refactor the cache")
-    parked = wait_for(lambda: (v := d.task(task)).hold == "parked" and v, 60, "the task to be parked")
-    assert parked.status is Status.QUEUED and parked.attempts == 1 and parked.pid is None
-    reset = parked.hold_until
-    assert reset > time.time() - 1 and parked.hold_reason == "usage limit"
-    at = time.strftime("%H:%M", time.localtime(reset))
-    other = submit(d, "write the docs")
-    held = d.task(other)
-    assert (held.status, held.hold, held.hold_until) == (Status.QUEUED, "account", reset)
-    ps = d.cli("ps").output
-    assert f"refactor the cache · parked until {at} (usage limit)" in ps
-    assert f"write the docs · held by its account's usage limit until {at}" in ps
-    assert f"  held       parked until {at} (usage limit)" in d.cli("show", str(task)).output
+    err = d.home / "wait.err"
+    with open(err, "w") as stderr:
+        waiting = subprocess.Popen([sys.executable, "-m", "orchestra", "wait", str(task)], env=d.env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        parked = wait_for(lambda: (v := d.task(task)).hold == "parked" and v, 60, "the task to be parked")
+        assert parked.status is Status.QUEUED and parked.attempts == 1 and parked.pid is None
+        reset = parked.hold_until
+        assert reset > time.time() - 1 and parked.hold_reason == "usage limit"
+        at = time.strftime("%H:%M", time.localtime(reset))
+        other = submit(d, "write the docs")
+        held = d.task(other)
+        assert (held.status, held.hold, held.hold_until) == (Status.QUEUED, "account", reset)
+        ps = d.cli("ps").output
+        assert f"refactor the cache · parked until {at} (usage limit)" in ps
+        assert f"write the docs · held by its account's usage limit until {at}" in ps
+        assert f"  held       parked until {at} (usage limit)" in d.cli("show", str(task)).output
 
+        out, _ = waiting.communicate(timeout=60)  # `wait` waits through the parking
+        assert waiting.returncode == 0 and out == f"task {task} succeeded\n"
+        assert err.read_text() == f"orchestra: task {task} is parked until {at} (usage limit); it resumes by itself then\n"
+    finally:
+        waiting.kill()
     done = d.wait_status(task, *FINISHED, timeout=60)
     assert done.status is Status.SUCCEEDED and done.result == "Done." and done.attempts == 2
     assert done.session_id == parked.session_id
