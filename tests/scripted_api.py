@@ -29,6 +29,12 @@ are listed in ``api.unscripted`` (2.1.332 retries a 400 up to 5 times with fewer
 several may pile up); ``api.assert_script_done()`` checks that every turn was used and nothing
 unscripted was asked. ``Reply.repeat`` lets one reply answer several consecutive requests
 (``repeat=None``: all the rest), e.g. an error the CLI retries.
+
+Usage limits: ``reply.usage_limit(resets_in)`` answers 429 with the unified rate-limit
+headers of a subscription (``unified_headers``), its reset computed when it is answered;
+Claude Code reports it (a ``rate_limit_event`` with status "rejected") only when logged in
+with OAuth, which ``api.oauth_env()`` gives it. ``Reply.headers_at`` makes any reply's
+headers at answer time.
 """
 
 from __future__ import annotations

@@ -15,6 +15,13 @@ asks the person a question (tool `AskUserQuestion`). Those become `InputRequeste
 person's answer goes back as a `control_response`. After the result, stdin is closed and
 the CLI exits.
 
+An error result says whether the API's availability ended the attempt (`AgentResult.api_error`):
+a usage limit, from a `rate_limit_event` whose status is "rejected" with `resetsAt` (only
+under an OAuth login), or a transient failure, from the result's `api_error_status` and
+the synthetic assistant message's `error`; `orchestrad.retries` parks or retries the task.
+The CLI is started with `CLAUDE_CODE_MAX_RETRIES=0` (unless the environment sets it), so
+that retrying is the daemon's to do and to show.
+
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
 transcript with the questions and their answers.
