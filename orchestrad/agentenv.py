@@ -14,6 +14,7 @@ it, and `pass_env` is the way to hand on more.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 
 CREDENTIAL = re.compile(
@@ -36,3 +37,13 @@ def inherited(base: dict[str, str], allow: tuple[str, ...] | list[str]) -> dict[
         for name, value in base.items()
         if not looks_secret(name) or any(fnmatch.fnmatchcase(name, pattern) for pattern in allow)
     }
+
+
+def account(kind: str, env: dict[str, str], names: tuple[str, ...]) -> str:
+    """The name of the account an agent of `kind` uses with `env`: the kind and a short hash
+    of the values of `names` (its key, token, base URL), so that the log can say which
+    account met a usage limit without holding any of them."""
+    if not names:
+        return kind
+    material = "\0".join(f"{name}={env.get(name, '')}" for name in sorted(names))
+    return f"{kind}:{hashlib.sha256(material.encode()).hexdigest()[:12]}"

@@ -51,6 +51,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     notify_timeout: float = 10.0  # seconds a command or one webhook attempt may take
     sandbox: str = "off"  # "on": every agent runs in a sandbox (orchestrad.sandbox) unless its role says "off"
     network: bool = True  # false: sandboxed agents have no network (unless their role says true)
+    resume_after_limit: bool = True  # a task stopped by its account's usage limit resumes at the reset
+    retries: int = 4  # retries of an attempt that failed on a transient API error (overloaded, 5xx, connection)
+    retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
+    retry_cap: float = 300.0  # ... but never longer than this
 
 
 DEFAULT = Config()
@@ -100,6 +104,10 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "notify_timeout": ("seconds above 0 and at most 1 hour", lambda v: _number(v) and 0 < v <= 3600),
     "sandbox": (f"one of {', '.join(SANDBOX_MODES)}", lambda v: v in SANDBOX_MODES),
     "network": ("true or false", lambda v: isinstance(v, bool)),
+    "resume_after_limit": ("true or false", lambda v: isinstance(v, bool)),
+    "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
+    "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
 }
 
 

@@ -20,7 +20,7 @@ from orchestra.shared.vocab import shorten
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
-from orchestrad import limits
+from orchestrad import limits, retries
 from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -319,7 +319,8 @@ def _remove(state: State, cmd: p.Remove, now: float) -> list[ev.Event]:
 def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
     task = get_task(state, cmd.task)
     if task.status is Status.QUEUED:
-        return [ev.TaskCancelled(task=task.id, reason="stopped before it started")]
+        when = {"parked": "while parked on a usage limit", "retry": "while it waited to retry"}.get(task.hold, "before it started")
+        return [ev.TaskCancelled(task=task.id, reason=f"stopped {when}")]
     if task.status.active:
         if task.stopping is not None:
             return []  # already on its way out
@@ -442,14 +443,18 @@ _HANDLERS = {
 
 
 def process_exited(
-    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str = ""
+    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str = "", now: float = 0.0
 ) -> list[ev.Event]:
-    """How a task ends when its process exits; `detail` is the agent's own last words
-    (e.g. the last line it wrote to stderr), quoted in a failure's reason."""
+    """How a task ends when its process exits at `now`; `detail` is the agent's own last
+    words (e.g. the last line it wrote to stderr), quoted in a failure's reason. An error
+    of the API's availability parks or retries it instead (`orchestrad.retries`)."""
     task = state.tasks[task_id]
     exited = ev.ProcessExited(task=task_id, pid=pid, exit_code=exit_code, signal=signal)
     if task.stopping is not None:
         return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
+    setback = retries.after_error(state, task, now) if task.result_error else None
+    if setback is not None:
+        return [exited, *setback]
     if task.result_error:
         reason = f"the agent reported an error: {_first_line(task.result) or detail or 'no message'}"
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]

@@ -22,11 +22,12 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import configwatch, containment, launch, orphans, policy, roles, sandbox, scheduler
+from orchestrad import agentenv, configwatch, containment, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
-from orchestrad.agents import Agent, Reaction, agent_for
+from orchestrad.agents import Agent, Reaction, agent_for, traits
+from orchestrad.agents import kinds as agent_kinds
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
 from orchestrad.notifier import Notifier
@@ -196,7 +197,7 @@ class Engine:
             task = self.state.tasks.get(event.task)
             if agent is not None and task is not None:
                 return self._react(event.task, agent.answer(task, event))
-        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled):
+        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled):
             self._agents.pop(event.task, None)
         elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
@@ -345,7 +346,7 @@ class Engine:
         items: list[Item] = []
         if agent is not None and not agent.traits.reports_result:  # its result: the end of its stdout
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
-        self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail)])
+        self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail, now=self.clock())])
 
     def _stdout_tail(self, task_id: int) -> str:
         """A command's result: the end of what it wrote to stdout."""
@@ -423,9 +424,18 @@ class Engine:
         if stale:
             log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
         reconciled = d.reconcile(self.state)
-        events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=version())]
+        events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=version(), accounts=self.accounts())]
         await self.record([*events, *reconciled])
         self.reload_files()
+
+    def accounts(self) -> dict[str, str]:
+        """The account each agent kind uses by default: a hash of the credentials it finds
+        in the daemon's environment (see `scheduler.account_of`), never the values."""
+        return {
+            kind: agentenv.account(kind, self.base_env, traits(kind).credentials)
+            for kind in agent_kinds()
+            if traits(kind).credentials
+        }
 
     async def shutdown(self, grace: float) -> None:
         """Stop starting work, stop running agents (recorded as interrupted), flush."""

@@ -68,6 +68,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fa
 class DaemonStarted(Event):
     pid: int
     version: str
+    accounts: dict[str, str] = {}  # agent kind -> the account its agents use by default (see scheduler.account_of)
 
 
 class TaskSubmitted(Event):
@@ -195,6 +196,8 @@ class AgentResult(Event):
     subtype: str = ""
     turns: int = 0
     duration_ms: int = 0
+    api_error: str = ""  # an error of the API's availability ended it: "usage limit", "overloaded", ... (orchestrad.retries)
+    resets_at: float | None = None  # a usage limit: when it resets (epoch seconds)
 
 
 class TaskContinued(Event):
@@ -263,6 +266,32 @@ class TasksPurged(Event):
     tasks: list[int]
 
 
+class TaskParked(Event):
+    """The task's attempt ended on its account's usage limit: it goes back in the queue and
+    starts again at `until`, continuing its session with `message`; until then no other
+    task of `account` starts."""
+
+    task: int
+    until: float
+    reason: str  # "usage limit"
+    account: str  # a name or a hash, never a credential (scheduler.account_of)
+    message: str = ""  # what the resumed attempt is told; "": it starts over from its prompt
+    detail: str = ""  # the agent's own words ("You've hit your session limit · resets 2pm")
+
+
+class RetryScheduled(Event):
+    """The task's attempt failed on a transient error (overloaded, a server error, the
+    connection): attempt number `attempt` of this run starts at `at`, continuing the
+    session with `message`."""
+
+    task: int
+    attempt: int  # the attempt of the run that will start at `at`: 2 for the first retry
+    at: float
+    error: str  # the kind: "overloaded", "server error", "rate limited", "connection error"
+    detail: str = ""  # the agent's own words for it, shortened
+    message: str = ""  # what the next attempt is told; "": it starts over from its prompt
+
+
 AnyEvent = Union[
     DaemonStarted,
     TaskSubmitted,
@@ -290,6 +319,8 @@ AnyEvent = Union[
     ConfigChanged,
     TasksPurged,
     PermissionDecided,
+    TaskParked,
+    RetryScheduled,
 ]
 
 

@@ -68,8 +68,10 @@ def task_env(store: EnvStore, task: Task) -> dict[str, str]:
 
 
 def environment(base: dict[str, str], agent: Agent, config: Config, own: dict[str, str], mark: str) -> dict[str, str]:
-    """Everything the process finds in its environment."""
+    """Everything the process finds in its environment: its kind's defaults, unless the
+    daemon's environment or the task's own set them otherwise."""
     return {
+        **agent.default_env,
         **agentenv.inherited(base, (*agent.inherit_env, *config.pass_env)),
         **own,
         orphans.VARIABLE: mark,

@@ -36,9 +36,8 @@ from orchestrad import workflows as workflows_mod
 from orchestrad.config import NOTIFY_KINDS as KINDS  # noqa: F401 - re-exported
 from orchestrad.state import State, Task
 
-# The facts that park a task on a usage limit: the usage-limit work's event type slots in
-# here (its fields `task` and, if it has one, `resumes_at`), and `_parked` builds its notice.
-PARKED_EVENTS: tuple[type, ...] = ()
+# The facts that park a task on a usage limit (`_parked` builds their notice).
+PARKED_EVENTS: tuple[type, ...] = (ev.TaskParked,)
 
 FAILED = frozenset({Status.FAILED, Status.TIMED_OUT})  # interrupted and cancelled are not failures
 SCHEMA = 1  # the payload's version; fields are only ever added
@@ -159,13 +158,13 @@ def _failed(state: State, e: ev.TaskFinished, now: float) -> Notice | None:
     return _task_notice("failed", task, now, f"{_who(task)} {what}{reason}", f"orchestra: task {task.id} {what}")
 
 
-def _parked(state: State, e: ev.Event, now: float) -> Notice | None:
-    task = state.tasks.get(getattr(e, "task", -1))
+def _parked(state: State, e: ev.TaskParked, now: float) -> Notice | None:
+    task = state.tasks.get(e.task)
     if task is None:
         return None
-    resumes_at = getattr(e, "resumes_at", None)
+    resumes_at = e.until
     until = f" until {_when(resumes_at)['time']}" if isinstance(resumes_at, (int, float)) else ""
-    reason = getattr(e, "reason", "") or "usage limit"
+    reason = e.reason or "usage limit"
     message = f"{_who(task)} is parked{until} ({shorten(reason, _IN_MESSAGE)}); it resumes by itself"
     return _task_notice("parked", task, now, message, f"orchestra: task {task.id} is parked", resumes_at=resumes_at)
 

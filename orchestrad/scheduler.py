@@ -5,15 +5,20 @@ indexes), never at the whole history, so it stays cheap however long the daemon 
 It returns a `Plan`:
 
 * `start` — queued tasks to start now, in order: every dependency has succeeded, a slot is
-  free (globally, and for the task's role where a per-role limit is set); highest priority
-  first, then oldest;
+  free (globally, and for the task's role where a per-role limit is set), nothing holds it
+  until a later time (see below); highest priority first, then oldest;
 * `events` — decisions that are facts to record: a queued task that can never run because a
   dependency failed, was cancelled or removed (it is cancelled, and the reason names the
   dependency), an active task past its timeout, idle timeout or budget (a stop is
   requested with the outcome it will have), and a question left unanswered past
   `auto_deny_after` (it is denied);
-* `wake_at` — the earliest moment a deadline falls due, so the shell sets one timer
-  instead of polling.
+* `wake_at` — the earliest moment a deadline falls due or a hold ends, so the shell sets
+  one timer instead of polling.
+
+A queued task may be held until a time: parked on its account's usage limit until the
+reset, or waiting out a retry's backoff (`Task.not_before`); and no task of an account
+whose usage limit was met starts before that limit resets (`State.limits`). Held tasks
+keep their place in the queue but hold no slot.
 
 A task waiting for a person keeps its slot (its process is alive) and its wall-clock
 timeout, but its idle timeout is paused: silence is expected while a person decides.
@@ -26,6 +31,7 @@ import msgspec
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import usd
 from orchestrad import events as ev
+from orchestrad.agents import traits
 from orchestrad.config import Config
 from orchestrad.state import State, Task
 
@@ -71,6 +77,11 @@ def plan(state: State, now: float) -> Plan:
             all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task)
         ):
             continue
+        held = _held_until(state, task, now)
+        if held is not None:
+            if wake_at is None or held < wake_at:
+                wake_at = held
+            continue
         limit = config.role_limits.get(task.role)
         if limit is not None and per_role.get(task.role, 0) >= limit:
             continue
@@ -78,6 +89,46 @@ def plan(state: State, now: float) -> Plan:
         running += 1
         per_role[task.role] = per_role.get(task.role, 0) + 1
     return Plan(start=start, events=events, wake_at=wake_at)
+
+
+def account_of(state: State, task: Task) -> str | None:
+    """The account whose usage limits `task`'s agent meets, or None for a kind that has
+    none (a command). Agents of a kind share the account the daemon's environment gives
+    them; a task given credentials of its own (`--env ANTHROPIC_API_KEY=...`) is an
+    account of its own, since its values are not in the state (only their names)."""
+    names = traits(task.spec.agent).credentials
+    if not names:
+        return None
+    if any(name in names for name in task.spec.secret_env) or any(name in names for name in task.spec.env):
+        return f"{task.spec.agent}:task {task.id}"
+    return state.accounts.get(task.spec.agent, task.spec.agent)
+
+
+def hold(state: State, task: Task, now: float) -> tuple[str, float, str] | None:
+    """What holds a queued `task` until a later time, as (kind, until, why): ("parked",
+    the reset, "usage limit") for a task parked on a usage limit, ("retry", its time,
+    "attempt 2 of 5: overloaded") for a retry's backoff, ("account", the reset, "usage
+    limit") for a task whose account's limit has not reset yet; None if nothing does."""
+    if task.status is not Status.QUEUED:
+        return None
+    if task.not_before is not None and task.not_before > now:
+        return (task.hold or "retry", task.not_before, task.hold_reason)
+    until = _account_limit(state, task, now)
+    return ("account", until, "usage limit") if until is not None else None
+
+
+def _held_until(state: State, task: Task, now: float) -> float | None:
+    if task.not_before is not None and task.not_before > now:
+        return task.not_before
+    return _account_limit(state, task, now)
+
+
+def _account_limit(state: State, task: Task, now: float) -> float | None:
+    if not state.limits:
+        return None
+    account = account_of(state, task)
+    until = state.limits.get(account) if account is not None else None
+    return until if until is not None and until > now else None
 
 
 def run_order(state: State) -> list[int]:
@@ -105,13 +156,13 @@ def waits_for(state: State, task: Task) -> str:
     return ""
 
 
-def start_order(state: State) -> list[tuple[int, str]]:
+def start_order(state: State, now: float | None = None) -> list[tuple[int, str]]:
     """Every queued task in the order it is expected to start, with what it waits for
     ("" for none: it starts now). Priority order, except that a task comes after the queued
     tasks it runs after (one that waits on a running task keeps its place: its slot frees
     as it becomes ready), tasks held by their role's limit come after the others, and those
-    whose role's limit is 0 last. For `orchestra queue`: it looks at the whole queue, which
-    `plan` never does."""
+    whose role's limit is 0 last; a task held until a later time (`hold`, given `now`) takes
+    no slot. For `orchestra queue`: it looks at the whole queue, which `plan` never does."""
     config = state.config
     per_role = _per_role(state)
     free = config.max_concurrent - len(state.active)
@@ -128,7 +179,10 @@ def start_order(state: State) -> list[tuple[int, str]]:
         nonlocal free
         placed.add(task.id)
         reason = waits_for(state, task)
-        if not reason and free <= 0:
+        held = hold(state, task, now) if now is not None else None
+        if not reason and held is not None:
+            reason = held[0]
+        elif not reason and free <= 0:
             reason = f"a free slot ({len(state.active)} of {config.max_concurrent} running)"
         elif not reason:
             free -= 1

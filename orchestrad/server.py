@@ -318,7 +318,8 @@ class Server:
     def _view(self, task_id: int) -> p.TaskView:
         state = self.engine.state
         task = get_task(state, task_id)
-        return view(task, self.engine.clock(), waits_for=self._waits_for(task))
+        now = self.engine.clock()
+        return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
 
     def _waits_for(self, task: Task) -> str:
         return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""
@@ -367,7 +368,7 @@ class Server:
         if workflow is None:
             raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
         now = self.engine.clock()
-        tasks = [view(state.tasks[t], now, preview=p.PREVIEW) for t in workflow.steps.values() if t in state.tasks]
+        tasks = [view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now)) for t in workflow.steps.values() if t in state.tasks]
         return p.WorkflowView(
             id=workflow.id,
             template=workflow.template,
@@ -465,7 +466,7 @@ class Server:
         for task in tasks:
             if len(views) == limit:
                 return views, True
-            brief = view(task, now, preview=p.PREVIEW, waits_for=self._waits_for(task))
+            brief = view(task, now, preview=p.PREVIEW, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
             size += len(encoder.encode(brief))
             if views and size > p.PAGE_BYTES:
                 return views, True
@@ -477,7 +478,7 @@ class Server:
 
     async def queue(self, request: p.Queue) -> list[p.TaskView]:
         state = self.engine.state
-        views, _ = self._page((state.tasks[t] for t, _ in scheduler.start_order(state)), request.limit)
+        views, _ = self._page((state.tasks[t] for t, _ in scheduler.start_order(state, self.engine.clock())), request.limit)
         return views
 
     async def wait(self, request: p.Wait) -> list[p.TaskView]:
@@ -580,7 +581,8 @@ class Server:
         try:
             for task in list(engine.state.tasks.values()):
                 if not task.status.finished:
-                    yield view(task, engine.clock(), preview=p.PREVIEW)
+                    now = engine.clock()
+                    yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
             while True:
                 changed = await watcher.next()
                 if not engine.accepting:
@@ -588,7 +590,8 @@ class Server:
                 for task_id in sorted(changed):
                     task = engine.state.tasks.get(task_id)
                     if task is not None:
-                        yield view(task, engine.clock(), preview=p.PREVIEW)
+                        now = engine.clock()
+                        yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
         finally:
             engine.watchers.discard(watcher)
 

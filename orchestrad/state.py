@@ -22,7 +22,7 @@ from typing import Callable, Iterator, get_args
 import msgspec
 
 from orchestra.shared.vocab import shorten
-from orchestra.shared.protocol import DECISIONS_KEPT, Decided, Question, Status, TaskView
+from orchestra.shared.protocol import DECISIONS_KEPT, Decided, Question, Setback, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
@@ -120,6 +120,13 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     decisions: list[Decided] = []  # the latest permission decisions (up to DECISIONS_KEPT)
     decisions_total: int = 0
     sandbox: str = ""  # the sandbox its latest process runs in ("" for none)
+    api_error: str = ""  # its latest result was an error of the API's availability (AgentResult.api_error)
+    resets_at: float | None = None  # ... a usage limit that resets then
+    not_before: float | None = None  # a queued task that may not start before then (parked, or a retry)
+    hold: str = ""  # why: "parked" | "retry"
+    hold_reason: str = ""  # "usage limit", "attempt 2 of 5: overloaded"
+    retried: int = 0  # retries of the current run so far (RetryScheduled); 0 again once it ends
+    setbacks: list[Setback] = []  # its attempts that were retried or parked, oldest first
 
     @property
     def cwd(self) -> str:
@@ -163,6 +170,8 @@ class State(msgspec.Struct, kw_only=True):
     run_order: list[tuple[int, int, int]] = []  # (-priority, submitted_seq, id) of each queued task, sorted
     queued_deps: set[int] = set()  # the queued tasks that wait on other tasks
     active: set[int] = set()  # ids of running or waiting tasks
+    accounts: dict[str, str] = {}  # agent kind -> the account its agents use by default (DaemonStarted)
+    limits: dict[str, float] = {}  # account -> when the usage limit it met resets (TaskParked)
 
 
 # ---------------------------------------------------------------------------------------
@@ -170,7 +179,8 @@ class State(msgspec.Struct, kw_only=True):
 
 
 def _daemon_started(s: State, e: ev.DaemonStarted, ts: float, data) -> None:
-    pass
+    if e.accounts:
+        s.accounts = dict(e.accounts)
 
 
 def _submitted(s: State, e: ev.TaskSubmitted, ts: float, data) -> None:
@@ -232,8 +242,16 @@ def _start(s: State, t: Task, attempt: int, ts: float) -> None:
     t.stopping = None
     t.last_activity = ts
     t.answered = False
+    t.api_error = ""
+    t.resets_at = None
+    _unhold(t)
     _dequeue(s, t)
     s.active.add(t.id)
+
+
+def _unhold(t: Task) -> None:
+    t.not_before = None
+    t.hold = t.hold_reason = ""
 
 
 def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
@@ -318,6 +336,8 @@ def _agent_result(s: State, e: ev.AgentResult, ts: float, data) -> None:
     t.result = e.text
     t.result_error = e.is_error
     t.answered = True
+    t.api_error = e.api_error
+    t.resets_at = e.resets_at
 
 
 def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
@@ -328,6 +348,36 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.finished_at = None
     t.reason = ""
     t.result_error = False
+    t.retried = 0
+    _enqueue(s, t)
+
+
+def _parked(s: State, e: ev.TaskParked, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.setbacks = [*t.setbacks, Setback(attempt=t.attempts, kind="parked", error=e.reason, detail=e.detail, at=ts, until=e.until)]
+    _requeue(s, t, e.message, e.until, "parked", e.reason)
+    s.limits = {**s.limits, e.account: e.until}
+
+
+def _retry_scheduled(s: State, e: ev.RetryScheduled, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.setbacks = [*t.setbacks, Setback(attempt=t.attempts, kind="retry", error=e.error, detail=e.detail, at=ts, until=e.at)]
+    t.retried = e.attempt - 1
+    _requeue(s, t, e.message, e.at, "retry", f"attempt {e.attempt} of {s.config.retries + 1}: {e.error}")
+
+
+def _requeue(s: State, t: Task, message: str, not_before: float, hold: str, why: str) -> None:
+    """An attempt that ended on the API's availability: back in the queue, not before
+    `not_before`, to continue its session with `message` (or start over without one)."""
+    t.status = Status.QUEUED
+    t.pending_message = message
+    t.continued = "resume" if message else "retry"
+    t.result_error = False
+    t.waiting = None
+    t.stopping = None
+    t.pid = None
+    t.not_before, t.hold, t.hold_reason = not_before, hold, why
+    s.active.discard(t.id)
     _enqueue(s, t)
 
 
@@ -349,6 +399,8 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
     t.waiting = None
     t.stopping = None
     t.pid = None
+    t.retried = 0
+    _unhold(t)
     _dequeue(s, t)
     s.active.discard(t.id)
 
@@ -447,6 +499,8 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.ConfigChanged: _config,
     ev.TasksPurged: _purged,
     ev.PermissionDecided: _permission_decided,
+    ev.TaskParked: _parked,
+    ev.RetryScheduled: _retry_scheduled,
 }
 
 
@@ -556,16 +610,20 @@ def _from_format_1(payload: bytes | memoryview) -> State:
     return state
 
 
-def view(task: Task, now: float, *, preview: int | None = None, waits_for: str = "") -> TaskView:
+def view(
+    task: Task, now: float, *, preview: int | None = None, waits_for: str = "", hold: tuple[str, float, str] | None = None
+) -> TaskView:
     """What clients see of `task`. With `preview`, its title, prompt, command and result are
-    cut to that many characters each (list replies); without, they are whole (`show`)."""
+    cut to that many characters each (list replies), and its setbacks left out; without,
+    they are whole (`show`). `hold` is what holds a queued task until a time (kind, until,
+    why: see `scheduler.hold`)."""
     spec = task.spec
     title, prompt, argv, result = spec.title, spec.prompt, spec.argv, task.result
     if preview is not None:
         title, prompt, result = _cut(title, preview), _cut(prompt, preview), _cut(result, preview)
         argv = _cut_argv(argv, preview)
     runtime = None
-    if task.started_at is not None:
+    if task.started_at is not None and task.status is not Status.QUEUED:  # queued again: no attempt runs
         runtime = (task.finished_at if task.finished_at is not None else now) - task.started_at
     return TaskView(
         id=task.id,
@@ -607,6 +665,10 @@ def view(task: Task, now: float, *, preview: int | None = None, waits_for: str =
         decisions=task.decisions if preview is None else [],
         decisions_total=task.decisions_total,
         sandbox=task.sandbox,
+        hold=hold[0] if hold else "",
+        hold_until=hold[1] if hold else None,
+        hold_reason=hold[2] if hold else "",
+        setbacks=task.setbacks if preview is None else [],
     )
 
 

@@ -58,7 +58,7 @@ class Core:
         task = self.state.tasks[task_id]
         if task.spec.agent != "command" and result is not None and code == 0:
             self.apply([ev.AgentResult(task=task_id, text=result, is_error=False)])
-        self.apply(d.process_exited(self.state, task_id, task.pid or 0, code, signal))
+        self.apply(d.process_exited(self.state, task_id, task.pid or 0, code, signal, now=self.now))
 
     def status(self, task_id: int) -> p.Status:
         return self.state.tasks[task_id].status

@@ -29,6 +29,12 @@ are listed in ``api.unscripted`` (2.1.332 retries a 400 up to 5 times with fewer
 several may pile up); ``api.assert_script_done()`` checks that every turn was used and nothing
 unscripted was asked. ``Reply.repeat`` lets one reply answer several consecutive requests
 (``repeat=None``: all the rest), e.g. an error the CLI retries.
+
+Usage limits: ``reply.usage_limit(resets_in)`` answers 429 with the unified rate-limit
+headers of a subscription (``unified_headers``), its reset computed when it is answered;
+Claude Code reports it (a ``rate_limit_event`` with status "rejected") only when logged in
+with OAuth, which ``api.oauth_env()`` gives it. ``Reply.headers_at`` makes any reply's
+headers at answer time.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -47,11 +54,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["INITIALIZE", "INSTALL_HINT", "QUIET_ENV", "Reply", "Request", "Run", "ScriptedAPI", "allow", "clean_env",
+__all__ = ["INITIALIZE", "INSTALL_HINT", "OAUTH_TOKEN", "QUIET_ENV", "Reply", "Request", "Run", "ScriptedAPI", "allow", "clean_env",
            "default_side_reply", "deny", "find_claude", "is_side_request", "reply", "run_claude", "side_kind",
-           "user_message"]
+           "unified_headers", "user_message"]
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
+OAUTH_TOKEN = "sk-ant-oat01-scripted"  # what `oauth_env()` logs the CLI in with
 
 # Environment variables that make the CLI talk only to ScriptedAPI and keep it quiet and fast.
 QUIET_ENV: dict[str, str] = {
@@ -106,6 +114,10 @@ class Reply:
     gate: threading.Event | None = None  # wait for this event before answering (max 60 s)
     stream_error: dict[str, Any] | None = None  # send this `error` event after the first events
     repeat: int | None = 1  # answer this many consecutive turn requests (None: every one from here on)
+    headers_at: Callable[[], Mapping[str, str]] | None = None  # more headers, made when it is answered
+
+    def all_headers(self) -> dict[str, str]:
+        return {**self.headers, **(self.headers_at() if self.headers_at is not None else {})}
 
     @property
     def is_error(self) -> bool:
@@ -168,6 +180,21 @@ class reply:  # noqa: N801 - a namespace of constructors, used as `reply.text(..
                      headers=dict(headers or {}), stop_reason=None, **kw)
 
     @staticmethod
+    def usage_limit(resets_in: float = 3.0, *, claim: str = "five_hour", retry_after: bool = True,
+                    message: str = "This request would exceed your account's rate limit. Please try again later.",
+                    **kw: Any) -> Reply:
+        """HTTP 429 of a subscription's usage limit: ``rate_limit_error`` with the unified
+        rate-limit headers (status ``rejected``, its reset a whole epoch second at least
+        ``resets_in`` seconds after it is answered, as the API sends it). Claude Code reports
+        it as a usage limit only when it is logged in with OAuth (``ScriptedAPI.oauth_env``);
+        with an API key it reads these headers not at all."""
+        def headers() -> dict[str, str]:
+            reset = math.ceil(time.time() + resets_in)
+            extra = {"retry-after": str(max(1, math.ceil(resets_in)))} if retry_after else {}
+            return {**unified_headers("rejected", reset, claim=claim), **extra}
+        return reply.error(429, "rate_limit_error", message, headers_at=headers, **kw)
+
+    @staticmethod
     def overloaded(message: str = "Overloaded", **kw: Any) -> Reply:
         return reply.error(529, "overloaded_error", message, **kw)
 
@@ -177,6 +204,21 @@ class reply:  # noqa: N801 - a namespace of constructors, used as `reply.text(..
         """HTTP 200, some streamed text, then an SSE ``error`` event (as the real API does)."""
         return Reply(content=[{"type": "text", "text": text}], stop_reason=None,
                      stream_error={"type": "error", "error": {"type": error_type, "message": message}}, **kw)
+
+
+def unified_headers(status: str, reset: int, *, claim: str = "five_hour", utilization: float | None = None) -> dict[str, str]:
+    """The ``anthropic-ratelimit-unified-*`` headers a subscription's answers carry: ``status``
+    "allowed", "allowed_warning" or "rejected", the window's ``reset`` (epoch seconds), which
+    window it is (``claim``: five_hour, seven_day, ...) and how much of it is used. Claude
+    Code turns them into ``rate_limit_event`` lines (OAuth only); it computes a warning
+    itself from the utilization and the time left in the window."""
+    abbrev = {"five_hour": "5h", "seven_day": "7d"}.get(claim, claim)
+    headers = {"anthropic-ratelimit-unified-status": status, "anthropic-ratelimit-unified-reset": str(reset),
+               "anthropic-ratelimit-unified-representative-claim": claim,
+               f"anthropic-ratelimit-unified-{abbrev}-status": status, f"anthropic-ratelimit-unified-{abbrev}-reset": str(reset)}
+    if utilization is not None:
+        headers[f"anthropic-ratelimit-unified-{abbrev}-utilization"] = str(utilization)
+    return headers
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,6 +493,15 @@ class ScriptedAPI:
         e.update(self.env_vars(**overrides))
         return e
 
+    def oauth_env(self, base: Mapping[str, str] | None = None, **overrides: str) -> dict[str, str]:
+        """``env()`` as for a subscriber logged in with OAuth (``CLAUDE_CODE_OAUTH_TOKEN``, no
+        API key): the CLI then sends ``authorization: Bearer …`` and reads the unified
+        rate-limit headers into ``rate_limit_event`` lines (see ``reply.usage_limit``)."""
+        e = self.env(base, **overrides)
+        e.pop("ANTHROPIC_API_KEY", None)
+        e.setdefault("CLAUDE_CODE_OAUTH_TOKEN", OAUTH_TOKEN)
+        return e
+
     # ---- script
     def add(self, *turns: Reply) -> None:
         with self._lock:
@@ -627,19 +678,20 @@ class _Handler(BaseHTTPRequestHandler):
             rep.gate.wait(60)
         if rep.delay:
             time.sleep(rep.delay)
+        headers = rep.all_headers()
         if rep.is_error:
             self._send_json(rep.status, _error_body(rep.error_type or "api_error", rep.error_message or "error"),
-                            rep.headers)
+                            headers)
             return
         msg = self._message(rep, body)
         if not body.get("stream"):
-            self._send_json(rep.status, msg, rep.headers)
+            self._send_json(rep.status, msg, headers)
             return
         self.send_response(rep.status)
         self.send_header("content-type", "text/event-stream; charset=utf-8")
         self.send_header("cache-control", "no-cache")
         self.send_header("request-id", "req_scripted_" + uuid.uuid4().hex[:12])
-        for k, v in rep.headers.items():
+        for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()

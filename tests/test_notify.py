@@ -158,8 +158,20 @@ def test_a_workflow_cut_off_by_a_shutdown_has_not_ended():
     assert all(core.status(t).finished for t in steps.values())
 
 
-def test_the_parked_place_is_empty_until_tasks_can_be_parked():
-    assert notify.PARKED_EVENTS == () and "parked" in notify.KINDS
+def test_a_task_parked_on_a_usage_limit_notifies_with_when_it_resumes():
+    import msgspec
+
+    from orchestrad import decide as d
+    from tests.test_retries import RESET, SESSION, USAGE_LIMIT, agent_result, claude_core
+
+    core = claude_core()
+    task = core.submit(prompt="refactor the cache", agent="claude", title="refactor")
+    core.tick()
+    core.apply([ev.SessionStarted(task=task, session_id=SESSION), msgspec.structs.replace(agent_result(USAGE_LIMIT), task=task)])
+    t = core.state.tasks[task]
+    [notice] = found(core, d.process_exited(core.state, task, t.pid or 0, 1, None))
+    assert (notice.kind, notice.task, notice.resumes_at) == ("parked", task, RESET)
+    assert "is parked until" in notice.message and "(usage limit); it resumes by itself" in notice.message
 
 
 def test_the_summary_of_what_was_left_out():

@@ -60,9 +60,36 @@ def doing(task: TaskView) -> str:
         return f"{task.title} ({task.reason})"
     if task.status.active and task.activity:
         return f"{task.title} · {task.activity}"
+    if getattr(task, "hold", ""):
+        return f"{task.title} · {held(task)}"
     if getattr(task, "waits_for", ""):
         return f"{task.title} · waits for {task.waits_for}"
     return task.title
+
+
+def held(task: TaskView) -> str:
+    """What holds a queued task until a time, at the local time it ends: "parked until
+    14:05 (usage limit)", "retrying at 14:05:07 (attempt 2 of 5: overloaded)", "held by its
+    account's usage limit until 14:05"; "" if nothing does."""
+    until = getattr(task, "hold_until", None)
+    if not getattr(task, "hold", "") or until is None:
+        return ""
+    if task.hold == "retry":
+        return f"retrying at {time.strftime('%H:%M:%S', time.localtime(until))} ({task.hold_reason})"
+    at = time.strftime("%H:%M", time.localtime(until))
+    if task.hold == "account":
+        return f"held by its account's {task.hold_reason} until {at}"
+    return f"{task.hold} until {at} ({task.hold_reason})"
+
+
+def setback_line(s) -> str:
+    """One attempt retried or parked, for `show`: "attempt 1: overloaded, retried at
+    14:05:07 (API Error: 529 Overloaded…)"."""
+    if s.kind == "parked":
+        then = f"parked until {time.strftime('%H:%M', time.localtime(s.until))}"
+    else:
+        then = f"retried at {time.strftime('%H:%M:%S', time.localtime(s.until))}"
+    return f"attempt {s.attempt}: {s.error}, {then}" + (f" ({shorten(s.detail, 120)})" if s.detail else "")
 
 
 def waiting_notice(task: TaskView) -> str:
@@ -154,6 +181,7 @@ def details(task: TaskView, *, full: bool = False) -> str:
         f"  runtime    {duration(task.runtime)}",
         f"  attempts   {task.attempts}",
     ]
+    lines += [f"             {setback_line(s)}" for s in getattr(task, "setbacks", [])]
     if task.pid is not None:
         lines.append(f"  pid        {task.pid}")
     if task.sandbox:
@@ -169,6 +197,8 @@ def details(task: TaskView, *, full: bool = False) -> str:
         lines.append(f"  limits     {', '.join(x for x in limits if x)}")
     if task.cost_usd or task.input_tokens or task.output_tokens:
         lines.append(f"  cost       {cost(task.cost_usd)} ({task.input_tokens} tokens in, {task.output_tokens} out)")
+    if held(task):
+        lines.append(f"  held       {held(task)}")
     if task.waits_for:
         lines.append(f"  waits for  {task.waits_for}")
     if task.parent is not None:

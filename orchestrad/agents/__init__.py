@@ -19,6 +19,8 @@ returns; the adapter itself does no I/O:
   agent needs (see `orchestrad.agentenv`);
 * `sandbox_state(env)` — where this kind keeps its own state, which it must be able to
   write inside a sandbox, and what in there stays read-only (see `orchestrad.sandbox`).
+  agent needs (see `orchestrad.agentenv`); `default_env` — variables it gets unless its
+  environment sets them (Claude Code: no retries of its own, see `orchestrad.retries`).
 
 One adapter instance serves one process, so it may keep what it needs between chunks
 (a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
@@ -70,6 +72,7 @@ class Traits(NamedTuple):
     converses: bool = False  # it keeps a conversation: a follow-up or a resume continues its session
     reports_result: bool = False  # it says its own result; else its result is the end of its stdout
     needs_network: bool = False  # it cannot work without the network (its model's API)
+    credentials: tuple[str, ...] = ()  # the variables that choose its account (whose usage limits it meets)
 
 
 class SandboxState(NamedTuple):
@@ -84,6 +87,7 @@ class Agent:
     name = ""
     traits = Traits()
     inherit_env: tuple[str, ...] = ()  # credential-like daemon variables (globs) this kind needs
+    default_env: dict[str, str] = {}  # variables it gets unless the daemon's or the task's environment sets them
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         raise NotImplementedError
@@ -137,6 +141,11 @@ def agent_for(name: str) -> Agent:
     if factory is None:
         raise LookupError(f"no adapter for agent {name!r}")
     return factory()
+
+
+def kinds() -> list[str]:
+    """The names of the agent kinds there are."""
+    return list(_factories())
 
 
 def traits(name: str) -> Traits:

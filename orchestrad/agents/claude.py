@@ -21,6 +21,13 @@ PreToolUse hook), then the user's message. stdout gives one JSON object per line
 Answers go back as `control_response`s. After the result, stdin is closed and the CLI
 exits.
 
+An error result says whether the API's availability ended the attempt (`AgentResult.api_error`):
+a usage limit, from a `rate_limit_event` whose status is "rejected" with `resetsAt` (only
+under an OAuth login), or a transient failure, from the result's `api_error_status` and
+the synthetic assistant message's `error`; `orchestrad.retries` parks or retries the task.
+The CLI is started with `CLAUDE_CODE_MAX_RETRIES=0` (unless the environment sets it), so
+that retrying is the daemon's to do and to show.
+
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
 transcript with the questions and their answers.
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 import msgspec
@@ -41,6 +49,7 @@ from orchestrad import events as ev
 from orchestrad import roles
 from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
 from orchestrad.config import Config
+from orchestrad.retries import USAGE_LIMIT
 from orchestrad.state import Task
 
 MAX_LINE = 16 << 20  # a longer line is stored unparsed rather than buffered further
@@ -72,6 +81,8 @@ PROTECTED: dict[str, str | None] = {
     "plugins": None,
     "output-styles": None,
 }
+# What older CLIs (1.0.x) said of a usage limit, with its reset as epoch seconds.
+OLD_LIMIT_TEXT = re.compile(r"usage limit reached\|(\d{9,12})")
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
@@ -98,13 +109,23 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
 
 class ClaudeAgent(Agent):
     name = "claude"
-    traits = Traits(converses=True, reports_result=True, needs_network=True)
+    traits = Traits(
+        converses=True,
+        reports_result=True,
+        needs_network=True,
+        credentials=("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL", "CLAUDE_CONFIG_DIR"),
+    )
     inherit_env = ("ANTHROPIC_*", "CLAUDE_*")  # its API key, base URL, OAuth token
+    # The daemon owns retries (orchestrad.retries): the CLI's own would wait up to minutes
+    # inside a "running" task, holding its slot, unseen. The environment may still set it.
+    default_env = {"CLAUDE_CODE_MAX_RETRIES": "0"}
 
     def __init__(self) -> None:
         self._partial = bytearray()
         self._last_stderr = ""
         self._pending: dict[str, dict[str, Any]] = {}  # control request id -> what it asked
+        self._limit: dict[str, Any] | None = None  # the last `rate_limit_event` that said "rejected"
+        self._api_error = ""  # the `error` of the CLI's synthetic assistant message for an API error
 
     # -- starting -----------------------------------------------------------------------
 
@@ -203,7 +224,14 @@ class ClaudeAgent(Agent):
         kind = m.get("type")
         if kind == "system" and m.get("subtype") == "init" and m.get("session_id"):
             return Reaction([ev.SessionStarted(task=task.id, session_id=str(m["session_id"]), model=str(m.get("model") or ""))])
+        if kind == "rate_limit_event":
+            info = m.get("rate_limit_info")
+            if isinstance(info, dict) and info.get("status") == "rejected":
+                self._limit = info
+            return Reaction()
         if kind == "assistant":
+            if m.get("error"):
+                self._api_error = str(m["error"])
             return Reaction([
                 ev.ToolUsed(task=task.id, tool=str(block.get("name", "?")), summary=summarize(str(block.get("name")), block.get("input")))
                 for block in _content(m)
@@ -226,6 +254,7 @@ class ClaudeAgent(Agent):
         if not isinstance(text, str):
             errors = m.get("errors")
             text = "; ".join(map(str, errors)) if isinstance(errors, list) and errors else str(m.get("subtype", ""))
+        api_error, resets_at = self._availability(m, text) if m.get("is_error") else ("", None)
         items: list[Item] = [
             ev.AgentResult(
                 task=task.id,
@@ -234,6 +263,8 @@ class ClaudeAgent(Agent):
                 subtype=str(m.get("subtype", "")),
                 turns=int(m.get("num_turns") or 0),
                 duration_ms=int(m.get("duration_ms") or 0),
+                api_error=api_error,
+                resets_at=resets_at,
             ),
             ev.UsageRecorded(
                 task=task.id,
@@ -243,6 +274,35 @@ class ClaudeAgent(Agent):
             ),
         ]
         return Reaction(items, close_stdin=True)  # the conversation turn is over: let it exit
+
+    def _availability(self, m: dict[str, Any], text: str) -> tuple[str, float | None]:
+        """Whether an error result is about the API's availability, and which kind: a usage
+        limit (and when it resets), or a transient failure worth retrying. "" for errors
+        that retrying cannot mend (a bad key, a bad request, the task's own budget).
+
+        What the CLI says (tests/claude_notes.md, "Usage limits and transient errors"): a
+        `rate_limit_event` whose status is "rejected" with `resetsAt` before the result is a
+        usage limit; without `resetsAt` it is the server throttling ("not your usage
+        limit"). The result's `api_error_status` gives the HTTP status (None when no answer
+        came), and the synthetic assistant message's `error` says "server_error" for a
+        connection that failed."""
+        reset = self._limit.get("resetsAt") if self._limit is not None else None
+        old = OLD_LIMIT_TEXT.search(text)
+        if isinstance(reset, (int, float)) and not isinstance(reset, bool) and reset > 0:
+            return USAGE_LIMIT, float(reset)
+        if old is not None:
+            return USAGE_LIMIT, float(old.group(1))
+        status = m.get("api_error_status")
+        status = status if isinstance(status, int) and not isinstance(status, bool) else None
+        if status == 529:
+            return "overloaded", None
+        if status == 429 or self._limit is not None:
+            return "rate limited", None
+        if status is not None and (status >= 500 or status == 408):
+            return "server error", None
+        if status is None and self._api_error == "server_error":
+            return "connection error", None
+        return "", None
 
     def _control_request(self, task: Task, m: dict[str, Any]) -> Reaction:
         request_id = str(m.get("request_id", ""))
@@ -415,6 +475,10 @@ def _render_stdout(m: dict[str, Any]) -> list[str]:
                 mark = "✗" if block.get("is_error") else "←"
                 lines.append(f"  {mark} {_first_line(str(content or ''))}")
         return lines
+    if kind == "system" and m.get("subtype") == "api_retry":
+        delay = float(m.get("retry_delay_ms") or 0) / 1000
+        what = m.get("error_status") or m.get("error") or "error"
+        return [f"  … API {what}: the CLI retries ({m.get('attempt', '?')} of {m.get('max_retries', '?')}) in {delay:.1f}s"]
     if kind == "result":
         mark = "✗" if m.get("is_error") else "✓"
         text = m.get("result") if isinstance(m.get("result"), str) else m.get("subtype", "")

@@ -288,13 +288,14 @@ def wait(app: App, tasks, timeout, as_json):
 
 def _tell_when_waiting(app: App, tasks: set[int]):
     """While `wait` blocks: say on stderr, once per task, when one of `tasks` waits for an
-    answer (it will not finish until someone gives one), from the daemon's Watch stream
+    answer (it will not finish until someone gives one), and once per parking when one is
+    parked on a usage limit (it will not finish before the reset), from the daemon's Watch stream
     on a connection of its own, in a thread. Returns what ends it."""
     import socket
     import threading
 
     from orchestra.client import connect
-    from orchestra.render import waiting_notice
+    from orchestra.render import held, waiting_notice
     from orchestra.wire import DaemonUnreachable
 
     try:
@@ -305,11 +306,15 @@ def _tell_when_waiting(app: App, tasks: set[int]):
 
     def follow() -> None:
         told: set[int] = set()
+        parked: set[tuple[int, float]] = set()
         try:
             for view in conn.stream(p.Watch(), p.TaskView):
                 if view.id in tasks and view.waiting is not None and view.id not in told:
                     told.add(view.id)
                     click.echo(f"orchestra: {waiting_notice(view)}", err=True)
+                elif view.id in tasks and view.hold == "parked" and (view.id, view.hold_until) not in parked:
+                    parked.add((view.id, view.hold_until))  # type: ignore[arg-type]
+                    click.echo(f"orchestra: task {view.id} is {held(view)}; it resumes by itself then", err=True)
         except (DaemonUnreachable, p.OrchestraError, OSError):
             pass  # the daemon went away: `wait` says so
 

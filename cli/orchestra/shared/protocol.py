@@ -381,6 +381,16 @@ class Decided(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 
 
 DECISIONS_KEPT = 50  # per task, in its state and its view
+class Setback(msgspec.Struct, frozen=True, kw_only=True):
+    """An attempt that ended on the API's availability rather than on the work: it was
+    retried (`kind` "retry") or parked until its account's usage limit reset ("parked")."""
+
+    attempt: int  # the task's attempt that ended so (its `attempts` count then)
+    kind: Literal["retry", "parked"]
+    error: str  # "overloaded", "server error", "usage limit", ...
+    detail: str = ""  # the agent's own words, shortened
+    at: float = 0.0  # when it ended
+    until: float = 0.0  # when the next attempt was to start
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
@@ -423,6 +433,10 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     decisions: list[Decided] = []  # the latest permission decisions, oldest first (up to DECISIONS_KEPT)
     decisions_total: int = 0  # all of them, in every attempt
     sandbox: str = ""  # the sandbox its latest process ran in ("" for none)
+    hold: str = ""  # a queued task held until a time: "parked" (usage limit), "retry", "account" (its account's limit)
+    hold_until: float | None = None  # when that hold ends (epoch seconds)
+    hold_reason: str = ""  # "usage limit", "attempt 2 of 5: overloaded"
+    setbacks: list[Setback] = []  # attempts retried or parked (in `show`; lists leave them out)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
