@@ -10,7 +10,7 @@ import pytest
 
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
-from tests.daemon import Daemon
+from tests.daemon import Daemon, wait_for
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply
 
 FINISHED = tuple(p.FINISHED)
@@ -162,3 +162,21 @@ def test_the_auto_deny_timeout_is_named(team, work, tmp_path):
         assert [(x.effect, x.by) for x in view.decisions] == [("deny", "the auto-deny timeout")]
     finally:
         d.call(p.ConfigSet(key="auto_deny_after", value=None))
+
+
+def test_a_role_files_rules_come_first_and_roles_shows_them(team, work):
+    d, _ = team
+    roles_dir = d.paths.config / "roles"
+    roles_dir.mkdir(parents=True, exist_ok=True)
+    (roles_dir / "dba.toml").write_text('prompt = "You migrate databases."\npolicy = ["allow Bash(alembic upgrade *)", "deny Bash(psql *)"]\n')
+    wait_for(lambda: "dba" in d.call(p.Roles(), p.RolesResult).custom, 15, "the role file to load")
+    out = d.cli("policy", "check", "--role", "dba", "--cwd", str(work), "Bash(alembic upgrade head)").output
+    assert "allowed" in out and "by rule 1 of role dba (allow Bash(alembic upgrade *))" in out
+    assert "by rule 2 of role dba" in d.cli("policy", "check", "--role", "dba", "--cwd", str(work), "Bash(psql -c 'drop table x')").output
+    shown = d.cli("roles", "dba").output
+    assert "  policy            allow Bash(alembic upgrade *)\n                    deny Bash(psql *)\n" in shown
+    assert "this built-in role's own rules" in d.cli("roles", "implementer").output
+    (roles_dir / "bad.toml").write_text('prompt = "x"\npolicy = ["allow Bash(a; b)"]\n')
+    wait_for(lambda: any("bad.toml" in x for x in d.call(p.Roles(), p.RolesResult).problems), 15, "the bad role to be reported")
+    [problem] = [x for x in d.call(p.Roles(), p.RolesResult).problems if "bad.toml" in x]
+    assert "is not one command" in problem

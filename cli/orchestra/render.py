@@ -319,6 +319,10 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     if role.sandbox is not None or role.network is not None:
         network = "" if role.network is None else f", network {'on' if role.network else 'off'}"
         lines.append(f"  sandbox           {role.sandbox or '(as configured)'}{network}")
+    rules = list(role.policy) or (["(this built-in role's own rules, scoped to the task's directory)"] if not custom else ["-"])
+    lines.append(f"  policy            {rules[0]}")
+    lines += [f"                    {rule}" for rule in rules[1:]]
+    lines.append(f"                    see which rule decides a call: orchestra policy check --role {role.name} 'Bash(...)'")
     return "\n".join(lines)
 
 
