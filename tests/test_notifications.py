@@ -350,15 +350,15 @@ def test_a_claude_task_asking_permission_notifies_with_the_question(team):
     d, api = team
     out = d.home / "notices.jsonl"
     d.call(p.ConfigSet(key="notify_command", value=recorder(out)))
-    api.add(reply.tool_use("Bash", {"command": "echo ran > asked.txt", "description": "write a file"}), reply.text("done"))
+    api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > asked.txt", "description": "write a file"}), reply.text("done"))
     task = d.call(p.Submit(prompt="run it", title="run it", cwd=str(d.home)), p.TaskView).id
     waiting = d.wait_status(task, Status.WAITING, *FINISHED, timeout=60)
     assert waiting.status is Status.WAITING, waiting.reason
     [notice] = arrived(out, 1)
     assert (notice["kind"], notice["task"], notice["status"]) == ("waiting", task, "waiting")
     assert notice["question"]["kind"] == "permission" and notice["question"]["tool"] == "Bash"
-    assert notice["question"]["prompt"] == waiting.waiting.prompt and notice["question"]["prompt"].startswith("Bash: echo ran > asked.txt")
-    assert notice["message"].startswith(f"Task {task} (generalist: run it) is waiting for permission: Bash: echo ran > asked.txt")
+    assert notice["question"]["prompt"] == waiting.waiting.prompt and notice["question"]["prompt"].startswith("Bash: /bin/echo ran > asked.txt")
+    assert notice["message"].startswith(f"Task {task} (generalist: run it) is waiting for permission: Bash: /bin/echo ran > asked.txt")
     assert notice["message"].endswith(f"Answer: orchestra respond {task} --allow (or --deny)")
     d.call(p.Respond(task=task, allow=True))
     assert d.wait_status(task, *FINISHED, timeout=60).status is Status.SUCCEEDED
