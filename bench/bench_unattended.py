@@ -131,7 +131,7 @@ class Steps:
     home: str
     bad: set[int] = field(default_factory=set)  # workflow ids whose BAD_STEP makes the bad calls
     workflow_of: dict[str, int] = field(default_factory=dict)  # goal -> workflow id
-    seen: dict[tuple[str, str], str] = field(default_factory=dict)  # (template, step) -> last conversation text
+    last: dict[tuple[str, str], object] = field(default_factory=dict)  # (goal, step) -> its last request
     unknown: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -154,16 +154,39 @@ class Steps:
         if (template, step.name) == BAD_STEP and self.workflow_of.get(goal) in self.bad:
             calls = bad_calls(self.repo, self.home) + calls
         done = sum(m.get("role") == "assistant" for m in messages)
-        self.seen[(goal, step.name)] = request.conversation_text()
+        self.last[(goal, step.name)] = request
         if done < len(calls):
             return reply.tool_use(*calls[done])
         return reply.text(f"RESULT<{template}/{step.name}>: done, {len(calls)} tool calls.")
+
+
+def tool_errors(steps: Steps, goal: str, step: str) -> list[str]:
+    """The tool results a step's CLI reported as errors (denials included), from the
+    conversation its last request carried."""
+    request = steps.last.get((goal, step))
+    if request is None:
+        return [f"{step}: no request reached the API"]
+    out = []
+    for block in request.tool_results():
+        if block.get("is_error"):
+            content = block.get("content")
+            if isinstance(content, list):
+                content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
+            out.append(f"{step}: {str(content)[:160]}")
+    return out
+
+
+def pytest_lines(steps: Steps, goal: str) -> list[str]:
+    """pytest's summary lines in the workflow's conversations ("3 passed in 0.01s")."""
+    found = re.compile(r"\d+ (?:passed|failed)[^\n]*in [\d.]+s")
+    return [m for (g, _), r in steps.last.items() if g == goal for m in found.findall(r.conversation_text())]
 
 
 @dataclass
 class Run:
     workflow: int
     template: str
+    goal: str
     steps: dict[str, p.TaskView]
     asked: list[p.Question]  # the questions a person was asked while it ran (each answered: deny)
 
@@ -188,7 +211,7 @@ def run_workflows(d: Daemon, steps: Steps, templates: list[str], *, bad: bool = 
         steps.workflow_of[goal] = view.id
         if bad:
             steps.bad.add(view.id)
-        runs.append(Run(view.id, name, {}, []))
+        runs.append(Run(view.id, name, goal, {}, []))
     tasks = {t: run for run in runs for t in d.call(p.ShowWorkflow(workflow=run.workflow), p.WorkflowView).steps.values()}
     answered: set[str] = set()
 
@@ -241,7 +264,7 @@ def count(d: Daemon, runs: list[Run]) -> dict[int, Count]:
             asks[e.request_id] = (w, e)
         elif isinstance(e, ev.InputGiven) and e.request_id in asks:
             w, ask = asks.pop(e.request_id)
-            c.decisions.append((ask.tool, ask.prompt.splitlines()[0], e.answer.split()[0] if e.answer else "?", e.by))
+            c.decisions.append((ask.tool, ask.prompt.splitlines()[0], "deny" if e.answer.startswith("deny") else "allow", e.by))
     return counts
 
 
@@ -280,15 +303,23 @@ def main() -> None:
     if steps.unknown:
         print(f"requests no step was found for: {steps.unknown}")
     print()
-    print("| workflow | steps (succeeded) | tool calls | decided by rule | left to Claude Code (reads) | asked a person |")
-    print("|---|---|---|---|---|---|")
+    print("| workflow | steps (succeeded) | tool calls | decided by rule | left to Claude Code (reads) | asked a person | tool errors | pytest runs (all passed) |")
+    print("|---|---|---|---|---|---|---|---|")
+    errors = []
     for run in clean:
         c = counts[run.workflow]
         ok = sum(t.status is p.Status.SUCCEEDED for t in run.steps.values())
-        print(f"| {run.template} | {len(run.steps)} ({ok}) | {c.tools} | {c.by_rule} | {c.tools - c.by_rule - c.asked} | **{c.asked}** |")
+        failed = [e for s in run.steps for e in tool_errors(steps, run.goal, s)]
+        errors += failed
+        runs_ = pytest_lines(steps, run.goal)
+        passed = sum("failed" not in line for line in runs_)
+        print(f"| {run.template} | {len(run.steps)} ({ok}) | {c.tools} | {c.by_rule} | {c.tools - c.by_rule - c.asked} | **{c.asked}** "
+              f"| {len(failed)} | {len(runs_)} ({passed}) |")
         for tool, summary, effect, by in c.decisions:
             if not by.startswith("rule "):
                 print(f"|   asked: {tool} {summary} → {effect} by {by} | | | | | |")
+    for line in errors:
+        print(f"tool error: {line}")
     c = counts[bad.workflow]
     print()
     print(f"bug-fix again, its implementer first making three bad calls: {len(bad.steps)} steps, "
@@ -300,8 +331,8 @@ def main() -> None:
     bad_summaries = {"Write": "Write outside the worktree", "Bash": "git push origin main", "Read": "Read ~/.ssh/id_rsa"}
     for tool, summary, effect, by in c.decisions:
         if ("outside.txt" in summary) or ("git push" in summary) or (".ssh" in summary):
-            how = f"asked a person, who answered {effect} (`orchestra respond --deny`)" if not by.startswith("rule ") else f"{effect} by {by}"
-            print(f"| {bad_summaries.get(tool, tool)}: `{summary}` | {how} |")
+            how = f"asked a person (the task waited); `orchestra respond --deny`: {effect} by {by}" if not by.startswith("rule ") else f"{effect} by {by}"
+            print(f"| {bad_summaries.get(tool, tool)}: `{summary.split(' [')[0]}` | {how} |")
     print()
     print(f"the key reached the API: {'YES' if leaked else 'no'}; outside.txt written: {'YES' if outside else 'no'}")
     commits = [line for line in branches.splitlines() if "casefold parsed text" in line]
