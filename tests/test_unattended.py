@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_unattended import SECRET, Steps, make_repo, pytest_lines, run_workflows, start_team, tool_errors
+from tests.unattended import SECRET, Steps, make_repo, pytest_lines, run_workflows, start_team, tool_errors
 from orchestra.shared.protocol import Status
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude
 
