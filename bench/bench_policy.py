@@ -72,8 +72,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=20000)
     args = parser.parse_args()
-    cwd = tempfile.mkdtemp(prefix="orc-bench-policy-")
-    os.makedirs(os.path.join(cwd, "src"))
+    with tempfile.TemporaryDirectory(prefix="orc-bench-policy-") as cwd:
+        os.makedirs(os.path.join(cwd, "src"))
+        run(args, cwd)
+
+
+def run(args: argparse.Namespace, cwd: str) -> None:
     home = os.path.expanduser("~")
     places = {"state": "/var/lib/orchestra", "config": "/etc/orchestra", "runtime": "/run/orchestra"}
     role_rules = [f"allow Bash(tool{i} --flag *)" if i % 2 else f"deny Read(/data/set{i}/**)" for i in range(100)]
