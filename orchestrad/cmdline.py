@@ -166,11 +166,7 @@ class _Parser:
                 self.expansion(text)
             elif c == "`":
                 literal = False
-                self.plain = False
-                end = self.s.find("`", self.i + 1)
-                end = len(self.s) if end < 0 else end
-                self.commands_of(self.s[self.i + 1 : end])
-                self.i = end + 1
+                self.backquoted()
             else:
                 if c in "*?[":
                     literal = False  # the shell would expand it against the files there
@@ -191,16 +187,20 @@ class _Parser:
                 self.expansion(text)
             elif c == "`":
                 literal = False
-                self.plain = False
-                end = self.s.find("`", self.i + 1)
-                end = len(self.s) if end < 0 else end
-                self.commands_of(self.s[self.i + 1 : end])
-                self.i = end + 1
+                self.backquoted()
             else:
                 text.append(c)
                 self.i += 1
         self.i += 1
         return literal
+
+    def backquoted(self) -> None:
+        """`...`: a command substitution, listed, and the line is not plain."""
+        self.plain = False
+        end = self.s.find("`", self.i + 1)
+        end = len(self.s) if end < 0 else end
+        self.commands_of(self.s[self.i + 1 : end])
+        self.i = end + 1
 
     def expansion(self, text: list[str]) -> None:
         """`$(...)` (a command: listed, not plain), `$((...))`, `${...}`, `$NAME`."""

@@ -207,8 +207,8 @@ class Policy:
 
     def __init__(self, sources: Sequence[Source]) -> None:
         self.sources = tuple(s for s in sources if s.rules)
-        self.entries = [Entry(0, s.name, i, r) for s in self.sources for i, r in enumerate(s.rules, 1)]
-        self.entries = [e._replace(position=n) for n, e in enumerate(self.entries)]
+        ranked = [(s.name, i, r) for s in self.sources for i, r in enumerate(s.rules, 1)]
+        self.entries = [Entry(n, name, i, r) for n, (name, i, r) in enumerate(ranked)]
         self.size = len(self.entries)
         self._tools: dict[str, list[Entry]] = {}
         self._commands: dict[str, list[Entry]] = {}  # Bash rules by their first word
