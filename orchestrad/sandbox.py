@@ -257,10 +257,10 @@ class Sandboxes:
             raise SpawnError(f"working directory {cwd} does not exist" if not os.path.exists(cwd) else f"working directory {cwd} is not a directory")
         bwrap, env_program = await self.probe.check(env.get("PATH", os.defpath))
         _check_program(argv[0], cwd, env)
-        layout = self.layout(cwd, env, agent, choice.network, delegates=bool(role is not None and role.delegate))
+        layout = self.layout(cwd, env, agent, choice.network, delegates=bool(role is not None and role.delegate), program=argv[0])
         return [*command(layout, bwrap, env_program), *argv], describe(layout)
 
-    def layout(self, cwd: str, env: dict[str, str], agent: Agent, network: bool, *, delegates: bool) -> Layout:
+    def layout(self, cwd: str, env: dict[str, str], agent: Agent, network: bool, *, delegates: bool, program: str = "") -> Layout:
         """The layout of a task working in `cwd`: real paths, its repository's git
         directories, its agent kind's state (made where missing, so that it can be mounted)."""
         workdir = str(_real(Path(cwd)))
@@ -273,6 +273,7 @@ class Sandboxes:
         for path, content in state.seed:
             _seed(Path(path), content)
         read_only += [str(_real(Path(p))) for p in state.read_only]
+        read_only += _under_tmp([program, sys.executable], env)
         git_writable, git_read_only = git_dirs(workdir)
         hidden = [Path(p) for p in self.hidden]
         runtime = env.get("XDG_RUNTIME_DIR")
@@ -288,6 +289,20 @@ class Sandboxes:
             exposed=tuple(exposed),
             network=network,
         )
+
+
+def _under_tmp(programs: list[str], env: dict[str, str]) -> list[str]:
+    """The trees of the agent's program and of orchestra's own Python (which agents run as
+    `orchestra`) when they live in /tmp (a checkout or a virtual environment there), which
+    the private /tmp would hide: each one's top directory in /tmp, read-only."""
+    out = set()
+    for program in programs:
+        found = shutil.which(program, path=env.get("PATH")) if program and "/" not in program else program
+        for path in {found, os.path.realpath(found)} if found else ():
+            parts = Path(path).parts
+            if len(parts) > 2 and parts[:2] == ("/", "tmp"):
+                out.add(str(Path("/tmp", parts[2])))
+    return sorted(out)
 
 
 def _real(path: Path) -> Path:
