@@ -247,6 +247,8 @@ class WorktreeCreated(Event):
     task: int | None = None
     workflow: int | None = None
     workdir: str = ""  # where the work happens inside it (the submitted cwd's counterpart)
+    base: str = ""  # the commit it started from; "" in older logs
+    target: str = ""  # the branch HEAD was on when it was made ("" for a detached HEAD, or in older logs)
 
 
 class WorktreeRemoved(Event):

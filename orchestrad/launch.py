@@ -108,11 +108,16 @@ class Workdirs:
                 name = f"w{workflow.id}-{worktrees.slug(workflow.goal)}"
                 job = asyncio.ensure_future(worktrees.create(workflow.cwd or task.spec.cwd, self.root, name))
                 self._shared[workflow.id] = job
-                path, branch, repo, workdir = await job
-                record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, workflow=workflow.id, workdir=workdir)])
+                made = await job
+                record([ev.WorktreeCreated(
+                    path=made.path, branch=made.branch, repo=made.repo, workflow=workflow.id, workdir=made.workdir,
+                    base=made.base, target=made.target,
+                )])
             else:
                 await job
             return state.tasks[task.id].cwd
-        path, branch, repo, workdir = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
-        record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, task=task.id, workdir=workdir)])
-        return workdir
+        made = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
+        record([ev.WorktreeCreated(
+            path=made.path, branch=made.branch, repo=made.repo, task=task.id, workdir=made.workdir, base=made.base, target=made.target,
+        )])
+        return made.workdir

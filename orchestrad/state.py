@@ -186,6 +186,8 @@ class Worktree(msgspec.Struct, frozen=True, kw_only=True):
     task: int | None
     workflow: int | None
     created_at: float
+    base: str = ""  # the commit it started from ("" in older logs)
+    target: str = ""  # the branch it started from ("" for a detached HEAD, or in older logs)
 
 
 class State(msgspec.Struct, kw_only=True):
@@ -526,7 +528,9 @@ def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
 
 
 def _worktree_created(s: State, e: ev.WorktreeCreated, ts: float, data) -> None:
-    s.worktrees[e.path] = Worktree(path=e.path, branch=e.branch, repo=e.repo, task=e.task, workflow=e.workflow, created_at=ts)
+    s.worktrees[e.path] = Worktree(
+        path=e.path, branch=e.branch, repo=e.repo, task=e.task, workflow=e.workflow, created_at=ts, base=e.base, target=e.target
+    )
     workdir = e.workdir or e.path
     if e.task is not None and e.task in s.tasks:
         s.tasks[e.task].workdir = workdir
