@@ -19,6 +19,7 @@ PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 # What may notify (see orchestrad.notify); "parked" is notified once tasks can be parked.
 NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended")
 SANDBOX_MODES = ("off", "on")
+MERGE_MODES = ("merge", "rebase")
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,6 +57,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
     retry_cap: float = 300.0  # ... but never longer than this
     role_budgets: dict[str, float] = {}  # dollars a role's tasks may spend in a day, all together (orchestrad.budgets)
+    merge_mode: str = "merge"  # how the merge queue puts a branch on its target: "merge" (a merge commit) or "rebase"
+    merge_checks: list[str] = []  # shell lines every merge runs in its integration worktree before the target moves
+    merge_check_timeout: float = 600.0  # seconds one of those checks may take
+    delete_merged_branches: bool = False  # delete a task's branch once it is merged
 
 
 DEFAULT = Config()
@@ -109,6 +114,10 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
     "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "merge_mode": ("merge or rebase", lambda v: v in MERGE_MODES),
+    "merge_checks": ("a list of shell lines, like [\"pytest -q\"]", lambda v: _names(v)),
+    "merge_check_timeout": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "delete_merged_branches": ("true or false", lambda v: isinstance(v, bool)),
     "role_budgets": (
         f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),

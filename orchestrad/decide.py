@@ -20,7 +20,7 @@ from orchestra.shared.vocab import shorten
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
-from orchestrad import budgets, limits, retries
+from orchestrad import budgets, limits, merges, retries
 from orchestrad.budgets import Day
 from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
@@ -87,7 +87,7 @@ class Actor(msgspec.Struct, frozen=True):
 
 READS = frozenset({
     p.Hello, p.ListTasks, p.Show, p.Logs, p.Watch, p.Wait, p.Queue, p.Roles, p.Templates,
-    p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows, p.CheckPolicy,
+    p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows, p.CheckPolicy, p.MergeStatus,
 })
 
 _ON_A_TASK = {p.Stop: "stop", p.SetPriority: "re-prioritise", p.Remove: "remove", p.AssignRole: "change the role of", p.Resume: "resume"}
@@ -96,6 +96,7 @@ _NEVER = {
     p.ConfigSet: "change settings",
     p.RunWorkflow: "start workflows",
     p.Cleanup: "run cleanup",
+    p.Merge: "merge branches",
     p.Shutdown: "stop the daemon",
 }
 
@@ -286,8 +287,12 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
             workspace=step.workspace,
         )
         submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
+    merge = template.merge if cmd.merge is None else cmd.merge
+    if merge and not worktree:
+        raise bad_request("a workflow merges the branches its worktrees leave: run it with --worktree too, or without --merge")
     created = ev.WorkflowCreated(
-        workflow=workflow, template=template.name, goal=cmd.goal, steps=ids, cwd=cmd.cwd, worktree=worktree, budget_usd=cmd.budget_usd
+        workflow=workflow, template=template.name, goal=cmd.goal, steps=ids, cwd=cmd.cwd, worktree=worktree, budget_usd=cmd.budget_usd,
+        merge=merge,
     )
     return [created, *submitted]
 
@@ -461,6 +466,7 @@ _HANDLERS = {
     p.AssignRole: _assign_role,
     p.ConfigSet: _config_set,
     p.RunWorkflow: _run_workflow,
+    p.Merge: lambda state, cmd, now: merges.queue(state, cmd),
 }
 
 

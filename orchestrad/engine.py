@@ -30,6 +30,7 @@ from orchestrad.agents import Agent, Reaction, agent_for, traits
 from orchestrad.agents import kinds as agent_kinds
 from orchestrad.envstore import EnvStore
 from orchestrad.leftovers import Sweeper
+from orchestrad.merger import Merger
 from orchestrad.notifier import Notifier
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
@@ -103,6 +104,7 @@ class Engine:
         self._timer: asyncio.TimerHandle | None = None
         self._accepting = True
         self.notifier = Notifier(self.base_env, clock)  # told of every batch appended
+        self.merger = Merger(self, paths.state / "integration" if paths is not None else None)  # the merge queue
 
     @property
     def state(self):
@@ -189,6 +191,7 @@ class Engine:
             batch = follow_ups
         assert durable is not None, "nothing to append"
         self.notifier.saw(self.state, appended, written)  # once all of it is folded and durable
+        self.merger.saw(appended)
         return durable, schedulable
 
     async def record(self, items: Sequence[Item]) -> None:
@@ -438,6 +441,7 @@ class Engine:
         events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=version(), accounts=self.accounts())]
         await self.record([*events, *reconciled])
         self.reload_files()
+        self.merger.poke()
 
     def accounts(self) -> dict[str, str]:
         """The account each agent kind uses by default: a hash of the credentials it finds
@@ -468,6 +472,7 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
+        await self.merger.close()
         await self.notifier.close()
 
 

@@ -236,6 +236,7 @@ class WorkflowCreated(Event):
     cwd: str = ""
     worktree: bool = False
     budget_usd: float | None = None  # what all its tasks together may spend (orchestrad.budgets)
+    merge: bool = False  # merge its branches onto their target once it succeeds (orchestrad.merges)
 
 
 class WorktreeCreated(Event):
@@ -326,6 +327,53 @@ class BudgetRaised(Event):
     day: float = 0.0  # a role's budget: the day it is raised for (another day has the configured one)
 
 
+class MergeQueued(Event):
+    """A branch joins the merge queue (`orchestrad.merges`)."""
+
+    merge: int
+    repo: str
+    branch: str
+    target: str
+    mode: str  # "merge" | "rebase"
+    checks: list[str]
+    resolve: bool
+    task: int | None = None
+    workflow: int | None = None
+    delete_branch: bool = False
+
+
+class MergeStarted(Event):
+    """The merge began in the integration worktree `path`, from the target's head `onto`."""
+
+    merge: int
+    onto: str
+    path: str
+
+
+class MergeConflicted(Event):
+    """The branch conflicts with its target in `files`; task `resolver` (submitted in the
+    same batch) resolves them in the integration worktree."""
+
+    merge: int
+    files: list[str]
+    resolver: int
+
+
+class MergeFinished(Event):
+    merge: int
+    outcome: str  # "merged" | "conflicted" | "failed" | "cancelled"
+    reason: str = ""
+    head: str = ""  # the target's new head, when merged
+    files: list[str] = []  # the files in conflict, when conflicted
+
+
+class MergesSkipped(Event):
+    """A workflow that was to merge its branches ended without succeeding: nothing is merged."""
+
+    workflow: int
+    reason: str
+
+
 AnyEvent = Union[
     DaemonStarted,
     TaskSubmitted,
@@ -357,6 +405,11 @@ AnyEvent = Union[
     RetryScheduled,
     BudgetReached,
     BudgetRaised,
+    MergeQueued,
+    MergeStarted,
+    MergeConflicted,
+    MergeFinished,
+    MergesSkipped,
 ]
 
 

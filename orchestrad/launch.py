@@ -88,12 +88,32 @@ def shown(argv: list[str], limit: int = 200) -> list[str]:
     return [shorten(a, limit) for a in argv]
 
 
+async def _shared_head(state: State, workflow, task: Task) -> str | None:
+    """Where a workflow step of its own starts: its workflow's shared worktree as the steps
+    before it left it (what they left uncommitted committed to that branch first, when no
+    step works there now), so that a tester sees the implementer's change; None if the
+    workflow has no shared worktree yet."""
+    if not workflow.workdir:
+        return None
+    shared = [
+        t for t in workflow.steps.values()
+        if t in state.tasks and t != task.id and state.tasks[t].spec.workspace == "shared" and state.tasks[t].status.active
+    ]
+    path = next((wt.path for wt in state.worktrees.values() if wt.workflow == workflow.id and wt.task is None), None)
+    if path is None:
+        return None
+    if not shared:
+        await worktrees.save(path, f"orchestra: the work of workflow {workflow.id}'s steps so far, for step {task.spec.step}")
+    return (await worktrees.git("-C", path, "rev-parse", "HEAD")).strip()
+
+
 class Workdirs:
     """Where tasks work, making their git worktrees under `root` as they start."""
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self._shared: dict[int, asyncio.Future] = {}  # workflow -> its shared worktree being made
+        self._locks: dict[int, asyncio.Lock] = {}  # workflow -> held while its own steps branch from the shared one
 
     async def workdir(self, state: State, task: Task, record: Callable[[list[ev.Event]], object]) -> str:
         """The task's working directory; a worktree made for it is recorded with `record`."""
@@ -116,7 +136,11 @@ class Workdirs:
             else:
                 await job
             return state.tasks[task.id].cwd
-        made = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
+        start = None
+        if workflow is not None:
+            async with self._locks.setdefault(workflow.id, asyncio.Lock()):  # one save at a time in its tree
+                start = await _shared_head(state, workflow, task)
+        made = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}", start)
         record([ev.WorktreeCreated(
             path=made.path, branch=made.branch, repo=made.repo, task=task.id, workdir=made.workdir, base=made.base, target=made.target,
         )])

@@ -31,7 +31,7 @@ from __future__ import annotations
 import msgspec
 
 from orchestra.shared.protocol import Status
-from orchestrad import budgets
+from orchestrad import budgets, merges
 from orchestrad import events as ev
 from orchestrad.agents import traits
 from orchestrad.budgets import Day
@@ -71,6 +71,8 @@ def plan(state: State, now: float, *, day: Day | None = None) -> Plan:
         if blocker is not None:
             events.append(ev.TaskCancelled(task=task_id, reason=blocker))
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
+    if state.merge_pending:
+        events += merges.due(state)  # workflows that ended, and merge their branches
 
     config = state.config
     running = len(state.active)

@@ -36,7 +36,8 @@ from orchestra.shared.vocab import shorten, version
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
 from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
-from orchestrad import descriptors, limits, policy, retention, scheduler
+from orchestrad import descriptors, limits, merges, policy, retention, scheduler
+from orchestrad import events as ev
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import worktrees
@@ -97,6 +98,8 @@ class Server:
             p.Info: self.info,
             p.Cleanup: self.cleanup,
             p.Shutdown: self.shutdown,
+            p.Merge: self.merge,
+            p.MergeStatus: self.merge_status,
         }
         self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
             p.Logs: self.logs,
@@ -381,6 +384,8 @@ class Server:
             steps=workflow.steps,
             tasks=tasks,
             budget_usd=workflow.budget_usd,
+            merge=workflow.merge,
+            merge_note=workflow.merge_note,
         )
 
     async def roles(self, request: p.Roles) -> p.RolesResult:
@@ -537,6 +542,16 @@ class Server:
 
     async def cleanup(self, request: p.Cleanup) -> p.CleanupResult:
         return await retention.cleanup(self.engine, force=request.force)
+
+    async def merge(self, request: p.Merge) -> p.MergeQueue:
+        events = await self._execute(request)
+        queued = [e.merge for e in events if isinstance(e, ev.MergeQueued)]
+        return merges.listing(self.engine.state, 0, queued)
+
+    async def merge_status(self, request: p.MergeStatus) -> p.MergeQueue:
+        if not 0 <= request.limit <= p.PAGE_MAX:
+            raise p.bad_request(f"limit must be from 0 to {p.PAGE_MAX}, not {request.limit}")
+        return merges.listing(self.engine.state, request.limit)
 
     async def shutdown(self, request: p.Shutdown) -> p.Stopping:
         asyncio.get_running_loop().call_soon(self.on_shutdown)

@@ -177,6 +177,33 @@ class Workflow(msgspec.Struct, kw_only=True):
     worktree: bool = False
     workdir: str = ""  # the shared worktree of its steps, once made
     budget_usd: float | None = None  # what all its tasks together may spend
+    merge: bool = False  # merge its branches once it succeeds
+    merge_note: str = ""  # why they were not (MergesSkipped)
+
+
+class Merge(msgspec.Struct, kw_only=True):
+    """A branch in the merge queue (`orchestrad.merges`), as the events so far made it."""
+
+    id: int
+    repo: str
+    branch: str
+    target: str
+    mode: str
+    checks: list[str]
+    resolve: bool
+    task: int | None = None
+    workflow: int | None = None
+    delete_branch: bool = False
+    status: str = "queued"  # queued | merging | resolving | merged | conflicted | failed | cancelled
+    queued_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    onto: str = ""  # the target's head it started from
+    path: str = ""  # the integration worktree
+    conflicts: list[str] = []
+    resolver: int | None = None
+    reason: str = ""
+    head: str = ""
 
 
 class Worktree(msgspec.Struct, frozen=True, kw_only=True):
@@ -212,6 +239,10 @@ class State(msgspec.Struct, kw_only=True):
     paused: set[int] = set()  # tasks paused on a budget (BudgetReached), waiting for a person
     role_spend: dict[str, dict[int, float]] = {}  # role -> quarter-hour -> dollars, the last two days
     role_raises: dict[str, tuple[float, float]] = {}  # role -> (the day's start, its raised budget that day)
+    merges: dict[int, Merge] = {}
+    next_merge: int = 1
+    merge_queue: list[int] = []  # merges not finished, in the order they run (the first may be running)
+    merge_pending: set[int] = set()  # workflows that merge their branches once they succeed, until they do
 
 
 # ---------------------------------------------------------------------------------------
@@ -522,8 +553,10 @@ def _run_key(t: Task) -> tuple[int, int, int]:
 def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
     s.workflows[e.workflow] = Workflow(
         id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts, cwd=e.cwd, worktree=e.worktree,
-        budget_usd=e.budget_usd,
+        budget_usd=e.budget_usd, merge=e.merge,
     )
+    if e.merge:
+        s.merge_pending.add(e.workflow)
     s.next_workflow = max(s.next_workflow, e.workflow + 1)
 
 
@@ -545,6 +578,42 @@ def _worktree_created(s: State, e: ev.WorktreeCreated, ts: float, data) -> None:
 
 def _worktree_removed(s: State, e: ev.WorktreeRemoved, ts: float, data) -> None:
     s.worktrees.pop(e.path, None)
+
+
+def _merge_queued(s: State, e: ev.MergeQueued, ts: float, data) -> None:
+    s.merges[e.merge] = Merge(
+        id=e.merge, repo=e.repo, branch=e.branch, target=e.target, mode=e.mode, checks=list(e.checks), resolve=e.resolve,
+        task=e.task, workflow=e.workflow, delete_branch=e.delete_branch, queued_at=ts,
+    )
+    s.merge_queue = [*s.merge_queue, e.merge]
+    s.next_merge = max(s.next_merge, e.merge + 1)
+    if e.workflow is not None:
+        s.merge_pending.discard(e.workflow)
+
+
+def _merge_started(s: State, e: ev.MergeStarted, ts: float, data) -> None:
+    m = s.merges[e.merge]
+    m.status, m.onto, m.path, m.started_at = "merging", e.onto, e.path, ts
+    m.conflicts, m.resolver, m.reason = [], None, ""
+
+
+def _merge_conflicted(s: State, e: ev.MergeConflicted, ts: float, data) -> None:
+    m = s.merges[e.merge]
+    m.status, m.conflicts, m.resolver = "resolving", list(e.files), e.resolver
+
+
+def _merge_finished(s: State, e: ev.MergeFinished, ts: float, data) -> None:
+    m = s.merges[e.merge]
+    m.status, m.reason, m.head, m.finished_at = e.outcome, e.reason, e.head, ts
+    if e.files:
+        m.conflicts = list(e.files)
+    s.merge_queue = [x for x in s.merge_queue if x != e.merge]
+
+
+def _merges_skipped(s: State, e: ev.MergesSkipped, ts: float, data) -> None:
+    s.merge_pending.discard(e.workflow)
+    if e.workflow in s.workflows:
+        s.workflows[e.workflow].merge_note = e.reason
 
 
 def _catalog(s: State, e: ev.CatalogChanged, ts: float, data) -> None:
@@ -596,6 +665,11 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.RetryScheduled: _retry_scheduled,
     ev.BudgetReached: _budget_reached,
     ev.BudgetRaised: _budget_raised,
+    ev.MergeQueued: _merge_queued,
+    ev.MergeStarted: _merge_started,
+    ev.MergeConflicted: _merge_conflicted,
+    ev.MergeFinished: _merge_finished,
+    ev.MergesSkipped: _merges_skipped,
 }
 
 

@@ -9,7 +9,9 @@ earlier step actually produced (long results are shortened in the middle).
 
 Workspaces, when the workflow runs with a git worktree: ``shared`` steps work in the
 workflow's worktree (so the tester sees the implementer's change), ``own`` steps get a
-worktree of their own. Without a worktree every step works in the workflow's directory.
+worktree of their own, on a branch from where the shared one is when they start (so steps
+that run side by side do not write into one tree, and still see the work before them).
+Without a worktree every step works in the workflow's directory.
 
 People add templates as TOML files in `<config dir>/workflows/NAME.toml`::
 
@@ -79,10 +81,10 @@ BUILTIN: dict[str, Template] = {
                     "Design this feature: {goal}\n\nProduce a plan another engineer can implement.")),
                 Step(name="implement", role="implementer", after=["design"], prompt=(
                     "Implement this feature: {goal}\n\nFollow the architect's design:\n{steps.design.result}")),
-                Step(name="test", role="tester", after=["implement"], prompt=(
+                Step(name="test", role="tester", after=["implement"], workspace="own", prompt=(
                     "Write and run tests for the feature just implemented: {goal}\n\n"
                     "What the implementer did:\n{steps.implement.result}")),
-                Step(name="document", role="documenter", after=["implement"], prompt=(
+                Step(name="document", role="documenter", after=["implement"], workspace="own", prompt=(
                     "Document the feature just implemented: {goal}\n\n"
                     "What the implementer did:\n{steps.implement.result}")),
                 Step(name="review", role="reviewer", after=["test", "document"], prompt=(

@@ -33,12 +33,13 @@ def slug(text: str, limit: int = 32) -> str:
 async def repo_root(cwd: str) -> str | None:
     """The top of the git repository holding `cwd`, or None if it is not in one."""
     try:
-        return (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip() or None
+        return (await git("-C", cwd, "rev-parse", "--show-toplevel")).strip() or None
     except (WorktreeError, OSError):
         return None
 
 
-async def _git(*args: str) -> str:
+async def git(*args: str) -> str:
+    """Run git with `args`; its stdout, or a WorktreeError with what it said."""
     proc = await asyncio.create_subprocess_exec(
         "git", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
     )
@@ -65,19 +66,19 @@ class Made(NamedTuple):
     target: str
 
 
-async def create(cwd: str, root: Path, name: str) -> Made:
+async def create(cwd: str, root: Path, name: str, start: str | None = None) -> Made:
     """Make a worktree `root/name` on branch `orchestra/name` from HEAD of the repository at
-    `cwd`."""
-    repo = (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
-    base = (await _git("-C", repo, "rev-parse", "--verify", "HEAD^{commit}")).strip()
+    `cwd` (or from the commit `start`); its target is the branch HEAD is on either way."""
+    repo = (await git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
+    base = (await git("-C", repo, "rev-parse", "--verify", f"{start or 'HEAD'}^{{commit}}")).strip()
     try:
-        target = (await _git("-C", repo, "symbolic-ref", "-q", "--short", "HEAD")).strip()
+        target = (await git("-C", repo, "symbolic-ref", "-q", "--short", "HEAD")).strip()
     except WorktreeError:
         target = ""
     make_private_dir(root)
     path = root / name
     branch = f"orchestra/{name}"
-    await _git("-C", repo, "worktree", "add", "-b", branch, str(path), base)
+    await git("-C", repo, "worktree", "add", "-b", branch, str(path), base)
     # Keep the task in the same subdirectory of the repository it was submitted from.
     inside = Path(cwd).resolve().relative_to(Path(repo).resolve())
     return Made(str(path), branch, repo, str(path / inside), base, target)
@@ -85,7 +86,7 @@ async def create(cwd: str, root: Path, name: str) -> Made:
 
 async def remove(repo: str, path: str) -> None:
     """Remove the worktree directory; its branch stays. Call `save` first."""
-    await _git("-C", repo, "worktree", "remove", "--force", path)
+    await git("-C", repo, "worktree", "remove", "--force", path)
 
 
 SAVED_BY = "Saved-by: orchestra cleanup"
@@ -99,20 +100,20 @@ async def save(path: str, message: str) -> tuple[bool, str | None]:
     if not os.path.isdir(path):
         return False, None
     try:
-        branch = (await _git("-C", path, "symbolic-ref", "-q", "--short", "HEAD")).strip()
+        branch = (await git("-C", path, "symbolic-ref", "-q", "--short", "HEAD")).strip()
     except WorktreeError:
         branch = ""
-    dirty = bool((await _git("-C", path, "status", "--porcelain", "--untracked-files=all")).strip())
+    dirty = bool((await git("-C", path, "status", "--porcelain", "--untracked-files=all")).strip())
     if not branch:
         if dirty:
             return False, f"{path} has uncommitted changes on a detached HEAD; commit them to a branch, or use --force"
-        if not (await _git("-C", path, "for-each-ref", "--contains", "HEAD", "refs/heads")).strip():
+        if not (await git("-C", path, "for-each-ref", "--contains", "HEAD", "refs/heads")).strip():
             return False, f"{path} is at a detached HEAD whose commits are on no branch; put them on one, or use --force"
         return False, None
     if not dirty:
         return False, None
-    await _git("-C", path, "add", "-A")
-    await _git(
+    await git("-C", path, "add", "-A")
+    await git(
         "-C", path, "-c", "user.name=orchestra", "-c", "user.email=orchestra@localhost",
         "commit", "--no-verify", "--no-gpg-sign", "-q", "-m", f"{message}\n\n{SAVED_BY}",
     )

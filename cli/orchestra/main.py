@@ -35,6 +35,7 @@ COMMANDS = {
     "daemon": "daemon:daemon",
     "service": "daemon:service",
     "cleanup": "maintenance:cleanup",
+    "merge": "merge:merge",
     "dashboard": "dashboard:dashboard",
     "mcp": "mcp:mcp",
 }

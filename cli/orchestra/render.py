@@ -250,6 +250,8 @@ def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskVi
     head = f"workflow {wf.id} · {wf.template} · {wf.status} · {spent} · {wf.goal}"
     if wf.worktree:
         head += f" · {wf.worktree}"
+    if getattr(wf, "merge_note", ""):
+        head += f" · {wf.merge_note}"
     lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])
     fitted = [shorten(line, width) for line in lines]
     return "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)

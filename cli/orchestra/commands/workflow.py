@@ -61,13 +61,14 @@ def workflow_show(app: App, name, as_json):
 @priority_option
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Run every step with this agent.")
 @click.option("--budget", type=float, help="Dollars all its tasks together may spend; reaching it pauses the next step to ask you.")
+@click.option("--merge/--no-merge", default=None, help="Merge its branches onto their target once every step succeeded (default: as the template says).")
 @json_option
 @click.pass_obj
-def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, budget, as_json):
+def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, budget, merge, as_json):
     """Run template NAME for GOAL; prints the workflow's id and its tasks."""
     view = app.call(
         p.RunWorkflow(template=name, goal=" ".join(goal), cwd=os.path.abspath(cwd or os.getcwd()), worktree=worktree, priority=priority, agent=agent,
-                      budget_usd=budget),
+                      budget_usd=budget, merge=merge),
         p.WorkflowView,
     )
     emit(view, as_json, lambda v: f"workflow {v.id}: " + ", ".join(f"{step} = task {task}" for step, task in v.steps.items()))

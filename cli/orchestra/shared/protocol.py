@@ -248,6 +248,7 @@ class RunWorkflow(Request):
     priority: int = 0
     agent: str | None = None  # run every step with this agent (default: the configured one)
     budget_usd: float | None = None  # what all its tasks together may spend
+    merge: bool | None = None  # merge its branches onto their target once it succeeds; None: as the template says
 
 
 class ShowWorkflow(Request):
@@ -270,6 +271,24 @@ class Info(Request):
 
 class Shutdown(Request):
     pass
+
+
+class Merge(Request):
+    """Queue the branches of `tasks` (their git worktrees), or of `workflow`, to be merged
+    onto their target branch, one at a time (`orchestrad.merges`)."""
+
+    tasks: list[int] = []
+    workflow: int | None = None
+    into: str | None = None  # the target branch; None: the branch each started from
+    mode: str | None = None  # "merge" | "rebase"; None: the merge_mode setting
+    checks: list[str] = []  # shell lines run in the integration worktree before the target moves
+    resolve: bool = False  # on a conflict, a resolver task resolves it instead of stopping
+
+
+class MergeStatus(Request):
+    """The merge queue: the merges not finished, and the latest finished ones."""
+
+    limit: int = 20
 
 
 AnyRequest = Union[
@@ -298,10 +317,12 @@ AnyRequest = Union[
     Cleanup,
     Shutdown,
     CheckPolicy,
+    Merge,
+    MergeStatus,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
-MUTATING = (Submit, Respond, Stop, Resume, SetPriority, Remove, AssignRole, ConfigSet, RunWorkflow)
+MUTATING = (Submit, Respond, Stop, Resume, SetPriority, Remove, AssignRole, ConfigSet, RunWorkflow, Merge)
 
 # ---------------------------------------------------------------------------------------
 # Replies
@@ -490,6 +511,7 @@ class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     description: str = ""
     steps: list[WorkflowStep]
     worktree: bool = False  # run in a git worktree unless the run says otherwise
+    merge: bool = False  # merge its branches onto their target once it succeeds, unless the run says otherwise
 
 
 class RolesResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -523,6 +545,34 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     steps: dict[str, int]
     tasks: list[TaskView]
     budget_usd: float | None = None  # what all its tasks together may spend
+    merge: bool = False  # its branches are merged once it succeeds
+    merge_note: str = ""  # why they were not ("not merged: step implement failed")
+
+
+class MergeView(msgspec.Struct, frozen=True, kw_only=True):
+    """One branch in the merge queue."""
+
+    id: int
+    status: str  # queued | merging | resolving | merged | conflicted | failed | cancelled
+    branch: str
+    target: str
+    repo: str
+    mode: str
+    task: int | None = None
+    workflow: int | None = None
+    checks: list[str] = []
+    reason: str = ""
+    conflicts: list[str] = []  # files in conflict (conflicted, or being resolved)
+    resolver: int | None = None  # the task resolving them
+    head: str = ""  # the target's head after the merge
+    queued_at: float = 0.0
+    finished_at: float | None = None
+    path: str = ""  # the integration worktree it ran in
+
+
+class MergeQueue(msgspec.Struct, frozen=True, kw_only=True):
+    merges: list[MergeView]  # oldest first
+    queued: list[int] = []  # the merges a `Merge` just queued
 
 
 class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
@@ -608,6 +658,8 @@ REPLIES: dict[type, object] = {
     ListWorkflows: list[WorkflowView],
     Info: DaemonStatus,
     Shutdown: Stopping,
+    Merge: MergeQueue,
+    MergeStatus: MergeQueue,
 }
 
 
