@@ -319,7 +319,7 @@ class Server:
         state = self.engine.state
         task = get_task(state, task_id)
         now = self.engine.clock()
-        return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
+        return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now), cpu=self.engine.cpu.reading(task.id))
 
     def _waits_for(self, task: Task) -> str:
         return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""
@@ -368,7 +368,11 @@ class Server:
         if workflow is None:
             raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
         now = self.engine.clock()
-        tasks = [view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now)) for t in workflow.steps.values() if t in state.tasks]
+        tasks = [
+            view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now), cpu=self.engine.cpu.reading(t))
+            for t in workflow.steps.values()
+            if t in state.tasks
+        ]
         return p.WorkflowView(
             id=workflow.id,
             template=workflow.template,
@@ -466,7 +470,10 @@ class Server:
         for task in tasks:
             if len(views) == limit:
                 return views, True
-            brief = view(task, now, preview=p.PREVIEW, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
+            brief = view(
+                task, now, preview=p.PREVIEW, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now),
+                cpu=self.engine.cpu.reading(task.id),
+            )
             size += len(encoder.encode(brief))
             if views and size > p.PAGE_BYTES:
                 return views, True
@@ -582,7 +589,7 @@ class Server:
             for task in list(engine.state.tasks.values()):
                 if not task.status.finished:
                     now = engine.clock()
-                    yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
+                    yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now), cpu=engine.cpu.reading(task.id))
             while True:
                 changed = await watcher.next()
                 if not engine.accepting:
@@ -591,7 +598,7 @@ class Server:
                     task = engine.state.tasks.get(task_id)
                     if task is not None:
                         now = engine.clock()
-                        yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
+                        yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now), cpu=engine.cpu.reading(task.id))
         finally:
             engine.watchers.discard(watcher)
 
