@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.shared.vocab import LIVELY
 from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
@@ -55,6 +56,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 4  # retries of an attempt that failed on a transient API error (overloaded, 5xx, connection)
     retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
     retry_cap: float = 300.0  # ... but never longer than this
+    silent_after: float = LIVELY  # seconds without output, a tool use or CPU use before `ps` calls a running task silent
 
 
 DEFAULT = Config()
@@ -108,6 +110,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
     "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "silent_after": ("seconds of at least 1 and at most 30 days", lambda v: _number(v) and 1 <= v <= MAX_SECONDS),
 }
 
 

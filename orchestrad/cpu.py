@@ -12,7 +12,7 @@ it is compared with (0.05 s in a 5 s window; at least `NOISE`, so a sleeping pro
 odd clock tick does not count as work). A window is at least `MIN_WINDOW` long: readings
 closer together than that are compared with the same older one. The scheduler's idle
 timeout and the views use it. The engine reads every running task each `SAMPLE_EVERY`
-seconds, on one timer armed only while tasks run, and reads them again just before it
+seconds (less if `silent_after` is short: `every`), on one timer armed only while tasks run, and reads them again just before it
 would stop one for a timeout, so a stop is never decided on a reading up to
 `SAMPLE_EVERY` old.
 """
@@ -30,6 +30,13 @@ NOISE = 0.02  # ... and at least these many CPU seconds (two clock ticks)
 MIN_WINDOW = 1.0  # seconds: readings closer than this are compared with an older one
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def every(silent_after: float) -> float:
+    """Seconds between readings: SAMPLE_EVERY, or less where clients call a task silent
+    sooner (the `silent_after` setting), so that a busy task is never shown silent for want
+    of a fresh reading."""
+    return max(0.25, min(SAMPLE_EVERY, silent_after / 4))
 
 
 class Target(NamedTuple):

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
-from orchestra.shared.vocab import LIVELY, version
+from orchestra.shared.vocab import version
 from orchestrad import agentenv, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
@@ -300,10 +300,10 @@ class Engine:
     # -- CPU use ------------------------------------------------------------------------
 
     def _arm_sampler(self) -> None:
-        """Read the running tasks' CPU use in SAMPLE_EVERY seconds, if any runs and no
-        reading is due already: one timer, and none while nothing runs."""
+        """Read the running tasks' CPU use in a few seconds (`cpu.every`), if any runs and
+        no reading is due already: one timer, and none while nothing runs."""
         if self._sampler is None and self._cpu_readable and self._running():
-            self._sampler = asyncio.get_running_loop().call_later(cpu.SAMPLE_EVERY, self._sample)
+            self._sampler = asyncio.get_running_loop().call_later(cpu.every(self.state.config.silent_after), self._sample)
 
     def _sample(self) -> None:
         self._sampler = None
@@ -312,7 +312,7 @@ class Engine:
         running = self._running()
         self.cpu.forget(self.cpu.tracked() - self.state.active)
         moved = self.cpu.sample(self._cpu_targets(running), self.clock())
-        told = self.cpu.to_tell(moved, LIVELY / 2)
+        told = self.cpu.to_tell(moved, self.state.config.silent_after / 2)  # so no client shows it silent
         if told:
             for watcher in self.watchers:
                 watcher.mark(told)

@@ -440,6 +440,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     last_activity: float | None = None  # an active task: when it last wrote output, used a tool or was answered
     cpu_seconds: float | None = None  # an active task: the CPU its processes used in this attempt, as far as read
     cpu_at: float | None = None  # ... and the last time it was seen using CPU (None: not yet, or not read)
+    silent_after: float | None = None  # an active task: quiet this long, it is "silent" (the daemon's setting)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
