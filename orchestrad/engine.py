@@ -8,6 +8,8 @@ that produces) -> let watchers know -> plan -> record the plan's decisions and s
 may start, until the plan is empty -> set the next timer. A command's caller gets the
 durability future and replies only once it is done. Nothing polls: the engine runs when a
 request arrives, a process writes or exits, or the one timer for the next deadline fires.
+While tasks run, a second timer reads their CPU use every few seconds (`orchestrad.cpu`):
+an observation kept in memory, given to the plan as `busy`, never recorded.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class Submit(Request):
     after: list[int] = []
     env: dict[str, str] = {}
     timeout: float | None = None  # seconds of wall-clock time
-    idle_timeout: float | None = None  # seconds without output
+    idle_timeout: float | None = None  # seconds without output or CPU use
     budget_usd: float | None = None
     model: str | None = None
     title: str = ""
