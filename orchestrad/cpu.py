@@ -19,8 +19,9 @@ would stop one for a timeout, so a stop is never decided on a reading up to
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -191,5 +192,42 @@ class Meter:
         for task in tasks:
             self._entries.pop(task, None)
 
-    def tracked(self) -> set[int]:
-        return set(self._entries)
+
+class Sampler:
+    """The engine's readings: a `Meter`, and the one timer that reads every running task
+    each `every(silent_after)` seconds, armed only while tasks run. `targets(None)` gives
+    what to read of every running task (`targets(tasks)`: of those); `on_busy(moved, told)`
+    hears of the tasks seen busy, and of those clients should be told of (`to_tell`)."""
+
+    def __init__(self, targets: Callable[[set[int] | None], dict[int, Target]], clock: Callable[[], float],
+                 on_busy: Callable[[set[int], set[int]], None]) -> None:
+        self.meter = Meter()
+        self.readable = available()
+        self._targets, self._clock, self._on_busy = targets, clock, on_busy
+        self._timer: asyncio.TimerHandle | None = None
+        self._silent_after = 60.0
+
+    def busy(self) -> dict[int, float] | None:
+        """For `scheduler.plan`: None where CPU use cannot be read (then only output counts)."""
+        return self.meter.busy() if self.readable else None
+
+    def fresh(self, tasks: set[int], now: float) -> bool:
+        """Read `tasks` now (before a timeout stops them); whether any was seen busy."""
+        return self.readable and bool(self.meter.sample(self._targets(tasks), now))
+
+    def arm(self, silent_after: float) -> None:
+        self._silent_after = silent_after
+        if self._timer is None and self.readable and self._targets(None):
+            self._timer = asyncio.get_running_loop().call_later(every(silent_after), self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _tick(self) -> None:
+        self._timer = None
+        moved = self.meter.sample(self._targets(None), self._clock())  # the engine forgets a task once it stops
+        if moved:
+            self._on_busy(moved, self.meter.to_tell(moved, self._silent_after / 2))  # so no client shows it silent
+        self.arm(self._silent_after)

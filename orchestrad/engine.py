@@ -94,9 +94,7 @@ class Engine:
         self._agents: dict[int, Agent] = {}
         self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
-        self.cpu = cpu.Meter()  # CPU use per running task (observed, not recorded)
-        self._cpu_readable = cpu.available()
-        self._sampler: asyncio.TimerHandle | None = None  # armed only while tasks run
+        self.cpu = cpu.Sampler(self._cpu_targets, clock, self._on_busy)  # CPU use per running task: observed, not recorded
         self._accepting = True
         self.notifier = Notifier(self.base_env, clock)  # told of every batch appended
 
@@ -204,7 +202,7 @@ class Engine:
                 return self._react(event.task, agent.answer(task, event))
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled):
             self._agents.pop(event.task, None)
-            self.cpu.forget([event.task])
+            self.cpu.meter.forget([event.task])
         elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
         elif isinstance(event, ev.TasksPurged):
@@ -251,7 +249,7 @@ class Engine:
         """A task that will never run again: its environment values go (they are kept until
         then, so that a resumed or retried task gets them again)."""
         self._agents.pop(task, None)
-        self.cpu.forget([task])
+        self.cpu.meter.forget([task])
         try:
             self.env_store.remove([task])
         except OSError as exc:
@@ -266,11 +264,11 @@ class Engine:
         checked: set[int] = set()  # tasks read afresh in this pass, before a timeout stops them
         while self._accepting and not self._unrecorded:
             now = self.clock()
-            plan = scheduler.plan(self.state, now, busy=self.cpu.busy() if self._cpu_readable else None)
+            plan = scheduler.plan(self.state, now, busy=self.cpu.busy())
             due = {e.task for e in plan.events if isinstance(e, ev.StopRequested) and e.outcome is Status.TIMED_OUT} - checked
-            if due and self._cpu_readable:
+            if due:
                 checked |= due
-                if self.cpu.sample(self._cpu_targets(due), now):
+                if self.cpu.fresh(due, now):
                     continue  # it used CPU since it was last read: plan again with that
             try:
                 if plan.events:
@@ -288,7 +286,7 @@ class Engine:
                 log.error("could not record the scheduler's decisions: %s", exc.message)
                 return
             self._set_timer(plan.wake_at, now)
-            self._arm_sampler()
+            self.cpu.arm(self.state.config.silent_after)
             return
 
     def _set_timer(self, wake_at: float | None, now: float) -> None:
@@ -301,39 +299,22 @@ class Engine:
 
     # -- CPU use ------------------------------------------------------------------------
 
-    def _arm_sampler(self) -> None:
-        """Read the running tasks' CPU use in a few seconds (`cpu.every`), if any runs and
-        no reading is due already: one timer, and none while nothing runs."""
-        if self._sampler is None and self._cpu_readable and self._running():
-            self._sampler = asyncio.get_running_loop().call_later(cpu.every(self.state.config.silent_after), self._sample)
-
-    def _sample(self) -> None:
-        self._sampler = None
-        if not self._accepting:
-            return
-        running = self._running()
-        self.cpu.forget(self.cpu.tracked() - self.state.active)
-        moved = self.cpu.sample(self._cpu_targets(running), self.clock())
-        told = self.cpu.to_tell(moved, self.state.config.silent_after / 2)  # so no client shows it silent
+    def _on_busy(self, moved: set[int], told: set[int]) -> None:
         if told:
             for watcher in self.watchers:
                 watcher.mark(told)
-        if moved:
-            self.schedule()  # its idle deadline moved later (and the sampler is armed again)
-        self._arm_sampler()
+        if self._accepting:
+            self.schedule()  # their idle deadlines moved later
 
-    def _running(self) -> set[int]:
-        return {t for t in self.state.active if self.state.tasks[t].status is Status.RUNNING}
-
-    def _cpu_targets(self, tasks: set[int]) -> dict[int, cpu.Target]:
-        pids = self.supervisor.pids()
-        cgroups = self.supervisor.cgroups
+    def _cpu_targets(self, tasks: set[int] | None) -> dict[int, cpu.Target]:
+        """What to read of `tasks` (None: every running task) that have a process."""
+        pids, cgroups = self.supervisor.pids(), self.supervisor.cgroups
         targets = {}
-        for task_id in tasks:
-            if task_id in pids:
+        for task_id in self.state.active if tasks is None else tasks:
+            task = self.state.tasks[task_id]
+            if task_id in pids and task.status is Status.RUNNING:
                 name = self.supervisor.cgroup_of(task_id)
                 where = cgroups.path(name) if name and cgroups is not None else None
-                task = self.state.tasks[task_id]
                 targets[task_id] = cpu.Target(task.attempts, pids[task_id], where, task.started_at or 0.0)
         return targets
 
@@ -494,8 +475,7 @@ class Engine:
         self._accepting = False
         if self._timer is not None:
             self._timer.cancel()
-        if self._sampler is not None:
-            self._sampler.cancel()
+        self.cpu.close()
         interrupted = [
             ev.StopRequested(task=t, outcome=Status.INTERRUPTED, reason="the daemon was shut down while it ran")
             for t in sorted(self.state.active)

@@ -324,7 +324,7 @@ class Server:
     def _seen(self, task: Task) -> dict:
         """What the engine observes of an active task and the log does not hold (its CPU
         use), and the setting by which clients call it silent: for its view."""
-        return {"cpu": self.engine.cpu.reading(task.id), "silent_after": self.engine.state.config.silent_after}
+        return {"cpu": self.engine.cpu.meter.reading(task.id), "silent_after": self.engine.state.config.silent_after}
 
     def _waits_for(self, task: Task) -> str:
         return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""

@@ -136,3 +136,28 @@ def test_a_busy_task_is_announced_at_most_every_so_often():
     assert meter.to_tell({1}, 30) == set()
     entry.at = 131.0
     assert meter.to_tell({1}, 30) == {1}
+
+
+def test_the_sampler_reads_only_while_tasks_run_and_reports_the_busy_ones(procs):
+    import asyncio
+
+    busy = spawn(BUSY)
+    procs.append(busy)
+    running = {1: cpu.Target(1, busy.pid, None, time.time())}
+    heard: list[tuple[set[int], set[int]]] = []
+
+    async def main() -> None:
+        sampler = cpu.Sampler(lambda tasks: {t: v for t, v in running.items() if tasks is None or t in tasks}, time.time,
+                              lambda moved, told: heard.append((moved, told)))
+        sampler.arm(1.0)  # silent_after 1 s: a reading every 0.25 s
+        assert sampler._timer is not None
+        while not heard:
+            await asyncio.sleep(0.05)
+        assert heard[0] == ({1}, {1}) and sampler.busy() == {1: sampler.meter.reading(1).at}
+        running.clear()  # the task stops: the next reading is the last, and no timer is left
+        while sampler._timer is not None:
+            await asyncio.sleep(0.05)
+        sampler.arm(1.0)
+        assert sampler._timer is None  # nothing runs: nothing is read
+
+    asyncio.run(asyncio.wait_for(main(), 20))
