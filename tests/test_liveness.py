@@ -44,7 +44,7 @@ def test_a_silent_task_that_works_is_not_stopped(each_reader):
 
 def test_the_cpu_of_a_grandchild_counts(each_reader):
     """The work is done two processes down, as an agent's tools do it."""
-    task = each_reader.submit("sh", "-c", f'"$0" -c "$1"; true', PY, BUSY_FOR.format(4), idle_timeout=2)
+    task = each_reader.submit("sh", "-c", '"$0" -c "$1"; true', PY, BUSY_FOR.format(4), idle_timeout=2)
     view = each_reader.wait_status(task, Status.SUCCEEDED, Status.TIMED_OUT, timeout=30)
     assert view.status is Status.SUCCEEDED, view.reason
 

@@ -86,7 +86,7 @@ def test_show_shortens_a_long_prompt_and_says_how_to_see_it_all():
     assert "more lines" not in render.details(view(8, prompt="fix the parser"))
 
 
-def live(status=Status.RUNNING, **kw) -> p.TaskView:
+def live(status=Status.RUNNING, **kw) -> TaskView:
     fields = dict(id=7, status=status, role="tester", agent="command", priority=0, after=[], title="run the suite", prompt="",
                   argv=["pytest"], cwd="/w", submitted_at=0.0, started_at=1000.0, runtime=10.0, silent_after=60.0)
     return TaskView(**{**fields, **kw})
