@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
-from orchestra.shared.protocol import AGENTS, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.shared.protocol import AGENTS, MAX_BUDGET_USD, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 from orchestra.shared.vocab import LIVELY
 from orchestrad import policy
 
@@ -56,6 +56,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retries: int = 4  # retries of an attempt that failed on a transient API error (overloaded, 5xx, connection)
     retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
     retry_cap: float = 300.0  # ... but never longer than this
+    role_budgets: dict[str, float] = {}  # dollars a role's tasks may spend in a day, all together (orchestrad.budgets)
     silent_after: float = LIVELY  # seconds without output, a tool use or CPU use before `ps` calls a running task silent
 
 
@@ -110,6 +111,10 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
     "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "role_budgets": (
+        f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
+        lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),
+    ),
     "silent_after": ("seconds of at least 1 and at most 30 days", lambda v: _number(v) and 1 <= v <= MAX_SECONDS),
 }
 

@@ -20,7 +20,8 @@ from orchestra.shared.vocab import shorten
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
-from orchestrad import limits, retries
+from orchestrad import budgets, limits, retries
+from orchestrad.budgets import Day
 from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -55,15 +56,18 @@ def describe(task: Task, *, already: bool = False) -> str:
     return f"task {task.id} {verb}{'already ' if already else ''}{ended}"
 
 
-def decide(state: State, command: p.Request, now: float, actor: Actor | None = None) -> list[ev.Event]:
+def decide(state: State, command: p.Request, now: float, actor: Actor | None = None, day: Day | None = None) -> list[ev.Event]:
     """The events `command` causes in `state` at time `now`, asked by `actor` (None: the
-    user); OrchestraError if it is invalid or not the actor's to ask."""
+    user); OrchestraError if it is invalid or not the actor's to ask. `day` is the local
+    day a role's budget counts (default: the UTC day)."""
     handler = _HANDLERS.get(type(command))
     if handler is None:
         raise bad_request(f"{type(command).__name__} is not a command that changes anything")
     authorize(state, command, actor)
     if isinstance(command, p.Submit):
         return _submit(state, command, now, actor)
+    if isinstance(command, p.Respond):
+        return _respond(state, command, now, day or budgets.utc_day(now))
     return handler(state, command, now)
 
 
@@ -282,7 +286,9 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
             workspace=step.workspace,
         )
         submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
-    created = ev.WorkflowCreated(workflow=workflow, template=template.name, goal=cmd.goal, steps=ids, cwd=cmd.cwd, worktree=worktree)
+    created = ev.WorkflowCreated(
+        workflow=workflow, template=template.name, goal=cmd.goal, steps=ids, cwd=cmd.cwd, worktree=worktree, budget_usd=cmd.budget_usd
+    )
     return [created, *submitted]
 
 
@@ -318,6 +324,8 @@ def _remove(state: State, cmd: p.Remove, now: float) -> list[ev.Event]:
 
 def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
     task = get_task(state, cmd.task)
+    if task.paused is not None:
+        return [ev.TaskCancelled(task=task.id, reason="stopped while paused on a budget")]
     if task.status is Status.QUEUED:
         when = {"parked": "while parked on a usage limit", "retry": "while it waited to retry"}.get(task.hold, "before it started")
         return [ev.TaskCancelled(task=task.id, reason=f"stopped {when}")]
@@ -328,11 +336,18 @@ def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
     raise conflict(f"{describe(task, already=True)}; there is nothing to stop")
 
 
-def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
+def _respond(state: State, cmd: p.Respond, now: float, day: Day) -> list[ev.Event]:
     limits.check_answer(cmd.text, cmd.message)
     task = get_task(state, cmd.task)
     if cmd.allow and cmd.deny:
         raise bad_request("answer with --allow or --deny, not both")
+    if cmd.budget_usd is not None:
+        return _raise_budget(state, task, cmd, day)
+    if task.paused is not None:
+        raise bad_request(
+            f"task {task.id} is paused: {budgets.Budget(task.paused.scope, task.paused.name, task.paused.spent, task.paused.budget).words(task.id)}. "
+            f"Raise the budget with `orchestra respond {task.id} --budget N` (dollars), or stop it with `orchestra stop {task.id}`"
+        )
     question = task.waiting
     kind = traits(task.spec.agent)
     if question is None and task.status.finished and kind.converses:
@@ -345,6 +360,17 @@ def _respond(state: State, cmd: p.Respond, now: float) -> list[ev.Event]:
         raise conflict(f"{describe(task)}, not waiting for input; `orchestra ps` shows who is")
     by = f"a person ({cmd.via})" if cmd.via else "a person"
     return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question), by=by)]
+
+
+def _raise_budget(state: State, task: Task, cmd: p.Respond, day: Day) -> list[ev.Event]:
+    if cmd.allow or cmd.deny or cmd.text is not None:
+        raise bad_request("raise a budget on its own: `orchestra respond ID --budget N`, with no answer beside it")
+    try:
+        target = budgets.check_raise(state, task, cmd.budget_usd, day)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    by = f"a person ({cmd.via})" if cmd.via else "a person"
+    return budgets.raised(state, task, target, float(cmd.budget_usd), by, day)  # type: ignore[arg-type]
 
 
 def _follow_up(task: Task, cmd: p.Respond) -> list[ev.Event]:
@@ -413,10 +439,10 @@ def _config_set(state: State, cmd: p.ConfigSet, now: float) -> list[ev.Event]:
     problem = config_mod.check(cmd.key, cmd.value)
     if problem is not None:
         raise bad_request(problem)
-    if cmd.key == "role_limits":
+    if cmd.key in ("role_limits", "role_budgets"):
         unknown = sorted(name for name in cmd.value if roles_mod.get(name, state.roles) is None)  # type: ignore[union-attr]
         if unknown:
-            raise bad_request(f"role_limits names no known role: {', '.join(unknown)}; the roles are {', '.join(roles_mod.names(state.roles))}")
+            raise bad_request(f"{cmd.key} names no known role: {', '.join(unknown)}; the roles are {', '.join(roles_mod.names(state.roles))}")
     value = cmd.value
     if isinstance(value, int) and isinstance(getattr(config_mod.DEFAULT, cmd.key), float):
         value = float(value)
@@ -443,13 +469,22 @@ _HANDLERS = {
 
 
 def process_exited(
-    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str = "", now: float = 0.0
+    state: State, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str = "", now: float = 0.0,
+    day: Day | None = None,
 ) -> list[ev.Event]:
     """How a task ends when its process exits at `now`; `detail` is the agent's own last
     words (e.g. the last line it wrote to stderr), quoted in a failure's reason. An error
-    of the API's availability parks or retries it instead (`orchestrad.retries`)."""
+    of the API's availability parks or retries it instead (`orchestrad.retries`); an
+    attempt that ended on a budget pauses it (`orchestrad.budgets`)."""
     task = state.tasks[task_id]
     exited = ev.ProcessExited(task=task_id, pid=pid, exit_code=exit_code, signal=signal)
+    done = task.answered and not task.result_error  # its work is done, whatever it spent
+    if (task.stopping is not None and task.stopping.outcome is Status.WAITING and not done) or (
+        task.stopping is None and task.budget_stopped
+    ):
+        return [exited, budgets.pause(state, task, day or budgets.utc_day(now))]
+    if task.stopping is not None and task.stopping.outcome is Status.WAITING:
+        return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]
     if task.stopping is not None:
         return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
     setback = retries.after_error(state, task, now) if task.result_error else None

@@ -24,7 +24,7 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import agentenv, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
+from orchestrad import agentenv, budgets, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -45,6 +45,15 @@ RETRY_AFTER = 1.0  # seconds between attempts to record what could not be writte
 # Facts after which there is nothing new to plan: output moves an idle deadline only later,
 # and the timer already set for the earlier one re-plans when it fires.
 _UNSCHEDULED = frozenset({ev.OutputAppended, ev.ToolUsed, ev.SessionStarted})
+
+
+def local_day(now: float) -> budgets.Day:
+    """The local day holding `now`, midnight to midnight (23 or 25 hours long when the
+    clocks change): the day a role's budget counts."""
+    t = time.localtime(now)
+    start = time.mktime((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0, 0, 0, -1))
+    end = time.mktime((t.tm_year, t.tm_mon, t.tm_mday + 1, 0, 0, 0, 0, 0, -1))  # mktime carries the day over
+    return budgets.Day(start, end)
 
 
 class Watcher:
@@ -127,7 +136,8 @@ class Engine:
                 self.supervisor.check_writable(command.task, len((command.text or "").encode()) + 1)
             except WriteError as exc:
                 raise p.conflict(str(exc)) from None
-        events = d.decide(self.state, command, self.clock(), actor)
+        now = self.clock()
+        events = d.decide(self.state, command, now, actor, day=local_day(now))
         if isinstance(command, p.Submit) and command.env and events:
             self._keep_env(events[0].task, command.env)  # type: ignore[attr-defined]
         if events:
@@ -200,7 +210,7 @@ class Engine:
             task = self.state.tasks.get(event.task)
             if agent is not None and task is not None:
                 return self._react(event.task, agent.answer(task, event))
-        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled):
+        elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled | ev.BudgetReached):
             self._agents.pop(event.task, None)
             self.cpu.meter.forget([event.task])
         elif isinstance(event, ev.TaskRemoved):
@@ -264,7 +274,7 @@ class Engine:
         checked: set[int] = set()  # tasks read afresh in this pass, before a timeout stops them
         while self._accepting and not self._unrecorded:
             now = self.clock()
-            plan = scheduler.plan(self.state, now, busy=self.cpu.busy())
+            plan = scheduler.plan(self.state, now, day=local_day(now), busy=self.cpu.busy())
             due = {e.task for e in plan.events if isinstance(e, ev.StopRequested) and e.outcome is Status.TIMED_OUT} - checked
             if due:
                 checked |= due
@@ -331,7 +341,7 @@ class Engine:
         try:
             own_env = launch.task_env(self.env_store, task)
             cwd = await self.workdirs.workdir(self.state, task, self.record_nowait)
-            task = launch.prepared(self.state, self.state.tasks[task_id])
+            task = launch.prepared(self.state, self.state.tasks[task_id], local_day(self.clock()))
             argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             mark = orphans.mark(self.home_mark, task_id, task.attempts)
@@ -379,7 +389,8 @@ class Engine:
         items: list[Item] = []
         if agent is not None and not agent.traits.reports_result:  # its result: the end of its stdout
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
-        self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail, now=self.clock())])
+        now = self.clock()
+        self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail, now=now, day=local_day(now))])
 
     def _stdout_tail(self, task_id: int) -> str:
         """A command's result: the end of what it wrote to stdout."""

@@ -177,6 +177,7 @@ class UsageRecorded(Event):
     cost_usd: float
     input_tokens: int
     output_tokens: int
+    role: str = ""  # the task's role when it spent this (its role's daily budget counts it); "" in older logs
 
 
 class ToolUsed(Event):
@@ -185,6 +186,11 @@ class ToolUsed(Event):
     task: int
     tool: str
     summary: str
+
+
+# `AgentResult.subtype` of an attempt the agent ended itself because it reached the budget it
+# was given (Claude Code's `--max-budget-usd`); adapters of other agents report the same.
+BUDGET_SUBTYPE = "error_max_budget_usd"
 
 
 class AgentResult(Event):
@@ -229,6 +235,7 @@ class WorkflowCreated(Event):
     steps: dict[str, int]  # step name -> task id
     cwd: str = ""
     worktree: bool = False
+    budget_usd: float | None = None  # what all its tasks together may spend (orchestrad.budgets)
 
 
 class WorktreeCreated(Event):
@@ -240,6 +247,8 @@ class WorktreeCreated(Event):
     task: int | None = None
     workflow: int | None = None
     workdir: str = ""  # where the work happens inside it (the submitted cwd's counterpart)
+    base: str = ""  # the commit it started from; "" in older logs
+    target: str = ""  # the branch HEAD was on when it was made ("" for a detached HEAD, or in older logs)
 
 
 class WorktreeRemoved(Event):
@@ -292,6 +301,31 @@ class RetryScheduled(Event):
     message: str = ""  # what the next attempt is told; "": it starts over from its prompt
 
 
+class BudgetReached(Event):
+    """The task reached a budget (`orchestrad.budgets`): its own, its workflow's, or its
+    role's for the day. Its attempt has ended (or it was about to start), and it waits for a
+    person to raise that budget or stop it, holding no slot."""
+
+    task: int
+    scope: str  # "task" | "workflow" | "role"
+    name: str  # the workflow's id or the role's name ("" for the task's own)
+    spent: float  # what was spent under that budget
+    budget: float
+    day: float = 0.0  # a role's budget: the start of the day it counts (epoch seconds)
+
+
+class BudgetRaised(Event):
+    """A person raised a budget (`orchestra respond ID --budget N`); the tasks it paused go on
+    (each a `TaskContinued`)."""
+
+    scope: str  # as BudgetReached
+    name: str
+    budget: float
+    by: str  # "a person (cli)"
+    task: int  # the task it was raised through
+    day: float = 0.0  # a role's budget: the day it is raised for (another day has the configured one)
+
+
 AnyEvent = Union[
     DaemonStarted,
     TaskSubmitted,
@@ -321,6 +355,8 @@ AnyEvent = Union[
     PermissionDecided,
     TaskParked,
     RetryScheduled,
+    BudgetReached,
+    BudgetRaised,
 ]
 
 

@@ -1,8 +1,8 @@
 """Starting a task's process: where it works, what it is told, what it finds in its
 environment. The engine's `_start` strings these together once the start is durable.
 
-* `prepared` — a workflow step as its agent sees it: the goal and earlier steps' results
-  filled into its prompt (or argv). Pure.
+* `prepared` — a task as its agent sees it: a workflow step's goal and earlier steps'
+  results filled into its prompt (or argv), its budget what it may still spend. Pure.
 * `task_env` — the task's own environment values, from the env store.
 * `environment` — the whole environment of the process: what it inherits from the daemon
   (`agentenv`), its own values, and its mark.
@@ -19,10 +19,11 @@ from typing import Callable
 import msgspec
 
 from orchestra.shared.vocab import shorten
-from orchestrad import agentenv, orphans, worktrees
+from orchestrad import agentenv, budgets, orphans, worktrees
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent
+from orchestrad.budgets import Day
 from orchestrad.config import Config
 from orchestrad.envstore import EnvStore
 from orchestrad.state import State, Task
@@ -30,9 +31,13 @@ from orchestrad.supervisor import SpawnError
 from orchestrad.worktrees import WorktreeError
 
 
-def prepared(state: State, task: Task) -> Task:
+def prepared(state: State, task: Task, day: Day | None = None) -> Task:
     """The task as its agent should see it: a workflow step's prompt (or argv) with the
-    goal and the earlier steps' results filled in."""
+    goal and the earlier steps' results filled in, and as its budget what it may still
+    spend under the tightest of its budgets (`orchestrad.budgets`) on `day`."""
+    left = budgets.left(state, task, day) if day is not None else None
+    if left is not None:
+        task = msgspec.structs.replace(task, spec=msgspec.structs.replace(task.spec, budget_usd=left))
     workflow = state.workflows.get(task.spec.workflow) if task.spec.workflow else None
     if workflow is None:
         return task
@@ -103,11 +108,16 @@ class Workdirs:
                 name = f"w{workflow.id}-{worktrees.slug(workflow.goal)}"
                 job = asyncio.ensure_future(worktrees.create(workflow.cwd or task.spec.cwd, self.root, name))
                 self._shared[workflow.id] = job
-                path, branch, repo, workdir = await job
-                record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, workflow=workflow.id, workdir=workdir)])
+                made = await job
+                record([ev.WorktreeCreated(
+                    path=made.path, branch=made.branch, repo=made.repo, workflow=workflow.id, workdir=made.workdir,
+                    base=made.base, target=made.target,
+                )])
             else:
                 await job
             return state.tasks[task.id].cwd
-        path, branch, repo, workdir = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
-        record([ev.WorktreeCreated(path=path, branch=branch, repo=repo, task=task.id, workdir=workdir)])
-        return workdir
+        made = await worktrees.create(task.spec.cwd, self.root, f"{task.id}-{worktrees.slug(task.spec.title)}")
+        record([ev.WorktreeCreated(
+            path=made.path, branch=made.branch, repo=made.repo, task=task.id, workdir=made.workdir, base=made.base, target=made.target,
+        )])
+        return made.workdir

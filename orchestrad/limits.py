@@ -44,6 +44,7 @@ def check_run(cmd: p.RunWorkflow) -> None:
     path("working directory", cmd.cwd)
     if cmd.agent is not None:
         text("agent", cmd.agent, p.MAX_NAME)
+    budget(cmd.budget_usd)
 
 
 def check_answer(text: str | None, message: str) -> None:

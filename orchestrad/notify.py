@@ -5,7 +5,7 @@ made) and returns a `Notice` for each that a person should hear of:
 
 * ``waiting``: a task asks for permission, an answer or input (`InputRequested`), and
   still does once the batch is folded (a request answered in the same batch, by a policy
-  say, is not announced);
+  say, is not announced); or it is paused on a budget (`BudgetReached`);
 * ``failed``: a task ended failed or timed out (`TaskFinished`), and was not retried in
   the same batch;
 * ``parked``: a task waits on a usage limit (the facts in `PARKED_EVENTS`);
@@ -100,6 +100,8 @@ def notices(state: State, events: Iterable[ev.Event], now: float) -> list[Notice
         kind = type(event)
         if kind is ev.InputRequested:
             notice = _waiting(state, event, now)  # type: ignore[arg-type]
+        elif kind is ev.BudgetReached:
+            notice = _paused(state, event, now)  # type: ignore[arg-type]
         elif kind is ev.TaskFinished:
             notice = _failed(state, event, now)  # type: ignore[arg-type]
         elif kind in PARKED_EVENTS:
@@ -147,6 +149,15 @@ def _waiting(state: State, e: ev.InputRequested, now: float) -> Notice | None:
     else:
         message = f'{_who(task)} is waiting for an answer: {line}. Answer: orchestra respond {task.id} "your answer"'
     return _task_notice("waiting", task, now, message, f"orchestra: task {task.id} is waiting", question=asked)
+
+
+def _paused(state: State, e: ev.BudgetReached, now: float) -> Notice | None:
+    task = state.tasks.get(e.task)
+    if task is None or task.paused is None or task.waiting is None:
+        return None  # raised or stopped in the same batch
+    asked = Asked(kind="budget", prompt=shorten(task.waiting.prompt, _PROMPT))
+    return _task_notice("waiting", task, now, f"{_who(task)} is paused: {shorten(task.waiting.prompt, _IN_MESSAGE)}",
+                        f"orchestra: task {task.id} is paused on a budget", question=asked)
 
 
 def _failed(state: State, e: ev.TaskFinished, now: float) -> Notice | None:

@@ -9,9 +9,11 @@ It returns a `Plan`:
   until a later time (see below); highest priority first, then oldest;
 * `events` — decisions that are facts to record: a queued task that can never run because a
   dependency failed, was cancelled or removed (it is cancelled, and the reason names the
-  dependency), an active task past its timeout, idle timeout or budget (a stop is
-  requested with the outcome it will have), and a question left unanswered past
-  `auto_deny_after` (it is denied);
+  dependency), an active task past its timeout or idle timeout (a stop is requested with
+  the outcome it will have), a question left unanswered past `auto_deny_after` (it is
+  denied), and budgets (`orchestrad.budgets`): a task that would start under a budget
+  already spent is paused, a running one that reached a budget is stopped to be paused,
+  and tasks paused on a role's budget of an earlier `day` go on;
 * `wake_at` — the earliest moment a deadline falls due or a hold ends, so the shell sets
   one timer instead of polling.
 
@@ -37,10 +39,10 @@ from collections.abc import Mapping
 import msgspec
 
 from orchestra.shared.protocol import Status
-from orchestra.shared.vocab import usd
+from orchestrad import budgets
 from orchestrad import events as ev
 from orchestrad.agents import traits
-from orchestrad.config import Config
+from orchestrad.budgets import Day
 from orchestrad.state import State, Task
 
 
@@ -50,15 +52,23 @@ class Plan(msgspec.Struct, frozen=True):
     wake_at: float | None
 
 
-def plan(state: State, now: float, *, busy: Mapping[int, float] | None = None) -> Plan:
+def plan(state: State, now: float, *, day: Day | None = None, busy: Mapping[int, float] | None = None) -> Plan:
+    """What to do at `now`; `day` is the local day a role's budget counts (the shell knows
+    the time zone; without it, the UTC day); `busy` when each running task last used CPU
+    (the shell reads it; without it, only output keeps a task from its idle timeout)."""
+    day = day or budgets.utc_day(now)
     events: list[ev.Event] = []
     wake_at: float | None = None
 
+    if state.paused:
+        events += budgets.renewed(state, day)
+        if any(state.tasks[t].paused.scope == "role" for t in state.paused):  # type: ignore[union-attr]
+            wake_at = day.end  # a new day's budget
     for task_id in sorted(state.active):
         task = state.tasks[task_id]
         if task.stopping is not None:
             continue
-        expired, deadline = _expiry(task, state.config, now, busy)
+        expired, deadline = _expiry(state, task, now, day, busy)
         if expired is not None:
             events.append(expired)
         elif deadline is not None and (wake_at is None or deadline < wake_at):
@@ -92,6 +102,9 @@ def plan(state: State, now: float, *, busy: Mapping[int, float] | None = None) -
             continue
         limit = config.role_limits.get(task.role)
         if limit is not None and per_role.get(task.role, 0) >= limit:
+            continue
+        if budgets.reached(state, task, day) is not None:
+            events.append(budgets.pause(state, task, day))  # waits for a person instead
             continue
         start.append(task.id)
         running += 1
@@ -269,12 +282,12 @@ def _blocked_for_good(state: State, task: Task) -> str | None:
     return None
 
 
-def _expiry(task: Task, config: Config, now: float, busy: Mapping[int, float] | None = None) -> tuple[ev.Event | None, float | None]:
+def _expiry(state: State, task: Task, now: float, day: Day, busy: Mapping[int, float] | None = None) -> tuple[ev.Event | None, float | None]:
     """A stop to request if a limit is exceeded, else the next deadline (or None)."""
-    spec = task.spec
+    spec, config = task.spec, state.config
     deadlines: list[float] = []
-    if spec.budget_usd is not None and task.cost_usd > spec.budget_usd:
-        return _stop(task, Status.FAILED, f"budget of {usd(spec.budget_usd)} exceeded ({usd(task.cost_usd)} spent)"), None
+    if budgets.stops_for(task) and (hit := budgets.reached(state, task, day)) is not None:
+        return _stop(task, Status.WAITING, f"{hit.words(task.id)}: paused, to wait for a person"), None
     if spec.timeout is not None and task.started_at is not None:
         deadline = task.started_at + spec.timeout
         if now >= deadline:

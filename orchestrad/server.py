@@ -389,6 +389,7 @@ class Server:
             worktree=workflow.workdir,
             steps=workflow.steps,
             tasks=tasks,
+            budget_usd=workflow.budget_usd,
         )
 
     async def roles(self, request: p.Roles) -> p.RolesResult:

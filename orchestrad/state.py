@@ -21,7 +21,7 @@ from typing import Callable, Iterator, get_args
 
 import msgspec
 
-from orchestra.shared.vocab import shorten
+from orchestra.shared.vocab import shorten, usd
 from orchestra.shared.protocol import DECISIONS_KEPT, Decided, Question, Setback, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
@@ -81,6 +81,37 @@ class Stopping(msgspec.Struct, frozen=True, array_like=True):
     reason: str
 
 
+class Paused(msgspec.Struct, frozen=True, array_like=True):
+    """The budget a task was paused on (`BudgetReached`), and whether an attempt had run."""
+
+    scope: str  # "task" | "workflow" | "role"
+    name: str
+    spent: float
+    budget: float
+    day: float  # a role's budget: the start of its day
+    ran: bool  # an attempt ended on it (it continues its session); else it was about to start
+
+
+# A role's spending is kept per quarter of an hour for two days (`State.role_spend`): any
+# local midnight falls on a quarter-hour boundary, so the sum for a day is exact.
+BUCKET_SECONDS = 900
+SPEND_KEPT = 2 * 86400
+
+
+def budget_words(scope: str, name: str, spent: float, budget: float, task_id: int) -> str:
+    """"task 7 spent $5.00 of its $5.00 budget", "role tester spent ... budget for today"."""
+    who = {"workflow": f"workflow {name}", "role": f"role {name}"}.get(scope, f"task {task_id}")
+    today = " for today" if scope == "role" else ""
+    return f"{who} spent {usd(spent)} of its {usd(budget)} budget{today}"
+
+
+def budget_question(task_id: int, paused: Paused) -> str:
+    """What a task paused on a budget asks a person, in one line."""
+    words = budget_words(paused.scope, paused.name, paused.spent, paused.budget, task_id)
+    more = max(paused.budget * 2, paused.spent + 1.0)
+    return f"{words}; raise the budget (orchestra respond {task_id} --budget {more:g}) or stop it (orchestra stop {task_id})"
+
+
 class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     """A task, as the events so far made it.
 
@@ -127,6 +158,9 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     hold_reason: str = ""  # "usage limit", "attempt 2 of 5: overloaded"
     retried: int = 0  # retries of the current run so far (RetryScheduled); 0 again once it ends
     setbacks: list[Setback] = []  # its attempts that were retried or parked, oldest first
+    budget_usd: float | None = None  # its own budget, as a person raised it (else spec.budget_usd)
+    paused: Paused | None = None  # waiting for a person to raise the budget it reached
+    budget_stopped: bool = False  # its agent ended the attempt on the budget it was given
 
     @property
     def cwd(self) -> str:
@@ -142,6 +176,7 @@ class Workflow(msgspec.Struct, kw_only=True):
     cwd: str = ""
     worktree: bool = False
     workdir: str = ""  # the shared worktree of its steps, once made
+    budget_usd: float | None = None  # what all its tasks together may spend
 
 
 class Worktree(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,6 +186,8 @@ class Worktree(msgspec.Struct, frozen=True, kw_only=True):
     task: int | None
     workflow: int | None
     created_at: float
+    base: str = ""  # the commit it started from ("" in older logs)
+    target: str = ""  # the branch it started from ("" for a detached HEAD, or in older logs)
 
 
 class State(msgspec.Struct, kw_only=True):
@@ -172,6 +209,9 @@ class State(msgspec.Struct, kw_only=True):
     active: set[int] = set()  # ids of running or waiting tasks
     accounts: dict[str, str] = {}  # agent kind -> the account its agents use by default (DaemonStarted)
     limits: dict[str, float] = {}  # account -> when the usage limit it met resets (TaskParked)
+    paused: set[int] = set()  # tasks paused on a budget (BudgetReached), waiting for a person
+    role_spend: dict[str, dict[int, float]] = {}  # role -> quarter-hour -> dollars, the last two days
+    role_raises: dict[str, tuple[float, float]] = {}  # role -> (the day's start, its raised budget that day)
 
 
 # ---------------------------------------------------------------------------------------
@@ -244,6 +284,7 @@ def _start(s: State, t: Task, attempt: int, ts: float) -> None:
     t.answered = False
     t.api_error = ""
     t.resets_at = None
+    t.budget_stopped = False
     _unhold(t)
     _dequeue(s, t)
     s.active.add(t.id)
@@ -323,6 +364,20 @@ def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
     t.cost_usd += e.cost_usd
     t.input_tokens += e.input_tokens
     t.output_tokens += e.output_tokens
+    if e.role and e.cost_usd:
+        _spend(s, e.role, e.cost_usd, ts)
+
+
+def _spend(s: State, role: str, amount: float, ts: float) -> None:
+    bucket = int(ts // BUCKET_SECONDS)
+    spent = s.role_spend.get(role)
+    if spent is None:
+        spent = s.role_spend[role] = {}
+    spent[bucket] = spent.get(bucket, 0.0) + amount
+    oldest = bucket - SPEND_KEPT // BUCKET_SECONDS
+    if next(iter(spent)) < oldest:  # buckets come in time order
+        for old in [b for b in spent if b < oldest]:
+            del spent[old]
 
 
 def _tool_used(s: State, e: ev.ToolUsed, ts: float, data) -> None:
@@ -338,6 +393,7 @@ def _agent_result(s: State, e: ev.AgentResult, ts: float, data) -> None:
     t.answered = True
     t.api_error = e.api_error
     t.resets_at = e.resets_at
+    t.budget_stopped = e.subtype == ev.BUDGET_SUBTYPE
 
 
 def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
@@ -349,7 +405,40 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.reason = ""
     t.result_error = False
     t.retried = 0
+    _unpause(s, t)
     _enqueue(s, t)
+
+
+def _budget_reached(s: State, e: ev.BudgetReached, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    ran = t.id in s.active
+    t.paused = Paused(e.scope, e.name, e.spent, e.budget, e.day, ran)
+    t.status = Status.WAITING
+    t.waiting = Question(request_id="budget", kind="budget", prompt=budget_question(t.id, t.paused), since=ts)
+    t.stopping = None
+    t.pid = None
+    if ran:
+        t.finished_at = ts  # its attempt is over: its runtime stops here
+    _unhold(t)
+    _dequeue(s, t)
+    s.active.discard(t.id)
+    s.paused.add(t.id)
+
+
+def _budget_raised(s: State, e: ev.BudgetRaised, ts: float, data) -> None:
+    if e.scope == "task" and e.task in s.tasks:
+        s.tasks[e.task].budget_usd = e.budget
+    elif e.scope == "workflow" and e.name.isdigit() and int(e.name) in s.workflows:
+        s.workflows[int(e.name)].budget_usd = e.budget
+    elif e.scope == "role":
+        s.role_raises = {**s.role_raises, e.name: (e.day, e.budget)}
+
+
+def _unpause(s: State, t: Task) -> None:
+    if t.paused is not None:
+        t.paused = None
+        t.waiting = None
+        s.paused.discard(t.id)
 
 
 def _parked(s: State, e: ev.TaskParked, ts: float, data) -> None:
@@ -401,6 +490,7 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
     t.pid = None
     t.retried = 0
     _unhold(t)
+    _unpause(s, t)
     _dequeue(s, t)
     s.active.discard(t.id)
 
@@ -431,13 +521,16 @@ def _run_key(t: Task) -> tuple[int, int, int]:
 
 def _workflow(s: State, e: ev.WorkflowCreated, ts: float, data) -> None:
     s.workflows[e.workflow] = Workflow(
-        id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts, cwd=e.cwd, worktree=e.worktree
+        id=e.workflow, template=e.template, goal=e.goal, steps=e.steps, created_at=ts, cwd=e.cwd, worktree=e.worktree,
+        budget_usd=e.budget_usd,
     )
     s.next_workflow = max(s.next_workflow, e.workflow + 1)
 
 
 def _worktree_created(s: State, e: ev.WorktreeCreated, ts: float, data) -> None:
-    s.worktrees[e.path] = Worktree(path=e.path, branch=e.branch, repo=e.repo, task=e.task, workflow=e.workflow, created_at=ts)
+    s.worktrees[e.path] = Worktree(
+        path=e.path, branch=e.branch, repo=e.repo, task=e.task, workflow=e.workflow, created_at=ts, base=e.base, target=e.target
+    )
     workdir = e.workdir or e.path
     if e.task is not None and e.task in s.tasks:
         s.tasks[e.task].workdir = workdir
@@ -501,6 +594,8 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.PermissionDecided: _permission_decided,
     ev.TaskParked: _parked,
     ev.RetryScheduled: _retry_scheduled,
+    ev.BudgetReached: _budget_reached,
+    ev.BudgetRaised: _budget_raised,
 }
 
 
@@ -657,7 +752,7 @@ def view(
         output_bytes=task.output_bytes,
         timeout=spec.timeout,
         idle_timeout=spec.idle_timeout,
-        budget_usd=spec.budget_usd,
+        budget_usd=task.budget_usd if task.budget_usd is not None else spec.budget_usd,
         env_keys=sorted([*spec.env, *spec.secret_env]),
         workflow=spec.workflow,
         activity=task.activity,

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
 from orchestra.shared.paths import make_private_dir
 from orchestrad import containment
@@ -51,17 +52,35 @@ async def _git(*args: str) -> str:
     return out.decode(errors="replace")
 
 
-async def create(cwd: str, root: Path, name: str) -> tuple[str, str, str, str]:
+class Made(NamedTuple):
+    """A worktree just made: where, on which branch, of which repository, where the task
+    works inside it, and what it started from (the commit, and the branch HEAD was on: ""
+    for a detached HEAD)."""
+
+    path: str
+    branch: str
+    repo: str
+    workdir: str
+    base: str
+    target: str
+
+
+async def create(cwd: str, root: Path, name: str) -> Made:
     """Make a worktree `root/name` on branch `orchestra/name` from HEAD of the repository at
-    `cwd`. Returns (path, branch, repo, workdir): workdir is where `cwd` lies inside it."""
+    `cwd`."""
     repo = (await _git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
+    base = (await _git("-C", repo, "rev-parse", "--verify", "HEAD^{commit}")).strip()
+    try:
+        target = (await _git("-C", repo, "symbolic-ref", "-q", "--short", "HEAD")).strip()
+    except WorktreeError:
+        target = ""
     make_private_dir(root)
     path = root / name
     branch = f"orchestra/{name}"
-    await _git("-C", repo, "worktree", "add", "-b", branch, str(path), "HEAD")
+    await _git("-C", repo, "worktree", "add", "-b", branch, str(path), base)
     # Keep the task in the same subdirectory of the repository it was submitted from.
     inside = Path(cwd).resolve().relative_to(Path(repo).resolve())
-    return str(path), branch, repo, str(path / inside)
+    return Made(str(path), branch, repo, str(path / inside), base, target)
 
 
 async def remove(repo: str, path: str) -> None:

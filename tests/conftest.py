@@ -25,6 +25,14 @@ def claude() -> str:
 
 
 @pytest.fixture
+def work(tmp_path):
+    """An empty directory for a test's tasks to work in."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def fsyncs(monkeypatch):
     """Count the log's fsyncs; each takes 5 ms, like a real disk, so appends pile up."""
     calls = []

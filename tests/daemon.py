@@ -134,3 +134,21 @@ class Daemon:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def claude_daemon(api, **config: Any) -> Daemon:
+    """A started daemon whose claude agents are the real Claude Code CLI talking to `api` (a
+    `tests.scripted_api.ScriptedAPI`), with `config` set; the test fails without the CLI."""
+    import pytest
+
+    from tests.scripted_api import INSTALL_HINT, find_claude
+
+    claude = find_claude()
+    if claude is None:
+        pytest.fail(INSTALL_HINT)
+    d = Daemon()
+    d.env.update(api.env(d.env))
+    d.start()
+    for key, value in {"claude_path": claude, **config}.items():
+        d.call(p.ConfigSet(key=key, value=value))
+    return d

@@ -475,6 +475,35 @@ def test_elicitation_of_a_permission_can_deny_with_a_message_or_be_declined():
         run(main)
 
 
+def test_a_task_paused_on_its_budget_is_raised_through_a_form_or_with_budget_usd():
+    with claude_team(reply.text("one"), reply.text("two"), reply.text("three"), reply.text("four")) as (daemon, api):
+        async def main():
+            forms: list[types.ElicitRequestFormParams] = []
+
+            async def elicit(context, params):
+                forms.append(params)
+                return types.ElicitResult(action="accept", content={"budget": 0.5})
+
+            async with connected(daemon.home, elicitation_callback=elicit) as client:
+                for task in (1, 2):  # each spends its scripted turn's $0.001, past its budget
+                    await call(client, "submit-task", prompt=f"task {task}", agent="claude", budget_usd=0.0005)
+                    await anyio.to_thread.run_sync(lambda: daemon.wait_status(task, Status.WAITING, timeout=30))
+                no_words = await client.call_tool("respond-to-process", {"task_id": 1, "answer": "go on"})
+                assert no_words.is_error and "--budget N" in text(no_words)
+                asked = await call(client, "respond-to-process", task_id=1)
+                assert asked.structured_content["answer"] == "budget raised to $0.50"
+                direct = await call(client, "respond-to-process", task_id=2, budget_usd=0.25)
+                assert "budget raised to $0.25" in text(direct)
+            [form] = forms
+            assert "is paused:\ntask 1 spent $0.0010 of its $0.0005 budget" in form.message
+            assert form.requested_schema["properties"]["budget"]["type"] == "number"
+            for task, budget in ((1, 0.5), (2, 0.25)):
+                done = daemon.wait_status(task, *p.FINISHED, timeout=30)
+                assert done.status is Status.SUCCEEDED and done.budget_usd == budget and done.attempts == 2
+
+        run(main)
+
+
 def test_a_question_pending_before_the_client_came_is_announced_and_without_elicitation_quoted():
     with claude_team(reply.tool_use("AskUserQuestion", ASK_COLOR), reply.text("done")) as (daemon, api):
         daemon.call(p.Submit(cwd=str(daemon.home), prompt="pick a color", agent="claude"))

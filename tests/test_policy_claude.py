@@ -10,8 +10,8 @@ import pytest
 
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
-from tests.daemon import Daemon, wait_for
-from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude, reply
+from tests.daemon import Daemon, claude_daemon, wait_for
+from tests.scripted_api import ScriptedAPI, reply
 
 FINISHED = tuple(p.FINISHED)
 
@@ -19,24 +19,11 @@ FINISHED = tuple(p.FINISHED)
 @pytest.fixture(scope="module")
 def team():
     """One daemon for the module (each test has its own tasks and directory)."""
-    claude = find_claude()
-    if claude is None:
-        pytest.fail(INSTALL_HINT)
     api = ScriptedAPI().start()
-    d = Daemon()
-    d.env.update(api.env(d.env))
-    d.start()
-    d.call(p.ConfigSet(key="claude_path", value=claude))
+    d = claude_daemon(api)
     yield d, api
     d.cleanup()
     api.close()
-
-
-@pytest.fixture
-def work(tmp_path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def submit(d: Daemon, prompt: str, cwd: Path, **kw) -> int:

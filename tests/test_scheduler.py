@@ -159,17 +159,6 @@ def test_the_idle_reason_says_minutes():
     assert scheduler.idle_reason(600, cpu=False) == "no output for 10 min (idle timeout)"
 
 
-def test_budget_exceeded_fails_the_task():
-    core = Core()
-    task = core.submit(prompt="x", budget_usd=1.0)
-    core.tick()
-    core.apply([ev.UsageRecorded(task=task, cost_usd=0.6, input_tokens=10, output_tokens=5)])
-    assert core.plan().events == []
-    core.apply([ev.UsageRecorded(task=task, cost_usd=0.6, input_tokens=10, output_tokens=5)])
-    [stop] = core.plan().events
-    assert stop.outcome is Status.FAILED and "budget of $1.00 exceeded" in stop.reason
-
-
 def test_plan_looks_only_at_work_in_flight():
     core = Core()
     for _ in range(200):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import json
 import subprocess
 import sys
@@ -111,6 +113,18 @@ def git_repo(path: Path) -> Path:
     subprocess.run(["git", "add", "."], cwd=path, check=True)
     subprocess.run(["git", "commit", "-q", "-m", "start"], cwd=path, check=True)
     return path
+
+
+def test_a_worktree_records_the_commit_and_the_branch_it_started_from(tmp_path):
+    from orchestrad import worktrees
+
+    repo = git_repo(tmp_path / "repo")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    made = asyncio.run(worktrees.create(str(repo), tmp_path / "wt", "1-first"))
+    assert (made.base, made.target, made.branch) == (head, "main", "orchestra/1-first")
+    subprocess.run(["git", "checkout", "-q", "--detach"], cwd=repo, check=True)
+    detached = asyncio.run(worktrees.create(str(repo), tmp_path / "wt", "2-second"))
+    assert (detached.base, detached.target) == (head, "")
 
 
 def test_parallel_implementers_in_worktrees_do_not_see_each_other(daemon):

@@ -180,7 +180,8 @@ def _row(t: TaskView, state: str = "") -> str:
 def _hints(waiting: list[TaskView], running: list[TaskView]) -> str:
     if waiting:
         first = waiting[0]
-        how = "--allow|--deny" if first.waiting is not None and first.waiting.kind == "permission" else '1|"words"'
+        kind = first.waiting.kind if first.waiting is not None else ""
+        how = {"permission": "--allow|--deny", "budget": "--budget N"}.get(kind, '1|"words"')
         return f"q quit · answer: orchestra respond {first.id} {how} · stop: orchestra stop ID · output: orchestra logs -f ID"
     if running:
         return f"q quit · stop: orchestra stop {running[0].id} · output: orchestra logs -f {running[0].id} · queue: orchestra queue"

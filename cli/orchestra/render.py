@@ -147,6 +147,8 @@ def setback_line(s) -> str:
 def waiting_notice(task: TaskView) -> str:
     """What a waiting task asks and the command that answers it, in one line."""
     w = task.waiting
+    if w.kind == "budget":
+        return f"task {task.id} is paused: {w.prompt}"
     if w.kind == "permission":
         how = f"orchestra respond {task.id} --allow, or --deny"
     elif w.options:
@@ -293,7 +295,7 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
         lines.append(f"  waiting    {w.kind}: {w.prompt}")
         for i, option in enumerate(w.options, 1):
             lines.append(f"             {i}. {option}")
-        hint = "--allow / --deny" if w.kind == "permission" else '"your answer"'
+        hint = {"permission": "--allow / --deny", "budget": f"--budget N (dollars), or stop it: orchestra stop {task.id}"}.get(w.kind, '"your answer"')
         lines.append(f"  answer     orchestra respond {task.id} {hint}")
     return "\n".join(lines)
 
@@ -310,7 +312,8 @@ def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, wi
 
 def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskView] | None = None, steps: bool = False) -> str:
     """A workflow's line and its tasks' table; with `steps`, the steps as they run between."""
-    head = f"workflow {wf.id} · {wf.template} · {wf.status} · {cost(wf.cost_usd)} · {wf.goal}"
+    spent = f"{cost(wf.cost_usd)} of {usd(wf.budget_usd)}" if getattr(wf, "budget_usd", None) else cost(wf.cost_usd)
+    head = f"workflow {wf.id} · {wf.template} · {wf.status} · {spent} · {wf.goal}"
     if wf.worktree:
         head += f" · {wf.worktree}"
     lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])

@@ -73,6 +73,7 @@ class Traits(NamedTuple):
     reports_result: bool = False  # it says its own result; else its result is the end of its stdout
     needs_network: bool = False  # it cannot work without the network (its model's API)
     credentials: tuple[str, ...] = ()  # the variables that choose its account (whose usage limits it meets)
+    reports_cost: bool = False  # it says what it spends, and stops at a budget it is given (orchestrad.budgets)
 
 
 class SandboxState(NamedTuple):

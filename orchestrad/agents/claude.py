@@ -114,6 +114,7 @@ class ClaudeAgent(Agent):
         reports_result=True,
         needs_network=True,
         credentials=("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL", "CLAUDE_CONFIG_DIR"),
+        reports_cost=True,
     )
     inherit_env = ("ANTHROPIC_*", "CLAUDE_*")  # its API key, base URL, OAuth token
     # The daemon owns retries (orchestrad.retries): the CLI's own would wait up to minutes
@@ -153,8 +154,8 @@ class ClaudeAgent(Agent):
         model = task.spec.model or (role.model if role else None)
         if model:
             argv += ["--model", model]
-        if task.spec.budget_usd is not None:
-            argv += ["--max-budget-usd", f"{task.spec.budget_usd:g}"]
+        if task.spec.budget_usd is not None:  # what it may still spend (launch.prepared)
+            argv += ["--max-budget-usd", f"{task.spec.budget_usd:.6f}".rstrip("0").rstrip(".")]
         if task.session_id and task.continued in ("follow-up", "resume"):
             argv += ["--resume", task.session_id]
         return argv
@@ -271,6 +272,7 @@ class ClaudeAgent(Agent):
                 cost_usd=float(m.get("total_cost_usd") or 0.0),
                 input_tokens=tokens_in,
                 output_tokens=int(usage.get("output_tokens") or 0),
+                role=task.role,
             ),
         ]
         return Reaction(items, close_stdin=True)  # the conversation turn is over: let it exit

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from orchestra.shared.vocab import shorten
+from orchestra.shared.vocab import shorten, usd
 
 import os
 import sys
@@ -199,14 +199,18 @@ def logs(app: App, task, follow, tail, raw, as_json):
 @click.option("--allow", is_flag=True, help="Allow what the task asks permission for.")
 @click.option("--deny", is_flag=True, help="Deny it.")
 @click.option("--message", "-m", default="", help="With --deny: why, for the agent.")
+@click.option("--budget", type=float, help="Raise the budget that paused the task (or its own) to this many dollars.")
 @json_option
 @click.pass_obj
-def respond(app: App, task, text, allow, deny, message, as_json):
-    """Answer a waiting task (option number, option, or your words), or write a line to a
-    command's stdin."""
+def respond(app: App, task, text, allow, deny, message, budget, as_json):
+    """Answer a waiting task (option number, option, or your words), raise the budget that
+    paused it (--budget), or write a line to a command's stdin."""
     answer = " ".join(text) if text else None
-    asked = _question(app, task) if answer is not None else None
-    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message, via="cli"), p.TaskView)
+    asked = _question(app, task) if answer is not None or budget is not None else None
+    view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message, via="cli", budget_usd=budget), p.TaskView)
+    if budget is not None:
+        emit(view, as_json, lambda v: _raised(v, asked, budget))
+        return
     emit(view, as_json, lambda v: _sent(v.id, asked, answer, allow, deny, message))
 
 
@@ -217,6 +221,12 @@ def _question(app: App, task: int) -> p.Question | None:
         return app.connection().call(p.Show(task=task), p.TaskView).waiting
     except p.OrchestraError:
         return None
+
+
+def _raised(view: p.TaskView, asked: p.Question | None, budget: float) -> str:
+    """"raised the budget that paused task 7 to $10.00; it is queued"."""
+    which = "that paused" if asked is not None and asked.kind == "budget" else "of"
+    return f"raised the budget {which} task {view.id} to {usd(budget)}; it is {view.status.value}"
 
 
 def _sent(task: int, asked: p.Question | None, answer: str | None, allow: bool, deny: bool, message: str) -> str:

@@ -60,12 +60,14 @@ def workflow_show(app: App, name, as_json):
 @click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree on a new branch (default: as the template says).")
 @priority_option
 @click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Run every step with this agent.")
+@click.option("--budget", type=float, help="Dollars all its tasks together may spend; reaching it pauses the next step to ask you.")
 @json_option
 @click.pass_obj
-def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, as_json):
+def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, budget, as_json):
     """Run template NAME for GOAL; prints the workflow's id and its tasks."""
     view = app.call(
-        p.RunWorkflow(template=name, goal=" ".join(goal), cwd=os.path.abspath(cwd or os.getcwd()), worktree=worktree, priority=priority, agent=agent),
+        p.RunWorkflow(template=name, goal=" ".join(goal), cwd=os.path.abspath(cwd or os.getcwd()), worktree=worktree, priority=priority, agent=agent,
+                      budget_usd=budget),
         p.WorkflowView,
     )
     emit(view, as_json, lambda v: f"workflow {v.id}: " + ", ".join(f"{step} = task {task}" for step, task in v.steps.items()))

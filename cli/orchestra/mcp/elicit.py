@@ -14,6 +14,7 @@ from mcp_types import ElicitRequest, ElicitRequestFormParams, InputRequiredResul
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from orchestra.shared import protocol as p
+from orchestra.shared.vocab import usd
 from orchestra.mcp.daemon import Daemon
 from orchestra.mcp.notify import question_line
 from orchestra.mcp.tool_types import Output, RespondResult, ToolFailure
@@ -33,7 +34,7 @@ async def ask_the_person(daemon: Daemon, task_id: int, ctx, params, respond: Res
         raise ToolFailure(
             f"task {task_id} asks: {question_line(view.waiting)}. This client cannot show the user a form "
             "(no elicitation support), so ask the user and call respond-to-process again with "
-            + ("decision allow or deny." if view.waiting.kind == "permission" else "answer.")
+            + {"permission": "decision allow or deny.", "budget": "budget_usd (a new budget in dollars)."}.get(view.waiting.kind, "answer.")
         )
     message, schema = elicitation_form(view)
     state = f"{task_id}:{view.waiting.request_id}"
@@ -53,6 +54,10 @@ async def ask_the_person(daemon: Daemon, task_id: int, ctx, params, respond: Res
     now = await daemon.call(p.Show(task=task_id), p.TaskView)
     if now.waiting is None or now.waiting.request_id != view.waiting.request_id:
         raise ToolFailure(f"task {task_id} no longer asks that (it was answered elsewhere or withdrawn) and is {now.status.value}; the answer was not sent")
+    if view.waiting.kind == "budget":
+        raised = await daemon.call(p.Respond(task=task_id, budget_usd=float(answer or 0), via="mcp"), p.TaskView)
+        sent = f"budget raised to {usd(float(answer or 0))}"
+        return Output(RespondResult(task=raised, answered=True, answer=sent), f"task {task_id}: {sent}; it is {raised.status.value}")
     return await respond(task_id, decision, answer, note)
 
 
@@ -69,6 +74,14 @@ def elicitation_form(view: p.TaskView) -> tuple[str, dict[str, Any]]:
     q = view.waiting
     assert q is not None
     about = f"task {view.id} ({view.role}{': ' + view.title if view.title else ''})"
+    if q.kind == "budget":
+        message = f"orchestra {about} is paused:\n{q.prompt}"
+        schema = {
+            "type": "object",
+            "properties": {"budget": {"type": "number", "title": "New budget in dollars", "exclusiveMinimum": 0}},
+            "required": ["budget"],
+        }
+        return message, schema
     if q.kind == "permission":
         message = f"orchestra {about} asks permission to use {q.tool or 'a tool'}:\n{q.prompt}"
         schema = {
@@ -101,6 +114,11 @@ def elicitation_form(view: p.TaskView) -> tuple[str, dict[str, Any]]:
 
 def read_form(q: p.Question, content: dict[str, Any]) -> tuple[str | None, str | None, str]:
     """(decision, answer, message) from a submitted form; ToolFailure if it says nothing."""
+    if q.kind == "budget":
+        budget = content.get("budget")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+            raise ToolFailure(f"the form came back without a budget above 0 (got {budget!r}); the task is still paused")
+        return None, repr(float(budget)), ""
     if q.kind == "permission":
         decision = content.get("decision")
         if decision not in ("allow", "deny"):

@@ -131,6 +131,10 @@ def waiting_message(view: p.TaskView) -> str:
     q = view.waiting
     assert q is not None
     who = f"Task {view.id} ({view.role}{': ' + view.title if view.title else ''})"
+    if q.kind == "budget":
+        return (f"{who} is paused: {q.prompt}. Only the user raises a budget: ask them, then call respond-to-process "
+                f"(task_id {view.id}, budget_usd: the new budget; with only task_id the user is asked), "
+                f"or in a terminal: orchestra respond {view.id} --budget N.")
     if q.kind == "permission":
         return (f"{who} is waiting for permission: {q.prompt}. Answer with respond-to-process "
                 f"(task_id {view.id}, decision allow or deny; with only task_id the user is asked), "

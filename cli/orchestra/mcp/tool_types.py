@@ -94,6 +94,7 @@ class RespondArgs(Args):
     decision: Annotated[Literal["allow", "deny"] | None, Meta(description="For a permission request: allow it, or deny it.")] = None
     answer: Annotated[str | None, Meta(description="For a question: an option number (1, 2, ...), the option's text, or your own words. For a command task: a line written to its stdin.")] = None
     message: Annotated[str, Meta(description="With decision deny: why, or what to do instead (the agent reads it).")] = ""
+    budget_usd: Annotated[Positive | None, Meta(description="For a task paused on a budget: raise that budget to this many dollars (only the user decides this), and the tasks it paused go on.")] = None
 
 
 class ManageQueueArgs(Args):
@@ -133,6 +134,7 @@ class CreateWorkflowArgs(Args):
     worktree: Annotated[bool | None, Meta(description="Work in a git worktree on a new branch (default: as the template says).")] = None
     priority: Priority = "normal"
     agent: Agent | None = None
+    budget_usd: Annotated[Positive | None, Meta(description="Dollars all its tasks together may spend; reaching it pauses the next step until the user raises it.")] = None
 
 
 class StatusDashboardArgs(Args):

@@ -55,6 +55,7 @@ from orchestra.mcp.tool_types import (
     json_schema,
 )
 from orchestra.render import details, grouped, table, workflow_block
+from orchestra.shared.vocab import usd
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")
@@ -269,6 +270,12 @@ class Tools:
         return Output(DetailsResult(task=view, log_tail=tail), text)
 
     async def respond(self, a: RespondArgs, ctx, params) -> Any:
+        if a.budget_usd is not None:
+            if a.decision is not None or a.answer is not None:
+                raise ToolFailure("raise a budget on its own: give budget_usd without decision or answer")
+            view = await self.daemon.call(p.Respond(task=a.task_id, budget_usd=a.budget_usd, via="mcp"), p.TaskView)
+            sent = f"budget raised to {usd(a.budget_usd)}"
+            return Output(RespondResult(task=view, answered=True, answer=sent), f"task {view.id}: {sent}; it is {view.status.value}")
         if a.decision is None and a.answer is None:
             return await ask_the_person(self.daemon, a.task_id, ctx, params, self._respond)
         return await self._respond(a.task_id, a.decision, a.answer, a.message)
@@ -320,7 +327,8 @@ class Tools:
 
     async def create_workflow(self, a: CreateWorkflowArgs, ctx, params) -> Output:
         view = await self.daemon.call(
-            p.RunWorkflow(template=a.template, goal=a.goal, cwd=self._cwd(a.cwd), worktree=a.worktree, priority=p.parse_priority(a.priority), agent=a.agent),
+            p.RunWorkflow(template=a.template, goal=a.goal, cwd=self._cwd(a.cwd), worktree=a.worktree, priority=p.parse_priority(a.priority), agent=a.agent,
+                          budget_usd=a.budget_usd),
             p.WorkflowView,
         )
         steps = ", ".join(f"{step} = task {task}" for step, task in view.steps.items())

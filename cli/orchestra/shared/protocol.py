@@ -154,6 +154,7 @@ class Respond(Request):
     deny: bool = False
     message: str = ""
     via: str = ""  # how the person answers ("cli", "mcp"), for the record
+    budget_usd: float | None = None  # raise the budget that paused the task (or its own) to this many dollars
 
 
 class Stop(Request):
@@ -202,7 +203,7 @@ class Watch(Request):
     pass
 
 
-ConfigValue = Union[str, int, float, bool, None, list[str], dict[str, int]]
+ConfigValue = Union[str, int, float, bool, None, list[str], dict[str, Union[int, float]]]
 
 
 class ConfigGet(Request):
@@ -246,6 +247,7 @@ class RunWorkflow(Request):
     worktree: bool | None = None  # None: as the template says
     priority: int = 0
     agent: str | None = None  # run every step with this agent (default: the configured one)
+    budget_usd: float | None = None  # what all its tasks together may spend
 
 
 class ShowWorkflow(Request):
@@ -363,7 +365,7 @@ class Question(msgspec.Struct, frozen=True, kw_only=True):
     """What a waiting task asks a person."""
 
     request_id: str
-    kind: Literal["permission", "question", "input"]
+    kind: Literal["permission", "question", "input", "budget"]  # budget: paused on a budget (no process)
     prompt: str  # one line a person can decide on
     options: list[str] = []  # numbered choices, when the agent offered some
     tool: str = ""
@@ -524,6 +526,7 @@ class WorkflowView(msgspec.Struct, frozen=True, kw_only=True):
     worktree: str
     steps: dict[str, int]
     tasks: list[TaskView]
+    budget_usd: float | None = None  # what all its tasks together may spend
 
 
 class LogChunk(msgspec.Struct, frozen=True, kw_only=True):
