@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import msgspec
 
 from orchestra.shared.protocol import AGENTS, MAX_BUDGET_USD, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.shared.vocab import LIVELY
 from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
@@ -61,6 +62,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     merge_checks: list[str] = []  # shell lines every merge runs in its integration worktree before the target moves
     merge_check_timeout: float = 600.0  # seconds one of those checks may take
     delete_merged_branches: bool = False  # delete a task's branch once it is merged
+    silent_after: float = LIVELY  # seconds without output, a tool use or CPU use before `ps` calls a running task silent
 
 
 DEFAULT = Config()
@@ -122,6 +124,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),
     ),
+    "silent_after": ("seconds of at least 1 and at most 30 days", lambda v: _number(v) and 1 <= v <= MAX_SECONDS),
 }
 
 

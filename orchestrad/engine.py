@@ -8,6 +8,8 @@ that produces) -> let watchers know -> plan -> record the plan's decisions and s
 may start, until the plan is empty -> set the next timer. A command's caller gets the
 durability future and replies only once it is done. Nothing polls: the engine runs when a
 request arrives, a process writes or exits, or the one timer for the next deadline fires.
+While tasks run, a second timer reads their CPU use every few seconds (`orchestrad.cpu`):
+an observation kept in memory, given to the plan as `busy`, never recorded.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import agentenv, budgets, configwatch, containment, launch, orphans, policy, roles, sandbox, scheduler
+from orchestrad import agentenv, budgets, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -102,6 +104,7 @@ class Engine:
         self._agents: dict[int, Agent] = {}
         self.sweeper = Sweeper(self.home_mark, lambda: set(self.supervisor.pids().values()), lambda: set(self.state.active))
         self._timer: asyncio.TimerHandle | None = None
+        self.cpu = cpu.Sampler(self._cpu_targets, clock, self._on_busy)  # CPU use per running task: observed, not recorded
         self._accepting = True
         self.notifier = Notifier(self.base_env, clock)  # told of every batch appended
         self.merger = Merger(self, paths.state / "integration" if paths is not None else None)  # the merge queue
@@ -212,6 +215,7 @@ class Engine:
                 return self._react(event.task, agent.answer(task, event))
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled | ev.BudgetReached):
             self._agents.pop(event.task, None)
+            self.cpu.meter.forget([event.task])
         elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
         elif isinstance(event, ev.TasksPurged):
@@ -258,6 +262,7 @@ class Engine:
         """A task that will never run again: its environment values go (they are kept until
         then, so that a resumed or retried task gets them again)."""
         self._agents.pop(task, None)
+        self.cpu.meter.forget([task])
         try:
             self.env_store.remove([task])
         except OSError as exc:
@@ -269,9 +274,15 @@ class Engine:
         """Act on the plan until it has nothing more to record: record its decisions (a
         cancellation may cancel the tasks after it), start what may start, then set the
         one timer for the next deadline."""
+        checked: set[int] = set()  # tasks read afresh in this pass, before a timeout stops them
         while self._accepting and not self._unrecorded:
             now = self.clock()
-            plan = scheduler.plan(self.state, now, day=local_day(now))
+            plan = scheduler.plan(self.state, now, day=local_day(now), busy=self.cpu.busy())
+            due = {e.task for e in plan.events if isinstance(e, ev.StopRequested) and e.outcome is Status.TIMED_OUT} - checked
+            if due:
+                checked |= due
+                if self.cpu.fresh(due, now):
+                    continue  # it used CPU since it was last read: plan again with that
             try:
                 if plan.events:
                     self._append(plan.events)
@@ -288,6 +299,7 @@ class Engine:
                 log.error("could not record the scheduler's decisions: %s", exc.message)
                 return
             self._set_timer(plan.wake_at, now)
+            self.cpu.arm(self.state.config.silent_after)
             return
 
     def _set_timer(self, wake_at: float | None, now: float) -> None:
@@ -297,6 +309,27 @@ class Engine:
         if wake_at is not None:
             delay = max(0.0, wake_at - now)
             self._timer = asyncio.get_running_loop().call_later(delay + 0.001, self.schedule)
+
+    # -- CPU use ------------------------------------------------------------------------
+
+    def _on_busy(self, moved: set[int], told: set[int]) -> None:
+        if told:
+            for watcher in self.watchers:
+                watcher.mark(told)
+        if self._accepting:
+            self.schedule()  # their idle deadlines moved later
+
+    def _cpu_targets(self, tasks: set[int] | None) -> dict[int, cpu.Target]:
+        """What to read of `tasks` (None: every running task) that have a process."""
+        pids, cgroups = self.supervisor.pids(), self.supervisor.cgroups
+        targets = {}
+        for task_id in self.state.active if tasks is None else tasks:
+            task = self.state.tasks[task_id]
+            if task_id in pids and task.status is Status.RUNNING:
+                name = self.supervisor.cgroup_of(task_id)
+                where = cgroups.path(name) if name and cgroups is not None else None
+                targets[task_id] = cpu.Target(task.attempts, pids[task_id], where, task.started_at or 0.0)
+        return targets
 
     async def _start(self, task_id: int, durable: asyncio.Future) -> None:
         try:
@@ -457,6 +490,7 @@ class Engine:
         self._accepting = False
         if self._timer is not None:
             self._timer.cancel()
+        self.cpu.close()
         interrupted = [
             ev.StopRequested(task=t, outcome=Status.INTERRUPTED, reason="the daemon was shut down while it ran")
             for t in sorted(self.state.active)

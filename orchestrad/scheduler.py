@@ -24,9 +24,17 @@ keep their place in the queue but hold no slot.
 
 A task waiting for a person keeps its slot (its process is alive) and its wall-clock
 timeout, but its idle timeout is paused: silence is expected while a person decides.
+
+A running task is idle when it has neither written output nor used CPU for its idle
+timeout: `busy` (the shell's observation, never a fact in the log) gives, per task, the
+last time its processes were seen using CPU, so an agent that prints nothing while it
+works (a long test run) is not stopped. Without `busy` (no way to read CPU use here),
+only output counts, and the reason says so.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import msgspec
 
@@ -44,9 +52,10 @@ class Plan(msgspec.Struct, frozen=True):
     wake_at: float | None
 
 
-def plan(state: State, now: float, *, day: Day | None = None) -> Plan:
+def plan(state: State, now: float, *, day: Day | None = None, busy: Mapping[int, float] | None = None) -> Plan:
     """What to do at `now`; `day` is the local day a role's budget counts (the shell knows
-    the time zone; without it, the UTC day)."""
+    the time zone; without it, the UTC day); `busy` when each running task last used CPU
+    (the shell reads it; without it, only output keeps a task from its idle timeout)."""
     day = day or budgets.utc_day(now)
     events: list[ev.Event] = []
     wake_at: float | None = None
@@ -59,7 +68,7 @@ def plan(state: State, now: float, *, day: Day | None = None) -> Plan:
         task = state.tasks[task_id]
         if task.stopping is not None:
             continue
-        expired, deadline = _expiry(state, task, now, day)
+        expired, deadline = _expiry(state, task, now, day, busy)
         if expired is not None:
             events.append(expired)
         elif deadline is not None and (wake_at is None or deadline < wake_at):
@@ -275,7 +284,7 @@ def _blocked_for_good(state: State, task: Task) -> str | None:
     return None
 
 
-def _expiry(state: State, task: Task, now: float, day: Day) -> tuple[ev.Event | None, float | None]:
+def _expiry(state: State, task: Task, now: float, day: Day, busy: Mapping[int, float] | None = None) -> tuple[ev.Event | None, float | None]:
     """A stop to request if a limit is exceeded, else the next deadline (or None)."""
     spec, config = task.spec, state.config
     deadlines: list[float] = []
@@ -293,11 +302,18 @@ def _expiry(state: State, task: Task, now: float, day: Day) -> tuple[ev.Event | 
             return ev.InputGiven(task=task.id, request_id=task.waiting.request_id, answer=answer, by="the auto-deny timeout"), None
         deadlines.append(deadline)
     if spec.idle_timeout is not None and task.status is Status.RUNNING:
-        deadline = task.last_activity + spec.idle_timeout
+        deadline = max(task.last_activity, busy.get(task.id, 0.0) if busy is not None else 0.0) + spec.idle_timeout
         if now >= deadline:
-            return _stop(task, Status.TIMED_OUT, f"no output for {_seconds(spec.idle_timeout)} (idle timeout)"), None
+            return _stop(task, Status.TIMED_OUT, idle_reason(spec.idle_timeout, cpu=busy is not None)), None
         deadlines.append(deadline)
     return None, min(deadlines) if deadlines else None
+
+
+def idle_reason(idle_timeout: float, *, cpu: bool) -> str:
+    """Why an idle task was stopped: "no output and no CPU use for 10 min (idle timeout)",
+    or, where CPU use could not be read, "no output for 10 min (idle timeout)"."""
+    quiet = "no output and no CPU use" if cpu else "no output"
+    return f"{quiet} for {_seconds(idle_timeout)} (idle timeout)"
 
 
 def _stop(task: Task, outcome: Status, reason: str) -> ev.StopRequested:

@@ -322,7 +322,12 @@ class Server:
         state = self.engine.state
         task = get_task(state, task_id)
         now = self.engine.clock()
-        return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
+        return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now), **self._seen(task))
+
+    def _seen(self, task: Task) -> dict:
+        """What the engine observes of an active task and the log does not hold (its CPU
+        use), and the setting by which clients call it silent: for its view."""
+        return {"cpu": self.engine.cpu.meter.reading(task.id), "silent_after": self.engine.state.config.silent_after}
 
     def _waits_for(self, task: Task) -> str:
         return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""
@@ -371,7 +376,11 @@ class Server:
         if workflow is None:
             raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
         now = self.engine.clock()
-        tasks = [view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now)) for t in workflow.steps.values() if t in state.tasks]
+        tasks = [
+            view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now), **self._seen(state.tasks[t]))
+            for t in workflow.steps.values()
+            if t in state.tasks
+        ]
         return p.WorkflowView(
             id=workflow.id,
             template=workflow.template,
@@ -472,7 +481,10 @@ class Server:
         for task in tasks:
             if len(views) == limit:
                 return views, True
-            brief = view(task, now, preview=p.PREVIEW, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now))
+            brief = view(
+                task, now, preview=p.PREVIEW, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now),
+                **self._seen(task),
+            )
             size += len(encoder.encode(brief))
             if views and size > p.PAGE_BYTES:
                 return views, True
@@ -598,7 +610,7 @@ class Server:
             for task in list(engine.state.tasks.values()):
                 if not task.status.finished:
                     now = engine.clock()
-                    yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
+                    yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now), **self._seen(task))
             while True:
                 changed = await watcher.next()
                 if not engine.accepting:
@@ -607,7 +619,7 @@ class Server:
                     task = engine.state.tasks.get(task_id)
                     if task is not None:
                         now = engine.clock()
-                        yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now))
+                        yield view(task, now, preview=p.PREVIEW, hold=scheduler.hold(engine.state, task, now), **self._seen(task))
         finally:
             engine.watchers.discard(watcher)
 

@@ -780,12 +780,16 @@ def _from_format_1(payload: bytes | memoryview) -> State:
 
 
 def view(
-    task: Task, now: float, *, preview: int | None = None, waits_for: str = "", hold: tuple[str, float, str] | None = None
+    task: Task, now: float, *, preview: int | None = None, waits_for: str = "", hold: tuple[str, float, str] | None = None,
+    cpu: tuple[float, float | None] | None = None, silent_after: float | None = None,
 ) -> TaskView:
     """What clients see of `task`. With `preview`, its title, prompt, command and result are
     cut to that many characters each (list replies), and its setbacks left out; without,
     they are whole (`show`). `hold` is what holds a queued task until a time (kind, until,
-    why: see `scheduler.hold`)."""
+    why: see `scheduler.hold`); `cpu` what the shell read of an active task's CPU use
+    (seconds, the last time it used some: see `orchestrad.cpu`), and `silent_after` the
+    setting by which clients call it silent."""
+    active = task.status.active
     spec = task.spec
     title, prompt, argv, result = spec.title, spec.prompt, spec.argv, task.result
     if preview is not None:
@@ -838,6 +842,10 @@ def view(
         hold_until=hold[1] if hold else None,
         hold_reason=hold[2] if hold else "",
         setbacks=task.setbacks if preview is None else [],
+        last_activity=task.last_activity if active else None,
+        cpu_seconds=cpu[0] if cpu is not None and active else None,
+        cpu_at=cpu[1] if cpu is not None and active else None,
+        silent_after=silent_after if active else None,
     )
 
 

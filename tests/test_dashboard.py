@@ -63,6 +63,17 @@ def test_runtime_cost_queue_order_workflows_and_finished_tasks():
     assert text.splitlines()[0] == "orchestra · 1 running · 2 queued · 1 failed · cost $0.42"
 
 
+def test_running_tasks_say_whether_they_work_or_have_been_silent_and_held_ones_until_when():
+    now = 10_000.0
+    busy = view(1, last_activity=now - 600, cpu_at=now - 3, silent_after=60.0)  # no output for 10 min, CPU 3 s ago
+    quiet = view(2, last_activity=now - 720, cpu_at=None, silent_after=60.0)
+    parked = view(3, Status.QUEUED, runtime=None, hold="parked", hold_until=now + 600, hold_reason="usage limit")
+    text = render([busy, quiet], [parked], now=now, width=120)
+    assert re.search(r"^  #1 .* working +task 1$", text, re.M), text
+    assert re.search(r"^  #2 .* silent 12 min +task 2$", text, re.M), text
+    assert re.search(r"^   1\. #3 .* task 3  \(parked until \d\d:\d\d \(usage limit\)\)$", text, re.M), text
+
+
 def test_lines_fit_the_width_and_an_empty_team_says_how_to_start():
     long = view(1, title="x" * 300)
     assert all(len(line) <= 60 for line in render([long], [], width=60).splitlines())

@@ -4,6 +4,7 @@ dashboard and `logs` draw them (pure functions, no daemon)."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -83,3 +84,45 @@ def test_show_shortens_a_long_prompt_and_says_how_to_see_it_all():
     one_long_line = render.details(view(7, prompt="x" * 5000))
     assert "x" * 5000 not in one_long_line and "orchestra show --full 7" in one_long_line
     assert "more lines" not in render.details(view(8, prompt="fix the parser"))
+
+
+def live(status=Status.RUNNING, **kw) -> TaskView:
+    fields = dict(id=7, status=status, role="tester", agent="command", priority=0, after=[], title="run the suite", prompt="",
+                  argv=["pytest"], cwd="/w", submitted_at=0.0, started_at=1000.0, runtime=10.0, silent_after=60.0)
+    return TaskView(**{**fields, **kw})
+
+
+@pytest.mark.parametrize("task, words", [
+    (live(last_activity=1990.0), "working"),  # output 10 s ago
+    (live(last_activity=1000.0, cpu_at=1995.0), "working"),  # no output since it started, but it uses CPU
+    (live(last_activity=1000.0, cpu_at=1500.0), "silent 8 min"),  # neither, for 500 s
+    (live(last_activity=1955.0), "working"),  # quiet 45 s: within silent_after
+    (live(last_activity=1955.0, silent_after=30.0), "silent 45s"),
+    (live(last_activity=1955.0, silent_after=50.0), "working"),  # the daemon's setting decides
+    (live(last_activity=2000.0 - 7500), "silent 2h05m"),
+    (live(), ""),  # an older daemon: it does not say when it was last active
+    (live(Status.WAITING, last_activity=1000.0), "waiting for you"),
+    (live(Status.QUEUED), ""),
+    (live(Status.SUCCEEDED, last_activity=1000.0), ""),
+])
+def test_liveness_tells_working_silent_waiting_and_held_apart(task, words):
+    assert render.liveness(task, 2000.0) == words
+
+
+def test_a_held_task_says_until_when():
+    until = time.mktime((2030, 1, 1, 14, 5, 7, 0, 0, -1))
+    assert render.liveness(live(Status.QUEUED, hold="parked", hold_until=until), 0) == "parked until 14:05"
+    assert render.liveness(live(Status.QUEUED, hold="retry", hold_until=until), 0) == "retrying at 14:05:07"
+    assert render.liveness(live(Status.QUEUED, hold="account", hold_until=until), 0) == "held until 14:05"
+
+
+def test_ps_says_working_or_silent_in_place_of_running_and_show_says_how_much_cpu():
+    busy = live(last_activity=1000.0, cpu_at=1995.0, cpu_seconds=812.25)
+    quiet = live(id=8, last_activity=1000.0, cpu_at=None, cpu_seconds=0.0)
+    table = render.table([busy, quiet, live(id=9, status=Status.SUCCEEDED)], now=2000.0)
+    rows = {line.split()[0]: line for line in table.splitlines()[1:]}
+    assert rows["7"].split()[1] == "working" and " silent 16 min " in rows["8"] and rows["9"].split()[1] == "succeeded"
+    shown = render.details(busy, now=2000.0)
+    assert "  now        working\n" in shown and "  cpu        812.2 s, last used 5s ago\n" in shown
+    assert "  cpu        0.0 s, none seen in use yet\n" in render.details(quiet, now=2000.0)
+    assert "  now  " not in render.details(live(Status.SUCCEEDED, last_activity=1.0), now=2000.0)

@@ -128,6 +128,37 @@ def test_idle_timeout_follows_output_and_pauses_while_waiting():
     assert stop.outcome is Status.TIMED_OUT and "idle" in stop.reason
 
 
+def test_cpu_use_moves_the_idle_deadline_and_the_reason_names_both():
+    core = Core()
+    task = core.submit(idle_timeout=10)
+    core.tick()
+    started = core.now
+    core.now += 10
+    assert scheduler.plan(core.state, core.now, busy={task: started + 7}).events == []  # it used CPU 7 s in: not idle yet
+    assert scheduler.plan(core.state, core.now, busy={task: started + 7}).wake_at == started + 17
+    assert scheduler.plan(core.state, core.now, busy={task: started - 5}).events != []  # older CPU use than its output
+    core.now = started + 17
+    [stop] = scheduler.plan(core.state, core.now, busy={task: started + 7}).events
+    assert stop == ev.StopRequested(task=task, outcome=Status.TIMED_OUT, reason="no output and no CPU use for 10 s (idle timeout)")
+    [unread] = scheduler.plan(core.state, core.now).events  # no CPU readings: only output counts, and it says so
+    assert unread.reason == "no output for 10 s (idle timeout)"
+    assert scheduler.plan(core.state, core.now, busy={}).events[0].reason == stop.reason  # read, and it used none
+
+
+def test_cpu_use_does_not_move_a_wall_clock_timeout():
+    core = Core()
+    task = core.submit(timeout=30, idle_timeout=10)
+    core.tick()
+    core.now += 30
+    [stop] = scheduler.plan(core.state, core.now, busy={task: core.now}).events
+    assert stop.reason == "timed out after 30 s"
+
+
+def test_the_idle_reason_says_minutes():
+    assert scheduler.idle_reason(600, cpu=True) == "no output and no CPU use for 10 min (idle timeout)"
+    assert scheduler.idle_reason(600, cpu=False) == "no output for 10 min (idle timeout)"
+
+
 def test_plan_looks_only_at_work_in_flight():
     core = Core()
     for _ in range(200):

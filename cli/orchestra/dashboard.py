@@ -11,7 +11,8 @@ ones, the head of the queue and the newest workflows.
 `run(app)` draws it full-screen and keeps it current. It is driven by the daemon's `Watch`
 stream: a reader thread receives task changes and wakes the screen loop, which fetches the
 queue and the workflows (they change only when tasks do) and redraws. Nothing polls. While
-a task runs, the screen also redraws once a second so that its runtime column counts up;
+a task runs, the screen also redraws once a second so that its runtime column counts up
+(and a silent task's silence);
 with nothing running it sleeps until the next change or key. When the daemon goes away
 (a restart), the screen says so and waits for it, connecting again now and then, and
 carries on with the new daemon. Plain ANSI: the alternate screen, cursor home, clear to
@@ -25,7 +26,7 @@ import time
 from typing import Sequence
 
 from orchestra.shared.protocol import FINISHED, DaemonStatus, Status, TaskView, WorkflowView
-from orchestra.render import MARK, cost, duration, run_steps
+from orchestra.render import MARK, cost, duration, held, liveness, run_steps
 from orchestra.shared.vocab import usd, shorten
 
 RECENT = 5  # finished tasks shown at the bottom
@@ -61,11 +62,15 @@ def render(
     recent: int = RECENT,
     hint: bool = True,
     info: DaemonStatus | None = None,
+    now: float | None = None,
 ) -> str:
     """The whole picture as text, every line at most `width` characters. With `info`, the
     counts and the cost are the daemon's, of every task: `tasks` and `queue` may then be
-    only those shown (the active ones, the newest finished, the head of the queue)."""
+    only those shown (the active ones, the newest finished, the head of the queue). A
+    running task says whether it is working or silent at `now` (the clock's time if not
+    given)."""
     width = max(40, width)
+    now = time.time() if now is None else now
     by_status: dict[Status, list[TaskView]] = {}
     for t in sorted(tasks, key=lambda t: t.id):
         by_status.setdefault(t.status, []).append(t)
@@ -92,7 +97,7 @@ def render(
     if running:
         lines += ["", f"RUNNING ({len(running)})"]
         for t in running:
-            lines.append(_row(t) + (f"  · {t.activity}" if t.activity else ""))
+            lines.append(_row(t, liveness(t, now)) + (f"  · {t.activity}" if t.activity else ""))
 
     if queue:
         lines += ["", f"QUEUE IN RUN ORDER ({max(counts[Status.QUEUED], len(queue))})"]
@@ -103,6 +108,8 @@ def render(
             pending = [str(a) for a in t.after]
             if pending:
                 extra.append("after " + ", ".join(f"#{a}" for a in pending))
+            if held(t):
+                extra.append(held(t))
             lines.append(f"  {place:>2}. #{t.id:<4} {t.role:<11} {t.agent:<7} {label(t)}" + (f"  ({'; '.join(extra)})" if extra else ""))
         if counts[Status.QUEUED] > len(queue):
             lines.append(f"      … and {counts[Status.QUEUED] - len(queue):,} more: orchestra queue")
@@ -164,8 +171,10 @@ def picture_types() -> dict:
     return {"info": p.DaemonStatus, "active": p.TaskPage, "finished": p.TaskPage, "queue": list[p.TaskView], "workflows": list[p.WorkflowView]}
 
 
-def _row(t: TaskView) -> str:
-    return f"  #{t.id:<4} {t.role:<11} {t.agent:<7} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {label(t)}"
+def _row(t: TaskView, state: str = "") -> str:
+    """A task's line; `state` (how a running one is: "working", "silent 12 min") before its name."""
+    now = f"{state:<13} " if state else ""
+    return f"  #{t.id:<4} {t.role:<11} {t.agent:<7} {duration(t.runtime):>7} {cost(t.cost_usd):>7}  {now}{label(t)}"
 
 
 def _hints(waiting: list[TaskView], running: list[TaskView]) -> str:
@@ -421,7 +430,7 @@ class Screen:
                 view = msgspec.structs.replace(view, runtime=view.runtime + (now - received))
             views.append(view)
         width, height = _size()
-        lines = render(views, self.queue, self.workflows, width=width - 1, info=self.info).split("\n")
+        lines = render(views, self.queue, self.workflows, width=width - 1, info=self.info, now=time.time()).split("\n")
         if self.gone is not None:
             lines.insert(1, _fit(f"  the daemon is not answering ({self.gone}); reconnecting… (q to quit)", width - 1))
         if len(lines) > height - 1:

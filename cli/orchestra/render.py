@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from orchestra.shared.vocab import Status, usd, shorten
+from orchestra.shared.vocab import LIVELY, Status, usd, shorten
 
 TYPE_CHECKING = False  # typing itself is not imported: `orchestra.quick` renders with this module
 if TYPE_CHECKING:
@@ -82,6 +82,58 @@ def held(task: TaskView) -> str:
     return f"{task.hold} until {at} ({task.hold_reason})"
 
 
+def liveness(task: TaskView, now: float) -> str:
+    """What an active task is doing, told apart honestly: "working" (output, a tool use or
+    CPU use within the daemon's `silent_after`), "silent 12 min" (a running task that has
+    done none of those for longer; how long), "waiting for you" (it asked something),
+    "parked until 14:05", "retrying at 14:05:07" or "held until 14:05" (a queued task held
+    until a time). "" for a finished task, a queued one nothing holds, or a running one of
+    a daemon that does not say when it was last active."""
+    if task.status is Status.WAITING:
+        return "waiting for you"
+    if task.status is Status.QUEUED:
+        return _held_short(task)
+    if task.status is not Status.RUNNING:
+        return ""
+    seen = [at for at in (getattr(task, "last_activity", None), getattr(task, "cpu_at", None)) if at is not None]
+    if not seen:
+        return ""
+    quiet = now - max(seen)
+    return "working" if quiet <= (getattr(task, "silent_after", None) or LIVELY) else f"silent {ago(quiet)}"
+
+
+def ago(seconds: float) -> str:
+    """A stretch of time as people say it: "45s", "12 min", "2h05m", "3 days"."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400} days"
+
+
+def _held_short(task: TaskView) -> str:
+    until = getattr(task, "hold_until", None)
+    kind = getattr(task, "hold", "")
+    if not kind or until is None:
+        return ""
+    if kind == "retry":
+        return f"retrying at {time.strftime('%H:%M:%S', time.localtime(until))}"
+    at = time.strftime("%H:%M", time.localtime(until))
+    return f"held until {at}" if kind == "account" else f"{kind} until {at}"
+
+
+def cpu_line(task: TaskView, now: float) -> str:
+    """An active task's CPU use, for `show`: "4.2 s, last 3s ago" ("" if none was read)."""
+    seconds = getattr(task, "cpu_seconds", None)
+    if seconds is None:
+        return ""
+    at = getattr(task, "cpu_at", None)
+    return f"{seconds:.1f} s" + (f", last used {ago(now - at)} ago" if at is not None else ", none seen in use yet")
+
+
 def setback_line(s) -> str:
     """One attempt retried or parked, for `show`: "attempt 1: overloaded, retried at
     14:05:07 (API Error: 529 Overloaded…)"."""
@@ -111,12 +163,21 @@ def question_line(w: Question) -> str:
     return w.prompt + (" [" + " / ".join(f"{i}. {o}" for i, o in enumerate(w.options, 1)) + "]" if w.options else "")
 
 
-def table(tasks: Sequence[TaskView], *, width: int = 120) -> str:
+def status_cell(task: TaskView, now: float) -> str:
+    """A task's STATUS in `ps`: a running task's liveness ("working", "silent 12 min"), else
+    its status ("waiting", "queued": the TASK column says what it asks, or what holds it)."""
+    if task.status is Status.RUNNING:
+        return liveness(task, now) or task.status.value
+    return task.status.value
+
+
+def table(tasks: Sequence[TaskView], *, width: int = 120, now: float | None = None) -> str:
+    now = time.time() if now is None else now
     headers = ("ID", "STATUS", "ROLE", "AGENT", "PRI", "AFTER", "RUNTIME", "COST", "TASK")
     rows = [
         (
             str(t.id),
-            t.status.value,
+            status_cell(t, now),
             t.role,
             t.agent,
             str(t.priority),
@@ -156,7 +217,7 @@ def prompt_lines(task: TaskView, *, full: bool = False) -> list[str]:
     return [*shown, f"… ({more}: orchestra show --full {task.id})"]
 
 
-def details(task: TaskView, *, full: bool = False) -> str:
+def details(task: TaskView, *, full: bool = False, now: float | None = None) -> str:
     """Everything about one task, as `show` prints it (a long prompt shortened unless `full`)."""
     def when(ts: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
@@ -207,6 +268,11 @@ def details(task: TaskView, *, full: bool = False) -> str:
         lines.append(f"  submitted  by task {task.parent}'s agent")
     if task.session_id:
         lines.append(f"  session    {task.session_id}")
+    now = time.time() if now is None else now
+    if task.status.active and liveness(task, now):
+        lines.append(f"  now        {liveness(task, now)}")
+    if cpu_line(task, now):
+        lines.append(f"  cpu        {cpu_line(task, now)}")
     if task.activity:
         lines.append(f"  activity   {task.activity}")
     if task.result:

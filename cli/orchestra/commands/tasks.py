@@ -36,7 +36,7 @@ class _SplitAtDashes(click.Command):
 @priority_option
 @click.option("--after", multiple=True, type=task_id, help="Start only after this task succeeded (repeatable).")
 @click.option("--timeout", type=float, help="Seconds of wall-clock time before it is stopped.")
-@click.option("--idle-timeout", type=float, help="Seconds without output before it is stopped.")
+@click.option("--idle-timeout", type=float, help="Seconds without output or CPU use before it is stopped.")
 @click.option("--budget", type=float, help="Dollars the agent may spend.")
 @click.option("--model", help="Model for the agent.")
 @click.option("--cwd", type=click.Path(file_okay=False), help="Working directory (default: here).")

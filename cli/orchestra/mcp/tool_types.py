@@ -64,7 +64,7 @@ class SubmitTaskArgs(Args):
     title: Annotated[str, Meta(description="A short name shown in lists and the dashboard.")] = ""
     model: Annotated[str | None, Meta(description="Model for the claude agent, e.g. sonnet or opus (default: the role's or Claude Code's).")] = None
     timeout_seconds: Annotated[Positive | None, Meta(description="Stop the task after this many seconds of wall-clock time.")] = None
-    idle_timeout_seconds: Annotated[Positive | None, Meta(description="Stop the task after this many seconds without output.")] = None
+    idle_timeout_seconds: Annotated[Positive | None, Meta(description="Stop the task after this many seconds without output or CPU use.")] = None
     budget_usd: Annotated[Positive | None, Meta(description="Dollars the claude agent may spend on this task.")] = None
     worktree: Annotated[bool | None, Meta(description="Work in a git worktree of its own, on a new branch (default: as the role says). cwd must be in a git repository.")] = None
     env: Annotated[dict[str, str], Meta(description="Extra environment variables for the task. Values are never shown back.")] = {}

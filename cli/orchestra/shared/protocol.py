@@ -113,7 +113,7 @@ class Submit(Request):
     after: list[int] = []
     env: dict[str, str] = {}
     timeout: float | None = None  # seconds of wall-clock time
-    idle_timeout: float | None = None  # seconds without output
+    idle_timeout: float | None = None  # seconds without output or CPU use
     budget_usd: float | None = None
     model: str | None = None
     title: str = ""
@@ -460,6 +460,10 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     hold_until: float | None = None  # when that hold ends (epoch seconds)
     hold_reason: str = ""  # "usage limit", "attempt 2 of 5: overloaded"
     setbacks: list[Setback] = []  # attempts retried or parked (in `show`; lists leave them out)
+    last_activity: float | None = None  # an active task: when it last wrote output, used a tool or was answered
+    cpu_seconds: float | None = None  # an active task: the CPU its processes used in this attempt, as far as read
+    cpu_at: float | None = None  # ... and the last time it was seen using CPU (None: not yet, or not read)
+    silent_after: float | None = None  # an active task: quiet this long, it is "silent" (the daemon's setting)
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,6 +33,12 @@ def version() -> str:
     return _VERSION[0]
 
 
+LIVELY = 60.0
+"""Seconds: a running task that wrote output, used a tool or used CPU this recently is
+"working"; past that it is "silent" (for how long is shown). The default of the
+`silent_after` setting, and what clients assume of a daemon whose views do not say."""
+
+
 class Status(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
