@@ -74,6 +74,17 @@ def test_running_tasks_say_whether_they_work_or_have_been_silent_and_held_ones_u
     assert re.search(r"^   1\. #3 .* task 3  \(parked until \d\d:\d\d \(usage limit\)\)$", text, re.M), text
 
 
+def test_the_merge_queue_shows_what_merges_and_who_resolves_it():
+    merges = [
+        p.MergeView(id=1, status="merging", branch="orchestra/3-fix", target="main", repo="/r", mode="merge", task=3),
+        p.MergeView(id=2, status="resolving", branch="orchestra/w1-feature", target="main", repo="/r", mode="merge", workflow=1, resolver=9),
+    ]
+    text = render([], [], merges=merges, width=120)
+    assert "MERGE QUEUE (2)" in text
+    assert "  merge 1    merging    orchestra/3-fix → main  (#3)" in text
+    assert "  merge 2    resolving  orchestra/w1-feature → main  (resolver #9)" in text
+
+
 def test_lines_fit_the_width_and_an_empty_team_says_how_to_start():
     long = view(1, title="x" * 300)
     assert all(len(line) <= 60 for line in render([long], [], width=60).splitlines())

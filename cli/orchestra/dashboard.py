@@ -63,6 +63,7 @@ def render(
     hint: bool = True,
     info: DaemonStatus | None = None,
     now: float | None = None,
+    merges: Sequence = (),
 ) -> str:
     """The whole picture as text, every line at most `width` characters. With `info`, the
     counts and the cost are the daemon's, of every task: `tasks` and `queue` may then be
@@ -114,6 +115,12 @@ def render(
         if counts[Status.QUEUED] > len(queue):
             lines.append(f"      … and {counts[Status.QUEUED] - len(queue):,} more: orchestra queue")
 
+    if merges:
+        lines += ["", f"MERGE QUEUE ({len(merges)})"]
+        for m in merges:
+            by = f"resolver #{m.resolver}" if m.status == "resolving" and m.resolver else (f"#{m.task}" if m.task else f"workflow {m.workflow}")
+            lines.append(f"  merge {m.id:<4} {m.status:<10} {m.branch} → {m.target}  ({by})")
+
     if workflows:
         lines += ["", f"WORKFLOWS ({len(workflows)})"]
         for wf in workflows:
@@ -156,19 +163,22 @@ def picture_requests() -> dict:
         "finished": p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=RECENT),
         "queue": p.Queue(limit=QUEUE_SHOWN),
         "workflows": p.ListWorkflows(limit=WORKFLOWS_SHOWN),
+        "merges": p.MergeStatus(limit=0),  # the ones not finished
     }
 
 
 def picture(replies: dict, *, width: int = 100, hint: bool = True) -> str:
     """`render` of the replies to `picture_requests` (as their result types)."""
     tasks = [*replies["active"].tasks, *replies["finished"].tasks]
-    return render(tasks, replies["queue"], replies["workflows"], width=width, hint=hint, info=replies["info"])
+    merges = replies["merges"].merges if "merges" in replies else []
+    return render(tasks, replies["queue"], replies["workflows"], width=width, hint=hint, info=replies["info"], merges=merges)
 
 
 def picture_types() -> dict:
     from orchestra.shared import protocol as p
 
-    return {"info": p.DaemonStatus, "active": p.TaskPage, "finished": p.TaskPage, "queue": list[p.TaskView], "workflows": list[p.WorkflowView]}
+    return {"info": p.DaemonStatus, "active": p.TaskPage, "finished": p.TaskPage, "queue": list[p.TaskView], "workflows": list[p.WorkflowView],
+            "merges": p.MergeQueue}
 
 
 def _row(t: TaskView, state: str = "") -> str:
