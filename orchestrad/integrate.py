@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from orchestra.shared.paths import make_private_dir
-from orchestrad import containment
+from orchestrad import containment, worktrees
 from orchestrad.worktrees import WorktreeError, git as _git
 
 IDENTITY = ("-c", "user.name=orchestra", "-c", "user.email=orchestra@localhost")
@@ -49,15 +49,45 @@ async def prepare(repo: str, root: Path, name: str) -> str:
     return str(path)
 
 
+_GIT_DIRS: dict[str, Path] = {}  # an integration worktree -> its git directory
+
+
+async def _git_dir(path: str) -> Path:
+    found = _GIT_DIRS.get(path)
+    if found is None or not found.is_dir():
+        found = _GIT_DIRS[path] = Path((await _git("-C", path, "rev-parse", "--absolute-git-dir")).strip())
+    return found
+
+
+async def _head(path: str) -> str:
+    """The commit of the integration worktree's (detached) HEAD, read from its git
+    directory when it is a plain commit id, else from git."""
+    try:
+        text = (await _git_dir(path) / "HEAD").read_text().strip()
+    except OSError:
+        text = ""
+    if len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text):
+        return text
+    return await head(path, "HEAD")
+
+
+_IN_PROGRESS = {"MERGE_HEAD": ("merge", "--abort"), "rebase-merge": ("rebase", "--abort"),
+                "rebase-apply": ("rebase", "--abort"), "CHERRY_PICK_HEAD": ("cherry-pick", "--abort")}
+
+
 async def _reset(path: str, commit: str) -> None:
-    """The integration worktree at `commit`, with no merge or rebase in progress and
-    nothing left over."""
-    for abort in (("merge", "--abort"), ("rebase", "--abort"), ("cherry-pick", "--abort")):
-        try:
-            await _git("-C", path, *abort)
-        except WorktreeError:
-            pass  # none was in progress
-    await _git("-C", path, "checkout", "-q", "--detach", "-f", commit)
+    """The integration worktree at `commit`, detached, with no merge or rebase in
+    progress and nothing left over."""
+    git_dir = await _git_dir(path)
+    for name, abort in _IN_PROGRESS.items():
+        if (git_dir / name).exists():
+            await _try("-C", path, *abort)
+    try:
+        detached = not (git_dir / "HEAD").read_text().startswith("ref:")
+    except OSError:
+        detached = False
+    if not detached:
+        await _git("-C", path, "checkout", "-q", "--detach", "-f", commit)
     await _git("-C", path, "reset", "-q", "--hard", commit)
     await _git("-C", path, "clean", "-q", "-fdx")
 
@@ -67,15 +97,14 @@ async def combine(path: str, branch: str, onto: str, mode: str, message: str) ->
     `onto` (mode "rebase"), in the integration worktree at `path`. A conflict leaves the
     worktree mid-merge (for a resolver) and names the files."""
     await _reset(path, onto)
-    tip = await head(path, f"refs/heads/{branch}")
     if mode == "rebase":
-        await _git("-C", path, "checkout", "-q", "--detach", "-f", tip)
+        await _git("-C", path, "checkout", "-q", "--detach", "-f", f"refs/heads/{branch}")
         ok = await _try("-C", path, *IDENTITY, "rebase", "-q", onto)
     else:
-        ok = await _try("-C", path, *IDENTITY, "merge", "-q", "--no-ff", "--no-edit", "-m", message, tip)
+        ok = await _try("-C", path, *IDENTITY, "merge", "-q", "--no-ff", "--no-edit", "-m", message, f"refs/heads/{branch}")
     if not ok:
         return Combined("", await conflicts(path))
-    return Combined(await head(path, "HEAD"), [])
+    return Combined(await _head(path), [])
 
 
 async def combine_abort(path: str, onto: str) -> None:
@@ -98,12 +127,12 @@ async def resolved(path: str, onto: str, files: list[str]) -> str | None:
     marked = [f for f in files if _has_markers(Path(path) / f)]
     if marked:
         return f"conflict markers are left in {', '.join(marked)}"
-    git_dir = Path((await _git("-C", path, "rev-parse", "--absolute-git-dir")).strip())
+    git_dir = await _git_dir(path)
     if (git_dir / "MERGE_HEAD").exists() or (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
         return "the merge was not committed (`git commit --no-edit` finishes it)"
     if (await _git("-C", path, "status", "--porcelain", "--untracked-files=no")).strip():
         return "there are uncommitted changes"
-    now = await head(path, "HEAD")
+    now = await _head(path)
     if now == onto or not await _ancestor(path, onto, now):
         return "the result is not a commit on top of the target"
     return None
@@ -164,20 +193,58 @@ async def checked_out(repo: str, branch: str) -> str | None:
     return None
 
 
-async def advance(repo: str, target: str, old: str, new: str) -> str | None:
-    """Move branch `target` from `old` to `new`; None when done, else why it was not (the
-    target moved meanwhile, or its checkout has work of the user's in it)."""
-    checkout = await checked_out(repo, target)
+class Target(NamedTuple):
+    head: str  # the commit the branch is at
+    checkout: str | None  # the worktree where it is checked out, if any
+
+
+async def target(repo: str, branch: str, checkout: str | None = None) -> Target:
+    """Where `branch` is now, and where it is checked out; `checkout` is where it was last
+    time (checked with one `git status`, so that a queue of merges onto one branch does
+    not list the worktrees each time)."""
+    if checkout is not None and os.path.isdir(checkout):
+        oid = _read_ref(repo, branch)  # `advance` checks it is still checked out there, at that commit
+        if oid:
+            return Target(oid, checkout)
+    checkout = await checked_out(repo, branch)
+    return Target(await head(repo, f"refs/heads/{branch}"), checkout)
+
+
+def _read_ref(repo: str, branch: str) -> str | None:
+    """The commit branch `branch` of the repository at `repo` points to, read from its
+    files (a loose ref, else packed-refs) without starting git; None when it cannot be
+    read that way (another ref storage, a repository that is itself a worktree)."""
+    git_dir = Path(repo) / ".git"
+    try:
+        text = (git_dir / "refs" / "heads" / branch).read_text().strip()
+    except OSError:
+        text = ""
+        try:
+            for line in (git_dir / "packed-refs").read_text().splitlines():
+                if line.endswith(f" refs/heads/{branch}"):
+                    text = line.split(" ", 1)[0]
+        except OSError:
+            return None
+    return text if len(text) in (40, 64) and all(c in "0123456789abcdef" for c in text) else None
+
+
+async def advance(repo: str, target: str, old: str, new: str, checkout: str | None) -> str | None:
+    """Move branch `target` from `old` to `new`, through `checkout` when it is checked out
+    there; None when done, else why it was not (the target moved meanwhile, or its
+    checkout has work of the user's in it)."""
     if checkout is None:
+        if await checked_out(repo, target) is not None:
+            return f"{target} moved while the merge ran"  # checked out meanwhile: look again
         if not await _try("-C", repo, "update-ref", "-m", "orchestra merge", f"refs/heads/{target}", new, old):
             return f"{target} moved while the merge ran"
         return None
-    if (await _git("-C", checkout, "status", "--porcelain", "--untracked-files=no")).strip():
+    on, oid, dirty = await worktrees.status(checkout)
+    if dirty:
         return (
             f"{target} is checked out in {checkout} with uncommitted changes, so it was left as it is; "
             f"commit or stash them there, then merge again"
         )
-    if await head(checkout, "HEAD") != old:
+    if on != target or oid != old:
         return f"{target} moved while the merge ran"
     if not await _try("-C", checkout, "merge", "-q", "--ff-only", new):
         return f"{target} could not be moved forward in {checkout} (an untracked file there would be overwritten?)"

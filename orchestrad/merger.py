@@ -41,6 +41,7 @@ class Merger:
         self._job: asyncio.Task | None = None
         self._ended: dict[int, asyncio.Future] = {}  # resolver task -> set when it ends
         self._closed = False
+        self._checkouts: dict[tuple[str, str], str | None] = {}  # (repo, target) -> where it was checked out
 
     def saw(self, events: list[ev.Event]) -> None:
         """Told of every batch recorded: a resolver that ended, a merge newly queued."""
@@ -95,10 +96,12 @@ class Merger:
         path = await integrate.prepare(m.repo, self.root, _name(m.repo))
         for _ in range(ATTEMPTS):
             try:
-                onto = await integrate.head(m.repo, f"refs/heads/{m.target}")
+                where = await integrate.target(m.repo, m.target, self._checkouts.get((m.repo, m.target)))
             except WorktreeError:
                 await self._finish(m.id, "failed", f"there is no branch {m.target} in {m.repo} to merge onto")
                 return
+            self._checkouts[(m.repo, m.target)] = where.checkout
+            onto = where.head
             await self.engine.record([ev.MergeStarted(merge=m.id, onto=onto, path=path)])
             message = f"Merge branch '{m.branch}' into {m.target}\n\nMerged by orchestra (merge {m.id})"
             combined = await integrate.combine(path, m.branch, onto, m.mode, message)
@@ -107,8 +110,9 @@ class Merger:
                 return
             if not await self._checked(m.id, path, onto):
                 return
-            why = await integrate.advance(m.repo, m.target, onto, combined.head)
+            why = await integrate.advance(m.repo, m.target, onto, combined.head, where.checkout)
             if why is not None and why.endswith("moved while the merge ran"):
+                self._checkouts.pop((m.repo, m.target), None)
                 continue
             if why is not None:
                 await self._finish(m.id, "failed", why)
@@ -167,7 +171,10 @@ class Merger:
         new = await integrate.head(path, "HEAD")
         if not await self._checked(merge_id, path, onto):
             return
-        why = await integrate.advance(m.repo, m.target, onto, new)
+        where = await integrate.target(m.repo, m.target, self._checkouts.get((m.repo, m.target)))
+        why = await integrate.advance(m.repo, m.target, onto, new, where.checkout) if where.head == onto else (
+            f"{m.target} moved while the conflict was resolved; merge again"
+        )
         if why is not None:
             await self._finish(merge_id, "failed", why)
             return

@@ -92,6 +92,25 @@ async def remove(repo: str, path: str) -> None:
 SAVED_BY = "Saved-by: orchestra cleanup"
 
 
+async def status(path: str, *, untracked: bool = False) -> tuple[str, str, bool]:
+    """A checkout's branch ("" for a detached HEAD), the commit HEAD is at ("" before the
+    first), and whether it has uncommitted changes (untracked files counted when asked):
+    all from one `git status`."""
+    out = await git("-C", path, "status", "--porcelain=v2", "--branch", f"--untracked-files={'all' if untracked else 'no'}")
+    branch = oid = ""
+    dirty = False
+    for line in out.splitlines():
+        if line.startswith("# branch.head "):
+            branch = line.removeprefix("# branch.head ")
+            branch = "" if branch == "(detached)" else branch
+        elif line.startswith("# branch.oid "):
+            oid = line.removeprefix("# branch.oid ")
+            oid = "" if oid == "(initial)" else oid
+        elif line and not line.startswith("#"):
+            dirty = True
+    return branch, oid, dirty
+
+
 async def save(path: str, message: str) -> tuple[bool, str | None]:
     """Make sure removing the worktree at `path` loses nothing: commit what is uncommitted
     (tracked changes and untracked files, not ignored ones) to the branch it is on, as a
@@ -99,11 +118,7 @@ async def save(path: str, message: str) -> tuple[bool, str | None]:
     is safe on a branch, or (False, why it must be kept)."""
     if not os.path.isdir(path):
         return False, None
-    try:
-        branch = (await git("-C", path, "symbolic-ref", "-q", "--short", "HEAD")).strip()
-    except WorktreeError:
-        branch = ""
-    dirty = bool((await git("-C", path, "status", "--porcelain", "--untracked-files=all")).strip())
+    branch, _, dirty = await status(path, untracked=True)
     if not branch:
         if dirty:
             return False, f"{path} has uncommitted changes on a detached HEAD; commit them to a branch, or use --force"
