@@ -102,7 +102,7 @@ class Merger:
                 return
             self._checkouts[(m.repo, m.target)] = where.checkout
             onto = where.head
-            await self.engine.record([ev.MergeStarted(merge=m.id, onto=onto, path=path)])
+            self.engine.record_nowait([ev.MergeStarted(merge=m.id, onto=onto, path=path)])  # made durable with what follows
             message = f"Merge branch '{m.branch}' into {m.target}\n\nMerged by orchestra (merge {m.id})"
             combined = await integrate.combine(path, m.branch, onto, m.mode, message)
             if combined.conflicts:
