@@ -359,6 +359,13 @@ class MergeConflicted(Event):
     resolver: int
 
 
+class MergeResolved(Event):
+    """The resolver task left a finished merge, commit `head`: the checks run next."""
+
+    merge: int
+    head: str
+
+
 class MergeFinished(Event):
     merge: int
     outcome: str  # "merged" | "conflicted" | "failed" | "cancelled"
@@ -408,6 +415,7 @@ AnyEvent = Union[
     MergeQueued,
     MergeStarted,
     MergeConflicted,
+    MergeResolved,
     MergeFinished,
     MergesSkipped,
 ]

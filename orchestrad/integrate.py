@@ -170,15 +170,22 @@ async def check(path: str, command: str, timeout: float, env: dict[str, str] | N
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
         code: int | None = proc.returncode
     except asyncio.TimeoutError:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill(proc.pid)
         out, _ = await proc.communicate()
         code = None
+    except asyncio.CancelledError:  # the daemon is stopping: the check goes with it
+        _kill(proc.pid)
+        raise
     finally:
         containment.OWN.discard(proc.pid)
     return code, out.decode(errors="replace")[-TAIL:]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 async def checked_out(repo: str, branch: str) -> str | None:

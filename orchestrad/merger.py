@@ -89,7 +89,7 @@ class Merger:
             await self._finish(merge_id, "failed", "this daemon has no state directory for an integration worktree")
             return
         m = self.engine.state.merges[merge_id]
-        if m.status == "resolving" and m.resolver is not None:  # the daemon came back while it was resolved
+        if m.status in ("resolving", "merging") and m.resolver is not None:  # the daemon came back while it was resolved
             await self._resolved(m.id, m.path, m.onto)
             return
         await self._save_branch(m)
@@ -169,6 +169,7 @@ class Merger:
             await self._finish(merge_id, "failed", f"the resolver task {task_id} finished, but {why}; {m.target} was not touched", files=m.conflicts)
             return
         new = await integrate.head(path, "HEAD")
+        await self.engine.record([ev.MergeResolved(merge=merge_id, head=new)])
         if not await self._checked(merge_id, path, onto):
             return
         where = await integrate.target(m.repo, m.target, self._checkouts.get((m.repo, m.target)))

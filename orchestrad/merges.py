@@ -131,11 +131,9 @@ def due(state: State) -> list[ev.Event]:
 
 
 def next_to_start(state: State) -> int | None:
-    """The merge to start now: the first in the queue, when none runs."""
-    if not state.merge_queue:
-        return None
-    first = state.merges[state.merge_queue[0]]
-    return first.id if first.status == "queued" else None
+    """The merge to carry out when the shell runs none: the first in the queue (one that
+    says it is merging or resolving was cut off by a stop of the daemon, and goes on)."""
+    return state.merge_queue[0] if state.merge_queue else None
 
 
 RESOLVE_PROMPT = (

@@ -602,6 +602,11 @@ def _merge_conflicted(s: State, e: ev.MergeConflicted, ts: float, data) -> None:
     m.status, m.conflicts, m.resolver = "resolving", list(e.files), e.resolver
 
 
+def _merge_resolved(s: State, e: ev.MergeResolved, ts: float, data) -> None:
+    m = s.merges[e.merge]
+    m.status, m.head = "merging", e.head
+
+
 def _merge_finished(s: State, e: ev.MergeFinished, ts: float, data) -> None:
     m = s.merges[e.merge]
     m.status, m.reason, m.head, m.finished_at = e.outcome, e.reason, e.head, ts
@@ -668,6 +673,7 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.MergeQueued: _merge_queued,
     ev.MergeStarted: _merge_started,
     ev.MergeConflicted: _merge_conflicted,
+    ev.MergeResolved: _merge_resolved,
     ev.MergeFinished: _merge_finished,
     ev.MergesSkipped: _merges_skipped,
 }

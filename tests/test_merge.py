@@ -210,3 +210,16 @@ def test_a_conflict_is_resolved_by_a_resolver_task_and_then_merged(claude, tmp_p
             assert (repo / "README").read_text() == "one and two\n" and git(repo, "rev-parse", "main") == second.head
         finally:
             d.cleanup()
+
+
+def test_a_daemon_stopped_mid_merge_starts_that_merge_again_when_it_comes_back(daemon, repo, tmp_path):
+    task = writes(daemon, repo, "one.txt", "one\n")
+    go = tmp_path / "go"
+    [queued] = daemon.call(p.Merge(tasks=[task], checks=[f"while [ ! -e {go} ]; do sleep 0.05; done"]), p.MergeQueue).queued
+    wait_for(lambda: daemon.call(p.MergeStatus(), p.MergeQueue).merges[-1].status == "merging", what="the merge to start")
+    daemon.stop()
+    assert not (repo / "one.txt").exists()
+    go.touch()
+    daemon.start()
+    [m] = wait_merges(daemon, [queued])
+    assert m.status == "merged" and (repo / "one.txt").read_text() == "one\n"
