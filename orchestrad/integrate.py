@@ -15,15 +15,12 @@ Nothing here changes the user's own checkout or the target branch until the very
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
 from orchestra.shared.paths import make_private_dir
-from orchestrad import containment, worktrees
+from orchestrad import procs, worktrees
 from orchestrad.worktrees import WorktreeError, git as _git
 
 IDENTITY = ("-c", "user.name=orchestra", "-c", "user.email=orchestra@localhost")
@@ -161,31 +158,8 @@ async def _try(*args: str) -> bool:
 async def check(path: str, command: str, timeout: float, env: dict[str, str] | None = None) -> tuple[int | None, str]:
     """Run the shell line `command` in `path`: (its exit code, None if it timed out; the
     tail of its output)."""
-    proc = await asyncio.create_subprocess_exec(
-        "sh", "-c", command, cwd=path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, env=env,
-    )
-    containment.OWN.add(proc.pid)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        code: int | None = proc.returncode
-    except asyncio.TimeoutError:
-        _kill(proc.pid)
-        out, _ = await proc.communicate()
-        code = None
-    except asyncio.CancelledError:  # the daemon is stopping: the check goes with it
-        _kill(proc.pid)
-        raise
-    finally:
-        containment.OWN.discard(proc.pid)
+    code, out, _ = await procs.run(["sh", "-c", command], cwd=path, env=env, timeout=timeout, merge_stderr=True, new_session=True)
     return code, out.decode(errors="replace")[-TAIL:]
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def checked_out(repo: str, branch: str) -> str | None:

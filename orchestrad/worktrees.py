@@ -10,15 +10,13 @@ worktree whose work cannot be put on a branch is kept.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
 from orchestra.shared.paths import make_private_dir
-from orchestrad import containment
+from orchestrad import procs
 
 
 class WorktreeError(Exception):
@@ -40,15 +38,8 @@ async def repo_root(cwd: str) -> str | None:
 
 async def git(*args: str) -> str:
     """Run git with `args`; its stdout, or a WorktreeError with what it said."""
-    proc = await asyncio.create_subprocess_exec(
-        "git", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
-    )
-    containment.OWN.add(proc.pid)  # the loop reaps it, not the sweep for adopted processes
-    try:
-        out, err = await proc.communicate()
-    finally:
-        containment.OWN.discard(proc.pid)
-    if proc.returncode != 0:
+    code, out, err = await procs.run(["git", *args])
+    if code != 0:
         raise WorktreeError(f"git {' '.join(args[:3])} failed: {err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}")
     return out.decode(errors="replace")
 
