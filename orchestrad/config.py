@@ -56,6 +56,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
     retry_cap: float = 300.0  # ... but never longer than this
     role_budgets: dict[str, float] = {}  # dollars a role's tasks may spend in a day, all together (orchestrad.budgets)
+    worktree_quota: int | None = None  # bytes all worktrees together may use; past it new worktree tasks wait (orchestrad.hygiene)
 
 
 DEFAULT = Config()
@@ -113,6 +114,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),
     ),
+    "worktree_quota": ("a whole number of bytes of at least 0, or none", lambda v: v is None or (isinstance(v, int) and v >= 0)),
 }
 
 

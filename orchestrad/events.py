@@ -326,6 +326,20 @@ class BudgetRaised(Event):
     day: float = 0.0  # a role's budget: the day it is raised for (another day has the configured one)
 
 
+class ChangesRecorded(Event):
+    """What a worktree task's attempt left changed, when its process exited: its worktree
+    (its own, or its workflow's shared one) against the commit that started from,
+    committed or not."""
+
+    task: int
+    base: str
+    head: str  # the commit its branch was at
+    files: int
+    insertions: int
+    deletions: int
+    stat: str = ""  # `git diff --stat`, shortened when long
+
+
 AnyEvent = Union[
     DaemonStarted,
     TaskSubmitted,
@@ -357,6 +371,7 @@ AnyEvent = Union[
     RetryScheduled,
     BudgetReached,
     BudgetRaised,
+    ChangesRecorded,
 ]
 
 

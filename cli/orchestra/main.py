@@ -35,6 +35,8 @@ COMMANDS = {
     "daemon": "daemon:daemon",
     "service": "daemon:service",
     "cleanup": "maintenance:cleanup",
+    "diff": "changes:diff",
+    "worktrees": "changes:worktrees",
     "dashboard": "dashboard:dashboard",
     "mcp": "mcp:mcp",
 }
