@@ -134,3 +134,56 @@ def test_a_workflow_s_shared_worktree_has_a_diff_and_later_steps_quote_the_chang
     assert "+one" in whole.output and "+tested" in whole.output
     step = daemon.cli("diff", str(test.id), "--stat")
     assert "feature.txt | 3 +++" in step.output
+
+
+def test_worktrees_lists_each_one_merged_unmerged_dirty_or_unchanged_with_its_disk_use(daemon):
+    repo = git_repo(daemon.home / "repo")
+    daemon.cli("config", "set", "max_concurrent", "4")
+    commit = "echo {0} > {0}.txt; git add {0}.txt; git commit -qm {0}"
+    unmerged = daemon.submit("sh", "-c", commit.format("kept"), cwd=str(repo), worktree=True, title="unmerged")
+    merged = daemon.submit("sh", "-c", commit.format("landed"), cwd=str(repo), worktree=True, title="merged")
+    dirty = daemon.submit("sh", "-c", "echo draft > draft.txt", cwd=str(repo), worktree=True, title="dirty")
+    idle = daemon.submit("true", cwd=str(repo), worktree=True, title="idle")
+    for task in (unmerged, merged, dirty, idle):
+        daemon.wait_status(task, Status.SUCCEEDED)
+    git(repo, "merge", "-q", "--ff-only", f"orchestra/{merged}-merged")
+
+    listing = daemon.call(p.ListWorktrees(), p.WorktreeList)
+    by_task = {w.task: w for w in listing.worktrees}
+    assert {t: (w.state, w.removable) for t, w in by_task.items()} == {
+        unmerged: ("unmerged", False), merged: ("merged", True), dirty: ("dirty", False), idle: ("unchanged", True),
+    }
+    assert by_task[unmerged].detail == "1 commit not on main" and by_task[dirty].detail == "1 file with uncommitted changes"
+    assert all(w.disk_bytes and w.disk_bytes > 0 for w in listing.worktrees)
+    assert listing.disk_bytes == sum(w.disk_bytes for w in listing.worktrees) and listing.quota is None
+
+    table = daemon.cli("worktrees").output
+    rows = {line.split()[1]: line.split()[2] for line in table.splitlines() if line.startswith("task ")}
+    assert rows == {str(unmerged): "unmerged", str(merged): "merged", str(dirty): "dirty", str(idle): "unchanged"}
+    assert f"orchestra/{merged}-merged: its commits are on main" in table and "4 worktrees, " in table
+    as_json = json.loads(daemon.cli("worktrees", "--json").output)
+    assert sorted(w["state"] for w in as_json["worktrees"]) == ["dirty", "merged", "unchanged", "unmerged"]
+
+
+def test_past_the_quota_a_new_worktree_task_waits_until_an_old_merged_one_is_removed(daemon):
+    repo = git_repo(daemon.home / "repo")
+    big = f"{PY} -c \"open('big.bin','wb').write(bytes(1 << 20))\"; git add big.bin; git commit -qm big"
+    old = daemon.submit("sh", "-c", big, cwd=str(repo), worktree=True, title="old")
+    tree = daemon.wait_status(old, Status.SUCCEEDED).worktree
+    daemon.call(p.ConfigSet(key="worktree_quota", value=512 * 1024))
+    assert daemon.call(p.ListWorktrees(), p.WorktreeList).disk_bytes > 512 * 1024
+
+    new = daemon.submit("true", cwd=str(repo), worktree=True, title="new")
+    waiting = wait_for(lambda: "worktree space" in (t := daemon.task(new)).waits_for and t, what="the new task to wait for room")
+    assert waiting.status is Status.QUEUED and "of 512.0 KiB used" in waiting.waits_for
+    assert "waits for  worktree space (" in daemon.cli("show", str(new)).output
+    assert Path(tree).is_dir()  # unmerged: never removed to make room
+
+    git(repo, "merge", "-q", "--ff-only", f"orchestra/{old}-old")
+    listing = daemon.call(p.ListWorktrees(), p.WorktreeList)  # looking again sees it merged
+    assert [w.state for w in listing.worktrees] == ["merged"]
+    daemon.wait_status(new, Status.SUCCEEDED)
+    assert not Path(tree).exists()
+    assert f"orchestra/{old}-old" in git(repo, "branch", "--list", "orchestra/*")  # its branch stays
+    remaining = daemon.call(p.ListWorktrees(), p.WorktreeList).worktrees
+    assert [w.task for w in remaining] == [new]
