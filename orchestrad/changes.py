@@ -22,6 +22,7 @@ import tempfile
 from typing import NamedTuple
 
 from orchestra.shared import protocol as p
+from orchestra.shared.vocab import size
 from orchestrad import containment
 from orchestrad.state import State, Task, Worktree
 from orchestrad.worktrees import WorktreeError
@@ -226,13 +227,14 @@ async def diff(state: State, request: p.Diff) -> p.DiffResult:
             )
     if not tree.base:
         raise p.conflict(f"{tree.path} was made before orchestra recorded where worktrees start from; use `git -C {tree.path} diff <commit>`")
+    limit = DIFF_LIMIT if request.limit is None else max(1, min(request.limit, DIFF_LIMIT))
     try:
-        found = await measure(tree.path, tree.base, patch=not request.stat)
+        found = await measure(tree.path, tree.base, patch=not request.stat, limit=limit)
     except WorktreeError as exc:
         raise p.conflict(f"could not tell the changes in {tree.path}: {exc}") from None
     note = ""
     if found.cut:
-        note = (f"the diff is longer than {DIFF_LIMIT >> 20} MiB and was cut here; see all of it with "
+        note = (f"the diff is longer than {size(limit)} and was cut here; see all of it with "
                 f"`git -C {tree.path} diff {tree.base}` (uncommitted new files: `git -C {tree.path} status`)")
     return p.DiffResult(
         path=tree.path, branch=tree.branch, base=found.base, head=found.head, files=found.files,

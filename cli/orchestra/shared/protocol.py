@@ -270,6 +270,7 @@ class Diff(Request):
     task: int | None = None
     stat: bool = False
     workflow: int | None = None
+    limit: int | None = None  # bytes of the patch at most (None, or more than the daemon's cap: its cap, 4 MiB)
 
 
 class ListWorktrees(Request):
