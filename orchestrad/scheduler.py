@@ -15,7 +15,10 @@ It returns a `Plan`:
   already spent is paused, a running one that reached a budget is stopped to be paused,
   and tasks paused on a role's budget of an earlier `day` go on;
 * `wake_at` — the earliest moment a deadline falls due or a hold ends, so the shell sets
-  one timer instead of polling.
+  one timer instead of polling;
+* `room` — a task that would make a new worktree waits because the worktrees use more
+  than `worktree_quota` (`worktree_use`, measured by the shell and passed in): the shell
+  makes room (`orchestrad.hygiene`) and plans again.
 
 A queued task may be held until a time: parked on its account's usage limit until the
 reset, or waiting out a retry's backoff (`Task.not_before`); and no task of an account
