@@ -380,7 +380,7 @@ class Engine:
         if agent is not None and not agent.traits.reports_result:  # its result: the end of its stdout
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
         tree = changes.worktree_of(self.state, self.state.tasks[task_id])
-        if tree is None or not self._accepting:
+        if tree is None or not tree.base or not self._accepting:  # no base: a worktree of an older log
             self._exited(task_id, pid, exit_code, signal, detail, items)
             return
         job = asyncio.get_running_loop().create_task(self._exited_with_changes(tree, task_id, pid, exit_code, signal, detail, items))

@@ -187,3 +187,11 @@ def test_past_the_quota_a_new_worktree_task_waits_until_an_old_merged_one_is_rem
     assert f"orchestra/{old}-old" in git(repo, "branch", "--list", "orchestra/*")  # its branch stays
     remaining = daemon.call(p.ListWorktrees(), p.WorktreeList).worktrees
     assert [w.task for w in remaining] == [new]
+
+
+def test_changes_that_cannot_be_measured_are_logged_and_the_task_ends_as_it_would_have(daemon):
+    repo = git_repo(daemon.home / "repo")
+    task = daemon.submit("sh", "-c", "echo work > out.txt; rm .git", cwd=str(repo), worktree=True, title="breaks git")
+    view = daemon.wait_status(task, Status.SUCCEEDED, Status.FAILED)
+    assert view.status is Status.SUCCEEDED and view.changes is None
+    assert f"task {task}: could not record the changes in" in daemon.output()
