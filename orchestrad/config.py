@@ -63,6 +63,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     merge_check_timeout: float = 600.0  # seconds one of those checks may take
     delete_merged_branches: bool = False  # delete a task's branch once it is merged
     silent_after: float = LIVELY  # seconds without output, a tool use or CPU use before `ps` calls a running task silent
+    worktree_quota: int | None = None  # bytes all worktrees together may use; past it new worktree tasks wait (orchestrad.hygiene)
 
 
 DEFAULT = Config()
@@ -125,6 +126,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),
     ),
     "silent_after": ("seconds of at least 1 and at most 30 days", lambda v: _number(v) and 1 <= v <= MAX_SECONDS),
+    "worktree_quota": ("a whole number of bytes of at least 0, or none", lambda v: v is None or (isinstance(v, int) and v >= 0)),
 }
 
 

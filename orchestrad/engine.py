@@ -24,13 +24,14 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import agentenv, budgets, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
+from orchestrad import agentenv, budgets, changes, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
 from orchestrad.agents import Agent, Reaction, agent_for, traits
 from orchestrad.agents import kinds as agent_kinds
 from orchestrad.envstore import EnvStore
+from orchestrad.hygiene import Hygiene
 from orchestrad.leftovers import Sweeper
 from orchestrad.merger import Merger
 from orchestrad.notifier import Notifier
@@ -108,6 +109,8 @@ class Engine:
         self._accepting = True
         self.notifier = Notifier(self.base_env, clock)  # told of every batch appended
         self.merger = Merger(self, paths.state / "integration" if paths is not None else None)  # the merge queue
+        self.hygiene = Hygiene()  # the worktrees' disk use, and room under worktree_quota
+        self._ending: dict[int, asyncio.Task] = {}  # task -> its exit, waiting for its changes to be measured
 
     @property
     def state(self):
@@ -221,7 +224,23 @@ class Engine:
         elif isinstance(event, ev.TasksPurged):
             for task in event.tasks:
                 self._forget(task)
+        elif isinstance(event, ev.WorktreeRemoved):
+            self.hygiene.forget(event.path)
+        elif self.state.config.worktree_quota is not None:
+            self._measure_after(event)
         return []
+
+    def _measure_after(self, event: ev.Event) -> None:
+        """With a worktree quota, measure what a fact may have changed on disk."""
+        if isinstance(event, ev.WorktreeCreated):
+            self.hygiene.remeasure(self, [event.path])
+        elif isinstance(event, ev.ChangesRecorded):
+            task = self.state.tasks.get(event.task)
+            tree = changes.worktree_of(self.state, task) if task is not None else None
+            if tree is not None:
+                self.hygiene.remeasure(self, [tree.path])
+        elif isinstance(event, ev.ConfigChanged) and "worktree_quota" in event.changes:
+            self.hygiene.remeasure(self, list(self.state.worktrees))
 
     def _react(self, task_id: int, reaction: Reaction) -> list[Item]:
         """Carry out an adapter's reaction's I/O, and put the tool calls it asks about to the
@@ -277,12 +296,16 @@ class Engine:
         checked: set[int] = set()  # tasks read afresh in this pass, before a timeout stops them
         while self._accepting and not self._unrecorded:
             now = self.clock()
-            plan = scheduler.plan(self.state, now, day=local_day(now), busy=self.cpu.busy())
+            quota = self.state.config.worktree_quota
+            use = self.hygiene.used(self.state) if quota is not None else None
+            plan = scheduler.plan(self.state, now, day=local_day(now), busy=self.cpu.busy(), worktree_use=use)
             due = {e.task for e in plan.events if isinstance(e, ev.StopRequested) and e.outcome is Status.TIMED_OUT} - checked
             if due:
                 checked |= due
                 if self.cpu.fresh(due, now):
                     continue  # it used CPU since it was last read: plan again with that
+            if plan.room:
+                self.hygiene.make_room(self)
             try:
                 if plan.events:
                     self._append(plan.events)
@@ -392,6 +415,32 @@ class Engine:
         items: list[Item] = []
         if agent is not None and not agent.traits.reports_result:  # its result: the end of its stdout
             items.append(ev.AgentResult(task=task_id, text=self._stdout_tail(task_id), is_error=False))
+        tree = changes.worktree_of(self.state, self.state.tasks[task_id])
+        if tree is None or not tree.base or not self._accepting:  # no base: a worktree of an older log
+            self._exited(task_id, pid, exit_code, signal, detail, items)
+            return
+        job = asyncio.get_running_loop().create_task(self._exited_with_changes(tree, task_id, pid, exit_code, signal, detail, items))
+        self._ending[task_id] = job
+        job.add_done_callback(lambda _: self._ending.pop(task_id, None))
+
+    async def _exited_with_changes(self, tree, task_id: int, pid: int, exit_code: int | None, signal: int | None,
+                                   detail: str, items: list[Item]) -> None:
+        """The exit of a task that works in a worktree: what its attempt left changed is
+        measured first (git, as subprocesses: the loop goes on meanwhile), so that the
+        facts of its ending (and the steps it lets start) have it. A failure to measure is
+        logged; the exit is recorded all the same."""
+        try:
+            found = await changes.measure(tree.path, tree.base)
+            items = [*items, ev.ChangesRecorded(
+                task=task_id, base=found.base, head=found.head, files=found.files, insertions=found.insertions,
+                deletions=found.deletions, stat=changes.shorten_stat(found.stat),
+            )]
+        except Exception as exc:  # a worktree gone, git failing: the task's ending does not depend on it
+            log.warning("task %s: could not record the changes in %s: %s", task_id, tree.path, exc)
+        if task_id in self.state.active:
+            self._exited(task_id, pid, exit_code, signal, detail, items)
+
+    def _exited(self, task_id: int, pid: int, exit_code: int | None, signal: int | None, detail: str, items: list[Item]) -> None:
         now = self.clock()
         self._observe([*items, *d.process_exited(self.state, task_id, pid, exit_code, signal, detail, now=now, day=local_day(now))])
 
@@ -475,6 +524,8 @@ class Engine:
         await self.record([*events, *reconciled])
         self.reload_files()
         self.merger.poke()
+        if self.state.config.worktree_quota is not None:
+            self.hygiene.remeasure(self, list(self.state.worktrees))
 
     def accounts(self) -> dict[str, str]:
         """The account each agent kind uses by default: a hash of the credentials it finds
@@ -499,6 +550,8 @@ class Engine:
         if interrupted:
             self.store.append(self.clock(), interrupted)
         await self.supervisor.shutdown(grace)
+        if self._ending:  # exits waiting for their changes to be measured
+            await asyncio.gather(*self._ending.values(), return_exceptions=True)
         await self.sweeper.settle()
         # Exits arrive through _on_exit -> record_nowait, which works while not accepting.
         leftovers = d.reconcile(self.state)

@@ -381,6 +381,20 @@ class MergesSkipped(Event):
     reason: str
 
 
+class ChangesRecorded(Event):
+    """What a worktree task's attempt left changed, when its process exited: its worktree
+    (its own, or its workflow's shared one) against the commit that started from,
+    committed or not."""
+
+    task: int
+    base: str
+    head: str  # the commit its branch was at
+    files: int
+    insertions: int
+    deletions: int
+    stat: str = ""  # `git diff --stat`, shortened when long
+
+
 AnyEvent = Union[
     DaemonStarted,
     TaskSubmitted,
@@ -418,6 +432,7 @@ AnyEvent = Union[
     MergeResolved,
     MergeFinished,
     MergesSkipped,
+    ChangesRecorded,
 ]
 
 

@@ -42,14 +42,17 @@ def prepared(state: State, task: Task, day: Day | None = None) -> Task:
     if workflow is None:
         return task
     results = {}
+    changed = {}
     for step, step_task in workflow.steps.items():
         t = state.tasks.get(step_task)
         if t is not None:
             results[step] = (t.status.value, t.result)
+            if t.changes is not None:
+                changed[step] = t.changes.stat or "no changes"
     spec = msgspec.structs.replace(
         task.spec,
-        prompt=workflows_mod.render(task.spec.prompt, workflow.goal, results),
-        argv=[workflows_mod.render(a, workflow.goal, results) for a in task.spec.argv],
+        prompt=workflows_mod.render(task.spec.prompt, workflow.goal, results, changed),
+        argv=[workflows_mod.render(a, workflow.goal, results, changed) for a in task.spec.argv],
     )
     return msgspec.structs.replace(task, spec=spec)
 

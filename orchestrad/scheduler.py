@@ -15,7 +15,10 @@ It returns a `Plan`:
   already spent is paused, a running one that reached a budget is stopped to be paused,
   and tasks paused on a role's budget of an earlier `day` go on;
 * `wake_at` — the earliest moment a deadline falls due or a hold ends, so the shell sets
-  one timer instead of polling.
+  one timer instead of polling;
+* `room` — a task that would make a new worktree waits because the worktrees use more
+  than `worktree_quota` (`worktree_use`, measured by the shell and passed in): the shell
+  makes room (`orchestrad.hygiene`) and plans again.
 
 A queued task may be held until a time: parked on its account's usage limit until the
 reset, or waiting out a retry's backoff (`Task.not_before`); and no task of an account
@@ -39,6 +42,7 @@ from collections.abc import Mapping
 import msgspec
 
 from orchestra.shared.protocol import Status
+from orchestra.shared.vocab import size
 from orchestrad import budgets, merges
 from orchestrad import events as ev
 from orchestrad.agents import traits
@@ -50,12 +54,18 @@ class Plan(msgspec.Struct, frozen=True):
     start: list[int]
     events: list[ev.Event]
     wake_at: float | None
+    room: bool = False  # a task that needs a new worktree waits for worktree space: make room
 
 
-def plan(state: State, now: float, *, day: Day | None = None, busy: Mapping[int, float] | None = None) -> Plan:
+def plan(
+    state: State, now: float, *, day: Day | None = None, busy: Mapping[int, float] | None = None,
+    worktree_use: int | None = None,
+) -> Plan:
     """What to do at `now`; `day` is the local day a role's budget counts (the shell knows
     the time zone; without it, the UTC day); `busy` when each running task last used CPU
-    (the shell reads it; without it, only output keeps a task from its idle timeout)."""
+    (the shell reads it; without it, only output keeps a task from its idle timeout);
+    `worktree_use` the bytes all worktrees use together, as the shell measured them (None:
+    not measured, no quota applies)."""
     day = day or budgets.utc_day(now)
     events: list[ev.Event] = []
     wake_at: float | None = None
@@ -89,6 +99,7 @@ def plan(state: State, now: float, *, day: Day | None = None, busy: Mapping[int,
         return Plan(start=[], events=events, wake_at=wake_at)  # no need to look at the queue
     per_role = _per_role(state)
     start: list[int] = []
+    room = False
     for *_, task_id in state.run_order:  # in the order they would start; stops at the last free slot
         if running >= config.max_concurrent:
             break
@@ -105,13 +116,31 @@ def plan(state: State, now: float, *, day: Day | None = None, busy: Mapping[int,
         limit = config.role_limits.get(task.role)
         if limit is not None and per_role.get(task.role, 0) >= limit:
             continue
+        if over_quota(state, task, worktree_use):
+            room = True
+            continue
         if budgets.reached(state, task, day) is not None:
             events.append(budgets.pause(state, task, day))  # waits for a person instead
             continue
         start.append(task.id)
         running += 1
         per_role[task.role] = per_role.get(task.role, 0) + 1
-    return Plan(start=start, events=events, wake_at=wake_at)
+    return Plan(start=start, events=events, wake_at=wake_at, room=room)
+
+
+def needs_worktree(state: State, task: Task) -> bool:
+    """Starting `task` makes a new worktree: it asks for one and has none yet, nor has the
+    workflow whose shared worktree it would work in."""
+    if not task.spec.worktree or task.workdir:
+        return False
+    workflow = state.workflows.get(task.spec.workflow) if task.spec.workflow else None
+    return not (workflow is not None and task.spec.workspace == "shared" and workflow.workdir)
+
+
+def over_quota(state: State, task: Task, worktree_use: int | None) -> bool:
+    """`task` would make a new worktree while the worktrees use more than worktree_quota."""
+    quota = state.config.worktree_quota
+    return quota is not None and worktree_use is not None and worktree_use > quota and needs_worktree(state, task)
 
 
 def account_of(state: State, task: Task) -> str | None:
@@ -159,14 +188,19 @@ def run_order(state: State) -> list[int]:
     return [task_id for *_, task_id in state.run_order]
 
 
-def waits_for(state: State, task: Task) -> str:
+def waits_for(state: State, task: Task, worktree_use: int | None = None) -> str:
     """What the queued `task` waits for, in words ("" if it is about to start). Looks at
     the task and the active ones only, so it is cheap enough for every view: a task that
     could start would have been started by the last plan, so what holds it is its
-    dependencies, its role's limit, or the slots."""
+    dependencies, its role's limit, worktree space (given `worktree_use`) or the slots."""
     deps = _waited_on(state, task)
     if deps:
         return deps
+    if over_quota(state, task, worktree_use):
+        return (
+            f"worktree space ({size(worktree_use)} of {size(state.config.worktree_quota)} used; "
+            "merged and unchanged worktrees of finished tasks are removed to make room: `orchestra worktrees`)"
+        )
     config = state.config
     limit = config.role_limits.get(task.role)
     running = _per_role(state).get(task.role, 0) if limit is not None else 0
@@ -179,7 +213,7 @@ def waits_for(state: State, task: Task) -> str:
     return ""
 
 
-def start_order(state: State, now: float | None = None) -> list[tuple[int, str]]:
+def start_order(state: State, now: float | None = None, worktree_use: int | None = None) -> list[tuple[int, str]]:
     """Every queued task in the order it is expected to start, with what it waits for
     ("" for none: it starts now). Priority order, except that a task comes after the queued
     tasks it runs after (one that waits on a running task keeps its place: its slot frees
@@ -201,7 +235,7 @@ def start_order(state: State, now: float | None = None) -> list[tuple[int, str]]
     def place(task: Task) -> None:
         nonlocal free
         placed.add(task.id)
-        reason = waits_for(state, task)
+        reason = waits_for(state, task, worktree_use)
         held = hold(state, task, now) if now is not None else None
         if not reason and held is not None:
             reason = held[0]

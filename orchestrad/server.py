@@ -36,7 +36,7 @@ from orchestra.shared.vocab import shorten, version
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
 from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
-from orchestrad import descriptors, limits, merges, policy, retention, scheduler
+from orchestrad import changes, descriptors, limits, merges, policy, retention, scheduler
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -100,6 +100,8 @@ class Server:
             p.Shutdown: self.shutdown,
             p.Merge: self.merge,
             p.MergeStatus: self.merge_status,
+            p.Diff: self.diff,
+            p.ListWorktrees: self.list_worktrees,
         }
         self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
             p.Logs: self.logs,
@@ -330,7 +332,11 @@ class Server:
         return {"cpu": self.engine.cpu.meter.reading(task.id), "silent_after": self.engine.state.config.silent_after}
 
     def _waits_for(self, task: Task) -> str:
-        return scheduler.waits_for(self.engine.state, task) if task.status is Status.QUEUED else ""
+        return scheduler.waits_for(self.engine.state, task, self._worktree_use()) if task.status is Status.QUEUED else ""
+
+    def _worktree_use(self) -> int | None:
+        state = self.engine.state
+        return self.engine.hygiene.used(state) if state.config.worktree_quota is not None else None
 
     async def submit(self, request: p.Submit) -> p.TaskView:
         limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
@@ -496,7 +502,7 @@ class Server:
 
     async def queue(self, request: p.Queue) -> list[p.TaskView]:
         state = self.engine.state
-        views, _ = self._page((state.tasks[t] for t, _ in scheduler.start_order(state, self.engine.clock())), request.limit)
+        views, _ = self._page((state.tasks[t] for t, _ in scheduler.start_order(state, self.engine.clock(), self._worktree_use())), request.limit)
         return views
 
     async def wait(self, request: p.Wait) -> list[p.TaskView]:
@@ -564,6 +570,18 @@ class Server:
         if not 0 <= request.limit <= p.PAGE_MAX:
             raise p.bad_request(f"limit must be from 0 to {p.PAGE_MAX}, not {request.limit}")
         return merges.listing(self.engine.state, request.limit)
+
+    async def diff(self, request: p.Diff) -> p.DiffResult:
+        return await changes.diff(self.engine.state, request)
+
+    async def list_worktrees(self, request: p.ListWorktrees) -> p.WorktreeList:
+        """Every worktree as git sees it now; having looked, room is made again if a task
+        waits for it (a branch merged since is only seen by looking)."""
+        engine = self.engine
+        listing = await engine.hygiene.listing(engine.state)
+        engine.hygiene.look_again()
+        engine.schedule()
+        return listing
 
     async def shutdown(self, request: p.Shutdown) -> p.Stopping:
         asyncio.get_running_loop().call_soon(self.on_shutdown)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, get_args
 import msgspec
 
 from orchestra.shared.vocab import shorten, usd
-from orchestra.shared.protocol import DECISIONS_KEPT, Decided, Question, Setback, Status, TaskView
+from orchestra.shared.protocol import DECISIONS_KEPT, ChangeStat, Decided, Question, Setback, Status, TaskView
 from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
@@ -161,6 +161,7 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     budget_usd: float | None = None  # its own budget, as a person raised it (else spec.budget_usd)
     paused: Paused | None = None  # waiting for a person to raise the budget it reached
     budget_stopped: bool = False  # its agent ended the attempt on the budget it was given
+    changes: ChangeStat | None = None  # what its latest attempt left changed in its worktree
 
     @property
     def cwd(self) -> str:
@@ -639,6 +640,12 @@ def _purged(s: State, e: ev.TasksPurged, ts: float, data) -> None:
         s.outputs.pop(task, None)
 
 
+def _changes(s: State, e: ev.ChangesRecorded, ts: float, data) -> None:
+    t = s.tasks.get(e.task)
+    if t is not None:
+        t.changes = ChangeStat(base=e.base, head=e.head, files=e.files, insertions=e.insertions, deletions=e.deletions, stat=e.stat)
+
+
 _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.DaemonStarted: _daemon_started,
     ev.TaskSubmitted: _submitted,
@@ -676,6 +683,7 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.MergeResolved: _merge_resolved,
     ev.MergeFinished: _merge_finished,
     ev.MergesSkipped: _merges_skipped,
+    ev.ChangesRecorded: _changes,
 }
 
 
@@ -852,6 +860,7 @@ def view(
         cpu_seconds=cpu[0] if cpu is not None and active else None,
         cpu_at=cpu[1] if cpu is not None and active else None,
         silent_after=silent_after if active else None,
+        changes=task.changes if preview is None or task.changes is None else msgspec.structs.replace(task.changes, stat=""),
     )
 
 

@@ -4,7 +4,8 @@ A template is a small DAG of steps. Each step has a name, a role, a prompt templ
 argv, for the command agent), the steps it runs after, its workspace, and optionally a
 condition: run only if a named step succeeded, or only if it failed. A prompt may quote the
 goal and earlier steps' results: ``{goal}``, ``{steps.design.result}``,
-``{steps.design.status}``. Quoting is resolved when the step starts, so it carries what the
+``{steps.design.status}``, ``{steps.implement.changes}`` (what it changed in its worktree:
+a diff's stat). Quoting is resolved when the step starts, so it carries what the
 earlier step actually produced (long results are shortened in the middle).
 
 Workspaces, when the workflow runs with a git worktree: ``shared`` steps work in the
@@ -48,7 +49,7 @@ from orchestrad import tomlfile
 RESULT_LIMIT = 6000  # characters of an earlier step's result quoted in a later prompt
 MAX_STEPS = 100  # a template is a small team, not a build graph
 MAX_STEP_TEXT = 64_000  # characters in one step's prompt, or in its argv together
-_PLACEHOLDER = re.compile(r"\{(goal|steps\.([A-Za-z0-9_-]+)\.(result|status))\}")
+_PLACEHOLDER = re.compile(r"\{(goal|steps\.([A-Za-z0-9_-]+)\.(result|status|changes))\}")
 
 
 def _steps(*steps: Step) -> list[Step]:
@@ -276,14 +277,17 @@ def shorten(text: str, limit: int = RESULT_LIMIT) -> str:
     return f"{text[:head]}\n[… {len(text) - head - tail:,} characters left out …]\n{text[-tail:]}"
 
 
-def render(text: str, goal: str, results: dict[str, tuple[str, str]]) -> str:
-    """Fill in {goal} and {steps.NAME.result|status}; `results` maps a step to (status,
-    result). Other braces are left alone, so prompts may contain code."""
+def render(text: str, goal: str, results: dict[str, tuple[str, str]], changes: dict[str, str] | None = None) -> str:
+    """Fill in {goal} and {steps.NAME.result|status|changes}; `results` maps a step to
+    (status, result), `changes` a step to what it left changed in its worktree (a diff's
+    stat, `ChangesRecorded`). Other braces are left alone, so prompts may contain code."""
 
     def fill(match: re.Match) -> str:
         if match.group(1) == "goal":
             return goal
         status, result = results.get(match.group(2), ("not run", ""))
+        if match.group(3) == "changes":
+            return (changes or {}).get(match.group(2)) or f"(step {match.group(2)} recorded no changes in a worktree)"
         return status if match.group(3) == "status" else shorten(result) or f"(step {match.group(2)} gave no result)"
 
     return _PLACEHOLDER.sub(fill, text)

@@ -40,7 +40,7 @@ INSPECTOR = REPO / ".local" / "npm-inspector" / "node_modules" / ".bin" / "mcp-i
 INSPECTOR_INSTALL = "npm install --prefix .local/npm-inspector @modelcontextprotocol/inspector@0.15.0"
 TOOLS = {
     "submit-task", "list-processes", "process-details", "respond-to-process", "manage-queue",
-    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard",
+    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "task-diff",
 }
 ASK_COLOR = {"questions": [{"question": "Which color should the button be?", "header": "Color", "multiSelect": False,
                             "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}]}]}
@@ -204,6 +204,29 @@ def test_every_tool_against_a_real_daemon(daemon):
             assert "FINISHED" in picture and "WORKFLOWS (1)" in picture and "pair" in picture
             assert dashboard.structured_content["counts"] == {"succeeded": 4, "cancelled": 1}
             assert third.structured_content["task"]["id"] == 3
+
+    run(main)
+
+
+def test_task_diff_shows_a_worktree_task_s_changes_and_a_plain_task_s_error(daemon):
+    from tests.test_teams import git_repo
+
+    repo = git_repo(daemon.home / "repo")
+    changed = daemon.submit("sh", "-c", "echo more >> README; echo new > added.txt", cwd=str(repo), worktree=True, title="edit")
+    plain = daemon.submit("true")
+    daemon.wait_status(changed, Status.SUCCEEDED)
+    daemon.wait_status(plain, Status.SUCCEEDED)
+
+    async def main():
+        async with connected(daemon.home) as client:
+            full = await call(client, "task-diff", task_id=changed)
+            diff = full.structured_content["diff"]
+            assert (diff["files"], diff["insertions"], diff["deletions"]) == (2, 2, 0)
+            assert "+more" in diff["diff"] and "+new" in text(full) and "2 files, +2 -0" in text(full)
+            stat = await call(client, "task-diff", task_id=changed, stat=True)
+            assert stat.structured_content["diff"]["diff"] == "" and "added.txt | 1 +" in text(stat)
+            refused = await client.call_tool("task-diff", {"task_id": plain})
+            assert refused.is_error and "did not work in a git worktree" in text(refused)
 
     run(main)
 

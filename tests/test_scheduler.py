@@ -221,3 +221,20 @@ def test_one_task_says_what_it_waits_for_without_looking_at_the_queue():
     after = core.submit(after=[first])
     assert scheduler.waits_for(core.state, core.state.tasks[second]) == "a free slot (1 of 1 running)"
     assert scheduler.waits_for(core.state, core.state.tasks[after]) == f"task {first} to succeed"
+
+
+def test_past_the_worktree_quota_only_tasks_that_would_make_a_worktree_wait_and_room_is_asked_for():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=5))
+    core.do(p.ConfigSet(key="worktree_quota", value=1000))
+    isolated = core.submit(worktree=True)
+    plain = core.submit()
+    over = scheduler.plan(core.state, core.now, worktree_use=1001)
+    assert over.start == [plain] and over.room
+    words = scheduler.waits_for(core.state, core.state.tasks[isolated], 1001)
+    assert words.startswith("worktree space (1001 B of 1000 B used;")
+    assert scheduler.plan(core.state, core.now, worktree_use=1000).start == [isolated, plain]  # at the quota, not past it
+    assert scheduler.plan(core.state, core.now, worktree_use=None).start == [isolated, plain]  # not measured: no quota
+    core.do(p.ConfigSet(key="worktree_quota", value=None))
+    unlimited = scheduler.plan(core.state, core.now, worktree_use=10**12)
+    assert unlimited.start == [isolated, plain] and not unlimited.room

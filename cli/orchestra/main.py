@@ -36,6 +36,8 @@ COMMANDS = {
     "service": "daemon:service",
     "cleanup": "maintenance:cleanup",
     "merge": "merge:merge",
+    "diff": "changes:diff",
+    "worktrees": "changes:worktrees",
     "dashboard": "dashboard:dashboard",
     "mcp": "mcp:mcp",
 }

@@ -278,6 +278,9 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
     if task.result:
         result = task.result.strip().replace("\n", "\n             ")
         lines.append(f"  result     {result}")
+    if getattr(task, "changes", None) is not None:
+        lines.append(f"  changes    {changes_line(task.changes)} (orchestra diff {task.id})")
+        lines += [f"             {line}" for line in task.changes.stat.splitlines()[:-1]]
     if task.env_keys:
         lines.append(f"  env        {', '.join(task.env_keys)} (values not shown)")
     lines.append(f"  output     {task.output_bytes} bytes")
@@ -300,6 +303,13 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
     return "\n".join(lines)
 
 
+def changes_line(c) -> str:
+    """"3 files, +40 -2"; "no changes"."""
+    if not c.files:
+        return "no changes"
+    return f"{c.files} file{'' if c.files == 1 else 's'}, +{c.insertions} -{c.deletions}"
+
+
 def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, width: int = 120) -> str:
     """The task table, with each workflow's tasks together under a line for the workflow."""
     loose = [t for t in tasks if t.workflow is None or t.workflow not in workflows]
@@ -320,7 +330,11 @@ def workflow_block(wf: WorkflowView, *, width: int = 120, tasks: Sequence[TaskVi
         head += f" · {wf.merge_note}"
     lines = [head] + ([f"  steps: {run_steps(wf)}"] if steps else [])
     fitted = [shorten(line, width) for line in lines]
-    return "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+    text = "\n".join(fitted) + "\n" + table(list(tasks if tasks is not None else wf.tasks), width=width)
+    if steps:
+        changed = [t for t in wf.tasks if getattr(t, "changes", None) is not None]
+        text += "".join(f"\n  changes of {t.step or 'task ' + str(t.id)} (task {t.id}): {changes_line(t.changes)}" for t in changed)
+    return text
 
 
 # ---------------------------------------------------------------------------------------

@@ -105,6 +105,13 @@ class ManageQueueArgs(Args):
     priority: Priority | None = None
 
 
+class TaskDiffArgs(Args):
+    """What a worktree task changed."""
+
+    task_id: TaskId
+    stat: Annotated[bool, Meta(description="Only the files changed and their counts, not the patch.")] = False
+
+
 class StopProcessArgs(Args):
     """Stop a task."""
 
@@ -160,6 +167,10 @@ class TaskListResult(msgspec.Struct, kw_only=True):
 class DetailsResult(msgspec.Struct, kw_only=True):
     task: p.TaskView
     log_tail: str
+
+
+class DiffResult(msgspec.Struct, kw_only=True):
+    diff: p.DiffResult
 
 
 class RespondResult(msgspec.Struct, kw_only=True):

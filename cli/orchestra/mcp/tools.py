@@ -1,6 +1,7 @@
-"""The MCP tools: ten, named as in the product this replaces (`submit-task`,
+"""The MCP tools: the ten named as in the product this replaces (`submit-task`,
 `list-processes`, `process-details`, `respond-to-process`, `manage-queue`, `stop-process`,
-`configure-orchestrator`, `assign-role`, `create-workflow`, `status-dashboard`).
+`configure-orchestrator`, `assign-role`, `create-workflow`, `status-dashboard`), and
+`task-diff`.
 
 Each is one daemon request (two for `process-details`, three for `status-dashboard`).
 Results carry structured content (with an output schema) and the same thing as text. A
@@ -36,6 +37,7 @@ from orchestra.mcp.tool_types import (
     CreateWorkflowArgs,
     DashboardResult,
     DetailsResult,
+    DiffResult,
     ListProcessesArgs,
     ManageQueueArgs,
     Output,
@@ -47,6 +49,7 @@ from orchestra.mcp.tool_types import (
     StatusDashboardArgs,
     StopProcessArgs,
     SubmitTaskArgs,
+    TaskDiffArgs,
     TaskListResult,
     TaskResult,
     ToolFailure,
@@ -59,6 +62,8 @@ from orchestra.shared.vocab import usd
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.mcp")
+
+MCP_DIFF_LIMIT = 256 << 10  # bytes of a patch in one tool result: a model reads it whole
 
 
 
@@ -134,6 +139,14 @@ class Tools:
                 "Stop a task: a queued one is cancelled; a running or waiting one is terminated (SIGTERM, "
                 "then SIGKILL after the configured grace). Tasks that depend on it will not run.",
                 StopProcessArgs, TaskResult, self.stop_process, destructive=True,
+            ),
+            ToolSpec(
+                "task-diff", "A task's changes",
+                "What a task that worked in a git worktree changed since the commit it started from: its "
+                "commits and what it left uncommitted, new files included. A step of a workflow that shares "
+                "one worktree shows the workflow's changes so far. stat: only the files and their counts. A "
+                f"long patch is cut at {MCP_DIFF_LIMIT >> 10} KiB, and the result says how to see all of it.",
+                TaskDiffArgs, DiffResult, self.task_diff, read_only=True, idempotent=True,
             ),
             ToolSpec(
                 "configure-orchestrator", "Settings",
@@ -310,6 +323,16 @@ class Tools:
         view = await self.daemon.call(p.Stop(task=a.task_id), p.TaskView)
         state = "stopping" if view.status.active else view.status.value
         return Output(TaskResult(task=view), f"task {view.id} is {state}")
+
+    async def task_diff(self, a: TaskDiffArgs, ctx, params) -> Output:
+        result = await self.daemon.call(p.Diff(task=a.task_id, stat=a.stat, limit=MCP_DIFF_LIMIT), p.DiffResult)
+        counts = "no changes" if not result.files else f"{result.files} files, +{result.insertions} -{result.deletions}"
+        text = f"task {a.task_id}: {counts} against {result.base[:12]} in {result.path} ({result.branch})\n{result.stat}"
+        if result.diff:
+            text += "\n\n" + result.diff
+        if result.note:
+            text += f"\n\n{result.note}"
+        return Output(DiffResult(diff=result), text)
 
     async def configure(self, a: ConfigureArgs, ctx, params) -> Output:
         if a.value is not UNSET:

@@ -263,6 +263,24 @@ class ListWorkflows(Request):
     limit: int | None = None
 
 
+class Diff(Request):
+    """The changes a worktree task made against the commit it started from, committed or
+    not (a `DiffResult`); with `workflow` instead of `task`, its shared worktree's. With
+    `stat`, only the summary, not the patch."""
+
+    task: int | None = None
+    stat: bool = False
+    workflow: int | None = None
+    limit: int | None = None  # bytes of the patch at most (None, or more than the daemon's cap: its cap, 4 MiB)
+
+
+class ListWorktrees(Request):
+    """Every worktree orchestra made and still keeps: whose, its branch, whether its work
+    is merged, and its disk use (a `WorktreeList`)."""
+
+    pass
+
+
 class Info(Request):
     """The daemon's own status (pid, uptime, counts)."""
 
@@ -319,6 +337,8 @@ AnyRequest = Union[
     CheckPolicy,
     Merge,
     MergeStatus,
+    Diff,
+    ListWorktrees,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
@@ -416,6 +436,18 @@ class Setback(msgspec.Struct, frozen=True, kw_only=True):
     until: float = 0.0  # when the next attempt was to start
 
 
+class ChangeStat(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worktree task's latest attempt left changed against the commit it started
+    from, committed or not (`ChangesRecorded`)."""
+
+    base: str  # the commit it started from
+    head: str  # the commit its branch was at
+    files: int
+    insertions: int
+    deletions: int
+    stat: str = ""  # `git diff --stat` (left out of list previews)
+
+
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     id: int
     status: Status
@@ -464,6 +496,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     cpu_seconds: float | None = None  # an active task: the CPU its processes used in this attempt, as far as read
     cpu_at: float | None = None  # ... and the last time it was seen using CPU (None: not yet, or not read)
     silent_after: float | None = None  # an active task: quiet this long, it is "silent" (the daemon's setting)
+    changes: ChangeStat | None = None  # a worktree task: what its latest attempt left changed
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -609,6 +642,47 @@ class CleanupResult(msgspec.Struct, frozen=True, kw_only=True):
     kept: list[str] = []  # worktrees not removed, and why
 
 
+class DiffResult(msgspec.Struct, frozen=True, kw_only=True):
+    """A worktree's changes against its base: the summary, and the patch unless only the
+    stat was asked for. A patch longer than the limit is cut at a line, and `note` says how
+    to see all of it."""
+
+    path: str  # the worktree
+    branch: str
+    base: str
+    head: str
+    files: int
+    insertions: int
+    deletions: int
+    stat: str
+    diff: str = ""
+    cut: bool = False
+    note: str = ""
+    task: int | None = None
+    workflow: int | None = None
+
+
+class WorktreeView(msgspec.Struct, frozen=True, kw_only=True):
+    path: str
+    branch: str
+    repo: str
+    task: int | None
+    workflow: int | None
+    state: str  # merged | unmerged | dirty | unchanged | missing | unknown
+    detail: str  # in words: "2 commits not on main", "3 files with uncommitted changes"
+    disk_bytes: int | None  # None: not measured
+    base: str = ""
+    target: str = ""
+    finished: bool = False  # every task it is for has ended
+    removable: bool = False  # finished, and nothing would be lost: the quota may remove it
+
+
+class WorktreeList(msgspec.Struct, frozen=True, kw_only=True):
+    worktrees: list[WorktreeView]
+    disk_bytes: int  # all of them together
+    quota: int | None = None  # worktree_quota
+
+
 class Welcome(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     daemon: str
@@ -664,6 +738,8 @@ REPLIES: dict[type, object] = {
     Shutdown: Stopping,
     Merge: MergeQueue,
     MergeStatus: MergeQueue,
+    Diff: DiffResult,
+    ListWorktrees: WorktreeList,
 }
 
 

@@ -70,3 +70,15 @@ def usd(amount: float) -> str:
     if 0 < abs(amount) < 0.01:
         return f"${amount:.4f}"
     return f"${amount:.2f}"
+
+
+def size(n: int | None) -> str:
+    """Bytes in words: 1536 -> "1.5 KiB", 3 -> "3 B", None -> "-"."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
