@@ -104,6 +104,7 @@ class Hygiene:
         self._room: asyncio.Task | None = None
         self._room_seq = -1  # the state's last_seq when room was last made (or found not to be)
         self._measuring: set[asyncio.Task] = set()
+        self.removing: set[str] = set()  # worktrees being removed to make room
 
     def used(self, state: State) -> int:
         return sum(self.sizes.get(path, 0) for path in state.worktrees)
@@ -160,13 +161,17 @@ class Hygiene:
                 kind, detail = await inspect(tree)
                 if kind not in ("merged", "unchanged"):
                     continue
+                self.removing.add(tree.path)
                 try:
-                    await worktrees.remove(tree.repo, tree.path)
-                except WorktreeError as exc:
-                    log.warning("could not remove worktree %s to make room: %s", tree.path, exc)
-                    continue
-                log.info("removed worktree %s (%s) to make room under worktree_quota", tree.path, detail)
-                await engine.record([ev.WorktreeRemoved(path=tree.path)])
+                    try:
+                        await worktrees.remove(tree.repo, tree.path)
+                    except WorktreeError as exc:
+                        log.warning("could not remove worktree %s to make room: %s", tree.path, exc)
+                        continue
+                    log.info("removed worktree %s (%s) to make room under worktree_quota", tree.path, detail)
+                    await engine.record([ev.WorktreeRemoved(path=tree.path)])
+                finally:
+                    self.removing.discard(tree.path)
                 self._room_seq = engine.state.last_seq
         except Exception:
             log.exception("could not make room for worktrees")
@@ -180,6 +185,8 @@ class Hygiene:
         found = await asyncio.gather(*(inspect(t) for t in trees))
         views = []
         for tree, (kind, detail) in zip(trees, found):
+            if tree.path in self.removing or tree.path not in state.worktrees:  # what git said of it was half-way
+                kind, detail = "removing", "being removed to make room under worktree_quota"
             done = finished(state, tree)
             views.append(p.WorktreeView(
                 path=tree.path, branch=tree.branch, repo=tree.repo, task=tree.task, workflow=tree.workflow,

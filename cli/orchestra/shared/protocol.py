@@ -668,7 +668,7 @@ class WorktreeView(msgspec.Struct, frozen=True, kw_only=True):
     repo: str
     task: int | None
     workflow: int | None
-    state: str  # merged | unmerged | dirty | unchanged | missing | unknown
+    state: str  # merged | unmerged | dirty | unchanged | missing | removing | unknown
     detail: str  # in words: "2 commits not on main", "3 files with uncommitted changes"
     disk_bytes: int | None  # None: not measured
     base: str = ""
