@@ -5,11 +5,14 @@ are bench/bench_unattended.py's (a tiny project in git: edits, pytest, git commi
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.daemon import wait_for
 from tests.unattended import SECRET, Steps, make_repo, pytest_lines, run_workflows, start_team, tool_errors
+from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.scripted_api import INSTALL_HINT, ScriptedAPI, find_claude
 
@@ -65,3 +68,25 @@ def test_bad_calls_are_still_asked_or_denied(team):
     assert not any(SECRET in r.conversation_text() for r in api.requests if r.body)
     by_rule = [x for t in run.steps.values() for x in t.decisions if x.by.startswith("rule ")]
     assert [x.summary for x in by_rule if x.effect != "allow"] == [str(Path(steps.home) / ".ssh" / "id_rsa")]
+
+
+def test_feature_development_s_parallel_branches_are_merged_in_order(team):
+    """Last in the module: it changes the repository's main."""
+    d, _, steps = team
+    [run] = run_workflows(d, steps, ["feature-development"], timeout=240, merge=True)
+    assert all(t.status is Status.SUCCEEDED for t in run.steps.values()), {s: t.reason for s, t in run.steps.items()}
+    own = {s: t.worktree for s, t in run.steps.items() if s in ("test", "document")}
+    assert len(set(own.values())) == 2 and run.steps["implement"].worktree not in own.values()  # side by side, apart
+
+    def merged():
+        mine = [m for m in d.call(p.MergeStatus(), p.MergeQueue).merges if m.workflow == run.workflow]
+        return mine if len(mine) == 3 and all(m.status in ("merged", "conflicted", "failed") for m in mine) else None
+
+    merges = wait_for(merged, timeout=60, what="its three branches merged")
+    assert [m.status for m in merges] == ["merged"] * 3, [m.reason for m in merges]
+    assert [m.task for m in merges] == [None, run.steps["test"].id, run.steps["document"].id]  # shared first, then step order
+    repo = steps.repo
+    assert "casefold" in (repo / "calc.py").read_text()  # the implementer's, through the shared branch
+    assert (repo / "tests" / "test_test.py").exists()  # the tester's own branch
+    assert "casefolds its input" in (repo / "README.md").read_text()  # the documenter's own branch
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True).stdout == ""

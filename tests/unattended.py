@@ -169,13 +169,16 @@ def start_team(claude: str, api: ScriptedAPI, max_concurrent: int = 4) -> Daemon
     return d
 
 
-def run_workflows(d: Daemon, steps: Steps, templates: list[str], *, bad: bool = False, timeout: float = 240) -> list[Run]:
-    """Run `templates` at once in git worktrees of `steps.repo`, until all have ended; each
-    question to a person is recorded and answered `orchestra respond ID --deny`."""
+def run_workflows(
+    d: Daemon, steps: Steps, templates: list[str], *, bad: bool = False, timeout: float = 240, merge: bool = False
+) -> list[Run]:
+    """Run `templates` at once in git worktrees of `steps.repo` (with `merge`, merging their
+    branches at the end), until all have ended; each question to a person is recorded and
+    answered `orchestra respond ID --deny`."""
     runs: list[Run] = []
     for name in templates:
         goal = f"[{name}] parse should casefold its input" + (" (with bad calls)" if bad else "")
-        view = d.call(p.RunWorkflow(template=name, goal=goal, cwd=str(steps.repo), worktree=True), p.WorkflowView)
+        view = d.call(p.RunWorkflow(template=name, goal=goal, cwd=str(steps.repo), worktree=True, merge=merge or None), p.WorkflowView)
         steps.workflow_of[goal] = view.id
         if bad:
             steps.bad.add(view.id)
