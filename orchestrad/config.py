@@ -17,7 +17,7 @@ from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 # What may notify (see orchestrad.notify); "parked" is notified once tasks can be parked.
-NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended")
+NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended", "review")
 SANDBOX_MODES = ("off", "on")
 
 
@@ -56,6 +56,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     retry_base: float = 2.0  # seconds before the first retry; each next one waits twice as long ...
     retry_cap: float = 300.0  # ... but never longer than this
     role_budgets: dict[str, float] = {}  # dollars a role's tasks may spend in a day, all together (orchestrad.budgets)
+    check_timeout: float = 600.0  # seconds one acceptance check may run before it fails (orchestrad.verify)
+    check_rounds: int = 2  # rounds of checks a task has before it fails (a role, a step or submit may say otherwise)
 
 
 DEFAULT = Config()
@@ -109,6 +111,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "retries": ("a whole number from 0 to 100", lambda v: isinstance(v, int) and 0 <= v <= 100),
     "retry_base": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "retry_cap": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "check_timeout": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "check_rounds": ("a whole number from 1 to 20", lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 20),
     "role_budgets": (
         f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),

@@ -62,6 +62,7 @@ BUILTIN: dict[str, Role] = {
                 "left undone and why."
             ),
             allowed_tools=["Read", "Glob", "Grep", "LS"],
+            expects_change=True,
         ),
         Role(
             name="tester",
