@@ -40,7 +40,7 @@ INSPECTOR = REPO / ".local" / "npm-inspector" / "node_modules" / ".bin" / "mcp-i
 INSPECTOR_INSTALL = "npm install --prefix .local/npm-inspector @modelcontextprotocol/inspector@0.15.0"
 TOOLS = {
     "submit-task", "list-processes", "process-details", "respond-to-process", "manage-queue",
-    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard",
+    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "review-task",
 }
 ASK_COLOR = {"questions": [{"question": "Which color should the button be?", "header": "Color", "multiSelect": False,
                             "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}]}]}

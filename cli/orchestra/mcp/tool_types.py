@@ -105,6 +105,14 @@ class ManageQueueArgs(Args):
     priority: Priority | None = None
 
 
+class ReviewTaskArgs(Args):
+    """Review a task that waits for review."""
+
+    task_id: TaskId
+    decision: Annotated[Literal["approve", "reject"] | None, Meta(description="approve: the task succeeds. reject: its agent is told `message` and works on. Leave out to see what it did (its summary and its checks) first.")] = None
+    message: Annotated[str, Meta(description="With reject: what to change (the agent reads it).")] = ""
+
+
 class StopProcessArgs(Args):
     """Stop a task."""
 
@@ -166,6 +174,12 @@ class RespondResult(msgspec.Struct, kw_only=True):
     task: p.TaskView
     answered: bool  # false when the person declined or dismissed the form
     answer: str  # what was sent: "allow", "deny: why", or the words
+
+
+class ReviewResult(msgspec.Struct, kw_only=True):
+    task: p.TaskView
+    decision: str  # "approve", "reject", or "" when only shown
+    review: str  # what `orchestra review` shows: the summary, the checks, how to answer
 
 
 class QueueResult(msgspec.Struct, kw_only=True):
