@@ -211,6 +211,7 @@ class Engine:
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled | ev.BudgetReached):
             self._agents.pop(event.task, None)
         elif isinstance(event, ev.ChecksStarted):
+            self._agents.pop(event.task, None)  # its agent's process is gone; a check's is not the agent's
             self.checks.begin(event.task)
         elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
