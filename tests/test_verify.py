@@ -272,3 +272,13 @@ def test_a_workflow_step_carries_its_checks_and_review():
     events = core.do(p.RunWorkflow(template="checked", goal="a thing", cwd="/tmp"))
     [spec] = [e.spec for e in events if isinstance(e, ev.TaskSubmitted)]
     assert (spec.checks, spec.review, spec.check_rounds) == (["make test"], True, 4)
+
+
+def test_verify_is_pure():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(verify))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not imported & {"asyncio", "os", "subprocess", "time", "socket"}, imported
