@@ -282,3 +282,21 @@ def test_verify_is_pure():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not imported & {"asyncio", "os", "subprocess", "time", "socket"}, imported
+
+
+def test_a_role_file_carries_checks_and_refuses_bad_ones():
+    from orchestrad import roles
+
+    role = roles.parse("strict", 'prompt = "be strict"\ncheck = ["pytest -q"]\ncheck_rounds = 3\nreview = true\nexpects_change = true\n')
+    assert (role.check, role.check_rounds, role.review, role.expects_change) == (["pytest -q"], 3, True, True)
+    with pytest.raises(ValueError, match="check_rounds must be"):
+        roles.parse("bad", 'prompt = "x"\ncheck_rounds = 0\n')
+    with pytest.raises(ValueError, match="empty one checks nothing"):
+        roles.parse("bad", 'prompt = "x"\ncheck = [" "]\n')
+    core = Core()
+    core.state.roles = {"strict": role}
+    task = core.submit(argv=["true"], role="strict", checks=["make lint"])
+    spec = core.state.tasks[task].spec
+    assert (spec.checks, spec.check_rounds, spec.review, spec.expects_change) == (["pytest -q", "make lint"], 3, True, True)
+    overridden = core.submit(argv=["true"], role="strict", review=False, check_rounds=1)
+    assert (core.state.tasks[overridden].spec.review, core.state.tasks[overridden].spec.check_rounds) == (False, 1)

@@ -99,6 +99,8 @@ def waiting_notice(task: TaskView) -> str:
     w = task.waiting
     if w.kind == "budget":
         return f"task {task.id} is paused: {w.prompt}"
+    if w.kind == "review":
+        return f"task {task.id} waits for review: orchestra review {task.id}, then orchestra respond {task.id} --approve, or --reject -m \"...\""
     if w.kind == "permission":
         how = f"orchestra respond {task.id} --allow, or --deny"
     elif w.options:
@@ -387,6 +389,11 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
     lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
+    checks = list(getattr(role, "check", []))
+    if checks or getattr(role, "review", False) or getattr(role, "expects_change", False):
+        rounds = f", {role.check_rounds} rounds" if getattr(role, "check_rounds", None) else ""
+        lines.append(f"  checks            {'; '.join(checks) or '-'}{rounds}")
+        lines.append(f"  expects a change  {'yes' if role.expects_change else 'no'}; review {'yes' if role.review else 'no'}")
     if role.sandbox is not None or role.network is not None:
         network = "" if role.network is None else f", network {'on' if role.network else 'off'}"
         lines.append(f"  sandbox           {role.sandbox or '(as configured)'}{network}")
@@ -410,4 +417,6 @@ def template_details(t: WorkflowTemplate) -> str:
         lines.append(f"  {step.name} ({step.role}, {step.workspace} workspace{'; ' + '; '.join(deps) if deps else ''})")
         body = step.prompt or " ".join(step.argv)
         lines += ["      " + line for line in body.splitlines()]
+        if getattr(step, "check", None) or getattr(step, "review", None):
+            lines.append(f"      checks: {'; '.join(step.check) or '-'}" + ("; then a person's review" if step.review else ""))
     return "\n".join(lines)
