@@ -255,13 +255,14 @@ def test_respond_with_only_a_task_id_to_a_running_command_says_to_give_a_line(da
 
 
 def test_review_task_shows_a_task_in_review_then_approves_it(daemon):
-    task = daemon.submit("echo", "my summary", checks=["echo checked"], review=True)
-    daemon.wait_status(task, Status.REVIEW)
     other = daemon.submit("true", review=True)
     daemon.wait_status(other, Status.REVIEW)
 
     async def main():
         async with connected(daemon.home) as client:
+            submitted = await call(client, "submit-task", command=["echo", "my summary"], checks=["echo checked"], review=True)
+            task = submitted.structured_content["task"]["id"]
+            await anyio.to_thread.run_sync(lambda: daemon.wait_status(task, Status.REVIEW))
             shown = await call(client, "review-task", task_id=task)
             assert shown.structured_content["decision"] == "" and shown.structured_content["task"]["status"] == "review"
             assert "summary    my summary" in text(shown) and "1. echo checked: passed" in text(shown)
@@ -272,7 +273,9 @@ def test_review_task_shows_a_task_in_review_then_approves_it(daemon):
             rejected = await call(client, "review-task", task_id=other, decision="reject", message="not this way")
             assert rejected.structured_content["task"]["status"] == "failed"  # a command cannot be told: it fails
 
-    run(main)
+        return task
+
+    task = run(main)
     assert daemon.task(task).reviews[0].by == "a person (mcp)"
     assert daemon.task(other).reason == "rejected in review by a person (mcp): not this way"
 

@@ -68,6 +68,9 @@ class SubmitTaskArgs(Args):
     budget_usd: Annotated[Positive | None, Meta(description="Dollars the claude agent may spend on this task.")] = None
     worktree: Annotated[bool | None, Meta(description="Work in a git worktree of its own, on a new branch (default: as the role says). cwd must be in a git repository.")] = None
     env: Annotated[dict[str, str], Meta(description="Extra environment variables for the task. Values are never shown back.")] = {}
+    checks: Annotated[list[str], Meta(description='Acceptance checks: shell lines that must exit 0 once the agent is done, run in its directory, e.g. ["pytest -q"]. A failing one is sent back to a claude agent to fix (check_rounds times at most); a command task fails at once.')] = []
+    check_rounds: Annotated[Annotated[int, Meta(ge=1, le=20)] | None, Meta(description="How often the checks may run before the task fails (default: the role's, else 2).")] = None
+    review: Annotated[bool | None, Meta(description="Once the checks pass, wait in status review for the user's approval (review-task); default: as the role says.")] = None
 
 
 class ListProcessesArgs(Args):

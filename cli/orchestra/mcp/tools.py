@@ -253,6 +253,9 @@ class Tools:
                 model=a.model,
                 title=a.title,
                 worktree=a.worktree,
+                checks=a.checks,
+                check_rounds=a.check_rounds,
+                review=a.review,
             ),
             p.TaskView,
         )
