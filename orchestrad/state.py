@@ -411,6 +411,8 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.result_error = False
     t.retried = 0
     t.check_round = e.check_round  # 0 (a fresh round of checks) unless a check's failure sent it back
+    if e.check_round:
+        t.activity = ""  # it no longer checks
     t.pid = None
     if t.waiting is not None and t.waiting.kind == "review":  # rejected in review
         t.waiting = None
@@ -475,9 +477,11 @@ def _check_started(s: State, e: ev.CheckStarted, ts: float, data) -> None:
 def _check_finished(s: State, e: ev.CheckFinished, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.pid = None
-    command = t.checks[-1].command if t.checks and t.checks[-1].running else (t.spec.checks[e.index] if e.index < len(t.spec.checks) else "")
+    running = bool(t.checks) and t.checks[-1].running
+    # A check that could not start has no CheckStarted: its command is the spec's.
+    command = t.checks[-1].command if running else (t.spec.checks[e.index] if e.index < len(t.spec.checks) else "")
     done = CheckResult(command=command, exit_code=e.exit_code, signal=e.signal, timed_out=e.timed_out, tail=e.tail)
-    t.checks = [*t.checks[:-1], done] if t.checks and t.checks[-1].running else [*t.checks, done]
+    t.checks = [*t.checks[:-1], done] if running else [*t.checks, done]
     t.last_activity = ts
 
 

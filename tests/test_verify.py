@@ -300,3 +300,15 @@ def test_a_role_file_carries_checks_and_refuses_bad_ones():
     assert (spec.checks, spec.check_rounds, spec.review, spec.expects_change) == (["pytest -q", "make lint"], 3, True, True)
     overridden = core.submit(argv=["true"], role="strict", review=False, check_rounds=1)
     assert (core.state.tasks[overridden].spec.review, core.state.tasks[overridden].spec.check_rounds) == (False, 1)
+
+
+def test_a_check_that_could_not_start_fails_with_why():
+    core = Core()
+    task = core.submit(argv=["true"], checks=["pytest -q"])
+    core.spawn(task)
+    core.exit(task, 0)
+    core.apply([ev.CheckFinished(task=task, index=0, exit_code=None, signal=None, tail="it could not start: no sh")])
+    verdict(core, task)
+    t = core.state.tasks[task]
+    assert t.status is Status.FAILED and t.checks[0].command == "pytest -q"
+    assert t.reason == "check failed: pytest -q could not run; its output ends with:\nit could not start: no sh"
