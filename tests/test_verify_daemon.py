@@ -165,3 +165,17 @@ def test_review_and_checks_survive_a_restart(tmp_path, work):
         assert d.task(task).status is Status.SUCCEEDED
     finally:
         d.cleanup()
+
+
+def test_a_daemon_stopped_while_a_check_runs_leaves_the_task_interrupted(work):
+    d = Daemon().start()
+    try:
+        task = d.submit("true", cwd=str(work), checks=[f"touch {work}/checking; sleep 60"])
+        wait_for(lambda: (work / "checking").exists(), 15, "the check to start")
+        assert d.stop() == 0  # a clean shutdown, though a check ran
+        d.start()
+        view = d.task(task)
+        assert view.status is Status.INTERRUPTED and view.pid is None
+        assert view.check_results[0].signal is not None or view.check_results[0].running
+    finally:
+        d.cleanup()
