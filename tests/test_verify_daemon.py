@@ -177,5 +177,6 @@ def test_a_daemon_stopped_while_a_check_runs_leaves_the_task_interrupted(work):
         view = d.task(task)
         assert view.status is Status.INTERRUPTED and view.pid is None
         assert view.check_results[0].signal is not None or view.check_results[0].running
+        assert "Traceback" not in d.output() and "could not run" not in d.output()
     finally:
         d.cleanup()
