@@ -131,7 +131,7 @@ def _text(data: bytes, where: str) -> str:
 @click.command()
 @click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
 @click.option("--role", "-r", help="Only tasks with this role.")
-@click.option("--active", is_flag=True, help="Only queued, running and waiting tasks.")
+@click.option("--active", is_flag=True, help="Only queued, running, waiting, checking and review tasks.")
 @click.option("--all", "everything", is_flag=True, help="Every finished task too, not only the newest.")
 @click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
 @json_option

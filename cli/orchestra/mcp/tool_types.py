@@ -78,7 +78,7 @@ class ListProcessesArgs(Args):
 
     status: Annotated[list[p.Status], Meta(description="Only tasks in these statuses (default: all). waiting means blocked on a person's answer.")] = []
     role: Annotated[str | None, Meta(description="Only tasks with this role.")] = None
-    active_only: Annotated[bool, Meta(description="Only queued, running and waiting tasks (leave out finished ones).")] = False
+    active_only: Annotated[bool, Meta(description="Only queued, running, waiting, checking and review tasks (leave out finished ones).")] = False
     limit: Annotated[int, Meta(ge=1, le=p.PAGE_MAX, description=f"How many tasks to return, newest first (at most {p.PAGE_MAX}).")] = 50
     cursor: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="next_cursor of the previous call: the next page, of older tasks. Leave out for the newest.")] = None
 
