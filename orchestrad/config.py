@@ -18,7 +18,7 @@ from orchestrad import policy
 
 PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 # What may notify (see orchestrad.notify); "parked" is notified once tasks can be parked.
-NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended")
+NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended", "review")
 SANDBOX_MODES = ("off", "on")
 MERGE_MODES = ("merge", "rebase")
 
@@ -64,6 +64,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     delete_merged_branches: bool = False  # delete a task's branch once it is merged
     silent_after: float = LIVELY  # seconds without output, a tool use or CPU use before `ps` calls a running task silent
     worktree_quota: int | None = None  # bytes all worktrees together may use; past it new worktree tasks wait (orchestrad.hygiene)
+    check_timeout: float = 600.0  # seconds one acceptance check may run before it fails (orchestrad.verify)
+    check_rounds: int = 2  # rounds of checks a task has before it fails (a role, a step or submit may say otherwise)
 
 
 DEFAULT = Config()
@@ -121,6 +123,8 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "merge_checks": ("a list of shell lines, like [\"pytest -q\"]", lambda v: _names(v)),
     "merge_check_timeout": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
     "delete_merged_branches": ("true or false", lambda v: isinstance(v, bool)),
+    "check_timeout": ("seconds above 0 and at most 30 days", lambda v: _seconds(v)),
+    "check_rounds": ("a whole number from 1 to 20", lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 20),
     "role_budgets": (
         f"a table of role name to dollars a day, above 0 and at most {MAX_BUDGET_USD:,.0f}",
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),

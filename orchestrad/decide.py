@@ -20,7 +20,7 @@ from orchestra.shared.vocab import shorten
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
-from orchestrad import budgets, limits, merges, retries
+from orchestrad import budgets, limits, merges, retries, verify
 from orchestrad.budgets import Day
 from orchestrad.agents import traits
 from orchestrad import roles as roles_mod
@@ -205,6 +205,10 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         model=cmd.model or role.model,
         title=cmd.title or _title(cmd.prompt, cmd.argv),
         worktree=_first(cmd.worktree, role.worktree) or False,
+        checks=[*role.check, *_checks(cmd.checks)],
+        check_rounds=_check_rounds(_first(cmd.check_rounds, role.check_rounds, cfg.check_rounds)),
+        review=_first(cmd.review, role.review) or False,
+        expects_change=_first(cmd.expects_change, role.expects_change) or False,
     )
     if parent is not None:
         caps = parent.spec
@@ -217,6 +221,22 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
             budget_usd=_capped(spec.budget_usd, caps.budget_usd),
         )
     return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
+
+
+def _checks(commands: list[str]) -> list[str]:
+    if any(not c.strip() for c in commands):
+        raise bad_request("a check is a shell line that passes when it exits 0, e.g. --check 'pytest -q'; an empty one checks nothing")
+    if any(len(c) > 4000 for c in commands):
+        raise bad_request("a check is a shell line of at most 4,000 characters; put a longer one in a script and check with that")
+    if len(commands) > 20:
+        raise bad_request(f"{len(commands)} checks are too many for one task; give at most 20 (join them with && in one)")
+    return list(commands)
+
+
+def _check_rounds(rounds: int | None) -> int:
+    if rounds is None or isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 20:
+        raise bad_request(f"check rounds are a whole number from 1 to 20 (how often the checks may run), not {rounds!r}")
+    return rounds
 
 
 def _first(*values):
@@ -285,6 +305,10 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
             run_if=condition,
             worktree=worktree,
             workspace=step.workspace,
+            checks=[*role.check, *_checks(step.check)],
+            check_rounds=_check_rounds(_first(step.check_rounds, role.check_rounds, cfg.check_rounds)),
+            review=_first(step.review, role.review) or False,
+            expects_change=_first(step.expects_change, role.expects_change) or False,
         )
         submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
     merge = template.merge if cmd.merge is None else cmd.merge
@@ -331,6 +355,8 @@ def _stop(state: State, cmd: p.Stop, now: float) -> list[ev.Event]:
     task = get_task(state, cmd.task)
     if task.paused is not None:
         return [ev.TaskCancelled(task=task.id, reason="stopped while paused on a budget")]
+    if task.status is Status.REVIEW:
+        return [ev.TaskCancelled(task=task.id, reason="stopped while it waited for review")]
     if task.status is Status.QUEUED:
         when = {"parked": "while parked on a usage limit", "retry": "while it waited to retry"}.get(task.hold, "before it started")
         return [ev.TaskCancelled(task=task.id, reason=f"stopped {when}")]
@@ -348,6 +374,8 @@ def _respond(state: State, cmd: p.Respond, now: float, day: Day) -> list[ev.Even
         raise bad_request("answer with --allow or --deny, not both")
     if cmd.budget_usd is not None:
         return _raise_budget(state, task, cmd, day)
+    if cmd.approve or cmd.reject or task.status is Status.REVIEW:
+        return _review(task, cmd)
     if task.paused is not None:
         raise bad_request(
             f"task {task.id} is paused: {budgets.Budget(task.paused.scope, task.paused.name, task.paused.spent, task.paused.budget).words(task.id)}. "
@@ -365,6 +393,21 @@ def _respond(state: State, cmd: p.Respond, now: float, day: Day) -> list[ev.Even
         raise conflict(f"{describe(task)}, not waiting for input; `orchestra ps` shows who is")
     by = f"a person ({cmd.via})" if cmd.via else "a person"
     return [ev.InputGiven(task=task.id, request_id=question.request_id, answer=_answer(cmd, question), by=by)]
+
+
+def _review(task: Task, cmd: p.Respond) -> list[ev.Event]:
+    """A person's decision on a task in review: --approve, or --reject -m "what to change"."""
+    if task.status is not Status.REVIEW:
+        raise conflict(f"{describe(task)}, not waiting for review; only a task in review is approved or rejected")
+    if cmd.approve == cmd.reject or cmd.allow or cmd.deny or cmd.text is not None:
+        raise bad_request(
+            f"task {task.id} waits for review: answer `orchestra respond {task.id} --approve`, "
+            f"or `orchestra respond {task.id} --reject -m \"what to change\"`"
+        )
+    if cmd.reject and not cmd.message.strip():
+        raise bad_request(f"say what to change: `orchestra respond {task.id} --reject -m \"...\"`; its agent is told it")
+    by = f"a person ({cmd.via})" if cmd.via else "a person"
+    return verify.review(task, cmd.approve, cmd.message, by)
 
 
 def _raise_budget(state: State, task: Task, cmd: p.Respond, day: Day) -> list[ev.Event]:
@@ -490,7 +533,7 @@ def process_exited(
     ):
         return [exited, budgets.pause(state, task, day or budgets.utc_day(now))]
     if task.stopping is not None and task.stopping.outcome is Status.WAITING:
-        return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]
+        return [exited, *verify.after_agent(state, task)]
     if task.stopping is not None:
         return [exited, ev.TaskFinished(task=task_id, outcome=task.stopping.outcome, reason=task.stopping.reason)]
     setback = retries.after_error(state, task, now) if task.result_error else None
@@ -503,7 +546,7 @@ def process_exited(
         reason = f"the {task.spec.agent} agent exited without giving a result" + (f": {detail}" if detail else "; is the agent path in config really that agent?")
         return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
     if exit_code == 0:
-        return [exited, ev.TaskFinished(task=task_id, outcome=Status.SUCCEEDED, reason="")]
+        return [exited, *verify.after_agent(state, task)]
     reason = exit_reason(exit_code, signal) + (f": {detail}" if detail else "")
     return [exited, ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
 

@@ -24,7 +24,8 @@ from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.shared.protocol import Status
 from orchestra.shared.vocab import version
-from orchestrad import agentenv, budgets, changes, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox, scheduler
+from orchestrad import agentenv, budgets, changes, checks, configwatch, containment, cpu, launch, orphans, policy, roles, sandbox
+from orchestrad import scheduler
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import workflows as workflows_mod
@@ -111,6 +112,7 @@ class Engine:
         self.merger = Merger(self, paths.state / "integration" if paths is not None else None)  # the merge queue
         self.hygiene = Hygiene()  # the worktrees' disk use, and room under worktree_quota
         self._ending: dict[int, asyncio.Task] = {}  # task -> its exit, waiting for its changes to be measured
+        self.checks = checks.Checker(self)  # acceptance checks running (orchestrad.verify)
 
     @property
     def state(self):
@@ -219,6 +221,9 @@ class Engine:
         elif isinstance(event, ev.TaskFinished | ev.TaskCancelled | ev.TaskParked | ev.RetryScheduled | ev.BudgetReached):
             self._agents.pop(event.task, None)
             self.cpu.meter.forget([event.task])
+        elif isinstance(event, ev.ChecksStarted):
+            self._agents.pop(event.task, None)  # its agent's process is gone; a check's is not the agent's
+            self.checks.begin(event.task)
         elif isinstance(event, ev.TaskRemoved):
             self._forget(event.task)
         elif isinstance(event, ev.TasksPurged):
@@ -367,6 +372,10 @@ class Engine:
         try:
             own_env = launch.task_env(self.env_store, task)
             cwd = await self.workdirs.workdir(self.state, task, self.record_nowait)
+            if task.spec.expects_change and task.baseline_head is None:
+                baseline = await checks.where(cwd)  # what "changed nothing" is measured against
+                if baseline is not None:
+                    self._observe([ev.BaselineRecorded(task=task_id, head=baseline[0], digest=baseline[1])])
             task = launch.prepared(self.state, self.state.tasks[task_id], local_day(self.clock()))
             argv = agent.command(task, self.state.config, self.state.roles)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
@@ -397,16 +406,22 @@ class Engine:
     def _on_output(self, task_id: int, stream: str, chunk: bytes) -> None:
         agent = self._agents.get(task_id)
         task = self.state.tasks.get(task_id)
-        if agent is None or task is None:
+        if task is None or (agent is None and not self.checks.owns(task_id)):
             return
         if task.output_bytes >= self.state.config.max_output_bytes:
             return  # over its quota and being stopped: the rest is not kept
-        items = self._react(task_id, agent.output(task, stream, chunk))
+        if self.checks.owns(task_id):
+            items = self.checks.output(task_id, chunk)
+        else:
+            items = self._react(task_id, agent.output(task, stream, chunk))
         over = d.output_over_limit(self.state, task_id, len(chunk))
         if items or over:
             self._observe([*items, *over])
 
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+        if self.checks.owns(task_id):
+            self.checks.exited(task_id, exit_code, signal)
+            return
         if task_id not in self.state.active:
             return
         self.sweeper.task_ended(task_id, self.state.tasks[task_id].attempts)

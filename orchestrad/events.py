@@ -63,6 +63,10 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fa
     worktree: bool = False  # run in a git worktree (its own, or the workflow's shared one)
     workspace: str = ""  # for a workflow step: "shared" or "own"
     parent: int | None = None  # the task whose agent submitted this one (delegation)
+    checks: list[str] = []  # acceptance checks, shell lines run in order once the agent ends well (orchestrad.verify)
+    check_rounds: int = 0  # rounds of checks before it fails (0 in older logs: no checks)
+    review: bool = False  # once the checks pass, wait for a person's approval
+    expects_change: bool = False  # ending well having changed nothing (in a git directory) fails it
 
 
 class DaemonStarted(Event):
@@ -132,7 +136,7 @@ class SessionStarted(Event):
     model: str = ""
 
 
-Stream = Literal["stdout", "stderr", "stdin"]  # stdin: what was written to the agent
+Stream = Literal["stdout", "stderr", "stdin", "check"]  # stdin: what was written to the agent; check: its checks' output
 
 
 class OutputAppended(Event):
@@ -213,6 +217,7 @@ class TaskContinued(Event):
     task: int
     message: str
     reason: str  # "follow-up" | "resume" | "retry"
+    check_round: int = 0  # a follow-up telling the agent a check failed: that round (its next checks are the round after)
 
 
 class ProcessExited(Event):
@@ -393,6 +398,58 @@ class ChangesRecorded(Event):
     insertions: int
     deletions: int
     stat: str = ""  # `git diff --stat`, shortened when long
+class BaselineRecorded(Event):
+    """Where a task that is to change something started, in its git directory: HEAD and a
+    digest of what was uncommitted. Its end is compared with it (`expects_change`)."""
+
+    task: int
+    head: str
+    digest: str
+
+
+class ChecksStarted(Event):
+    """The agent's attempt ended well; the task's acceptance checks run, round `round`
+    (`orchestrad.verify`). The task holds its slot while they do."""
+
+    task: int
+    round: int
+
+
+class CheckStarted(Event):
+    """Check `index` of the round runs, as process `pid` (`sh -c command` in the task's directory)."""
+
+    task: int
+    index: int
+    command: str
+    pid: int
+
+
+class CheckFinished(Event):
+    """Check `index` ended; `tail` is the end of its output (or why it could not run)."""
+
+    task: int
+    index: int
+    exit_code: int | None
+    signal: int | None
+    tail: str
+    timed_out: bool = False
+
+
+class ReviewRequested(Event):
+    """The checks passed and the task waits for a person to approve or reject it, with no
+    process and no slot."""
+
+    task: int
+
+
+class ReviewDecided(Event):
+    """A person approved the task in review (it succeeds), or rejected it with `message`
+    (its agent is told, and works on)."""
+
+    task: int
+    approved: bool
+    message: str
+    by: str  # "a person (cli)"
 
 
 AnyEvent = Union[
@@ -433,6 +490,12 @@ AnyEvent = Union[
     MergeFinished,
     MergesSkipped,
     ChangesRecorded,
+    BaselineRecorded,
+    ChecksStarted,
+    CheckStarted,
+    CheckFinished,
+    ReviewRequested,
+    ReviewDecided,
 ]
 
 

@@ -102,6 +102,8 @@ def notices(state: State, events: Iterable[ev.Event], now: float) -> list[Notice
             notice = _waiting(state, event, now)  # type: ignore[arg-type]
         elif kind is ev.BudgetReached:
             notice = _paused(state, event, now)  # type: ignore[arg-type]
+        elif kind is ev.ReviewRequested:
+            notice = _review(state, event, now)  # type: ignore[arg-type]
         elif kind is ev.TaskFinished:
             notice = _failed(state, event, now)  # type: ignore[arg-type]
         elif kind in PARKED_EVENTS:
@@ -158,6 +160,18 @@ def _paused(state: State, e: ev.BudgetReached, now: float) -> Notice | None:
     asked = Asked(kind="budget", prompt=shorten(task.waiting.prompt, _PROMPT))
     return _task_notice("waiting", task, now, f"{_who(task)} is paused: {shorten(task.waiting.prompt, _IN_MESSAGE)}",
                         f"orchestra: task {task.id} is paused on a budget", question=asked)
+
+
+def _review(state: State, e: ev.ReviewRequested, now: float) -> Notice | None:
+    task = state.tasks.get(e.task)
+    if task is None or task.waiting is None or task.waiting.kind != "review":
+        return None  # decided or stopped in the same batch
+    asked = Asked(kind="review", prompt=shorten(task.waiting.prompt, _PROMPT))
+    message = (
+        f"{_who(task)} passed its checks and waits for your review: orchestra review {task.id}; then "
+        f"orchestra respond {task.id} --approve, or --reject -m \"what to change\""
+    )
+    return _task_notice("review", task, now, message, f"orchestra: task {task.id} waits for review", question=asked)
 
 
 def _failed(state: State, e: ev.TaskFinished, now: float) -> Notice | None:

@@ -62,6 +62,7 @@ BUILTIN: dict[str, Role] = {
                 "left undone and why."
             ),
             allowed_tools=["Read", "Glob", "Grep", "LS"],
+            expects_change=True,
         ),
         Role(
             name="tester",
@@ -149,6 +150,10 @@ def parse(name: str, text: str) -> Role:
     problem = policy.check_rules(role.policy)
     if problem is not None:
         raise ValueError(f"policy: {problem}")
+    if any(not c.strip() for c in role.check):
+        raise ValueError("check: each check is a shell line that passes when it exits 0, e.g. \"pytest -q\"; an empty one checks nothing")
+    if role.check_rounds is not None and not 1 <= role.check_rounds <= 20:
+        raise ValueError(f"check_rounds must be a whole number from 1 to 20, not {role.check_rounds}")
     for field, most in (("timeout", MAX_SECONDS), ("idle_timeout", MAX_SECONDS), ("budget_usd", MAX_BUDGET_USD)):
         value = getattr(role, field)
         if value is not None and not 0 < value <= most:  # also refuses nan; inf is over the top

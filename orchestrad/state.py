@@ -22,7 +22,9 @@ from typing import Callable, Iterator, get_args
 import msgspec
 
 from orchestra.shared.vocab import shorten, usd
-from orchestra.shared.protocol import DECISIONS_KEPT, ChangeStat, Decided, Question, Setback, Status, TaskView
+from orchestra.shared.protocol import (
+    DECISIONS_KEPT, ChangeStat, CheckResult, Decided, Question, ReviewDecision, Setback, Status, TaskView,
+)
 from orchestrad import config as config_mod
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
@@ -162,6 +164,11 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     paused: Paused | None = None  # waiting for a person to raise the budget it reached
     budget_stopped: bool = False  # its agent ended the attempt on the budget it was given
     changes: ChangeStat | None = None  # what its latest attempt left changed in its worktree
+    check_round: int = 0  # the round of acceptance checks that ran last (orchestrad.verify)
+    checks: list[CheckResult] = []  # that round's checks so far, in order
+    baseline_head: str | None = None  # where its git directory was when it first started (BaselineRecorded)
+    baseline_digest: str = ""  # ... and a digest of what was uncommitted then
+    reviews: list[ReviewDecision] = []  # what people decided of it in review
 
     @property
     def cwd(self) -> str:
@@ -437,6 +444,13 @@ def _continued(s: State, e: ev.TaskContinued, ts: float, data) -> None:
     t.reason = ""
     t.result_error = False
     t.retried = 0
+    t.check_round = e.check_round  # 0 (a fresh round of checks) unless a check's failure sent it back
+    if e.check_round:
+        t.activity = ""  # it no longer checks
+    t.pid = None
+    if t.waiting is not None and t.waiting.kind == "review":  # rejected in review
+        t.waiting = None
+    s.active.discard(t.id)  # a task sent back from its checks held a slot until now
     _unpause(s, t)
     _enqueue(s, t)
 
@@ -464,6 +478,69 @@ def _budget_raised(s: State, e: ev.BudgetRaised, ts: float, data) -> None:
         s.workflows[int(e.name)].budget_usd = e.budget
     elif e.scope == "role":
         s.role_raises = {**s.role_raises, e.name: (e.day, e.budget)}
+
+
+def _baseline(s: State, e: ev.BaselineRecorded, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.baseline_head, t.baseline_digest = e.head, e.digest
+
+
+def check_activity(t: Task, index: int, command: str, rounds: int) -> str:
+    """"check 2 of 3, round 1 of 2: pytest -q": what `ps` says a checking task does."""
+    return f"check {index + 1} of {len(t.spec.checks)}, round {t.check_round} of {rounds}: {command}"
+
+
+def _checks_started(s: State, e: ev.ChecksStarted, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.CHECKING
+    t.check_round = e.round
+    t.checks = []
+    t.pid = None
+    t.last_activity = ts
+    t.activity = f"checking, round {e.round} of {t.spec.check_rounds}"
+
+
+def _check_started(s: State, e: ev.CheckStarted, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.pid = e.pid
+    t.checks = [*t.checks, CheckResult(command=e.command, running=True)]
+    t.activity = check_activity(t, e.index, e.command, t.spec.check_rounds)
+    t.last_activity = ts
+
+
+def _check_finished(s: State, e: ev.CheckFinished, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.pid = None
+    running = bool(t.checks) and t.checks[-1].running
+    # A check that could not start has no CheckStarted: its command is the spec's.
+    command = t.checks[-1].command if running else (t.spec.checks[e.index] if e.index < len(t.spec.checks) else "")
+    done = CheckResult(command=command, exit_code=e.exit_code, signal=e.signal, timed_out=e.timed_out, tail=e.tail)
+    t.checks = [*t.checks[:-1], done] if running else [*t.checks, done]
+    t.last_activity = ts
+
+
+def review_question(task_id: int) -> str:
+    """What a task in review asks a person, in one line."""
+    return (
+        f"review task {task_id} (orchestra review {task_id}): approve it (orchestra respond {task_id} --approve) "
+        f"or reject it with what to change (orchestra respond {task_id} --reject -m \"...\")"
+    )
+
+
+def _review_requested(s: State, e: ev.ReviewRequested, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.REVIEW
+    t.waiting = Question(request_id="review", kind="review", prompt=review_question(t.id), since=ts)
+    t.pid = None
+    t.stopping = None
+    t.finished_at = ts  # its attempt is over: its runtime stops here
+    t.activity = ""
+    s.active.discard(t.id)
+
+
+def _review_decided(s: State, e: ev.ReviewDecided, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.reviews = [*t.reviews, ReviewDecision(approved=e.approved, message=e.message, by=e.by, at=ts)]
 
 
 def _unpause(s: State, t: Task) -> None:
@@ -684,6 +761,12 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.MergeFinished: _merge_finished,
     ev.MergesSkipped: _merges_skipped,
     ev.ChangesRecorded: _changes,
+    ev.BaselineRecorded: _baseline,
+    ev.ChecksStarted: _checks_started,
+    ev.CheckStarted: _check_started,
+    ev.CheckFinished: _check_finished,
+    ev.ReviewRequested: _review_requested,
+    ev.ReviewDecided: _review_decided,
 }
 
 
@@ -861,6 +944,12 @@ def view(
         cpu_at=cpu[1] if cpu is not None and active else None,
         silent_after=silent_after if active else None,
         changes=task.changes if preview is None or task.changes is None else msgspec.structs.replace(task.changes, stat=""),
+        checks=spec.checks,
+        check_round=task.check_round,
+        check_rounds=spec.check_rounds,
+        check_results=task.checks if preview is None else [],
+        review=spec.review,
+        reviews=task.reviews if preview is None else [],
     )
 
 

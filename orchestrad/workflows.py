@@ -304,12 +304,12 @@ class _Step(Protocol):  # a task as the state holds it, or its view
 
 def status(tasks: Iterable[_Step]) -> str:
     """One word for a workflow: what its steps' tasks add up to. It has ended when it is
-    none of waiting, running and queued."""
+    none of waiting, running and queued (a step in review is waiting; one checking, running)."""
     tasks = list(tasks)
     statuses = {t.status for t in tasks}
-    if Status.WAITING in statuses:
+    if statuses & {Status.WAITING, Status.REVIEW}:
         return "waiting"
-    if Status.RUNNING in statuses:
+    if statuses & {Status.RUNNING, Status.CHECKING}:
         return "running"
     if Status.QUEUED in statuses:
         return "queued" if statuses == {Status.QUEUED} else "running"

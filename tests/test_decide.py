@@ -8,6 +8,7 @@ from orchestra.shared import protocol as p
 from orchestra.shared.protocol import ErrorCode, OrchestraError, Status
 from orchestrad import decide as d
 from orchestrad import events as ev
+from orchestrad import verify
 from tests.core import Core
 
 STATUSES = list(Status)
@@ -16,6 +17,8 @@ STATUSES = list(Status)
 def task_in(core: Core, status: Status, *, agent: str = "claude") -> int:
     """A task brought into `status` through the same events the daemon would record."""
     kw = {"prompt": "do it"} if agent == "claude" else {"argv": ["cat"]}
+    if status in (Status.CHECKING, Status.REVIEW):
+        kw.update(checks=["true"], review=True)
     task = core.submit(**kw)
     if status is Status.QUEUED:
         return task
@@ -34,6 +37,13 @@ def task_in(core: Core, status: Status, *, agent: str = "claude") -> int:
         core.exit(task, None, 15)
     elif status is Status.INTERRUPTED:
         core.apply(d.reconcile(core.state))
+    elif status in (Status.CHECKING, Status.REVIEW):
+        core.apply([ev.SessionStarted(task=task, session_id="s1")])
+        core.exit(task, 0)
+        if status is Status.REVIEW:
+            core.apply([ev.CheckStarted(task=task, index=0, command="true", pid=77)])
+            core.apply([ev.CheckFinished(task=task, index=0, exit_code=0, signal=None, tail="")])
+            core.apply(verify.next_step(core.state, core.state.tasks[task]))
     assert core.status(task) is status
     return task
 
@@ -57,6 +67,8 @@ EXPECTED = {
     Status.TIMED_OUT: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
     Status.CANCELLED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
     Status.INTERRUPTED: ("conflict", "conflict", "conflict", "bad_request", "TaskRoleChanged", "TaskContinued"),
+    Status.CHECKING: ("StopRequested", "conflict", "conflict", "conflict", "TaskRoleChanged", "conflict"),
+    Status.REVIEW: ("TaskCancelled", "conflict", "conflict", "bad_request", "TaskRoleChanged", "conflict"),
 }
 
 

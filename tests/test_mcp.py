@@ -41,6 +41,7 @@ INSPECTOR_INSTALL = "npm install --prefix .local/npm-inspector @modelcontextprot
 TOOLS = {
     "submit-task", "list-processes", "process-details", "respond-to-process", "manage-queue",
     "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "task-diff",
+    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "review-task",
 }
 ASK_COLOR = {"questions": [{"question": "Which color should the button be?", "header": "Color", "multiSelect": False,
                             "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}]}]}
@@ -275,6 +276,32 @@ def test_respond_with_only_a_task_id_to_a_running_command_says_to_give_a_line(da
             await call(client, "stop-process", task_id=1)
 
     run(main)
+
+
+def test_review_task_shows_a_task_in_review_then_approves_it(daemon):
+    other = daemon.submit("true", review=True)
+    daemon.wait_status(other, Status.REVIEW)
+
+    async def main():
+        async with connected(daemon.home) as client:
+            submitted = await call(client, "submit-task", command=["echo", "my summary"], checks=["echo checked"], review=True)
+            task = submitted.structured_content["task"]["id"]
+            await anyio.to_thread.run_sync(lambda: daemon.wait_status(task, Status.REVIEW))
+            shown = await call(client, "review-task", task_id=task)
+            assert shown.structured_content["decision"] == "" and shown.structured_content["task"]["status"] == "review"
+            assert "summary    my summary" in text(shown) and "1. echo checked: passed" in text(shown)
+            no_message = await client.call_tool("review-task", {"task_id": other, "decision": "reject"})
+            assert no_message.is_error and "reject needs a message" in text(no_message)
+            approved = await call(client, "review-task", task_id=task, decision="approve")
+            assert text(approved) == f"approved task {task}; it is succeeded"
+            rejected = await call(client, "review-task", task_id=other, decision="reject", message="not this way")
+            assert rejected.structured_content["task"]["status"] == "failed"  # a command cannot be told: it fails
+
+        return task
+
+    task = run(main)
+    assert daemon.task(task).reviews[0].by == "a person (mcp)"
+    assert daemon.task(other).reason == "rejected in review by a person (mcp): not this way"
 
 
 # ---------------------------------------------------------------------------------------

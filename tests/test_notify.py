@@ -198,7 +198,7 @@ def test_the_window_allows_limit_sends_in_any_window():
 def test_the_notification_settings_and_their_defaults():
     c = config_mod.DEFAULT
     assert (c.notify_command, c.notify_webhook, c.notify_desktop) == (None, None, False)
-    assert c.notify_on == ["waiting", "failed", "parked", "workflow_ended"]
+    assert c.notify_on == ["waiting", "failed", "parked", "workflow_ended", "review"]
     for key, value in [
         ("notify_command", ["notify-me", "--json"]),
         ("notify_command", "jq -c . >> ~/notices.jsonl"),

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -633,3 +634,15 @@ def test_a_worktree_under_the_hidden_state_dir_is_writable_and_commits_while_the
     assert sorted(os.listdir(d.paths.state)) != ["worktrees"]  # on the host there is more: the log, the env store
     branch = git("for-each-ref", "--format=%(refname:short)", "refs/heads/orchestra/", cwd=repo).split()
     assert [git("log", "-1", "--format=%s", b, cwd=repo).strip() for b in branch] == ["in-the-worktree"]
+
+
+def test_a_tasks_checks_run_in_its_sandbox(boxed, place):
+    """An acceptance check (orchestrad.checks) runs in the same sandbox as its agent: what it
+    writes to /tmp stays in the sandbox's private /tmp."""
+    nonce = f"orc-check-{os.getpid()}-{time.monotonic_ns()}"
+    repo = place / "work" / "repo"
+    task = boxed.submit("true", cwd=str(repo), checks=[f"touch /tmp/{nonce} && test -f /tmp/{nonce} && echo boxed-ok"])
+    view = boxed.wait_status(task, *p.FINISHED, timeout=60)
+    assert view.status is Status.SUCCEEDED, view.reason
+    assert view.sandbox and view.check_results[0].tail == "boxed-ok"
+    assert not (Path("/tmp") / nonce).exists()  # the host's /tmp never saw it

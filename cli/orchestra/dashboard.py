@@ -48,6 +48,8 @@ def answer_hint(task: TaskView) -> str:
         return ""
     if w.kind == "permission":
         return f'orchestra respond {task.id} --allow   or   orchestra respond {task.id} --deny -m "why"'
+    if w.kind == "review":
+        return f'orchestra review {task.id}, then orchestra respond {task.id} --approve   or   --reject -m "what to change"'
     if w.options:
         return f'orchestra respond {task.id} 1   (an option number, or your own words in quotes)'
     return f'orchestra respond {task.id} "your answer"'
@@ -82,19 +84,19 @@ def render(
     total_cost = info.cost_usd if info is not None else sum(t.cost_usd for t in tasks)
     lines: list[str] = [_headline(counts, total_cost)]
 
-    waiting = by_status.get(Status.WAITING, [])
+    waiting = sorted([*by_status.get(Status.WAITING, []), *by_status.get(Status.REVIEW, [])], key=lambda t: t.id)
     if waiting:
         lines += ["", f"WAITING FOR YOU ({len(waiting)})"]
         for t in waiting:
             lines.append(_row(t))
             w = t.waiting
             if w is not None:
-                what = "asks permission" if w.kind == "permission" else "asks"
+                what = {"permission": "asks permission", "review": "waits for review"}.get(w.kind, "asks")
                 lines.append(f"      {what}: {w.prompt}")
                 lines += [f"        {i}. {option}" for i, option in enumerate(w.options, 1)]
                 lines.append(f"      answer: {answer_hint(t)}")
 
-    running = by_status.get(Status.RUNNING, [])
+    running = sorted([*by_status.get(Status.RUNNING, []), *by_status.get(Status.CHECKING, [])], key=lambda t: t.id)
     if running:
         lines += ["", f"RUNNING ({len(running)})"]
         for t in running:
@@ -145,7 +147,7 @@ def render(
 
 
 def _headline(counts: dict[Status, int], total_cost: float) -> str:
-    order = [Status.WAITING, Status.RUNNING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
+    order = [Status.WAITING, Status.REVIEW, Status.RUNNING, Status.CHECKING, Status.QUEUED, Status.SUCCEEDED, Status.FAILED,
              Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED]
     shown = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in order if counts[s]]
     return "orchestra · " + (" · ".join(shown) if shown else "idle") + f" · cost {usd(total_cost)}"
@@ -159,7 +161,7 @@ def picture_requests() -> dict:
 
     return {
         "info": p.Info(),
-        "active": p.ListTasks(status=[Status.WAITING, Status.RUNNING]),
+        "active": p.ListTasks(status=[Status.WAITING, Status.REVIEW, Status.RUNNING, Status.CHECKING]),
         "finished": p.ListTasks(status=sorted(FINISHED, key=lambda s: s.value), limit=RECENT),
         "queue": p.Queue(limit=QUEUE_SHOWN),
         "workflows": p.ListWorkflows(limit=WORKFLOWS_SHOWN),

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 RECENT = 20  # finished tasks `ps` shows unless --limit or --all says otherwise
 from orchestra.shared.framing import PAGE_MAX  # noqa: E402 - pure Python, like this module
-ACTIVE = [Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value]
+ACTIVE = [Status.QUEUED.value, Status.RUNNING.value, Status.WAITING.value, Status.CHECKING.value, Status.REVIEW.value]
 ENDED = [s.value for s in Status if s in FINISHED]
 
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "show": "tasks:show",
     "logs": "tasks:logs",
     "respond": "tasks:respond",
+    "review": "tasks:review",
     "stop": "tasks:stop",
     "resume": "tasks:resume",
     "wait": "tasks:wait",

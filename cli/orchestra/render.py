@@ -23,6 +23,8 @@ MARK = {  # a task's status as one character, in workflow steps and the dashboar
     Status.RUNNING: "●",
     Status.WAITING: "?",
     Status.QUEUED: "○",
+    Status.CHECKING: "◐",
+    Status.REVIEW: "◇",
 }
 
 
@@ -149,6 +151,8 @@ def waiting_notice(task: TaskView) -> str:
     w = task.waiting
     if w.kind == "budget":
         return f"task {task.id} is paused: {w.prompt}"
+    if w.kind == "review":
+        return f"task {task.id} waits for review: orchestra review {task.id}, then orchestra respond {task.id} --approve, or --reject -m \"...\""
     if w.kind == "permission":
         how = f"orchestra respond {task.id} --allow, or --deny"
     elif w.options:
@@ -281,6 +285,7 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
     if getattr(task, "changes", None) is not None:
         lines.append(f"  changes    {changes_line(task.changes)} (orchestra diff {task.id})")
         lines += [f"             {line}" for line in task.changes.stat.splitlines()[:-1]]
+    lines += check_lines(task)
     if task.env_keys:
         lines.append(f"  env        {', '.join(task.env_keys)} (values not shown)")
     lines.append(f"  output     {task.output_bytes} bytes")
@@ -298,7 +303,11 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
         lines.append(f"  waiting    {w.kind}: {w.prompt}")
         for i, option in enumerate(w.options, 1):
             lines.append(f"             {i}. {option}")
-        hint = {"permission": "--allow / --deny", "budget": f"--budget N (dollars), or stop it: orchestra stop {task.id}"}.get(w.kind, '"your answer"')
+        hint = {
+            "permission": "--allow / --deny",
+            "budget": f"--budget N (dollars), or stop it: orchestra stop {task.id}",
+            "review": '--approve, or --reject -m "what to change" (orchestra review ' + str(task.id) + " shows what it did)",
+        }.get(w.kind, '"your answer"')
         lines.append(f"  answer     orchestra respond {task.id} {hint}")
     return "\n".join(lines)
 
@@ -308,6 +317,65 @@ def changes_line(c) -> str:
     if not c.files:
         return "no changes"
     return f"{c.files} file{'' if c.files == 1 else 's'}, +{c.insertions} -{c.deletions}"
+def check_mark(check) -> str:
+    """How one acceptance check ended, in a few words: "passed", "failed (exit 1)"."""
+    if check.running:
+        return "running"
+    if check.passed:
+        return "passed"
+    if check.timed_out:
+        return "failed (timed out)"
+    if check.signal is not None:
+        return f"failed (signal {check.signal})"
+    return "failed (could not run)" if check.exit_code is None else f"failed (exit {check.exit_code})"
+
+
+def check_lines(task: TaskView, *, tails: bool = False) -> list[str]:
+    """`show`'s lines for a task's acceptance checks: each check and how it ended in the
+    latest round; with `tails`, a failing one's output's end too."""
+    commands = list(getattr(task, "checks", []))
+    if not commands:
+        return []
+    results = list(getattr(task, "check_results", []))
+    rounds = f"round {task.check_round} of {task.check_rounds}" if task.check_round else f"not run yet, {task.check_rounds} rounds at most"
+    lines = [f"  checks     {rounds}"]
+    for i, command in enumerate(commands):
+        outcome = check_mark(results[i]) if i < len(results) else "not run"
+        lines.append(f"    {i + 1}. {command}: {outcome}")
+        if tails and i < len(results) and not results[i].passed and results[i].tail:
+            lines += [f"       | {line}" for line in results[i].tail.splitlines()[-20:]]
+    return lines
+
+
+def review_text(task: TaskView, diff: str | None = None) -> str:
+    """What `orchestra review ID` shows: the task, its agent's summary, its checks, its
+    changes (`diff`, once the daemon gives one), and how to answer. Built from parts, so a
+    part can be added without touching the others."""
+    parts = [_review_head(task), _review_summary(task), "\n".join(check_lines(task, tails=True)) or "  checks     none"]
+    if diff is not None:
+        parts.append("  changes\n" + "\n".join(f"    {line}" for line in diff.splitlines()))
+    parts.append(_review_answer(task))
+    return "\n\n".join(part for part in parts if part)
+
+
+def _review_head(task: TaskView) -> str:
+    where = f" · {task.worktree}" if task.worktree else f" · {task.cwd}"
+    return f"task {task.id} · {task.status.value} · {task.role} · {task.title}{where}"
+
+
+def _review_summary(task: TaskView) -> str:
+    if not task.result.strip():
+        return "  summary    (the agent gave none)"
+    return "  summary    " + task.result.strip().replace("\n", "\n             ")
+
+
+def _review_answer(task: TaskView) -> str:
+    decided = [f"  {'approved' if r.approved else 'rejected'} by {r.by}" + (f": {r.message}" if r.message else "") for r in getattr(task, "reviews", [])]
+    if task.status is Status.REVIEW:
+        how = f'  answer     orchestra respond {task.id} --approve, or orchestra respond {task.id} --reject -m "what to change"'
+    else:
+        how = f"  (task {task.id} is {task.status.value}, not in review: there is nothing to answer)"
+    return "\n".join([*decided, how])
 
 
 def grouped(tasks: Sequence[TaskView], workflows: dict[int, WorkflowView], *, width: int = 120) -> str:
@@ -401,6 +469,11 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
     lines.append(f"  worktree          {'yes' if role.worktree else 'no'}")
+    checks = list(getattr(role, "check", []))
+    if checks or getattr(role, "review", False) or getattr(role, "expects_change", False):
+        rounds = f", {role.check_rounds} rounds" if getattr(role, "check_rounds", None) else ""
+        lines.append(f"  checks            {'; '.join(checks) or '-'}{rounds}")
+        lines.append(f"  expects a change  {'yes' if role.expects_change else 'no'}; review {'yes' if role.review else 'no'}")
     if role.sandbox is not None or role.network is not None:
         network = "" if role.network is None else f", network {'on' if role.network else 'off'}"
         lines.append(f"  sandbox           {role.sandbox or '(as configured)'}{network}")
@@ -424,4 +497,6 @@ def template_details(t: WorkflowTemplate) -> str:
         lines.append(f"  {step.name} ({step.role}, {step.workspace} workspace{'; ' + '; '.join(deps) if deps else ''})")
         body = step.prompt or " ".join(step.argv)
         lines += ["      " + line for line in body.splitlines()]
+        if getattr(step, "check", None) or getattr(step, "review", None):
+            lines.append(f"      checks: {'; '.join(step.check) or '-'}" + ("; then a person's review" if step.review else ""))
     return "\n".join(lines)

@@ -1,5 +1,5 @@
-"""Commands about one task or a few: `submit`, `ps`, `show`, `logs`, `respond`, `stop`,
-`resume` and `wait`."""
+"""Commands about one task or a few: `submit`, `ps`, `show`, `logs`, `respond`, `review`,
+`stop`, `resume` and `wait`."""
 
 from __future__ import annotations
 
@@ -43,9 +43,14 @@ class _SplitAtDashes(click.Command):
 @click.option("--env", "-e", multiple=True, help="NAME=VALUE for the task's environment (repeatable).")
 @click.option("--title", default="", help="A short name shown by `ps`.")
 @click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree of its own, on a new branch (default: as the role says).")
+@click.option("--check", "checks", multiple=True, help="A shell line that must exit 0 once the agent is done, run in its directory (repeatable; after the role's).")
+@click.option("--check-rounds", type=int, help="How often the checks may run before the task fails (default: the role's, else config check_rounds, 2).")
+@click.option("--review/--no-review", default=None, help="Once the checks pass, wait for a person to approve or reject it (default: as the role says).")
+@click.option("--expects-change/--no-expects-change", default=None, help="Fail if the agent says it is done having changed nothing (default: as the role says).")
 @json_option
 @click.pass_context
-def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree, as_json):
+def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree,
+           checks, check_rounds, review, expects_change, as_json):
     """Queue a task: a prompt for an agent, or a command after `--`.
 
     \b
@@ -76,6 +81,10 @@ def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle
         model=model,
         title=title,
         worktree=worktree,
+        checks=list(checks),
+        check_rounds=check_rounds,
+        review=review,
+        expects_change=expects_change,
     )
     emit(app.call(request, p.TaskView), as_json, lambda task: str(task.id))
 
@@ -122,7 +131,7 @@ def _text(data: bytes, where: str) -> str:
 @click.command()
 @click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
 @click.option("--role", "-r", help="Only tasks with this role.")
-@click.option("--active", is_flag=True, help="Only queued, running and waiting tasks.")
+@click.option("--active", is_flag=True, help="Only queued, running, waiting, checking and review tasks.")
 @click.option("--all", "everything", is_flag=True, help="Every finished task too, not only the newest.")
 @click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
 @json_option
@@ -198,14 +207,21 @@ def logs(app: App, task, follow, tail, raw, as_json):
 @click.argument("text", nargs=-1)
 @click.option("--allow", is_flag=True, help="Allow what the task asks permission for.")
 @click.option("--deny", is_flag=True, help="Deny it.")
-@click.option("--message", "-m", default="", help="With --deny: why, for the agent.")
+@click.option("--message", "-m", default="", help="With --deny or --reject: why, for the agent.")
 @click.option("--budget", type=float, help="Raise the budget that paused the task (or its own) to this many dollars.")
+@click.option("--approve", is_flag=True, help="Approve a task in review: it succeeds.")
+@click.option("--reject", is_flag=True, help="Reject a task in review; -m says what to change, and its agent works on.")
 @json_option
 @click.pass_obj
-def respond(app: App, task, text, allow, deny, message, budget, as_json):
+def respond(app: App, task, text, allow, deny, message, budget, approve, reject, as_json):
     """Answer a waiting task (option number, option, or your words), raise the budget that
-    paused it (--budget), or write a line to a command's stdin."""
+    paused it (--budget), approve or reject one in review, or write a line to a command's stdin."""
     answer = " ".join(text) if text else None
+    if approve or reject:
+        request = p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message, via="cli", approve=approve, reject=reject)
+        view = app.call(request, p.TaskView)
+        emit(view, as_json, lambda v: f"{'approved' if approve else 'rejected'} task {v.id}; it is {v.status.value}")
+        return
     asked = _question(app, task) if answer is not None or budget is not None else None
     view = app.call(p.Respond(task=task, text=answer, allow=allow, deny=deny, message=message, via="cli", budget_usd=budget), p.TaskView)
     if budget is not None:
@@ -247,6 +263,19 @@ def _sent(task: int, asked: p.Question | None, answer: str | None, allow: bool, 
 def _brief(text: str, limit: int = 80) -> str:
     line = " ".join(text.split())
     return shorten(line, limit)
+
+
+@click.command()
+@click.argument("task", type=task_id)
+@json_option
+@click.pass_obj
+def review(app: App, task, as_json):
+    """What a task in review did: its summary and its checks; then approve or reject it
+    with `orchestra respond ID --approve` or `--reject -m "..."`."""
+    from orchestra.render import review_text
+
+    view = app.call(p.Show(task=task), p.TaskView)
+    emit(view, as_json, review_text)
 
 
 @click.command()

@@ -84,14 +84,14 @@ async def _content(daemon: Daemon, uri: str) -> tuple[str, str]:
     """(mime type, text) for `uri`."""
     if uri == STATUS_URI:
         info = await daemon.call(p.Info(), p.DaemonStatus)
-        page = await daemon.call(p.ListTasks(status=[p.Status.RUNNING, p.Status.WAITING]), p.TaskPage)
+        page = await daemon.call(p.ListTasks(status=[p.Status.RUNNING, p.Status.WAITING, p.Status.CHECKING, p.Status.REVIEW]), p.TaskPage)
         queue = await daemon.call(p.Queue(limit=STATUS_QUEUE), list[p.TaskView])
         workflows = await daemon.call(p.ListWorkflows(limit=STATUS_WORKFLOWS), list[p.WorkflowView])
         tasks = sorted(page.tasks, key=lambda t: t.id)
         status = {
             "daemon": info,
             "counts": info.counts,
-            "waiting": [t for t in tasks if t.status is p.Status.WAITING],
+            "waiting": [t for t in tasks if t.status in (p.Status.WAITING, p.Status.REVIEW)],
             "active": tasks,
             "queue": [t.id for t in queue],
             "workflows": [w for w in workflows if w.status not in ("succeeded", "failed", "cancelled")],

@@ -68,6 +68,9 @@ class SubmitTaskArgs(Args):
     budget_usd: Annotated[Positive | None, Meta(description="Dollars the claude agent may spend on this task.")] = None
     worktree: Annotated[bool | None, Meta(description="Work in a git worktree of its own, on a new branch (default: as the role says). cwd must be in a git repository.")] = None
     env: Annotated[dict[str, str], Meta(description="Extra environment variables for the task. Values are never shown back.")] = {}
+    checks: Annotated[list[str], Meta(description='Acceptance checks: shell lines that must exit 0 once the agent is done, run in its directory, e.g. ["pytest -q"]. A failing one is sent back to a claude agent to fix (check_rounds times at most); a command task fails at once.')] = []
+    check_rounds: Annotated[Annotated[int, Meta(ge=1, le=20)] | None, Meta(description="How often the checks may run before the task fails (default: the role's, else 2).")] = None
+    review: Annotated[bool | None, Meta(description="Once the checks pass, wait in status review for the user's approval (review-task); default: as the role says.")] = None
 
 
 class ListProcessesArgs(Args):
@@ -75,7 +78,7 @@ class ListProcessesArgs(Args):
 
     status: Annotated[list[p.Status], Meta(description="Only tasks in these statuses (default: all). waiting means blocked on a person's answer.")] = []
     role: Annotated[str | None, Meta(description="Only tasks with this role.")] = None
-    active_only: Annotated[bool, Meta(description="Only queued, running and waiting tasks (leave out finished ones).")] = False
+    active_only: Annotated[bool, Meta(description="Only queued, running, waiting, checking and review tasks (leave out finished ones).")] = False
     limit: Annotated[int, Meta(ge=1, le=p.PAGE_MAX, description=f"How many tasks to return, newest first (at most {p.PAGE_MAX}).")] = 50
     cursor: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="next_cursor of the previous call: the next page, of older tasks. Leave out for the newest.")] = None
 
@@ -110,6 +113,12 @@ class TaskDiffArgs(Args):
 
     task_id: TaskId
     stat: Annotated[bool, Meta(description="Only the files changed and their counts, not the patch.")] = False
+class ReviewTaskArgs(Args):
+    """Review a task that waits for review."""
+
+    task_id: TaskId
+    decision: Annotated[Literal["approve", "reject"] | None, Meta(description="approve: the task succeeds. reject: its agent is told `message` and works on. Leave out to see what it did (its summary and its checks) first.")] = None
+    message: Annotated[str, Meta(description="With reject: what to change (the agent reads it).")] = ""
 
 
 class StopProcessArgs(Args):
@@ -177,6 +186,12 @@ class RespondResult(msgspec.Struct, kw_only=True):
     task: p.TaskView
     answered: bool  # false when the person declined or dismissed the form
     answer: str  # what was sent: "allow", "deny: why", or the words
+
+
+class ReviewResult(msgspec.Struct, kw_only=True):
+    task: p.TaskView
+    decision: str  # "approve", "reject", or "" when only shown
+    review: str  # what `orchestra review` shows: the summary, the checks, how to answer
 
 
 class QueueResult(msgspec.Struct, kw_only=True):

@@ -2,6 +2,7 @@
 `list-processes`, `process-details`, `respond-to-process`, `manage-queue`, `stop-process`,
 `configure-orchestrator`, `assign-role`, `create-workflow`, `status-dashboard`), and
 `task-diff`.
+`review-task` (approve or reject a task in review).
 
 Each is one daemon request (two for `process-details`, three for `status-dashboard`).
 Results carry structured content (with an output schema) and the same thing as text. A
@@ -45,6 +46,8 @@ from orchestra.mcp.tool_types import (
     QueueResult,
     RespondArgs,
     RespondResult,
+    ReviewResult,
+    ReviewTaskArgs,
     SettingsResult,
     StatusDashboardArgs,
     StopProcessArgs,
@@ -57,7 +60,7 @@ from orchestra.mcp.tool_types import (
     input_schema,
     json_schema,
 )
-from orchestra.render import details, grouped, table, workflow_block
+from orchestra.render import details, grouped, review_text, table, workflow_block
 from orchestra.shared.vocab import usd
 from orchestra.wire import DaemonUnreachable
 
@@ -103,6 +106,7 @@ class Tools:
             ToolSpec(
                 "list-processes", "List tasks",
                 "List the tasks, newest first, a page at a time: id, status (queued, running, waiting, "
+                "checking (its acceptance checks run), review (waits for a person's approval), "
                 "succeeded, failed, timed_out, cancelled, interrupted), role, agent, priority, dependencies, "
                 "runtime, cost, and for a waiting task what it asks. Titles, prompts, commands and results "
                 "are previews (process-details has all of a task). Finished tasks are included unless "
@@ -126,6 +130,15 @@ class Tools:
                 "form (when this client supports elicitation) and their answer is passed on; prefer that "
                 "when the decision is the user's to make.",
                 RespondArgs, RespondResult, self.respond,
+            ),
+            ToolSpec(
+                "review-task", "Review a task",
+                "A task in status review passed its acceptance checks and waits for a person. Without "
+                "decision: what it did (its agent's summary, its checks and how they ended). decision "
+                "approve: it succeeds. decision reject with a message: its agent is told what to change and "
+                "works on, in the same conversation; its checks run again and it comes back to review. "
+                "Only the user decides this: ask them first.",
+                ReviewTaskArgs, ReviewResult, self.review_task,
             ),
             ToolSpec(
                 "manage-queue", "Manage the queue",
@@ -253,6 +266,9 @@ class Tools:
                 model=a.model,
                 title=a.title,
                 worktree=a.worktree,
+                checks=a.checks,
+                check_rounds=a.check_rounds,
+                review=a.review,
             ),
             p.TaskView,
         )
@@ -302,6 +318,17 @@ class Tools:
         if decision == "deny" and message:
             sent = f"deny: {message}"
         return Output(RespondResult(task=view, answered=True, answer=sent), f"answered task {view.id} ({sent}); it is {view.status.value}")
+
+    async def review_task(self, a: ReviewTaskArgs, ctx, params) -> Output:
+        if a.decision is None:
+            view = await self.daemon.call(p.Show(task=a.task_id), p.TaskView)
+            return Output(ReviewResult(task=view, decision="", review=review_text(view)), review_text(view))
+        if a.decision == "reject" and not a.message.strip():
+            raise ToolFailure("reject needs a message: what to change (the agent reads it)")
+        request = p.Respond(task=a.task_id, approve=a.decision == "approve", reject=a.decision == "reject", message=a.message, via="mcp")
+        view = await self.daemon.call(request, p.TaskView)
+        done = "approved" if a.decision == "approve" else "rejected"
+        return Output(ReviewResult(task=view, decision=a.decision, review=review_text(view)), f"{done} task {view.id}; it is {view.status.value}")
 
     async def manage_queue(self, a: ManageQueueArgs, ctx, params) -> Output:
         task = removed = None
@@ -362,7 +389,7 @@ class Tools:
         replies = {name: await self.daemon.call(request, types[name]) for name, request in picture_requests().items()}
         text = picture(replies, width=a.width, hint=False)
         info = replies["info"]
-        waiting = sorted((t for t in replies["active"].tasks if t.status is p.Status.WAITING), key=lambda t: t.id)
+        waiting = sorted((t for t in replies["active"].tasks if t.status in (p.Status.WAITING, p.Status.REVIEW)), key=lambda t: t.id)
         result = DashboardResult(dashboard=text, counts=info.counts, waiting=waiting, queue=[t.id for t in replies["queue"]], cost_usd=info.cost_usd)
         return Output(result, text)
 

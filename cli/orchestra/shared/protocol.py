@@ -118,6 +118,10 @@ class Submit(Request):
     model: str | None = None
     title: str = ""
     worktree: bool | None = None  # None: as the role says
+    checks: list[str] = []  # acceptance checks: shell lines run once the agent ends well (added to the role's)
+    check_rounds: int | None = None  # rounds of checks before it fails; None: the role's, else the config's
+    review: bool | None = None  # wait for a person's approval once the checks pass; None: as the role says
+    expects_change: bool | None = None  # fail if the agent ends well having changed nothing; None: as the role says
 
 
 class ListTasks(Request):
@@ -155,6 +159,8 @@ class Respond(Request):
     message: str = ""
     via: str = ""  # how the person answers ("cli", "mcp"), for the record
     budget_usd: float | None = None  # raise the budget that paused the task (or its own) to this many dollars
+    approve: bool = False  # a task in review: approve it (it succeeds)
+    reject: bool = False  # a task in review: reject it; `message` goes to its agent, which works on
 
 
 class Stop(Request):
@@ -406,7 +412,7 @@ class Question(msgspec.Struct, frozen=True, kw_only=True):
     """What a waiting task asks a person."""
 
     request_id: str
-    kind: Literal["permission", "question", "input", "budget"]  # budget: paused on a budget (no process)
+    kind: Literal["permission", "question", "input", "budget", "review"]  # budget: paused on a budget (no process)
     prompt: str  # one line a person can decide on
     options: list[str] = []  # numbered choices, when the agent offered some
     tool: str = ""
@@ -497,6 +503,36 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     cpu_at: float | None = None  # ... and the last time it was seen using CPU (None: not yet, or not read)
     silent_after: float | None = None  # an active task: quiet this long, it is "silent" (the daemon's setting)
     changes: ChangeStat | None = None  # a worktree task: what its latest attempt left changed
+    checks: list[str] = []  # its acceptance checks, the shell lines, in the order they run
+    check_round: int = 0  # the round of checks that ran last (0: none yet)
+    check_rounds: int = 0  # rounds of checks it may have before it fails
+    check_results: list["CheckResult"] = []  # the latest round's checks that ran, in order
+    review: bool = False  # it waits for a person's approval once its checks pass
+    reviews: list["ReviewDecision"] = []  # what people decided of it in review, oldest first
+
+
+class CheckResult(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One acceptance check of a task's latest round, as it ended (or runs: `running`)."""
+
+    command: str
+    exit_code: int | None = None
+    signal: int | None = None
+    timed_out: bool = False
+    tail: str = ""  # the end of its output
+    running: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return not self.running and self.exit_code == 0 and not self.timed_out
+
+
+class ReviewDecision(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A person's decision on a task in review."""
+
+    approved: bool
+    message: str = ""
+    by: str = ""  # "a person (cli)"
+    at: float = 0.0
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -529,6 +565,10 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     policy: list[str] = []  # permission rules, tried before config.toml's ("allow Bash(pytest *)")
     sandbox: str | None = None  # "on" | "off": whether its agents run in a sandbox; None: as the config says
     network: bool | None = None  # whether its sandboxed agents have the network; None: as the config says
+    check: list[str] = []  # acceptance checks its tasks run once their agent ends well (shell lines)
+    check_rounds: int | None = None  # rounds of checks before a task fails; None: the config's check_rounds
+    review: bool = False  # its tasks wait for a person's approval once their checks pass
+    expects_change: bool = False  # a task that ends well having changed nothing fails
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -541,6 +581,10 @@ class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     workspace: Literal["shared", "own"] = "shared"
     if_succeeded: str | None = None  # run only if this step succeeded
     if_failed: str | None = None  # run only if this step failed
+    check: list[str] = []  # acceptance checks (added to the role's)
+    check_rounds: int | None = None  # None: the role's, else the config's
+    review: bool | None = None  # None: as the role says
+    expects_change: bool | None = None  # None: as the role says
 
 
 class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -48,6 +48,8 @@ class Status(str, enum.Enum):
     TIMED_OUT = "timed_out"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # the daemon went away while it ran
+    CHECKING = "checking"  # its agent ended well; its acceptance checks run (orchestrad.verify)
+    REVIEW = "review"  # its checks passed; it waits for a person to approve or reject it (no process)
 
     @property
     def finished(self) -> bool:
@@ -55,7 +57,7 @@ class Status(str, enum.Enum):
 
     @property
     def active(self) -> bool:
-        return self in (Status.RUNNING, Status.WAITING)
+        return self in (Status.RUNNING, Status.WAITING, Status.CHECKING)
 
 
 FINISHED = frozenset(
