@@ -41,7 +41,7 @@ INSPECTOR_INSTALL = "npm install --prefix .local/npm-inspector @modelcontextprot
 TOOLS = {
     "submit-task", "list-processes", "process-details", "respond-to-process", "manage-queue",
     "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "task-diff",
-    "stop-process", "configure-orchestrator", "assign-role", "create-workflow", "status-dashboard", "review-task",
+    "review-task",
 }
 ASK_COLOR = {"questions": [{"question": "Which color should the button be?", "header": "Color", "multiSelect": False,
                             "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}]}]}
