@@ -75,10 +75,20 @@ def _queued(
             raise bad_request(f"{who}'s worktree started from a detached HEAD: say which branch to merge it onto with --into BRANCH")
         events.append(ev.MergeQueued(
             merge=(state.next_merge if first is None else first) + len(events), repo=wt.repo, branch=wt.branch, target=target, mode=mode,
-            checks=checks, resolve=resolve, task=task, workflow=workflow if workflow is not None else wt.workflow,
+            checks=list(dict.fromkeys([*checks, *own_checks(state, wt)])), resolve=resolve, task=task, workflow=workflow if workflow is not None else wt.workflow,
             delete_branch=state.config.delete_merged_branches,
         ))
     return events
+
+
+def own_checks(state: State, wt: Worktree) -> list[str]:
+    """The acceptance checks of the tasks that worked in `wt`: they run on the merged tree too."""
+    if wt.task is not None:
+        tasks = [wt.task]
+    else:
+        workflow = state.workflows.get(wt.workflow) if wt.workflow is not None else None
+        tasks = [t for t in workflow.steps.values() if t in state.tasks and state.tasks[t].spec.workspace == "shared"] if workflow else []
+    return [c for t in tasks if t in state.tasks for c in state.tasks[t].spec.checks]
 
 
 def _of_task(state: State, task_id: int) -> Worktree:

@@ -41,6 +41,22 @@ def test_a_request_queues_each_task_s_branch_onto_the_branch_it_started_from():
     assert core.replayed() == core.state
 
 
+def test_a_merge_runs_the_acceptance_checks_of_the_tasks_on_the_branch_too():
+    from orchestrad import verify
+
+    core = Core()
+    task = core.submit(checks=["pytest -q", "ruff check"])
+    worktree_for(core, task)
+    finished(core, task)
+    while isinstance(step := verify.next_step(core.state, core.state.tasks[task]), verify.Run):  # its checks pass
+        core.apply([ev.CheckStarted(task=task, index=step.index, command=step.command, pid=1),
+                    ev.CheckFinished(task=task, index=step.index, exit_code=0, signal=None, tail="")])
+    core.apply(step)
+    assert core.status(task) is Status.SUCCEEDED
+    [queued] = core.do(p.Merge(tasks=[task], checks=["make", "pytest -q"]))
+    assert queued.checks == ["make", "pytest -q", "ruff check"]
+
+
 def test_a_detached_start_needs_a_target_and_an_agent_may_not_merge():
     from orchestrad import decide as d
 

@@ -144,6 +144,15 @@ def test_review_waits_for_a_person_and_approve_succeeds_it(d, work):
     assert [(r.approved, r.by) for r in view.reviews] == [(True, "a person (cli)")]
 
 
+def test_review_of_a_worktree_task_shows_its_diff(d, tmp_path):
+    repo = git_repo(tmp_path / "repo")
+    task = d.submit("sh", "-c", "echo new line >> README", cwd=str(repo), worktree=True, review=True)
+    d.wait_status(task, Status.REVIEW, timeout=30)
+    shown = d.cli("review", str(task)).output
+    assert "  changes\n     README | 1 +" in shown and "+new line" in shown
+    d.cli("respond", str(task), "--approve")
+
+
 def test_rejecting_a_command_task_fails_it_with_the_message(d, work):
     task = d.submit("true", cwd=str(work), review=True)
     d.wait_status(task, Status.REVIEW, timeout=30)

@@ -270,12 +270,19 @@ def _brief(text: str, limit: int = 80) -> str:
 @json_option
 @click.pass_obj
 def review(app: App, task, as_json):
-    """What a task in review did: its summary and its checks; then approve or reject it
-    with `orchestra respond ID --approve` or `--reject -m "..."`."""
+    """What a task in review did: its summary, its checks and its diff; then approve or
+    reject it with `orchestra respond ID --approve` or `--reject -m "..."`."""
     from orchestra.render import review_text
 
     view = app.call(p.Show(task=task), p.TaskView)
-    emit(view, as_json, review_text)
+    diff = None
+    if view.worktree:  # a worktree task: what it changed, against where it started
+        try:
+            found = app.connection().call(p.Diff(task=task, limit=256 * 1024), p.DiffResult)
+            diff = (found.stat.rstrip() + "\n\n" + found.diff).rstrip() if found.files else "no changes"
+        except p.OrchestraError as exc:
+            diff = f"(no diff: {exc.message})"
+    emit(view, as_json, lambda v: review_text(v, diff))
 
 
 @click.command()
