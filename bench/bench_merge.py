@@ -73,7 +73,8 @@ def main() -> None:
             line = f"echo {i} > f{i}.txt && git add f{i}.txt && git -c user.name=b -c user.email=b@localhost commit -qm 'change {i}'"
             tasks.append(d.call(p.Submit(argv=["sh", "-c", line], cwd=str(repo), worktree=True, title=f"change {i}"), p.TaskView).id)
         for t in tasks:
-            assert d.wait_status(t, *p.FINISHED, timeout=120).status is p.Status.SUCCEEDED
+            done = d.wait_status(t, *p.FINISHED, timeout=120)
+            assert done.status is p.Status.SUCCEEDED, f"task {t} {done.status.value}: {done.reason}"
         branches = [git(repo, "for-each-ref", "--format=%(refname:short)", f"refs/heads/orchestra/{t}-*") for t in tasks]
         ours: list[float] = []
         theirs: list[float] = []

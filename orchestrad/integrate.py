@@ -41,8 +41,9 @@ async def prepare(repo: str, root: Path, name: str) -> str:
     make_private_dir(root)
     path = root / name
     if not (path / ".git").exists():
-        await _git("-C", repo, "worktree", "prune")
-        await _git("-C", repo, "worktree", "add", "--detach", "-f", str(path), "HEAD")
+        async with worktrees.repo_lock(repo):
+            await _git("-C", repo, "worktree", "prune")
+            await _git("-C", repo, "worktree", "add", "--detach", "-f", str(path), "HEAD")
     return str(path)
 
 

@@ -211,7 +211,10 @@ class Merger:
             log.warning("merge %s: merged, but its branch was not deleted: %s", m.id, exc)
 
     async def _finish(self, merge_id: int, outcome: str, reason: str, *, head: str = "", files: list[str] | None = None) -> None:
-        await self.engine.record([ev.MergeFinished(merge=merge_id, outcome=outcome, reason=reason, head=head, files=files or [])])
+        # Not waited for: the next merge may start while this is made durable (in the same
+        # group commit as its own start). Lost in a crash, the merge runs again, and a branch
+        # already on the target merges as nothing to do.
+        self.engine.record_nowait([ev.MergeFinished(merge=merge_id, outcome=outcome, reason=reason, head=head, files=files or [])])
 
 
 def _name(repo: str) -> str:

@@ -10,6 +10,7 @@ worktree whose work cannot be put on a branch is kept.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -57,10 +58,26 @@ class Made(NamedTuple):
     target: str
 
 
+_LOCKS: dict[str, asyncio.Lock] = {}
+
+
+def repo_lock(repo: str) -> asyncio.Lock:
+    """Held while a repository's worktrees are added or removed: git reads the other
+    worktrees' files as it adds one, and one half made fails it ("failed to read
+    .git/worktrees/X/commondir"), so two tasks starting at once in one repository must not
+    both add theirs at the same moment."""
+    return _LOCKS.setdefault(os.path.realpath(repo), asyncio.Lock())
+
+
 async def create(cwd: str, root: Path, name: str, start: str | None = None) -> Made:
     """Make a worktree `root/name` on branch `orchestra/name` from HEAD of the repository at
     `cwd` (or from the commit `start`); its target is the branch HEAD is on either way."""
     repo = (await git("-C", cwd, "rev-parse", "--show-toplevel")).strip()
+    async with repo_lock(repo):
+        return await _create(cwd, repo, root, name, start)
+
+
+async def _create(cwd: str, repo: str, root: Path, name: str, start: str | None) -> Made:
     base = (await git("-C", repo, "rev-parse", "--verify", f"{start or 'HEAD'}^{{commit}}")).strip()
     try:
         target = (await git("-C", repo, "symbolic-ref", "-q", "--short", "HEAD")).strip()
@@ -77,7 +94,8 @@ async def create(cwd: str, root: Path, name: str, start: str | None = None) -> M
 
 async def remove(repo: str, path: str) -> None:
     """Remove the worktree directory; its branch stays. Call `save` first."""
-    await git("-C", repo, "worktree", "remove", "--force", path)
+    async with repo_lock(repo):
+        await git("-C", repo, "worktree", "remove", "--force", path)
 
 
 SAVED_BY = "Saved-by: orchestra cleanup"

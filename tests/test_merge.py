@@ -223,3 +223,11 @@ def test_a_daemon_stopped_mid_merge_starts_that_merge_again_when_it_comes_back(d
     daemon.start()
     [m] = wait_merges(daemon, [queued])
     assert m.status == "merged" and (repo / "one.txt").read_text() == "one\n"
+
+
+def test_a_branch_already_on_its_target_merges_as_nothing_to_do(daemon, repo):
+    task = writes(daemon, repo, "one.txt", "one\n")
+    [first] = merged(daemon, task)
+    [again] = merged(daemon, task)
+    assert (first.status, again.status) == ("merged", "merged")
+    assert again.head == first.head == git(repo, "rev-parse", "main")  # no new commit

@@ -127,6 +127,22 @@ def test_a_worktree_records_the_commit_and_the_branch_it_started_from(tmp_path):
     assert (detached.base, detached.target) == (head, "")
 
 
+def test_worktrees_made_at_the_same_moment_in_one_repository_all_succeed(tmp_path):
+    """git reads the other worktrees' files as it adds one; adding many at once failed one
+    now and then ("failed to read .git/worktrees/X/commondir")."""
+    from orchestrad import worktrees
+
+    repo = git_repo(tmp_path / "repo")
+
+    async def make_all():
+        return await asyncio.gather(*(worktrees.create(str(repo), tmp_path / "wt", f"{i}-t") for i in range(40)),
+                                    return_exceptions=True)
+
+    made = asyncio.run(make_all())
+    assert [m for m in made if isinstance(m, BaseException)] == []
+    assert len({m.path for m in made}) == 40
+
+
 def test_parallel_implementers_in_worktrees_do_not_see_each_other(daemon):
     repo = git_repo(daemon.home / "repo")
     daemon.cli("config", "set", "max_concurrent", "2")
