@@ -101,6 +101,8 @@ def main() -> None:
         print(f"{args.branches} branches, {args.runs} runs (median): orchestra {o:.2f} s ({o / args.branches * 1000:.0f} ms a merge), "
               f"plain git script {t:.2f} s ({t / args.branches * 1000:.0f} ms a merge): {o / t:.2f}x")
         print("orchestra runs:", ", ".join(f"{x:.2f}" for x in ours), "· script runs:", ", ".join(f"{x:.2f}" for x in theirs))
+        pairs = [a / b for a, b in zip(ours, theirs)]
+        print(f"each run's ratio: {', '.join(f'{x:.2f}' for x in pairs)} (median {statistics.median(pairs):.2f})")
     finally:
         d.cleanup()
 
