@@ -7,6 +7,9 @@ applies the events before it decides the next command.
 
 The other functions here decide what the shell's observations mean: a process exited, a
 process could not be started, the daemon restarted while tasks ran, retention is due.
+
+It is long because it holds one small handler per command, and who may ask what, beside
+the meaning of the shell's observations: the rules a reader checks together.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ durability future and replies only once it is done. Nothing polls: the engine ru
 request arrives, a process writes or exits, or the one timer for the next deadline fires.
 While tasks run, a second timer reads their CPU use every few seconds (`orchestrad.cpu`):
 an observation kept in memory, given to the plan as `busy`, never recorded.
+
+It is long because it is the one writer: every fact passes through its append, and each
+kind of side effect (processes, checks, merges, measurements) is wired here, each in a
+few lines that hand the work to its own module.
 """
 
 from __future__ import annotations

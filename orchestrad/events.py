@@ -14,6 +14,9 @@ Schema evolution (an event, once written, is never reinterpreted):
 
 `tests/data/golden.log` holds a log written by the first version; every later version must
 still load it (tests/test_golden.py).
+
+It is long because it is the log's whole schema: one small class per kind of fact, kept in one
+place so that what may never change is seen together.
 """
 
 from __future__ import annotations

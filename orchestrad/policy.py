@@ -32,6 +32,10 @@ and every path it names (arguments and redirections) is inside the task's direct
 `pytest $(rm -rf ~)` or `pytest > ~/.bashrc`. A deny or ask rule is matched loosely: against
 every simple command, inside substitutions too, through wrappers (`env`, `sudo`, `nohup`,
 `timeout`, `sh -c ...`) and whatever the program's directory (`/usr/bin/git`).
+
+It is long because the rule language, its parser, its index and the matching of every tool's
+input (paths, shell lines, URLs) must agree exactly, and are read together when a rule
+decides something it should not.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ the socket; `logs` reads output from the log as it goes, in frames of LOG_FRAME 
 holds nothing of it between frames (not the 1 MiB chunk a frame comes from); watchers hold
 only a set of changed task ids. So a reader that stalls, however long and however many,
 costs the daemon a frame of memory (measured: under 30 kB each), and loses nobody output.
+
+It is long because it holds one short handler per request beside the connection code they
+share (framing, limits, who the peer is, streams).
 """
 
 from __future__ import annotations

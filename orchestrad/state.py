@@ -11,6 +11,9 @@ The state keeps small indexes of the work in flight, `queued` (also kept in the 
 would start, `run_order`) and `active`, so that scheduling never looks at the whole history
 nor sorts the queue; and for each task the places in the log where its output lies
 (`outputs`), so its output is read back without scanning the log.
+
+It is long because the fold must see every kind of event in one table, each folded by a
+small function, with the structs it fills and the views and snapshots that read them.
 """
 
 from __future__ import annotations

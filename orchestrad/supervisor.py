@@ -44,6 +44,9 @@ reads on.
 Input. `write` hands bytes to the stdin pipe without waiting. A child that does not read
 its input can have at most `STDIN_LIMIT` bytes waiting for it; beyond that `write`
 raises `WriteError` rather than buffer without bound.
+
+It is long because spawning, pipes, signals, back-pressure and exits interact (an exit is
+reported only after both pipes drained), so they are kept in one place.
 """
 
 from __future__ import annotations
