@@ -231,3 +231,16 @@ def test_a_branch_already_on_its_target_merges_as_nothing_to_do(daemon, repo):
     [again] = merged(daemon, task)
     assert (first.status, again.status) == ("merged", "merged")
     assert again.head == first.head == git(repo, "rev-parse", "main")  # no new commit
+
+
+def test_the_settings_rebase_and_delete_the_branches_merged(daemon, repo):
+    daemon.call(p.ConfigSet(key="merge_mode", value="rebase"))
+    daemon.call(p.ConfigSet(key="delete_merged_branches", value=True))
+    task = writes(daemon, repo, "one.txt", "one\n")
+    tree = daemon.task(task).worktree
+    [m] = merged(daemon, task)
+    assert m.status == "merged" and m.mode == "rebase", m.reason
+    assert git(repo, "rev-list", "--merges", "--count", "main") == "0"  # rebased: no merge commit
+    assert git(repo, "branch", "--list", m.branch) == ""  # the branch is gone, and its worktree
+    assert not Path(tree).exists() and (repo / "one.txt").read_text() == "one\n"
+    assert all(w.task != task for w in daemon.call(p.ListWorktrees(), p.WorktreeList).worktrees)
