@@ -58,8 +58,9 @@ results = {{}}
 for name, argv in attempts.items():
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     results[name] = [done.returncode, done.stderr.strip()]
-with open({out!r}, "w") as f:
+with open({out!r} + ".part", "w") as f:  # then renamed: the test reads it once it exists, whole
     json.dump(results, f)
+os.replace({out!r} + ".part", {out!r})
 for line in sys.stdin:
     if "control_response" in line:
         break
