@@ -560,6 +560,7 @@ class Engine:
         self._accepting = False
         if self._timer is not None:
             self._timer.cancel()
+        await self.merger.close()
         self.cpu.close()
         interrupted = [
             ev.StopRequested(task=t, outcome=Status.INTERRUPTED, reason="the daemon was shut down while it ran")
@@ -578,7 +579,6 @@ class Engine:
             self.store.append(self.clock(), leftovers)
         for watcher in self.watchers:
             watcher.flag.set()
-        await self.merger.close()
         await self.notifier.close()
 
 

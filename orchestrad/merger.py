@@ -63,6 +63,7 @@ class Merger:
         self._job = asyncio.get_running_loop().create_task(self._run(merge))
 
     async def close(self) -> None:
+        """At shutdown, first: the merge running stops, unrecorded, and runs again next time."""
         self._closed = True
         if self._job is not None:
             self._job.cancel()
@@ -211,6 +212,8 @@ class Merger:
             log.warning("merge %s: merged, but its branch was not deleted: %s", m.id, exc)
 
     async def _finish(self, merge_id: int, outcome: str, reason: str, *, head: str = "", files: list[str] | None = None) -> None:
+        if self._closed:  # the daemon is stopping: a check it killed says nothing; the merge runs again
+            return
         # Not waited for: the next merge may start while this is made durable (in the same
         # group commit as its own start). Lost in a crash, the merge runs again, and a branch
         # already on the target merges as nothing to do.

@@ -222,7 +222,8 @@ def test_a_daemon_stopped_mid_merge_starts_that_merge_again_when_it_comes_back(d
     go.touch()
     daemon.start()
     [m] = wait_merges(daemon, [queued])
-    assert m.status == "merged" and (repo / "one.txt").read_text() == "one\n"
+    assert m.status == "merged", m.reason
+    assert (repo / "one.txt").read_text() == "one\n"
 
 
 def test_a_branch_already_on_its_target_merges_as_nothing_to_do(daemon, repo):
