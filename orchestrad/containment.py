@@ -60,17 +60,21 @@ def become_subreaper() -> bool:
 class Stat(NamedTuple):
     ppid: int
     state: str
+    ticks: int  # CPU clock ticks used: its own and its reaped children's
 
 
 def stat(pid: int) -> Stat | None:
-    """The parent and state of `pid` from /proc, or None if it is gone (or not Linux)."""
+    """The parent, state and CPU use of `pid` from /proc, or None if it is gone (or not Linux)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read()
     except OSError:
         return None
     fields = data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
-    return Stat(int(fields[1]), fields[0].decode())
+    try:  # fields[0] is the state (field 3 of proc(5)), then the parent; utime is field 14, cstime 17
+        return Stat(int(fields[1]), fields[0].decode(), sum(int(x) for x in fields[11:15]))
+    except (IndexError, ValueError):
+        return None
 
 
 def ancestors(pid: int, limit: int = 256) -> list[int]:
@@ -86,7 +90,7 @@ def ancestors(pid: int, limit: int = 256) -> list[int]:
 
 
 def processes() -> dict[int, Stat]:
-    """Every live process's parent and state, in one pass over /proc."""
+    """Every live process's parent, state and CPU use, in one pass over /proc."""
     found: dict[int, Stat] = {}
     try:
         entries = os.listdir("/proc")

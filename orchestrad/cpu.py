@@ -12,9 +12,10 @@ it is compared with (0.05 s in a 5 s window; at least `NOISE`, so a sleeping pro
 odd clock tick does not count as work). A window is at least `MIN_WINDOW` long: readings
 closer together than that are compared with the same older one. The scheduler's idle
 timeout and the views use it. The engine reads every running task each `SAMPLE_EVERY`
-seconds (less if `silent_after` is short: `every`), on one timer armed only while tasks run, and reads them again just before it
-would stop one for a timeout, so a stop is never decided on a reading up to
-`SAMPLE_EVERY` old.
+seconds (less if `silent_after` is short: `every`), on one timer armed only while tasks
+run, and reads them again just before it would stop one for a timeout, so a stop is never
+decided on a reading up to `SAMPLE_EVERY` old. The process table is
+`containment.processes()`, the one the sweep for adopted processes reads.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
+
+from orchestrad import containment
 
 SAMPLE_EVERY = 5.0  # seconds between readings while tasks run
 BUSY_SHARE = 0.01  # the share of one CPU a task must use over a window to count as busy ...
@@ -69,50 +72,21 @@ def cgroup_seconds(path: Path) -> float | None:
     return None
 
 
-def process_table() -> dict[int, tuple[int, int]]:
-    """Every live process's parent and CPU clock ticks (its own and its reaped
-    children's), in one pass over /proc."""
-    table: dict[int, tuple[int, int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return table
-    for entry in entries:
-        if entry.isdigit():
-            read = _stat(int(entry))
-            if read is not None:
-                table[int(entry)] = read
-    return table
-
-
-def _stat(pid: int) -> tuple[int, int] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
-    try:  # fields[0] is the state (field 3 of proc(5)): utime is field 14, cstime 17
-        return int(fields[1]), sum(int(x) for x in fields[11:15])
-    except (IndexError, ValueError):
-        return None
-
-
-def tree_seconds(root: int, table: dict[int, tuple[int, int]]) -> float | None:
+def tree_seconds(root: int, table: dict[int, containment.Stat]) -> float | None:
     """The CPU seconds `root` and its descendants in `table` have used, or None if `root`
     is not in it (gone)."""
     if root not in table:
         return None
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
+    for pid, st in table.items():
+        children.setdefault(st.ppid, []).append(pid)
     ticks, todo, seen = 0, [root], set()
     while todo:
         pid = todo.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        ticks += table[pid][1]
+        ticks += table[pid].ticks
         todo.extend(children.get(pid, ()))
     return ticks / _TICK
 
@@ -148,7 +122,7 @@ class Meter:
             total = cgroup_seconds(target.cgroup) if target.cgroup is not None else None
             if total is None:
                 if table is None:
-                    table = process_table()
+                    table = containment.processes()
                 total = tree_seconds(target.pid, table)
             if total is None:
                 continue  # it is exiting

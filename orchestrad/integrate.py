@@ -77,9 +77,10 @@ async def _reset(path: str, commit: str) -> None:
     """The integration worktree at `commit`, detached, with no merge or rebase in
     progress and nothing left over."""
     git_dir = await _git_dir(path)
-    # Only the merge queue works here, one merge at a time: a lock file left is a git the
-    # daemon killed as it stopped, mid-merge.
-    (git_dir / "index.lock").unlink(missing_ok=True)
+    # Only the merge queue works here, one merge at a time: a lock file left is from a git
+    # that died mid-merge (the daemon killed with it).
+    for lock in git_dir.glob("*.lock"):
+        lock.unlink(missing_ok=True)
     for name, abort in _IN_PROGRESS.items():
         if (git_dir / name).exists():
             await _try("-C", path, *abort)

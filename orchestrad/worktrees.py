@@ -39,7 +39,7 @@ async def repo_root(cwd: str) -> str | None:
 
 async def git(*args: str) -> str:
     """Run git with `args`; its stdout, or a WorktreeError with what it said."""
-    code, out, err = await procs.run(["git", *args])
+    code, out, err = await procs.run(["git", *args], finish=True)
     if code != 0:
         raise WorktreeError(f"git {' '.join(args[:3])} failed: {err.decode(errors='replace').strip() or out.decode(errors='replace').strip()}")
     return out.decode(errors="replace")

@@ -4,7 +4,6 @@ a real daemon, real git repositories and command agents."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,13 +11,12 @@ from orchestra.main import Exit
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
-from tests.test_teams import git_repo, tasks_of, wait_template, write
+from tests.gitrepo import git, make_repo
+from tests.test_teams import tasks_of, wait_template, write
 
 PY = sys.executable
 
 
-def git(cwd, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
 
 
 # A command agent that commits one change, then leaves an edit and a new file uncommitted
@@ -30,7 +28,7 @@ WORK = (
 
 
 def test_the_diff_of_a_worktree_task_has_its_commits_its_edits_and_its_new_files_and_touches_nothing(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     (repo / ".gitignore").write_text("*.log\n")
     git(repo, "add", ".gitignore")
     git(repo, "commit", "-qm", "ignore logs")
@@ -61,7 +59,7 @@ def test_the_diff_of_a_worktree_task_has_its_commits_its_edits_and_its_new_files
 
 
 def test_a_huge_diff_is_cut_with_a_note_saying_how_to_see_all_of_it(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     big = f"{PY} -c \"open('big.txt','w').write(''.join(f'line {{i}} of a long file\\n' for i in range(300000)))\""
     task = daemon.submit("sh", "-c", big, cwd=str(repo), worktree=True, title="huge")
     tree = daemon.wait_status(task, Status.SUCCEEDED).worktree
@@ -83,7 +81,7 @@ def test_a_task_that_did_not_work_in_a_worktree_says_where_its_changes_are(daemo
 
 
 def test_the_changes_are_recorded_when_an_attempt_ends_and_show_prints_them(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     task = daemon.submit("sh", "-c", "printf 'a\\nb\\n' > two.txt; echo more >> README; git add two.txt; git commit -qm two",
                          cwd=str(repo), worktree=True, title="two files")
     view = daemon.wait_status(task, Status.SUCCEEDED)
@@ -114,7 +112,7 @@ argv = ["{PY}", "-c", "import sys; print('QUOTED:', sys.argv[1])", "{{steps.impl
 
 
 def test_a_workflow_s_shared_worktree_has_a_diff_and_later_steps_quote_the_changes(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     write(daemon.paths.config / "workflows" / "shared.toml", SHARED)
     wait_template(daemon, "shared")
     workflow = daemon.call(p.RunWorkflow(template="shared", goal="a feature", cwd=str(repo)), p.WorkflowView).id
@@ -137,7 +135,7 @@ def test_a_workflow_s_shared_worktree_has_a_diff_and_later_steps_quote_the_chang
 
 
 def test_worktrees_lists_each_one_merged_unmerged_dirty_or_unchanged_with_its_disk_use(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     daemon.cli("config", "set", "max_concurrent", "4")
     commit = "echo {0} > {0}.txt; git add {0}.txt; git commit -qm {0}"
     unmerged = daemon.submit("sh", "-c", commit.format("kept"), cwd=str(repo), worktree=True, title="unmerged")
@@ -166,7 +164,7 @@ def test_worktrees_lists_each_one_merged_unmerged_dirty_or_unchanged_with_its_di
 
 
 def test_past_the_quota_a_new_worktree_task_waits_until_an_old_merged_one_is_removed(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     big = f"{PY} -c \"open('big.bin','wb').write(bytes(1 << 20))\"; git add big.bin; git commit -qm big"
     old = daemon.submit("sh", "-c", big, cwd=str(repo), worktree=True, title="old")
     tree = daemon.wait_status(old, Status.SUCCEEDED).worktree
@@ -191,7 +189,7 @@ def test_past_the_quota_a_new_worktree_task_waits_until_an_old_merged_one_is_rem
 
 
 def test_changes_that_cannot_be_measured_are_logged_and_the_task_ends_as_it_would_have(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     task = daemon.submit("sh", "-c", "echo work > out.txt; rm .git", cwd=str(repo), worktree=True, title="breaks git")
     view = daemon.wait_status(task, Status.SUCCEEDED, Status.FAILED)
     assert view.status is Status.SUCCEEDED and view.changes is None

@@ -40,7 +40,7 @@ def procs():
 
 
 def children(pid: int) -> list[int]:
-    return [child for child, (ppid, _) in cpu.process_table().items() if ppid == pid]
+    return [child for child, st in containment.processes().items() if st.ppid == pid]
 
 
 def comm(pid: int) -> str:
@@ -54,16 +54,16 @@ def comm(pid: int) -> str:
 def test_the_tree_counts_a_grandchild_s_cpu(procs):
     proc = spawn(SPEND.format(0.3) + "\nimport time; time.sleep(30)")
     procs.append(proc)
-    wait_for(lambda: (cpu.tree_seconds(proc.pid, cpu.process_table()) or 0) >= 0.3, what="the grandchild's CPU in the tree")
-    assert cpu.process_table()[proc.pid][1] / cpu._TICK < 0.1  # counted from the grandchild, not the shell
-    assert cpu.tree_seconds(999_999_999, cpu.process_table()) is None  # no such process
+    wait_for(lambda: (cpu.tree_seconds(proc.pid, containment.processes()) or 0) >= 0.3, what="the grandchild's CPU in the tree")
+    assert containment.processes()[proc.pid].ticks / cpu._TICK < 0.1  # counted from the grandchild, not the shell
+    assert cpu.tree_seconds(999_999_999, containment.processes()) is None  # no such process
 
 
 def test_a_child_reaped_inside_the_tree_keeps_its_cpu_in_the_total(procs):
     proc = spawn(SPEND.format(0.3), "sleep", "30")  # python spends, exits, sh reaps it and sleeps
     procs.append(proc)
     wait_for(lambda: [comm(c) for c in children(proc.pid)] == ["sleep"], what="the python child to be gone")
-    assert cpu.tree_seconds(proc.pid, cpu.process_table()) >= 0.3  # in sh's cutime now
+    assert cpu.tree_seconds(proc.pid, containment.processes()) >= 0.3  # in sh's cutime now
 
 
 def readers():
@@ -117,7 +117,7 @@ def test_a_new_attempt_starts_from_nothing(procs):
     def target(attempt: int) -> dict[int, cpu.Target]:
         return {1: cpu.Target(attempt, proc.pid, None, since)}
 
-    wait_for(lambda: (cpu.tree_seconds(proc.pid, cpu.process_table()) or 0) >= 0.2, what="it to spend its CPU")
+    wait_for(lambda: (cpu.tree_seconds(proc.pid, containment.processes()) or 0) >= 0.2, what="it to spend its CPU")
     assert meter.sample(target(1), time.time()) == {1}  # its first reading: all it used since it started
     first = meter.reading(1)
     later = time.time() + cpu.MIN_WINDOW

@@ -210,9 +210,9 @@ def test_every_tool_against_a_real_daemon(daemon):
 
 
 def test_task_diff_shows_a_worktree_task_s_changes_and_a_plain_task_s_error(daemon):
-    from tests.test_teams import git_repo
+    from tests.gitrepo import make_repo
 
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     changed = daemon.submit("sh", "-c", "echo more >> README; echo new > added.txt", cwd=str(repo), worktree=True, title="edit")
     plain = daemon.submit("true")
     daemon.wait_status(changed, Status.SUCCEEDED)

@@ -5,7 +5,6 @@ target or resolved by a resolver task, and the user's checkout never left change
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,25 +14,15 @@ from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from orchestrad.merger import _name as integration_name
 from tests.daemon import claude_daemon, wait_for
+from tests.gitrepo import git, make_repo
 from tests.scripted_api import ScriptedAPI, reply
 
 PY = sys.executable
 DONE = ("merged", "conflicted", "failed", "cancelled")
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    git(path, "config", "user.email", "t@example.com")
-    git(path, "config", "user.name", "t")
-    (path / "README").write_text("start\n")
-    git(path, "add", ".")
-    git(path, "commit", "-q", "-m", "start")
-    return path
 
 
 def writes(daemon, repo: Path, name: str, text: str, **kw) -> int:
@@ -224,6 +213,17 @@ def test_a_daemon_stopped_mid_merge_starts_that_merge_again_when_it_comes_back(d
     [m] = wait_merges(daemon, [queued])
     assert m.status == "merged", m.reason
     assert (repo / "one.txt").read_text() == "one\n"
+
+
+def test_lock_files_a_dead_git_left_in_the_integration_worktree_do_not_stop_the_next_merge(daemon, repo):
+    [first] = merged(daemon, writes(daemon, repo, "one.txt", "one\n"))
+    assert first.status == "merged", first.reason
+    git_dir = repo / ".git" / "worktrees" / integration_name(str(repo))
+    for lock in ("HEAD.lock", "index.lock", "ORIG_HEAD.lock"):
+        (git_dir / lock).write_text("")  # as git killed with the daemon (kill -9) leaves them
+    [second] = merged(daemon, writes(daemon, repo, "two.txt", "two\n"))
+    assert second.status == "merged", second.reason
+    assert (repo / "two.txt").read_text() == "two\n"
 
 
 def test_a_branch_already_on_its_target_merges_as_nothing_to_do(daemon, repo):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from orchestra.shared import protocol as p
 from orchestra.main import Exit
 from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
+from tests.gitrepo import git, make_repo
 
 PY = sys.executable
 
@@ -105,24 +105,16 @@ def test_a_failed_step_stops_what_depends_on_it_and_conditions_pick_the_path(dae
     assert view.status == "failed"
 
 
-def git_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
-        subprocess.run(["git", *args], cwd=path, check=True)
-    (path / "README").write_text("hello\n")
-    subprocess.run(["git", "add", "."], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "start"], cwd=path, check=True)
-    return path
 
 
 def test_a_worktree_records_the_commit_and_the_branch_it_started_from(tmp_path):
     from orchestrad import worktrees
 
-    repo = git_repo(tmp_path / "repo")
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    repo = make_repo(tmp_path / "repo")
+    head = git(repo, "rev-parse", "HEAD")
     made = asyncio.run(worktrees.create(str(repo), tmp_path / "wt", "1-first"))
     assert (made.base, made.target, made.branch) == (head, "main", "orchestra/1-first")
-    subprocess.run(["git", "checkout", "-q", "--detach"], cwd=repo, check=True)
+    git(repo, "checkout", "-q", "--detach")
     detached = asyncio.run(worktrees.create(str(repo), tmp_path / "wt", "2-second"))
     assert (detached.base, detached.target) == (head, "")
 
@@ -132,7 +124,7 @@ def test_worktrees_made_at_the_same_moment_in_one_repository_all_succeed(tmp_pat
     now and then ("failed to read .git/worktrees/X/commondir")."""
     from orchestrad import worktrees
 
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
 
     async def make_all():
         return await asyncio.gather(*(worktrees.create(str(repo), tmp_path / "wt", f"{i}-t") for i in range(40)),
@@ -144,7 +136,7 @@ def test_worktrees_made_at_the_same_moment_in_one_repository_all_succeed(tmp_pat
 
 
 def test_parallel_implementers_in_worktrees_do_not_see_each_other(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     daemon.cli("config", "set", "max_concurrent", "2")
     script = "import os, sys, time; open(sys.argv[1], 'w').write('x'); time.sleep(0.5); print(sorted(os.listdir('.')))"
     one = daemon.submit(PY, "-c", script, "one.txt", cwd=str(repo), worktree=True, title="first change")
@@ -153,13 +145,13 @@ def test_parallel_implementers_in_worktrees_do_not_see_each_other(daemon):
     assert daemon.output_of(one) == b"['.git', 'README', 'one.txt']\n"
     assert daemon.output_of(two) == b"['.git', 'README', 'two.txt']\n"
     assert first.worktree != second.worktree and Path(first.worktree).is_dir()
-    branches = subprocess.run(["git", "branch", "--list", "orchestra/*"], cwd=repo, capture_output=True, text=True).stdout
+    branches = git(repo, "branch", "--list", "orchestra/*")
     assert f"orchestra/{one}-first-change" in branches and f"orchestra/{two}-second-change" in branches
     assert not (repo / "one.txt").exists()  # the main checkout is untouched
 
 
 def test_shared_workspace_steps_see_each_others_changes(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     write(daemon.paths.config / "workflows" / "shared.toml", """
 worktree = true
 [[steps]]
@@ -218,13 +210,13 @@ def test_a_role_that_works_in_a_worktree_is_refused_outside_a_repository_before_
 
 
 def test_old_worktrees_are_removed_and_their_branches_kept(daemon):
-    repo = git_repo(daemon.home / "repo")
+    repo = make_repo(daemon.home / "repo")
     task = daemon.submit("sh", "-c", "echo work > done.txt", cwd=str(repo), worktree=True, title="tidy")
     tree = daemon.wait_status(task, Status.SUCCEEDED).worktree
     daemon.call(p.ConfigSet(key="retention_days", value=0))
     daemon.call(p.Cleanup())
     assert not Path(tree).exists()
-    branches = subprocess.run(["git", "branch", "--list", "orchestra/*"], cwd=repo, capture_output=True, text=True).stdout
+    branches = git(repo, "branch", "--list", "orchestra/*")
     assert f"orchestra/{task}-tidy" in branches
 
 

@@ -4,14 +4,13 @@ git is asked whether anything changed. (Claude agents: tests/test_verify_claude.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.daemon import Daemon, wait_for
+from tests.gitrepo import make_repo
 
 FINISHED = tuple(p.FINISHED)
 
@@ -24,14 +23,6 @@ def d():
     daemon.cleanup()
 
 
-def git_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"]):
-        subprocess.run(["git", *args], cwd=path, check=True)
-    (path / "README").write_text("hello\n")
-    subprocess.run(["git", "add", "."], cwd=path, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "start"], cwd=path, check=True)
-    return path
 
 
 def test_a_check_that_passes_makes_the_task_succeed_and_its_output_is_in_logs(d, work):
@@ -94,7 +85,7 @@ def test_ps_shows_a_task_checking_and_stop_ends_it(d, work):
 
 
 def test_a_task_that_expects_a_change_and_changed_nothing_fails_saying_so(d, tmp_path):
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     task = d.submit("sh", "-c", "echo all done", cwd=str(repo), expects_change=True)
     view = d.wait_status(task, *FINISHED, timeout=30)
     assert view.status is Status.FAILED
@@ -103,7 +94,7 @@ def test_a_task_that_expects_a_change_and_changed_nothing_fails_saying_so(d, tmp
 
 @pytest.mark.parametrize("change", ["echo more >> README", "touch new.txt", "echo x > f && git add f && git commit -qm f"])
 def test_a_task_that_expects_a_change_and_made_one_succeeds(d, tmp_path, change):
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     (repo / "dirty").write_text("uncommitted before it started\n")  # what was there already does not count
     task = d.submit("sh", "-c", change, cwd=str(repo), expects_change=True)
     view = d.wait_status(task, *FINISHED, timeout=30)
@@ -111,7 +102,7 @@ def test_a_task_that_expects_a_change_and_made_one_succeeds(d, tmp_path, change)
 
 
 def test_a_dirty_checkout_left_as_it_was_is_no_change(d, tmp_path):
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     (repo / "README").write_text("edited by the person before\n")
     task = d.submit("true", cwd=str(repo), expects_change=True)
     view = d.wait_status(task, *FINISHED, timeout=30)
@@ -119,7 +110,7 @@ def test_a_dirty_checkout_left_as_it_was_is_no_change(d, tmp_path):
 
 
 def test_a_worktree_task_that_changed_nothing_fails(d, tmp_path):
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     task = d.submit("true", cwd=str(repo), worktree=True, expects_change=True)
     view = d.wait_status(task, *FINISHED, timeout=30)
     assert view.status is Status.FAILED and "changed nothing" in view.reason and view.worktree
@@ -145,7 +136,7 @@ def test_review_waits_for_a_person_and_approve_succeeds_it(d, work):
 
 
 def test_review_of_a_worktree_task_shows_its_diff(d, tmp_path):
-    repo = git_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo")
     task = d.submit("sh", "-c", "echo new line >> README", cwd=str(repo), worktree=True, review=True)
     d.wait_status(task, Status.REVIEW, timeout=30)
     shown = d.cli("review", str(task)).output
