@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
-from orchestra.shared.protocol import AGENTS, MAX_BUDGET_USD, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
+from orchestra.shared.protocol import MAX_BUDGET_USD, MAX_SECONDS, ConfigValue  # noqa: F401 - ConfigValue is re-exported
 from orchestra.shared.vocab import LIVELY
 from orchestrad import policy
 
@@ -66,6 +66,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     worktree_quota: int | None = None  # bytes all worktrees together may use; past it new worktree tasks wait (orchestrad.hygiene)
     check_timeout: float = 600.0  # seconds one acceptance check may run before it fails (orchestrad.verify)
     check_rounds: int = 2  # rounds of checks a task has before it fails (a role, a step or submit may say otherwise)
+    agent_paths: dict[str, str] = {}  # each agent kind's CLI, a name on PATH or a path, like { codex = "/opt/codex/bin/codex" }
 
 
 DEFAULT = Config()
@@ -77,7 +78,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         "a table of role name to a whole number of at least 0",
         lambda v: isinstance(v, dict) and all(isinstance(n, int) and n >= 0 for n in v.values()),
     ),
-    "default_agent": (f"one of {', '.join(AGENTS)}", lambda v: v in AGENTS),
+    "default_agent": ("one of {kinds}", lambda v: v in _kinds()),
     "default_role": ("a role name", lambda v: isinstance(v, str) and v != ""),
     "default_timeout": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
     "default_idle_timeout": ("seconds above 0 and at most 30 days, or none", lambda v: v is None or _seconds(v)),
@@ -130,8 +131,18 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         lambda v: isinstance(v, dict) and all(_number(n) and 0 < n <= MAX_BUDGET_USD for n in v.values()),
     ),
     "silent_after": ("seconds of at least 1 and at most 30 days", lambda v: _number(v) and 1 <= v <= MAX_SECONDS),
+    "agent_paths": (
+        'a table of agent kind ({kinds}) to a program name or path, like {{ codex = "/opt/codex/bin/codex" }}',
+        lambda v: isinstance(v, dict) and all(k in _kinds() and isinstance(x, str) and x.strip() for k, x in v.items()),
+    ),
     "worktree_quota": ("a whole number of bytes of at least 0, or none", lambda v: v is None or (isinstance(v, int) and v >= 0)),
 }
+
+
+def _kinds() -> list[str]:
+    from orchestrad.agents import kinds  # the agent kinds import this module: asked for when checking
+
+    return kinds()
 
 
 def _names(v: object) -> bool:
@@ -185,6 +196,7 @@ def check(key: str, value: ConfigValue) -> str | None:
     if key not in _CHECKS:
         return f"unknown setting {key!r}; known settings: {', '.join(KEYS)}"
     what, ok = _CHECKS[key]
+    what = what.format(kinds=", ".join(_kinds())) if "{kinds}" in what else what
     if isinstance(value, bool) and not isinstance(getattr(DEFAULT, key), bool):
         return f"{key} must be {what}, not {value!r}"
     if key == "policy" and policy.check_rules(value) is not None:

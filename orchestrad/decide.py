@@ -21,11 +21,11 @@ import msgspec
 
 from orchestra.shared.vocab import shorten
 from orchestra.shared import protocol as p
-from orchestra.shared.protocol import AGENTS, Status, bad_request, conflict, forbidden, not_found
+from orchestra.shared.protocol import Status, bad_request, conflict, forbidden, not_found
 from orchestrad import config as config_mod
 from orchestrad import budgets, limits, merges, retries, verify
 from orchestrad.budgets import Day
-from orchestrad.agents import traits
+from orchestrad.agents import kinds, traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
@@ -173,16 +173,15 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         cmd = msgspec.structs.replace(cmd, role=parent.role)
     if cmd.prompt and cmd.argv:
         raise bad_request("give either a prompt or a command after `--`, not both")
-    agent = cmd.agent or ("command" if cmd.argv else cfg.default_agent)
-    if agent not in AGENTS:
-        raise bad_request(f"unknown agent {agent!r}; choose one of: {', '.join(AGENTS)}")
+    role_name = cmd.role or cfg.default_role
+    role = _role(state, role_name)
+    agent = cmd.agent or ("command" if cmd.argv else role.agent or cfg.default_agent)
+    _check_agent(agent, role if agent == role.agent and not cmd.agent else None)
     kind = traits(agent)
     if kind.runs_argv and not cmd.argv:
         raise bad_request("the command agent runs a program: give it after `--`, e.g. `-- pytest -q`")
     if not kind.runs_argv and not cmd.prompt.strip():
         raise bad_request(f"the {agent} agent needs a prompt saying what to do")
-    role_name = cmd.role or cfg.default_role
-    role = _role(state, role_name)
     priority = _checked_priority(cmd.priority)
     after = list(dict.fromkeys(cmd.after))
     for dep in after:
@@ -264,8 +263,8 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
     problems = workflows_mod.check(template, workflows_mod.role_names(state.roles))
     if problems:
         raise bad_request(f"workflow template {template.name!r} cannot run: {'; '.join(problems)}")
-    if cmd.agent is not None and cmd.agent not in AGENTS:
-        raise bad_request(f"unknown agent {cmd.agent!r}; choose one of: {', '.join(AGENTS)}")
+    if cmd.agent is not None:
+        _check_agent(cmd.agent)
     priority = _checked_priority(cmd.priority)
     cfg = state.config
     workflow = state.next_workflow
@@ -276,7 +275,8 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
         task_id = state.next_task + len(ids)
         ids[step.name] = task_id
         role = _role(state, step.role)
-        agent = step.agent or cmd.agent or ("command" if step.argv else cfg.default_agent)
+        agent = step.agent or cmd.agent or ("command" if step.argv else role.agent or cfg.default_agent)
+        _check_agent(agent, role if agent == role.agent and not (step.agent or cmd.agent) else None)
         if traits(agent).runs_argv != bool(step.argv):
             given, needs = ("a prompt", "a command to run") if not step.argv else ("a command", "a prompt")
             raise bad_request(
@@ -327,6 +327,13 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
 def _title(prompt: str, argv: list[str]) -> str:
     text = " ".join(argv) if argv else " ".join(prompt.split())
     return shorten(text, 60)
+
+
+def _check_agent(agent: str, role: p.Role | None = None) -> None:
+    """`agent` must be an agent kind; `role` is the role that named it, if one did."""
+    if agent not in kinds():
+        named = f"role {role.name!r} names agent {agent!r}, which is not an agent kind" if role else f"unknown agent {agent!r}"
+        raise bad_request(f"{named}; choose one of: {', '.join(kinds())} (orchestra agents lists them)")
 
 
 def _checked_priority(value: int) -> int:

@@ -17,19 +17,26 @@ returns; the adapter itself does no I/O:
   `shown_as_stored(stream)` says when that is the output as stored;
 * `inherit_env` — the credential-like variables of the daemon's environment this kind of
   agent needs (see `orchestrad.agentenv`);
+  `default_env` — variables it gets unless its environment sets them (Claude Code: no
+  retries of its own, see `orchestrad.retries`);
 * `sandbox_state(env)` — where this kind keeps its own state, which it must be able to
-  write inside a sandbox, and what in there stays read-only (see `orchestrad.sandbox`).
-  agent needs (see `orchestrad.agentenv`); `default_env` — variables it gets unless its
-  environment sets them (Claude Code: no retries of its own, see `orchestrad.retries`).
+  write inside a sandbox, and what in there stays read-only (see `orchestrad.sandbox`);
+* `program`, `version_args` and `missing_credentials(env)` — its CLI's name on PATH (the
+  setting `agent_paths` may name another), how to ask the CLI its version, and whether
+  the daemon's environment holds what the CLI needs to sign in (for `orchestra agents`).
 
 One adapter instance serves one process, so it may keep what it needs between chunks
-(a partial line, the requests waiting for an answer). New agents (Codex CLI, Gemini CLI)
-fit the same interface.
+(a partial line, the requests waiting for an answer).
+
+Adding an agent kind is one module in this package that defines `AGENT`, its `Agent`
+subclass: the kinds are the modules found here (docs/AGENTS.md is the guide).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import pkgutil
 from typing import Callable, NamedTuple, Protocol
 
 from orchestra.shared.protocol import Role
@@ -86,6 +93,8 @@ class SandboxState(NamedTuple):
 
 class Agent:
     name = ""
+    program = ""  # its CLI, a name on PATH ("": it runs the task's own argv)
+    version_args: tuple[str, ...] = ("--version",)
     traits = Traits()
     inherit_env: tuple[str, ...] = ()  # credential-like daemon variables (globs) this kind needs
     default_env: dict[str, str] = {}  # variables it gets unless the daemon's or the task's environment sets them
@@ -113,6 +122,12 @@ class Agent:
     def spawn_error(self, message: str) -> str:
         return message
 
+    @classmethod
+    def missing_credentials(cls, env: dict[str, str], home: str) -> str:
+        """"" when the environment `env` (and the files under `home`) hold what the CLI
+        needs to sign in; else a sentence that says what to set."""
+        return ""
+
     def failure_detail(self) -> str:
         return ""
 
@@ -128,12 +143,25 @@ class Agent:
 
 
 @functools.cache
-def _factories() -> dict[str, Callable[[], Agent]]:
-    """The agent kinds, imported once (decide asks for their traits on every submit)."""
-    from orchestrad.agents.claude import ClaudeAgent
-    from orchestrad.agents.command import CommandAgent
+def _factories() -> dict[str, type[Agent]]:
+    """The agent kinds: every module of this package that defines `AGENT`, imported once
+    (decide asks for their traits on every submit)."""
+    found: dict[str, type[Agent]] = {}
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        kind = getattr(importlib.import_module(f"{__name__}.{module}"), "AGENT", None)
+        if isinstance(kind, type) and issubclass(kind, Agent) and kind.name:
+            found[kind.name] = kind
+    return found
 
-    return {"command": CommandAgent, "claude": ClaudeAgent}
+
+def program(name: str, config: Config) -> str:
+    """The CLI agent kind `name` runs: as `agent_paths` (or, for Claude Code, `claude_path`)
+    names it, else its name on PATH."""
+    kind = _factories().get(name)
+    default = kind.program if kind is not None else ""
+    if name == "claude" and config.claude_path != "claude":
+        return config.claude_path
+    return config.agent_paths.get(name) or default
 
 
 def agent_for(name: str) -> Agent:
@@ -152,7 +180,7 @@ def kinds() -> list[str]:
 def traits(name: str) -> Traits:
     """The traits of agent kind `name` (an unknown kind has none)."""
     factory = _factories().get(name)
-    return factory.traits if isinstance(factory, type) and issubclass(factory, Agent) else Agent.traits
+    return factory.traits if factory is not None else Agent.traits
 
 
 def renderer(name: str) -> Callable[[str, bytes], bytes]:

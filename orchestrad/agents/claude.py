@@ -46,7 +46,7 @@ from orchestra.shared.vocab import shorten
 from orchestra.shared.protocol import Role
 from orchestra.shared.vocab import usd
 from orchestrad import events as ev
-from orchestrad import roles
+from orchestrad import agents, roles
 from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
 from orchestrad.config import Config
 from orchestrad.retries import USAGE_LIMIT
@@ -109,6 +109,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
 
 class ClaudeAgent(Agent):
     name = "claude"
+    program = "claude"
     traits = Traits(
         converses=True,
         reports_result=True,
@@ -133,7 +134,7 @@ class ClaudeAgent(Agent):
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         role = roles.get(task.role, custom_roles)
         argv = [
-            config.claude_path, "-p",
+            agents.program(self.name, config), "-p",
             "--input-format", "stream-json",
             "--output-format", "stream-json",
             "--verbose",
@@ -521,3 +522,6 @@ def _render_stdin(m: dict[str, Any]) -> list[str]:
         if verdict.get("behavior") == "allow":
             return ["  allowed"]
     return []
+
+
+AGENT = ClaudeAgent

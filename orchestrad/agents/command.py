@@ -20,3 +20,6 @@ class CommandAgent(Agent):
     def answer(self, task: Task, given: ev.InputGiven) -> Reaction:
         text = given.answer
         return Reaction(write=(text if text.endswith("\n") else text + "\n").encode())
+
+
+AGENT = CommandAgent

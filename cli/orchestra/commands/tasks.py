@@ -32,7 +32,7 @@ class _SplitAtDashes(click.Command):
 @click.argument("prompt", nargs=-1)
 @click.option("--prompt-file", type=click.Path(dir_okay=False), help="Read the prompt from this file (a PROMPT of - reads it from stdin).")
 @click.option("--role", "-r", help="Role (`orchestra roles` lists them; default from config).")
-@click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Agent (default: command for `-- argv`, else from config).")
+@click.option("--agent", "-a", help="Agent kind (orchestra agents lists them; default: command for `-- argv`, else from config).")
 @priority_option
 @click.option("--after", multiple=True, type=task_id, help="Start only after this task succeeded (repeatable).")
 @click.option("--timeout", type=float, help="Seconds of wall-clock time before it is stopped.")

@@ -59,7 +59,7 @@ def workflow_show(app: App, name, as_json):
 @click.option("--cwd", type=click.Path(file_okay=False), help="Where the team works (default: here).")
 @click.option("--worktree/--no-worktree", default=None, help="Work in a git worktree on a new branch (default: as the template says).")
 @priority_option
-@click.option("--agent", "-a", type=click.Choice(p.AGENTS), help="Run every step with this agent.")
+@click.option("--agent", "-a", help="Run every step with this agent kind (orchestra agents lists them).")
 @click.option("--budget", type=float, help="Dollars all its tasks together may spend; reaching it pauses the next step to ask you.")
 @click.option("--merge/--no-merge", default=None, help="Merge its branches onto their target once every step succeeded (default: as the template says).")
 @json_option

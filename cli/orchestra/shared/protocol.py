@@ -30,7 +30,6 @@ from orchestra.shared.framing import MAX_FRAME as MAX_FRAME, PROTOCOL_VERSION as
 PRIORITY_NAMES = {"low": -10, "normal": 0, "high": 10, "urgent": 20}
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
-AGENTS = ("claude", "command")
 
 
 # ---------------------------------------------------------------------------------------
@@ -569,6 +568,7 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     check_rounds: int | None = None  # rounds of checks before a task fails; None: the config's check_rounds
     review: bool = False  # its tasks wait for a person's approval once their checks pass
     expects_change: bool = False  # a task that ends well having changed nothing fails
+    agent: str | None = None  # the agent kind its tasks run on unless a submit or a step names one; None: the config's
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
