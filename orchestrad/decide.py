@@ -91,6 +91,7 @@ class Actor(msgspec.Struct, frozen=True):
 READS = frozenset({
     p.Hello, p.ListTasks, p.Show, p.Logs, p.Watch, p.Wait, p.Queue, p.Roles, p.Templates,
     p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows, p.CheckPolicy, p.MergeStatus, p.Diff, p.ListWorktrees,
+    p.Agents,
 })
 
 _ON_A_TASK = {p.Stop: "stop", p.SetPriority: "re-prioritise", p.Remove: "remove", p.AssignRole: "change the role of", p.Resume: "resume"}

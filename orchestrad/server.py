@@ -39,7 +39,7 @@ from orchestra.shared.vocab import shorten, version
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
 from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
-from orchestrad import changes, descriptors, limits, merges, policy, retention, scheduler
+from orchestrad import agentprobe, changes, descriptors, limits, merges, policy, retention, scheduler
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -105,6 +105,7 @@ class Server:
             p.MergeStatus: self.merge_status,
             p.Diff: self.diff,
             p.ListWorktrees: self.list_worktrees,
+            p.Agents: self.agents,
         }
         self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
             p.Logs: self.logs,
@@ -442,6 +443,9 @@ class Server:
             custom=sorted(state.templates),
             problems=[x for x in state.catalog_problems if "/roles/" not in x],
         )
+
+    async def agents(self, request: p.Agents) -> p.AgentList:
+        return p.AgentList(agents=await agentprobe.describe(self.engine.state.config, self.engine.base_env))
 
     async def change(self, request: Any) -> p.TaskView:
         await self._execute(request)

@@ -28,6 +28,7 @@ from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
 from orchestra.shared import protocol as p
+from orchestrad import agents
 from orchestrad.roles import BUILTIN
 
 BUILTIN_ROLES = tuple(BUILTIN)
@@ -125,7 +126,7 @@ def test_the_ten_tools_have_precise_schemas(daemon):
         assert set(tools) == TOOLS
         submit = tools["submit-task"].input_schema
         props = submit["properties"]
-        assert props["agent"]["anyOf"][0] == {"enum": ["claude", "command"], "type": "string"}
+        assert props["agent"]["anyOf"][0] == {"enum": agents.kinds(), "type": "string"}  # the daemon's kinds
         assert {"enum": ["high", "low", "normal", "urgent"], "type": "string"} in props["priority"]["anyOf"]
         assert {"type": "integer", "minimum": -100, "maximum": 100} in props["priority"]["anyOf"]
         for role in BUILTIN_ROLES:
@@ -140,6 +141,7 @@ def test_the_ten_tools_have_precise_schemas(daemon):
         assert tools["respond-to-process"].input_schema["properties"]["decision"]["anyOf"][0]["enum"] == ["allow", "deny"]
         assert "code-review" in tools["create-workflow"].input_schema["properties"]["template"]["description"]
         assert "max_concurrent" in tools["configure-orchestrator"].input_schema["properties"]["key"]["description"]
+        assert "claude" in props["agent"]["description"]
         for tool in tools.values():
             assert tool.output_schema["type"] == "object" and tool.description and tool.title
         assert tools["list-processes"].annotations.read_only_hint is True
@@ -189,6 +191,9 @@ def test_every_tool_against_a_real_daemon(daemon):
 
             settings = await call(client, "configure-orchestrator")
             assert settings.structured_content["settings"]["max_concurrent"] == 1
+            kinds = {a["name"]: a for a in settings.structured_content["agents"]}  # the agent kinds, as `orchestra agents` lists them
+            assert kinds["command"]["usable"] is True and "claude" in kinds
+            assert "USABLE" in text(settings) and "command" in text(settings)
             changed = await call(client, "configure-orchestrator", key="max_concurrent", value=3)
             assert changed.structured_content == {"settings": {"max_concurrent": 3}} and text(changed) == "max_concurrent = 3"
             one = await call(client, "configure-orchestrator", key="default_role")

@@ -29,6 +29,7 @@ COMMANDS = {
     "wait": "tasks:wait",
     "queue": "queue:queue",
     "roles": "roles:roles",
+    "agents": "roles:agents",
     "assign-role": "roles:assign_role",
     "policy": "policy:policy",
     "workflow": "workflow:workflow",

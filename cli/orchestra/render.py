@@ -465,6 +465,7 @@ def role_details(role: Role, *, custom: bool = False) -> str:
     lines.append(f"  allowed tools     {', '.join(role.allowed_tools) or '-'}")
     lines.append(f"  disallowed tools  {', '.join(role.disallowed_tools) or '-'}")
     lines.append(f"  permission mode   {role.permission_mode}")
+    lines.append(f"  agent             {getattr(role, 'agent', None) or '(default)'}")
     lines.append(f"  model             {role.model or '(default)'}")
     limits = [f"timeout {duration(role.timeout)}" if role.timeout else "", f"idle timeout {duration(role.idle_timeout)}" if role.idle_timeout else "", f"budget {usd(role.budget_usd)}" if role.budget_usd else ""]
     lines.append(f"  limits            {', '.join(x for x in limits if x) or '-'}")
@@ -499,4 +500,20 @@ def template_details(t: WorkflowTemplate) -> str:
         lines += ["      " + line for line in body.splitlines()]
         if getattr(step, "check", None) or getattr(step, "review", None):
             lines.append(f"      checks: {'; '.join(step.check) or '-'}" + ("; then a person's review" if step.review else ""))
+    return "\n".join(lines)
+
+
+def agent_table(agents: list) -> str:
+    """`orchestra agents`: each kind, whether it can run, its CLI and version; then what
+    to do about each one that cannot."""
+    rows = [(a.name + (" *" if a.default else ""), "yes" if a.usable else "no", a.version or "-", a.path or a.program or "(the task's program)")
+            for a in agents]
+    widths = [max(len(r[i]) for r in [("AGENT", "USABLE", "VERSION", "CLI"), *rows]) for i in range(3)]
+    lines = [f"{'AGENT':<{widths[0]}}  {'USABLE':<{widths[1]}}  {'VERSION':<{widths[2]}}  CLI"]
+    lines += [f"{n:<{widths[0]}}  {u:<{widths[1]}}  {v:<{widths[2]}}  {c}" for n, u, v, c in rows]
+    problems = [f"{a.name}: {a.problem}" for a in agents if a.problem]
+    if problems:
+        lines += ["", *problems]
+    if any(a.default for a in agents):
+        lines += ["", "* the default agent (orchestra config set default_agent NAME)"]
     return "\n".join(lines)

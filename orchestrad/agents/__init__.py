@@ -164,6 +164,14 @@ def program(name: str, config: Config) -> str:
     return config.agent_paths.get(name) or default
 
 
+def kind(name: str) -> type[Agent]:
+    """The adapter class of agent kind `name` (LookupError if there is none)."""
+    found = _factories().get(name)
+    if found is None:
+        raise LookupError(f"no adapter for agent {name!r}")
+    return found
+
+
 def agent_for(name: str) -> Agent:
     """A fresh adapter for one process of agent `name`."""
     factory = _factories().get(name)

@@ -161,6 +161,18 @@ class ClaudeAgent(Agent):
             argv += ["--resume", task.session_id]
         return argv
 
+    @classmethod
+    def missing_credentials(cls, env: dict[str, str], home: str) -> str:
+        """An API key or token in the environment, or a login's credentials file in its
+        config directory (where a macOS keychain login is not seen)."""
+        if any(env.get(name) for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN")):
+            return ""
+        config = env.get("CLAUDE_CONFIG_DIR") or os.path.join(home, ".claude")
+        if os.path.isfile(os.path.join(config, ".credentials.json")):
+            return ""
+        return ("no credentials: set ANTHROPIC_API_KEY in the daemon's environment, or run `claude` once "
+                "and log in (orchestra daemon stop, then start it again so it sees them)")
+
     def sandbox_state(self, env: dict[str, str]) -> SandboxState:
         """Its config directory ($CLAUDE_CONFIG_DIR, else ~/.claude), writable but for what
         `PROTECTED` names. What 2.1.197 writes (traced with strace): sessions, projects,

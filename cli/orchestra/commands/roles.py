@@ -1,4 +1,5 @@
-"""`roles` (the profiles tasks run as) and `assign-role` (give a task another one)."""
+"""`roles` (the profiles tasks run as), `assign-role` (give a task another one) and
+`agents` (the agent kinds they run on)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ def roles(app: App, name, as_json):
     if not as_json:
         for problem in result.problems:
             click.echo(f"problem: {problem}", err=True)
+
+
+@click.command()
+@json_option
+@click.pass_obj
+def agents(app: App, as_json):
+    """List the agent kinds: each one's CLI, its version, and whether it can run here."""
+    from orchestra.render import agent_table
+
+    emit(app.call(p.Agents(), p.AgentList), as_json, lambda result: agent_table(result.agents))
 
 
 @click.command("assign-role")

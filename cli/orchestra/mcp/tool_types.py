@@ -45,16 +45,13 @@ Priority = Annotated[
     Union[PriorityName, Annotated[int, Meta(ge=p.PRIORITY_MIN, le=p.PRIORITY_MAX)]],
     Meta(description="low (-10), normal (0), high (10), urgent (20), or a number from -100 to 100. Higher runs first."),
 ]
-Agent = Annotated[
-    Literal["claude", "command"],
-    Meta(description="claude: a Claude Code agent works on `prompt`. command: runs `command` (an argv). Default: command when `command` is given, else the configured default agent (claude)."),
-]
+Agent = Annotated[str, Meta(description="AGENTS")]
 
 
 class SubmitTaskArgs(Args):
     """Queue a task."""
 
-    prompt: Annotated[str, Meta(description="What the agent should do, in plain words, as you would brief a colleague: the goal, where to look, what done means. For the claude agent.")] = ""
+    prompt: Annotated[str, Meta(description="What the agent should do, in plain words, as you would brief a colleague: the goal, where to look, what done means. For every agent but command.")] = ""
     command: Annotated[list[str], Meta(description='For the command agent instead of a prompt: the program and its arguments, e.g. ["pytest", "-q"]. Not run through a shell.')] = []
     role: Annotated[str | None, Meta(description="ROLES")] = None
     agent: Agent | None = None
@@ -62,13 +59,13 @@ class SubmitTaskArgs(Args):
     priority: Priority = "normal"
     after: Annotated[list[int], Meta(description="Task ids that must succeed before this one starts. If one fails or is cancelled, this task does not run.")] = []
     title: Annotated[str, Meta(description="A short name shown in lists and the dashboard.")] = ""
-    model: Annotated[str | None, Meta(description="Model for the claude agent, e.g. sonnet or opus (default: the role's or Claude Code's).")] = None
+    model: Annotated[str | None, Meta(description="Model for the agent, e.g. sonnet or opus for claude (default: the role's, else the agent CLI's own).")] = None
     timeout_seconds: Annotated[Positive | None, Meta(description="Stop the task after this many seconds of wall-clock time.")] = None
     idle_timeout_seconds: Annotated[Positive | None, Meta(description="Stop the task after this many seconds without output or CPU use.")] = None
-    budget_usd: Annotated[Positive | None, Meta(description="Dollars the claude agent may spend on this task.")] = None
+    budget_usd: Annotated[Positive | None, Meta(description="Dollars the agent may spend on this task.")] = None
     worktree: Annotated[bool | None, Meta(description="Work in a git worktree of its own, on a new branch (default: as the role says). cwd must be in a git repository.")] = None
     env: Annotated[dict[str, str], Meta(description="Extra environment variables for the task. Values are never shown back.")] = {}
-    checks: Annotated[list[str], Meta(description='Acceptance checks: shell lines that must exit 0 once the agent is done, run in its directory, e.g. ["pytest -q"]. A failing one is sent back to a claude agent to fix (check_rounds times at most); a command task fails at once.')] = []
+    checks: Annotated[list[str], Meta(description='Acceptance checks: shell lines that must exit 0 once the agent is done, run in its directory, e.g. ["pytest -q"]. A failing one is sent back to a conversing agent (claude, codex, gemini) to fix (check_rounds times at most); a command task fails at once.')] = []
     check_rounds: Annotated[Annotated[int, Meta(ge=1, le=20)] | None, Meta(description="How often the checks may run before the task fails (default: the role's, else 2).")] = None
     review: Annotated[bool | None, Meta(description="Once the checks pass, wait in status review for the user's approval (review-task); default: as the role says.")] = None
 
@@ -131,7 +128,7 @@ class ConfigureArgs(Args):
     """Read or change settings."""
 
     key: Annotated[str | None, Meta(description="SETTINGS")] = None
-    value: Annotated[p.ConfigValue | UnsetType, Meta(description="The new value (JSON: a number, text, true/false, null, a list of names, or a table of role name to number). Leave out to read.")] = UNSET
+    value: Annotated[p.ConfigValue | UnsetType, Meta(description="The new value (JSON: a number, text, true/false, null, a list of names, or a table: role name to number, agent kind to a path). Leave out to read.")] = UNSET
 
 
 class AssignRoleArgs(Args):
@@ -201,8 +198,9 @@ class QueueResult(msgspec.Struct, kw_only=True):
     removed: int | None = None
 
 
-class SettingsResult(msgspec.Struct, kw_only=True):
+class SettingsResult(msgspec.Struct, kw_only=True, omit_defaults=True):
     settings: dict[str, Any]
+    agents: list[p.AgentView] = []  # with every setting: the agent kinds, as `orchestra agents` shows them
 
 
 class AssignRoleResult(msgspec.Struct, kw_only=True):
@@ -259,9 +257,11 @@ def json_schema(t: Any) -> dict[str, Any]:
     return inline(schema)
 
 
-def input_schema(args: type[Args], roles: list[str], templates: list[str], settings: list[str], cwd: str) -> dict[str, Any]:
+def input_schema(args: type[Args], roles: list[str], templates: list[str], settings: list[str], cwd: str,
+                 agents: list[str] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     """The input schema of a tool taking `args`, its placeholder descriptions filled in with
-    the roles, templates and settings there are, and the directory `cwd` defaults to."""
+    the roles, templates, settings and agent kinds there are, and the directory `cwd`
+    defaults to."""
     schema = json_schema(args)
     props = schema.get("properties", {})
     texts = {
@@ -274,6 +274,10 @@ def input_schema(args: type[Args], roles: list[str], templates: list[str], setti
         "SETTINGS": "The setting"
         + (": " + ", ".join(settings) if settings else " (e.g. max_concurrent, default_role, permission_mode)")
         + ". Leave out to read them all.",
+        "AGENTS": "The agent kind that works on it"
+        + (": " + ", ".join(agents) if agents else " (configure-orchestrator lists them)")
+        + ". command runs `command` (an argv); the others work on `prompt`. Default: command when `command` is given, "
+        "else the role's agent, else the configured default agent.",
         "CWD": f"Absolute path of the directory the agents work in (the project). Default: {cwd}, where this server was started.",
     }
     for prop in props.values():
@@ -284,4 +288,8 @@ def input_schema(args: type[Args], roles: list[str], templates: list[str], setti
                 prop["examples"] = roles
             if description == "TEMPLATES":
                 prop["examples"] = templates
+            if description == "AGENTS" and agents:  # the kinds this daemon has, and no other
+                for choice in prop.get("anyOf", [prop]):
+                    if choice.get("type") == "string":
+                        choice["enum"] = list(agents)
     return schema

@@ -28,6 +28,7 @@ from msgspec import UNSET
 
 from orchestra.shared import protocol as p
 from orchestra.dashboard import picture, picture_requests, picture_types
+from orchestra.render import agent_table
 from orchestra.mcp.daemon import Daemon, unreachable_message
 from orchestra.mcp.elicit import ask_the_person
 from orchestra.mcp.tool_types import (
@@ -163,7 +164,8 @@ class Tools:
             ),
             ToolSpec(
                 "configure-orchestrator", "Settings",
-                "Read or change the orchestrator's settings. No key: every setting. key alone: that "
+                "Read or change the orchestrator's settings. No key: every setting, and the agent kinds "
+                "(each one's CLI, version, and whether it can run here). key alone: that "
                 "setting. key and value: change it (recorded by the daemon, in force at once).",
                 ConfigureArgs, SettingsResult, self.configure,
             ),
@@ -191,28 +193,30 @@ class Tools:
             ),
         ]
 
-    async def _live_names(self) -> tuple[list[str], list[str], list[str]]:
-        """Roles, templates and setting names, from the daemon when it answers (the client
-        keeps no list of its own: the daemon's are the ones there are)."""
+    async def _live_names(self) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Roles, templates, setting names and agent kinds, from the daemon when it answers
+        (the client keeps no list of its own: the daemon's are the ones there are)."""
         roles: list[str] = []
         templates: list[str] = []
         settings: list[str] = []
+        agents: list[str] = []
         try:
             roles = [r.name for r in (await self.daemon.call(p.Roles(), p.RolesResult)).roles]
             templates = [t.name for t in (await self.daemon.call(p.Templates(), p.TemplatesResult)).templates]
             settings = list(await self.daemon.call(p.ConfigGet()))
+            agents = [a.name for a in (await self.daemon.call(p.Agents(), p.AgentList)).agents]
         except (DaemonUnreachable, p.OrchestraError, OSError) as exc:
             log.info("listing tools without the daemon's names: %s", exc)
-        return roles, templates, settings
+        return roles, templates, settings, agents
 
     async def list_tools(self) -> list[Tool]:
-        roles, templates, settings = await self._live_names()
+        roles, templates, settings, agents = await self._live_names()
         return [
             Tool(
                 name=spec.name,
                 title=spec.title,
                 description=spec.description,
-                input_schema=input_schema(spec.args, roles, templates, settings, self.cwd),
+                input_schema=input_schema(spec.args, roles, templates, settings, self.cwd, agents),
                 output_schema=json_schema(spec.result),
                 annotations=ToolAnnotations(
                     title=spec.title,
@@ -369,6 +373,9 @@ class Tools:
         else:
             settings = await self.daemon.call(p.ConfigGet(key=a.key))
         text = "\n".join(f"{k} = {msgspec.json.encode(v).decode()}" for k, v in settings.items())
+        if a.key is None and a.value is UNSET:  # everything: the agent kinds too
+            agents = (await self.daemon.call(p.Agents(), p.AgentList)).agents
+            return Output(SettingsResult(settings=settings, agents=agents), f"{text}\n\n{agent_table(agents)}")
         return Output(SettingsResult(settings=settings), text)
 
     async def assign_role(self, a: AssignRoleArgs, ctx, params) -> Output:

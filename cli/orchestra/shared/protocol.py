@@ -208,7 +208,7 @@ class Watch(Request):
     pass
 
 
-ConfigValue = Union[str, int, float, bool, None, list[str], dict[str, Union[int, float]]]
+ConfigValue = Union[str, int, float, bool, None, list[str], dict[str, Union[int, float, str]]]
 
 
 class ConfigGet(Request):
@@ -314,6 +314,12 @@ class MergeStatus(Request):
     limit: int = 20
 
 
+class Agents(Request):
+    """The agent kinds: each one's CLI, its version, and whether it can run here."""
+
+    pass
+
+
 AnyRequest = Union[
     Hello,
     Submit,
@@ -344,6 +350,7 @@ AnyRequest = Union[
     MergeStatus,
     Diff,
     ListWorktrees,
+    Agents,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
@@ -666,6 +673,23 @@ class LogsResult(msgspec.Struct, frozen=True, kw_only=True):
     chunks: list[LogChunk]
 
 
+class AgentView(msgspec.Struct, frozen=True, kw_only=True):
+    """One agent kind as this daemon would run it."""
+
+    name: str
+    program: str  # its CLI as configured (a name on PATH or a path); "" for the command agent
+    path: str  # where that is found ("" if it is not)
+    version: str  # what the CLI says its version is ("" if it could not say)
+    usable: bool  # found and signed in: a task of this kind could start now
+    problem: str  # why it is not usable, and what to do ("" when it is)
+    default: bool  # the kind tasks get when they name none (the default_agent setting)
+    traits: list[str]  # what it does: "converses", "reports cost", "runs a program", ...
+
+
+class AgentList(msgspec.Struct, frozen=True, kw_only=True):
+    agents: list[AgentView]
+
+
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     version: str
@@ -784,6 +808,7 @@ REPLIES: dict[type, object] = {
     MergeStatus: MergeQueue,
     Diff: DiffResult,
     ListWorktrees: WorktreeList,
+    Agents: AgentList,
 }
 
 
