@@ -8,6 +8,7 @@ is missing they fail with the install command: they never skip.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -211,3 +212,24 @@ def test_codex_not_found_says_what_to_do(team):
     view = d.wait_status(submit(d, "anything"), *FINISHED, timeout=30)
     assert view.status is Status.FAILED
     assert view.reason.startswith("codex not found: install @openai/codex"), view.reason
+
+
+def test_a_task_that_reaches_its_budget_is_interrupted_waits_and_goes_on_in_its_thread_when_raised(team, work):
+    d, api = team
+    big = {"input_tokens": 10000, "cached_tokens": 0, "output_tokens": 100, "reasoning_tokens": 0}
+    # The turn is interrupted once the first response's tokens are counted. The second
+    # response waits until then (a real model takes seconds; the scripted one would answer
+    # before the interrupt arrives), and answers every request from there on.
+    later = threading.Event()
+    api.add(reply.shell("true", usage=big), reply.text("Finished after the raise.", repeat=None, gate=later))
+    task = submit(d, "do the steps", cwd=str(work), budget_usd=0.005)
+    view = d.wait_status(task, Status.WAITING, *FINISHED, timeout=60)
+    later.set()
+    assert view.status is Status.WAITING and view.waiting.kind == "budget", view.reason
+    assert view.cost_usd == pytest.approx(adapter.cost(MODEL, 10000, 0, 100)) and view.cost_usd > 0.005
+    assert "(interrupted: the budget is spent)" in d.cli("logs", str(task)).output
+    assert d.cli("respond", str(task), "--budget", "0.05").exit_code == 0
+    done = d.wait_status(task, *FINISHED, timeout=60)
+    assert done.status is Status.SUCCEEDED and done.result == "Finished after the raise.", done.reason
+    assert done.attempts == 2 and done.session_id == view.session_id
+    assert "do the steps" in api.turn_requests[-1].conversation_text()  # its thread went on

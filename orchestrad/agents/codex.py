@@ -37,6 +37,10 @@ mend to `AgentResult.api_error`, so that `orchestrad.retries` retries them.
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
 transcript with the approvals and answers.
+
+It is over 500 lines because the app server's three kinds of requests (commands, patches,
+questions) each map onto the policy and onto `respond` their own way, and the transcript's
+rendering must read the same messages; they are changed together.
 """
 
 from __future__ import annotations
