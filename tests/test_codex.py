@@ -233,3 +233,46 @@ def test_a_task_that_reaches_its_budget_is_interrupted_waits_and_goes_on_in_its_
     assert done.status is Status.SUCCEEDED and done.result == "Finished after the raise.", done.reason
     assert done.attempts == 2 and done.session_id == view.session_id
     assert "do the steps" in api.turn_requests[-1].conversation_text()  # its thread went on
+
+
+# -- the adapter's pure parts ---------------------------------------------------------------
+
+
+def test_prices_go_by_the_longest_model_prefix_and_default_to_gpt_5s():
+    assert adapter.price("gpt-5-mini-2025-08-07") == adapter.PRICES["gpt-5-mini"]
+    assert adapter.price("gpt-5.1-codex-mini") == adapter.PRICES["gpt-5.1-codex-mini"]
+    assert adapter.price("gpt-5") == adapter.PRICES["gpt-5"]
+    assert adapter.price("gpt-5.5") == adapter.price("") == adapter.DEFAULT_PRICE
+    assert adapter.price("o3-pro") == adapter.PRICES["o3"] and adapter.price("o30") == adapter.DEFAULT_PRICE
+    assert adapter.cost("gpt-5-mini", 1_000_000, 1_000_000, 0) == pytest.approx(0.025)  # all cached
+
+
+def test_which_failed_turns_are_about_the_apis_availability():
+    assert adapter.availability("internalServerError") == "server error"
+    assert adapter.availability("usageLimitExceeded") == "usage limit"
+    assert adapter.availability({"httpConnectionFailed": {"httpStatusCode": 401}}) == ""
+    assert adapter.availability({"httpConnectionFailed": {"httpStatusCode": 429}}) == "rate limited"
+    assert adapter.availability({"responseStreamDisconnected": {"httpStatusCode": None}}) == "connection error"
+    assert adapter.availability({"responseTooManyFailedAttempts": {"httpStatusCode": 503}}) == "server error"
+    assert adapter.availability("unauthorized") == adapter.availability("other") == adapter.availability(None) == ""
+
+
+def test_the_policy_sees_the_script_of_a_bash_lc_line():
+    assert adapter.shell_script("/bin/bash -lc 'pytest -q tests/'") == "pytest -q tests/"
+    assert adapter.shell_script("sh -c 'a && b'") == "a && b"
+    assert adapter.shell_script("git status") == "git status"
+    assert adapter.shell_script("/bin/bash -lc 'unterminated") == "/bin/bash -lc 'unterminated"
+
+
+def test_credentials_are_a_key_a_login_or_a_provider_of_ones_own(tmp_path):
+    agent = adapter.CodexAgent
+    assert agent.missing_credentials({"OPENAI_API_KEY": "sk"}, str(tmp_path)) == ""
+    missing = agent.missing_credentials({}, str(tmp_path))
+    assert "codex login" in missing and "OPENAI_API_KEY" in missing
+    (tmp_path / ".codex").mkdir()
+    (tmp_path / ".codex" / "auth.json").write_text("{}")
+    assert agent.missing_credentials({}, str(tmp_path)) == ""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "config.toml").write_text('model_provider = "mine"\n')
+    assert agent.missing_credentials({"CODEX_HOME": str(own)}, str(tmp_path / "nobody")) == ""
