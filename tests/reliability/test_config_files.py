@@ -29,7 +29,7 @@ from orchestrad import configfiles
 from tests.daemon import wait_for
 from tests.reliability.harness import PY, RDaemon, alive, settle
 from tests.reliability.test_access import NOBODY, as_nobody
-from tests.test_teams import git_repo
+from tests.gitrepo import make_repo
 
 NOGROUP = 65534  # nobody's group: a group with a member other than us
 
@@ -101,7 +101,7 @@ def _loose_dirs(root: Path, skip: Path | None = None) -> list[str]:
 
 def test_every_directory_is_0700_under_umask_000_after_a_start_and_after_cli_use():
     base = Path(tempfile.mkdtemp(prefix="orc-umask-"))
-    repo = git_repo(base / "repo")
+    repo = make_repo(base / "repo")
     d = RDaemon(base / "home")  # not there yet: the daemon makes it, and everything in it
     cli_home = base / "cli-home"  # made by the CLI, which then starts a daemon of its own
     cli_env = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRA_HOME", "ORCHESTRA_NO_AUTOSTART")}

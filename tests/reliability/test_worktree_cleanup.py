@@ -15,7 +15,7 @@ import pytest
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.reliability.harness import RDaemon
-from tests.test_teams import git_repo
+from tests.gitrepo import make_repo
 
 
 def git(repo, *args: str) -> str:
@@ -31,7 +31,7 @@ def daemon():
 
 def test_uncommitted_work_is_committed_to_the_branch_before_its_worktree_goes(daemon):
     d = daemon.start()
-    repo = git_repo(d.home / "repo")
+    repo = make_repo(d.home / "repo")
     edit = "echo changed >> README; echo new > notes.txt; mkdir -p deep/er; echo x > deep/er/file"
     task = d.call(p.Submit(argv=["sh", "-c", edit], cwd=str(repo), worktree=True), p.TaskView).id
     view = d.wait_status(task, Status.SUCCEEDED)
@@ -55,7 +55,7 @@ def test_uncommitted_work_is_committed_to_the_branch_before_its_worktree_goes(da
 
 def test_a_worktree_whose_work_is_on_no_branch_is_kept_unless_forced(daemon):
     d = daemon.start()
-    repo = git_repo(d.home / "repo")
+    repo = make_repo(d.home / "repo")
     detach = "git checkout -q --detach && echo lost >> README && git commit -qam 'on no branch'"
     task = d.call(p.Submit(argv=["sh", "-c", detach], cwd=str(repo), worktree=True), p.TaskView).id
     tree = d.wait_status(task, Status.SUCCEEDED).worktree
