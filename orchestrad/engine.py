@@ -382,9 +382,13 @@ class Engine:
                     self._observe([ev.BaselineRecorded(task=task_id, head=baseline[0], digest=baseline[1])])
             task = launch.prepared(self.state, self.state.tasks[task_id], local_day(self.clock()))
             argv = agent.command(task, self.state.config, self.state.roles)
-            greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             mark = orphans.mark(self.home_mark, task_id, task.attempts)
             env = launch.environment(self.base_env, agent, self.state.config, own_env, mark)
+            try:
+                agent.prepare(task, cwd, env)
+            except OSError as exc:
+                log.warning("task %s: the %s adapter could not prepare its CLI's state: %s", task_id, task.spec.agent, exc)
+            greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             role = roles.get(task.role, self.state.roles)
             argv, box = await self.sandboxes.wrap(
                 argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config

@@ -4,6 +4,9 @@ The engine tells an adapter about its task's process at a few points and acts on
 returns; the adapter itself does no I/O:
 
 * `command(task, config, custom_roles)` — the argv to run;
+* `prepare(task, cwd, env)` — just before the process starts, where it will work and with
+  what environment; the one call in which an adapter may touch the disk, for a CLI whose own
+  state must be put right first (Gemini CLI: `gemini._move_aside`); an OSError is logged;
 * `greeting(task)` — what to write to stdin first (a `Reaction`);
 * `output(task, stream, chunk)` — a chunk of output becomes a `Reaction`: events to record
   (the output itself, and whatever the adapter understood in it), bytes to write back, and
@@ -101,6 +104,9 @@ class Agent:
 
     def command(self, task: Task, config: Config, custom_roles: dict[str, Role]) -> list[str]:
         raise NotImplementedError
+
+    def prepare(self, task: Task, cwd: str, env: dict[str, str]) -> None:
+        """Called once, before `greeting`, with the process's working directory and environment."""
 
     def greeting(self, task: Task) -> Reaction:
         return Reaction()
