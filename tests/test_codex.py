@@ -47,7 +47,7 @@ def team(codex, tmp_path):
 
 
 def set_codex_path(d: Daemon, path: str) -> None:
-    """`agent_paths` through config.toml (`config set` carries no table of text)."""
+    """`agent_paths` in config.toml, as a person would write it (`config set` is tested in test_agents)."""
     d.paths.config_file.parent.mkdir(parents=True, exist_ok=True)
     d.paths.config_file.write_text(f"agent_paths = {{ codex = {json.dumps(path)} }}\n")
 
