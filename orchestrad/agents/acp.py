@@ -160,7 +160,7 @@ class AcpAgent(Agent):
     def spawn_error(self, message: str) -> str:
         if message.startswith("no such program"):
             return (f"{self.program} not found: install it or name it in config "
-                    f"(orchestra config set agent_paths.{self.name} /path/to/{self.program})")
+                    f"(orchestra config set agent_paths '{{\"{self.name}\": \"/path/to/{self.program}\"}}')")
         return message
 
     def failure_detail(self) -> str:

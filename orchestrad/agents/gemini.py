@@ -44,8 +44,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 POLICY = os.path.join(HERE, "gemini-policy.toml")
 DEFAULTS = os.path.join(HERE, "gemini-defaults.json")
 
-# USD per million tokens (input, output), the Gemini API's paid tier for prompts up to
-# 200k tokens (ai.google.dev/gemini-api/docs/pricing, December 2026). A model is priced by
+# USD per million tokens (input, output): the Gemini API's paid-tier list prices for prompts
+# up to 200k tokens as known when this was written, without network access to check them
+# (ai.google.dev/gemini-api/docs/pricing has the current ones). A model is priced by
 # the longest entry its name starts with; one that matches none costs 0.0 (its tokens are
 # still recorded).
 PRICES: dict[str, tuple[float, float]] = {
