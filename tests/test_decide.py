@@ -6,6 +6,7 @@ import pytest
 
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import ErrorCode, OrchestraError, Status
+from orchestrad.agents import kinds
 from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad import verify
@@ -255,7 +256,7 @@ class TestConfig:
             ("max_concurrent", 0, "at least 1"),
             ("max_concurrent", True, "whole number"),
             ("max_concurent", 3, "unknown setting 'max_concurent'"),
-            ("default_agent", "gpt", "one of claude, command"),
+            ("default_agent", "gpt", "one of " + ", ".join(kinds())),
             ("role_limits", {"tester": -1}, "role name to a whole number"),
             ("kill_grace", "soon", "seconds"),
         ],

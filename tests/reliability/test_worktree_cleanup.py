@@ -45,7 +45,7 @@ def test_uncommitted_work_is_committed_to_the_branch_before_its_worktree_goes(da
     assert f"committed to {branch}" in result.stdout, result.stdout
 
     assert not (d.paths.state / "worktrees").exists() or not any((d.paths.state / "worktrees").iterdir())
-    assert git(repo, "show", f"{branch}:README") == "hello\nchanged\n"
+    assert git(repo, "show", f"{branch}:README") == "start\nchanged\n"
     assert git(repo, "show", f"{branch}:notes.txt") == "new\n"
     assert git(repo, "show", f"{branch}:deep/er/file") == "x\n"
     message = git(repo, "log", "-1", "--format=%an <%ae>%n%B", branch)
