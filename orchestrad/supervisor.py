@@ -29,7 +29,11 @@ through the group; the engine finds it by the mark every agent carries in its en
 Output. stdout and stderr are read concurrently, in large reads, and each is coalesced on
 its own: a chunk is delivered when `coalesce_bytes` have gathered, or `coalesce_delay`
 seconds after the first byte of the chunk arrived, whichever comes first, and whatever
-is left is delivered at end-of-file. Chunks are raw bytes, never longer than
+is left is delivered at end-of-file. But the first read after the child was sent input, and
+a read after a quiet spell (nothing delivered for `coalesce_delay`), are delivered at once
+when nothing is pending: an agent speaking a protocol (a request, then it waits for the
+answer) is not kept waiting `coalesce_delay` on every exchange, and a burst of output
+still costs at most two chunks a `coalesce_delay` (and one more for each input sent). Chunks are raw bytes, never longer than
 `coalesce_bytes`, cut wherever the limit falls (not at line ends), so a stream without a
 newline costs no more memory than one with. Splitting into lines is the reader's job.
 
@@ -246,6 +250,8 @@ class _Process:
         self.pending: dict[int, deque[bytes | memoryview]] = {fd: deque() for fd in _STREAMS}  # read, not yet delivered
         self.pending_bytes = dict.fromkeys(_STREAMS, 0)
         self.flush_timers: dict[int, asyncio.TimerHandle] = {}
+        self.emitted_at: dict[int, float] = {}  # fd -> when it last delivered a chunk (loop time)
+        self.answered: set[int] = set()  # streams written nothing since the child was last sent input
         self.kill_timer: asyncio.TimerHandle | None = None
         self.kill_deadline: float | None = None
         self.terminating = False
@@ -305,6 +311,13 @@ class _Process:
     def pipe_data_received(self, fd: int, data: bytes) -> None:
         if fd not in self.open_streams:
             return
+        if not self.pending_bytes[fd] and len(data) < self.sup.coalesce_bytes:
+            now = self.loop.time()
+            if fd in self.answered or now - self.emitted_at.get(fd, -1e9) >= self.sup.coalesce_delay:
+                self.answered.discard(fd)  # a reply to what it was sent, or news after a quiet spell: at once
+                self.emitted_at[fd] = now
+                self._emit(fd, data)
+                return
         self.pending[fd].append(data)
         self.pending_bytes[fd] += len(data)
         limit = self.sup.coalesce_bytes
@@ -340,6 +353,7 @@ class _Process:
 
     def write(self, data: bytes) -> None:
         self.check(len(data)).write(data)
+        self.answered.update(_STREAMS)  # what it writes next is likely its reply
 
     def check(self, size: int) -> asyncio.WriteTransport:
         """The stdin pipe, if `size` more bytes may be queued on it; WriteError otherwise."""
@@ -448,6 +462,7 @@ class _Process:
     def _flush(self, fd: int) -> None:
         self._cancel_flush(fd)
         if self.pending_bytes[fd]:
+            self.emitted_at[fd] = self.loop.time()
             self._emit(fd, self._take(fd, self.pending_bytes[fd]))
 
     def _take(self, fd: int, size: int) -> bytes:

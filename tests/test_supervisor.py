@@ -293,6 +293,28 @@ def test_a_line_written_to_stdin_is_answered(run):
     run(main())
 
 
+def test_a_request_after_a_quiet_spell_is_delivered_without_waiting_for_the_coalescing_timer(run):
+    """A protocol exchange (the agent asks, then waits for the answer) is not held back by
+    `coalesce_delay`: here a minute, far past the test's own timeout."""
+    async def main():
+        h = Harness(coalesce_delay=60.0)
+        await h.start(1, script("""
+            import sys
+            for n in range(3):
+                print(f"request {n}", flush=True)
+                assert sys.stdin.readline() == f"answer {n}\\n"
+            print("done", flush=True)
+            sys.stdout.close()
+            """))
+        for n in range(3):
+            await h.until(lambda: h.out(1).endswith(f"request {n}\n".encode()))
+            h.sup.write(1, f"answer {n}\n".encode())
+        assert (await h.exit_of(1))[1:] == (0, None)
+        assert h.chunks(1) == [b"request 0\n", b"request 1\n", b"request 2\n", b"done\n"]
+
+    run(main())
+
+
 def test_close_stdin_ends_cat_after_delivering_what_was_written(run):
     async def main():
         h = Harness()
