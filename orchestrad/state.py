@@ -172,7 +172,7 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     baseline_head: str | None = None  # where its git directory was when it first started (BaselineRecorded)
     baseline_digest: str = ""  # ... and a digest of what was uncommitted then
     reviews: list[ReviewDecision] = []  # what people decided of it in review
-    session_cost_usd: float = 0.0  # what its current session (session_id) cost so far, over its attempts
+    session_cost_usd: float = 0.0  # what its current session (session_id) cost so far, over its attempts (as recorded since UsageRecorded.session)
 
     @property
     def cwd(self) -> str:
@@ -408,7 +408,8 @@ def _decided(t: Task, decision: Decided) -> None:
 def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.cost_usd += e.cost_usd
-    t.session_cost_usd += e.cost_usd
+    if e.session and e.session == t.session_id:
+        t.session_cost_usd += e.cost_usd
     t.input_tokens += e.input_tokens
     t.output_tokens += e.output_tokens
     if e.role and e.cost_usd:
