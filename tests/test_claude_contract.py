@@ -13,7 +13,9 @@ import pytest
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from orchestrad import decide, events as ev
+from orchestra.shared.vocab import usd
 from orchestrad.agents import Ask, agent_for
+from orchestrad.agents.claude import ClaudeAgent
 from tests.claude_transcripts import SCENARIOS, VERSIONS, Rule, Task, load, replay
 from tests.core import Core
 
@@ -126,6 +128,19 @@ def test_a_retry_of_the_cli_s_own_then_success(version):
     entries = load(version, "retried")
     assert ("system", "api_retry") in kinds(entries)
     assert of(replay(entries, "retried").task, ev.AgentResult)[-1].text == "made it"
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_every_transcript_renders_for_logs(version, name):
+    shown = "".join(
+        ClaudeAgent.render("stdout" if "out" in e else "stdin", json.dumps(e.get("out") or e.get("in")).encode()).decode()
+        for e in load(version, name)
+    )
+    assert f"» {SCENARIOS[name].prompt}" in shown and ("✓ " in shown or "✗ " in shown)
+    if name == "questions":
+        assert "  answered: PostgreSQL" in shown and "  answered: Red, Blue" in shown
+    if name == "follow_ups":  # each run's own cost, not the session's running total
+        assert shown.count(f"  {usd(PER_TURN[version])} · 1 turn") == 3
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from orchestrad import events as ev
 from orchestrad import agents, roles
 from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
 from orchestrad.agents import claude_render
-from orchestrad.agents.claude_render import QUESTION_TOOL, content, summarize
+from orchestrad.agents.claude_render import QUESTION_TOOL, message_blocks, summarize
 from orchestrad.config import Config
 from orchestrad.retries import USAGE_LIMIT
 from orchestrad.state import Task
@@ -251,12 +251,12 @@ class ClaudeAgent(Agent):
         if kind == "assistant":
             if m.get("error"):
                 self._api_error = str(m["error"])
-            texts = [str(b.get("text", "")).strip() for b in content(m) if b.get("type") == "text"]
+            texts = [str(b.get("text", "")).strip() for b in message_blocks(m) if b.get("type") == "text"]
             if any(texts) and m.get("parent_tool_use_id") is None:  # not a subagent's
                 self._last_text = "\n".join(t for t in texts if t)
             return Reaction([
                 ev.ToolUsed(task=task.id, tool=str(block.get("name", "?")), summary=summarize(str(block.get("name")), block.get("input")))
-                for block in content(m)
+                for block in message_blocks(m)
                 if block.get("type") == "tool_use"
             ])
         if kind == "result":

@@ -32,7 +32,7 @@ def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
     return shorten(text, limit)
 
 
-def content(m: dict[str, Any]) -> list[dict[str, Any]]:
+def message_blocks(m: dict[str, Any]) -> list[dict[str, Any]]:
     message = m.get("message") or {}
     content = message.get("content") if isinstance(message, dict) else None
     if isinstance(content, str):
@@ -67,7 +67,7 @@ def render_stdout(m: dict[str, Any]) -> list[str]:
         return [f"── session {m.get('session_id', '?')} · {m.get('model', '?')} · {m.get('cwd', '')}"]
     if kind == "assistant":
         lines = []
-        for block in content(m):
+        for block in message_blocks(m):
             if block.get("type") == "text" and str(block.get("text", "")).strip():
                 lines.append(str(block["text"]).rstrip())
             elif block.get("type") == "tool_use":
@@ -75,7 +75,7 @@ def render_stdout(m: dict[str, Any]) -> list[str]:
         return lines
     if kind == "user":
         lines = []
-        for block in content(m):
+        for block in message_blocks(m):
             if block.get("type") == "tool_result":
                 content = block.get("content")
                 if isinstance(content, list):
@@ -90,7 +90,8 @@ def render_stdout(m: dict[str, Any]) -> list[str]:
     if kind == "result":
         mark = "✗" if m.get("is_error") else "✓"
         text = m.get("result") if isinstance(m.get("result"), str) else m.get("subtype", "")
-        cost = float(m.get("total_cost_usd") or 0.0)
+        since = m.get("model_usage_since_last_result")  # this run's, where the total covers a resumed session
+        cost = sum(float(u.get("costUSD") or 0.0) for u in since.values() if isinstance(u, dict)) if isinstance(since, dict) else float(m.get("total_cost_usd") or 0.0)
         seconds = int(m.get("duration_ms") or 0) / 1000
         turns = int(m.get("num_turns") or 0)
         return [f"{mark} {text}", f"  {usd(cost)} · {turns} turn{'' if turns == 1 else 's'} · {seconds:.1f}s"]
@@ -112,7 +113,7 @@ def render_stdout(m: dict[str, Any]) -> list[str]:
 
 def render_stdin(m: dict[str, Any]) -> list[str]:
     if m.get("type") == "user":
-        return [f"» {_first_line(str(content(m)[0].get('text', '')) if content(m) else '', 500)}"]
+        return [f"» {_first_line(str(message_blocks(m)[0].get('text', '')) if message_blocks(m) else '', 500)}"]
     if m.get("type") == "control_response":
         verdict = (m.get("response") or {}).get("response") or {}
         hook = verdict.get("hookSpecificOutput")
