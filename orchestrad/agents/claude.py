@@ -28,9 +28,17 @@ the synthetic assistant message's `error`; `orchestrad.retries` parks or retries
 The CLI is started with `CLAUDE_CODE_MAX_RETRIES=0` (unless the environment sets it), so
 that retrying is the daemon's to do and to show.
 
+What a run cost is counted once (`_spent`): 2.1.277 and later report a resumed session's
+running total, 2.1.3xx also what was spent since the previous result. The CLI may withdraw a
+request (`control_cancel_request`), say that only a person may allow a call
+(`requires_user_interaction`), and say why a turn ended (`terminal_reason`). Claude Code
+2.1.197 to 2.1.332 are tested (tests/claude_notes.md).
+
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
-transcript with the questions and their answers.
+transcript with the questions and their answers (`claude_render`). The module is a little
+over 500 lines because it is one job, the CLI's protocol, whose parts share one adapter's
+state (the pending requests, the session, the running total); the rendering is apart.
 """
 
 from __future__ import annotations
