@@ -185,6 +185,7 @@ class UsageRecorded(Event):
     input_tokens: int
     output_tokens: int
     role: str = ""  # the task's role when it spent this (its role's daily budget counts it); "" in older logs
+    session: str = ""  # the agent's conversation it was spent in; "" in older logs (and for agents without one)
 
 
 class ToolUsed(Event):

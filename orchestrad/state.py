@@ -172,6 +172,7 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     baseline_head: str | None = None  # where its git directory was when it first started (BaselineRecorded)
     baseline_digest: str = ""  # ... and a digest of what was uncommitted then
     reviews: list[ReviewDecision] = []  # what people decided of it in review
+    session_cost_usd: float = 0.0  # what its current session (session_id) cost so far, over its attempts (as recorded since UsageRecorded.session)
 
     @property
     def cwd(self) -> str:
@@ -347,7 +348,10 @@ def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
 
 
 def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
-    s.tasks[e.task].session_id = e.session_id
+    t = s.tasks[e.task]
+    if t.session_id != e.session_id:
+        t.session_cost_usd = 0.0  # a new conversation (a resumed one keeps its id)
+    t.session_id = e.session_id
 
 
 def _output(s: State, e: ev.OutputAppended, ts: float, data) -> None:
@@ -404,6 +408,8 @@ def _decided(t: Task, decision: Decided) -> None:
 def _usage(s: State, e: ev.UsageRecorded, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.cost_usd += e.cost_usd
+    if e.session and e.session == t.session_id:
+        t.session_cost_usd += e.cost_usd
     t.input_tokens += e.input_tokens
     t.output_tokens += e.output_tokens
     if e.role and e.cost_usd:

@@ -24,6 +24,18 @@ def claude() -> str:
     return path
 
 
+@pytest.fixture(params=["old", "current"])
+def claude_version(request) -> tuple[str, str]:
+    """Each tested Claude Code in turn, as (which, path): "old" is the oldest supported
+    (2.1.197, .local/npm), "current" the current release (2.1.332, .local/npm-claude-current).
+    For the tests where the versions differ (cost, resume, questions); the rest run on one
+    ($ORCHESTRA_TEST_CLAUDE, default old)."""
+    path = find_claude(request.param)
+    if path is None:
+        pytest.fail(INSTALL_HINT)
+    return request.param, path
+
+
 @pytest.fixture
 def work(tmp_path):
     """An empty directory for a test's tasks to work in."""

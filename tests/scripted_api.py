@@ -780,7 +780,10 @@ def _sse_events(msg: dict[str, Any], rep: Reply) -> list[tuple[str, dict[str, An
 # Driving the real CLI (stream-json in and out, permission prompts over stdio)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOCAL_CLAUDE = os.path.join(REPO_ROOT, ".local", "npm", "node_modules", ".bin", "claude")
+# Where .ci/run installs each tested Claude Code: the oldest supported and the current release.
+CLAUDE_PREFIXES = {"old": os.path.join(REPO_ROOT, ".local", "npm"), "current": os.path.join(REPO_ROOT, ".local", "npm-claude-current")}
+CLAUDE_VERSIONS = {"old": "2.1.197", "current": "2.1.332"}
+LOCAL_CLAUDE = os.path.join(CLAUDE_PREFIXES["old"], "node_modules", ".bin", "claude")
 
 
 def _native(path: str) -> bool:
@@ -792,16 +795,20 @@ def _native(path: str) -> bool:
         return False
 
 
-def find_claude() -> str | None:
-    """$ORCHESTRA_CLAUDE, else .local/npm/node_modules/.bin/claude (or, if that is only the
-    stub, the binary of the platform package @anthropic-ai/claude-code-<os>-<arch>[-musl]),
-    else `claude` on PATH."""
+def find_claude(version: str | None = None) -> str | None:
+    """The Claude Code CLI of `version` ("old" or "current"; default $ORCHESTRA_TEST_CLAUDE,
+    else "old"): $ORCHESTRA_CLAUDE when no version is asked for, else its prefix's
+    node_modules/.bin/claude (or, if that is only the stub, the binary of the platform
+    package @anthropic-ai/claude-code-<os>-<arch>[-musl]), else (for "old") `claude` on PATH."""
     env = os.environ.get("ORCHESTRA_CLAUDE")
-    if env:
+    if env and version is None:
         return env if os.access(env, os.X_OK) else None
-    if _native(LOCAL_CLAUDE):
-        return LOCAL_CLAUDE
-    scope = os.path.join(REPO_ROOT, ".local", "npm", "node_modules", "@anthropic-ai")
+    version = version or os.environ.get("ORCHESTRA_TEST_CLAUDE") or "old"
+    prefix = CLAUDE_PREFIXES[version]
+    local = os.path.join(prefix, "node_modules", ".bin", "claude")
+    if _native(local):
+        return local
+    scope = os.path.join(prefix, "node_modules", "@anthropic-ai")
     try:
         platform_pkgs = sorted(d for d in os.listdir(scope) if d.startswith("claude-code-"))
     except OSError:
@@ -810,12 +817,13 @@ def find_claude() -> str | None:
         candidate = os.path.join(scope, d, "claude")
         if _native(candidate):
             return candidate
-    return shutil.which("claude")
+    return shutil.which("claude") if version == "old" else None
 
 
 INSTALL_HINT = ("Claude Code CLI not found. Install it with\n"
-                "    npm install --prefix .local/npm @anthropic-ai/claude-code\n"
-                "(from the repository root), or point $ORCHESTRA_CLAUDE at a `claude` binary.")
+                "    npm install --prefix .local/npm @anthropic-ai/claude-code@2.1.197\n"
+                "    npm install --prefix .local/npm-claude-current @anthropic-ai/claude-code@2.1.332\n"
+                "(from the repository root; .ci/run does both), or point $ORCHESTRA_CLAUDE at a `claude` binary.")
 
 PermissionHandler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -28,26 +28,33 @@ the synthetic assistant message's `error`; `orchestrad.retries` parks or retries
 The CLI is started with `CLAUDE_CODE_MAX_RETRIES=0` (unless the environment sets it), so
 that retrying is the daemon's to do and to show.
 
+What a run cost is counted once (`_spent`): 2.1.277 and later report a resumed session's
+running total, 2.1.3xx also what was spent since the previous result. The CLI may withdraw a
+request (`control_cancel_request`), say that only a person may allow a call
+(`requires_user_interaction`), and say why a turn ended (`terminal_reason`). Claude Code
+2.1.197 to 2.1.332 are tested (tests/claude_notes.md).
+
 Output is stored as whole JSON lines (the raw transcript, for `logs --raw`); what was
 written to stdin is stored too, as stream "stdin", so that `render` can show a readable
-transcript with the questions and their answers.
+transcript with the questions and their answers (`claude_render`). The module is a little
+over 500 lines because it is one job, the CLI's protocol, whose parts share one adapter's
+state (the pending requests, the session, the running total); the rendering is apart.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any
 
 import msgspec
 
-from orchestra.shared.vocab import shorten
 from orchestra.shared.protocol import Role
-from orchestra.shared.vocab import usd
 from orchestrad import events as ev
 from orchestrad import agents, roles
 from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
+from orchestrad.agents import claude_render
+from orchestrad.agents.claude_render import QUESTION_TOOL, message_blocks, summarize
 from orchestrad.config import Config
 from orchestrad.retries import USAGE_LIMIT
 from orchestrad.state import Task
@@ -57,7 +64,6 @@ NOT_FOUND = (
     "claude not found: install @anthropic-ai/claude-code or set the agent path in config "
     "(orchestra config set claude_path /path/to/claude)"
 )
-QUESTION_TOOL = "AskUserQuestion"
 HOOK_ID = "orchestra-policy"
 # Asked of the CLI at start-up: every tool call goes through a PreToolUse hook answered on
 # stdin, so the daemon's policy sees calls the CLI would make without asking (a read-only
@@ -84,27 +90,38 @@ PROTECTED: dict[str, str | None] = {
 # What older CLIs (1.0.x) said of a usage limit, with its reset as epoch seconds.
 OLD_LIMIT_TEXT = re.compile(r"usage limit reached\|(\d{9,12})")
 
+# From this version on, a resumed process's `total_cost_usd` starts from what the session had
+# cost (2.1.276 started at 0; both measured, tests/claude_notes.md).
+SESSION_TOTALS = (2, 1, 277)
+# Why a turn ended (`result.terminal_reason`, 2.1.3xx), for a result that says nothing else;
+# those of FAILED_ENDINGS make it a failure even without `is_error`.
+ENDINGS = {
+    "blocking_limit": "the conversation reached the model's context limit",
+    "rapid_refill_breaker": "the conversation kept refilling the model's context",
+    "prompt_too_long": "the prompt is too long for the model's context",
+    "image_error": "an image could not be sent to the model",
+    "model_error": "the model failed to answer",
+    "api_error": "the API failed",
+    "malformed_tool_use_exhausted": "the model's tool calls stayed unreadable",
+    "budget_exhausted": "the budget it was given is spent",
+    "structured_output_retry_exhausted": "the model never gave the structured output asked for",
+    "tool_deferred_unavailable": "a tool it needed was unavailable",
+    "turn_setup_failed": "the turn could not be set up",
+    "aborted_streaming": "the turn was interrupted while the model answered",
+    "aborted_tools": "the turn was interrupted while a tool ran",
+    "stop_hook_prevented": "a stop hook prevented the turn from ending",
+    "hook_stopped": "a hook stopped the turn",
+    "max_turns": "the turn reached its limit of model calls",
+}
+FAILED_ENDINGS = frozenset(ENDINGS) - {"aborted_streaming", "aborted_tools", "stop_hook_prevented", "hook_stopped", "max_turns"}
+WITHDRAWN = "(withdrawn by the agent)"
+
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
 
 
 def _line(obj: Any) -> bytes:
     return _encode(obj) + b"\n"
-
-
-def summarize(tool: str, tool_input: Any, limit: int = 160) -> str:
-    """One line a person can decide on: the command, the file, the pattern, the URL."""
-    text = ""
-    if isinstance(tool_input, dict):
-        for key in ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt"):
-            value = tool_input.get(key)
-            if isinstance(value, str) and value.strip():
-                text = value
-                break
-        else:
-            text = json.dumps(tool_input, ensure_ascii=False, sort_keys=True)
-    text = " ".join(text.split())
-    return shorten(text, limit)
 
 
 class ClaudeAgent(Agent):
@@ -128,6 +145,12 @@ class ClaudeAgent(Agent):
         self._pending: dict[str, dict[str, Any]] = {}  # control request id -> what it asked
         self._limit: dict[str, Any] | None = None  # the last `rate_limit_event` that said "rejected"
         self._api_error = ""  # the `error` of the CLI's synthetic assistant message for an API error
+        self._cancelled: set[str] = set()  # control requests the CLI withdrew (control_cancel_request)
+        self._last_text = ""  # the latest assistant text of this turn (a result without text falls back to it)
+        self._version: tuple[int, ...] = ()  # the CLI's, from system/init
+        self._resumed = ""  # the session this process resumes ("" for a new one)
+        self._session_cost = 0.0  # what that session cost before this process (the task's record)
+        self._total: float | None = None  # the running total of this process's latest result
 
     # -- starting -----------------------------------------------------------------------
 
@@ -159,6 +182,7 @@ class ClaudeAgent(Agent):
             argv += ["--max-budget-usd", f"{task.spec.budget_usd:.6f}".rstrip("0").rstrip(".")]
         if task.session_id and task.continued in ("follow-up", "resume"):
             argv += ["--resume", task.session_id]
+            self._resumed, self._session_cost = task.session_id, task.session_cost_usd
         return argv
 
     @classmethod
@@ -237,6 +261,7 @@ class ClaudeAgent(Agent):
     def _message(self, task: Task, m: dict[str, Any]) -> Reaction:
         kind = m.get("type")
         if kind == "system" and m.get("subtype") == "init" and m.get("session_id"):
+            self._version = _version(m.get("claude_code_version"))
             return Reaction([ev.SessionStarted(task=task.id, session_id=str(m["session_id"]), model=str(m.get("model") or ""))])
         if kind == "rate_limit_event":
             info = m.get("rate_limit_info")
@@ -246,34 +271,36 @@ class ClaudeAgent(Agent):
         if kind == "assistant":
             if m.get("error"):
                 self._api_error = str(m["error"])
+            texts = [str(b.get("text", "")).strip() for b in message_blocks(m) if b.get("type") == "text"]
+            if any(texts) and m.get("parent_tool_use_id") is None:  # not a subagent's
+                self._last_text = "\n".join(t for t in texts if t)
             return Reaction([
                 ev.ToolUsed(task=task.id, tool=str(block.get("name", "?")), summary=summarize(str(block.get("name")), block.get("input")))
-                for block in _content(m)
+                for block in message_blocks(m)
                 if block.get("type") == "tool_use"
             ])
         if kind == "result":
             return self._result(task, m)
         if kind == "control_request":
             return self._control_request(task, m)
-        if kind == "control_cancel_request":
+        if kind == "control_cancel_request":  # the CLI withdrew a request: it waits no more
             request_id = str(m.get("request_id", ""))
-            if self._pending.pop(request_id, None) is not None:
-                return Reaction([ev.InputGiven(task=task.id, request_id=_waiting_id(request_id, task), answer="(withdrawn by the agent)")])
+            self._cancelled.add(request_id)
+            if self._pending.pop(request_id, None) is not None and task.waiting is not None and _waiting_id(request_id, task) == task.waiting.request_id:
+                return Reaction([ev.InputGiven(task=task.id, request_id=task.waiting.request_id, answer=WITHDRAWN)])
         return Reaction()
 
     def _result(self, task: Task, m: dict[str, Any]) -> Reaction:
-        usage = m.get("usage") or {}
-        tokens_in = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
-        text = m.get("result")
-        if not isinstance(text, str):
-            errors = m.get("errors")
-            text = "; ".join(map(str, errors)) if isinstance(errors, list) and errors else str(m.get("subtype", ""))
-        api_error, resets_at = self._availability(m, text) if m.get("is_error") else ("", None)
+        is_error = bool(m.get("is_error")) or m.get("terminal_reason") in FAILED_ENDINGS
+        text = self._result_text(m, is_error)
+        self._last_text = ""
+        api_error, resets_at = self._availability(m, text) if is_error else ("", None)
+        cost, tokens_in, tokens_out = self._spent(m)
         items: list[Item] = [
             ev.AgentResult(
                 task=task.id,
                 text=text,
-                is_error=bool(m.get("is_error")),
+                is_error=is_error,
                 subtype=str(m.get("subtype", "")),
                 turns=int(m.get("num_turns") or 0),
                 duration_ms=int(m.get("duration_ms") or 0),
@@ -281,14 +308,59 @@ class ClaudeAgent(Agent):
                 resets_at=resets_at,
             ),
             ev.UsageRecorded(
-                task=task.id,
-                cost_usd=float(m.get("total_cost_usd") or 0.0),
-                input_tokens=tokens_in,
-                output_tokens=int(usage.get("output_tokens") or 0),
-                role=task.role,
+                task=task.id, cost_usd=cost, input_tokens=tokens_in, output_tokens=tokens_out, role=task.role,
+                session=str(m.get("session_id") or ""),
             ),
         ]
         return Reaction(items, close_stdin=True)  # the conversation turn is over: let it exit
+
+    def _result_text(self, m: dict[str, Any], is_error: bool) -> str:
+        """The result's words: its `result`; for an error without one, its `errors` (but the
+        CLI's own diagnostics); else the turn's last assistant text; else, for an error, why
+        the turn ended (`terminal_reason`, the subtype)."""
+        text = m.get("result")
+        if isinstance(text, str) and text.strip():
+            return text
+        errors = m.get("errors")
+        errors = [str(e) for e in errors if not str(e).startswith("[ede_diagnostic]")] if isinstance(errors, list) else []
+        if is_error and errors:
+            return "; ".join(errors)
+        if self._last_text:
+            return self._last_text
+        if not is_error:
+            return ""
+        reason = str(m.get("terminal_reason") or "")
+        return ENDINGS.get(reason, f"the turn ended: {reason or m.get('subtype') or 'no reason given'}")
+
+    def _spent(self, m: dict[str, Any]) -> tuple[float, int, int]:
+        """What this result's run cost (dollars, tokens in, tokens out), counted once.
+
+        `total_cost_usd` is a running total: of this process up to 2.1.276, and from 2.1.277
+        on of the session, a resumed process starting from what the session had cost. From
+        2.1.3xx the result also says what was spent since the previous result
+        (`model_usage_since_last_result`), which is summed when present. Else the cost is the
+        total less what was already counted: this process's previous total, or for its first
+        result, what the resumed session had cost (the task's record) when the CLI's totals
+        carry it (tests/claude_notes.md, "Cost per run")."""
+        total = float(m.get("total_cost_usd") or 0.0)
+        usage = m.get("usage") if isinstance(m.get("usage"), dict) else {}
+        tokens_in = sum(int(usage.get(k) or 0) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+        tokens_out = int(usage.get("output_tokens") or 0)
+        since = m.get("model_usage_since_last_result")
+        if isinstance(since, dict):
+            models = [u for u in since.values() if isinstance(u, dict)]
+            cost = sum(float(u.get("costUSD") or 0.0) for u in models)
+            tokens_in = sum(int(u.get(k) or 0) for u in models for k in ("inputTokens", "cacheReadInputTokens", "cacheCreationInputTokens"))
+            tokens_out = sum(int(u.get("outputTokens") or 0) for u in models)
+        elif self._total is not None:
+            cost = total - self._total
+        elif self._resumed and self._resumed == m.get("session_id") and self._version >= SESSION_TOTALS:
+            cost = total - self._session_cost
+        else:
+            cost = total
+        if total > 0:  # an error result may carry zeroed totals
+            self._total = total
+        return max(0.0, cost), tokens_in, tokens_out
 
     def _availability(self, m: dict[str, Any], text: str) -> tuple[str, float | None]:
         """Whether an error result is about the API's availability, and which kind: a usage
@@ -333,7 +405,11 @@ class ClaudeAgent(Agent):
         if tool == QUESTION_TOOL and isinstance(tool_input.get("questions"), list) and tool_input["questions"]:
             self._pending[request_id] = {"tool": tool, "input": tool_input, "answers": {}, "index": 0}
             return Reaction([self._ask(task, request_id)])
-        self._pending[request_id] = {"tool": tool, "input": tool_input, "blocked_path": str(request.get("blocked_path") or "")}
+        self._pending[request_id] = {
+            "tool": tool, "input": tool_input, "blocked_path": str(request.get("blocked_path") or ""),
+            # the CLI says only a person may allow it: no rule, no stored grant (2.1.3xx)
+            "person": request.get("requires_user_interaction") is True,
+        }
         return Reaction(asks=[Ask(request_id, tool, tool_input, "permission")])
 
     def _hook(self, task: Task, request_id: str, request: dict[str, Any]) -> Reaction:
@@ -350,6 +426,11 @@ class ClaudeAgent(Agent):
         decided: list[Item] = []
         if ruling is not None and ruling.effect in ("allow", "deny"):
             decided.append(ev.PermissionDecided(task=task.id, request_id=ask.request_id, tool=ask.tool, summary=summary, effect=ruling.effect, by=ruling.by))
+        if ask.request_id in self._cancelled:
+            return Reaction()  # withdrawn while the policy ruled on it
+        pending = self._pending.get(ask.request_id)
+        if pending is not None and pending["person"] and ruling is not None and ruling.effect == "allow":
+            ruling, decided = None, []  # a rule may deny it, never allow it
         if ask.stage == "before":
             if ruling is None:
                 return self._reply(task, ask.request_id, {})  # the CLI's own rules apply
@@ -358,7 +439,6 @@ class ClaudeAgent(Agent):
                 output["permissionDecisionReason"] = f"orchestra's policy: {ruling.by}"
             reply = self._reply(task, ask.request_id, {"hookSpecificOutput": output})
             return Reaction([*decided, *reply.items], reply.write)
-        pending = self._pending.get(ask.request_id)
         if pending is None:
             return Reaction()
         if ruling is not None and ruling.effect in ("allow", "deny"):
@@ -374,6 +454,8 @@ class ClaudeAgent(Agent):
             prompt += f" (touches {pending['blocked_path']})"
         if ruling is not None:
             prompt += f" [{ruling.by} asks]"
+        elif pending["person"]:
+            prompt += " [Claude Code asks a person, not a rule]"
         return Reaction([ev.InputRequested(task=task.id, request_id=ask.request_id, kind="permission", prompt=prompt, tool=ask.tool)])
 
     def _reply(self, task: Task, request_id: str, response: dict[str, Any]) -> Reaction:
@@ -389,6 +471,8 @@ class ClaudeAgent(Agent):
         if len(questions) > 1:
             prompt = f"({index + 1}/{len(questions)}) {prompt}"
         options = [str(o.get("label", "")) for o in q.get("options") or [] if isinstance(o, dict)]
+        if q.get("multiSelect") is True and options:
+            prompt += " (one or more: their numbers, e.g. 1,3)"
         return ev.InputRequested(
             task=task.id,
             request_id=request_id if len(questions) == 1 else f"{request_id}#{index}",
@@ -409,7 +493,8 @@ class ClaudeAgent(Agent):
         if pending["tool"] == QUESTION_TOOL and not denied:
             questions = pending["input"]["questions"]
             q = questions[pending["index"]]
-            pending["answers"][str(q.get("question", "")) if isinstance(q, dict) else str(q)] = given.answer
+            q = q if isinstance(q, dict) else {"question": str(q)}
+            pending["answers"][str(q.get("question", ""))] = _chosen(q, given.answer)
             pending["index"] += 1
             if pending["index"] < len(questions):
                 return Reaction([self._ask(task, request_id)])
@@ -431,109 +516,41 @@ class ClaudeAgent(Agent):
 
     @staticmethod
     def render(stream: str, data: bytes) -> bytes:
-        if stream == "stderr":
-            return data
-        out: list[str] = []
-        for raw in data.splitlines():
-            try:
-                m = _decode(raw)
-            except msgspec.DecodeError:
-                out.append(raw.decode(errors="replace"))
-                continue
-            if isinstance(m, dict):
-                out += _render_stdin(m) if stream == "stdin" else _render_stdout(m)
-        return "".join(line + "\n" for line in out).encode()
+        return claude_render.render(stream, data)
+
+
+def _chosen(question: dict[str, Any], answer: str) -> str:
+    """A multi-select question's answer as the CLI takes it: the labels chosen, by number or
+    by name, joined by ", " ("1,3" -> "Red, Blue"); words that name no option stay as given."""
+    labels = [str(o.get("label", "")) for o in question.get("options") or [] if isinstance(o, dict)]
+    if question.get("multiSelect") is not True or not labels:
+        return answer
+    by_name = {label.casefold(): label for label in labels}
+    chosen = []
+    for part in (x.strip() for x in answer.split(",")):
+        if part.isdigit() and 1 <= int(part) <= len(labels):
+            chosen.append(labels[int(part) - 1])
+        elif part.casefold() in by_name:
+            chosen.append(by_name[part.casefold()])
+        else:
+            return answer
+    return ", ".join(dict.fromkeys(chosen)) or answer
+
+
+def _version(text: Any) -> tuple[int, ...]:
+    """"2.1.332" -> (2, 1, 332); () when it is not a version."""
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return tuple(int(x) for x in found.groups()) if found else ()
 
 
 def _stdin(task: Task, line: bytes) -> tuple[ev.Event, bytes]:
     return (ev.OutputAppended(task=task.id, stream="stdin", size=len(line)), line)
 
 
-def _content(m: dict[str, Any]) -> list[dict[str, Any]]:
-    message = m.get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    return [b for b in content or [] if isinstance(b, dict)]
-
-
 def _waiting_id(request_id: str, task: Task) -> str:
     if task.waiting is not None and task.waiting.request_id.split("#", 1)[0] == request_id:
         return task.waiting.request_id
     return request_id
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    line = next((x for x in text.splitlines() if x.strip()), "")
-    return shorten(line, limit)
-
-
-def _render_stdout(m: dict[str, Any]) -> list[str]:
-    kind = m.get("type")
-    if kind == "system" and m.get("subtype") == "init":
-        return [f"── session {m.get('session_id', '?')} · {m.get('model', '?')} · {m.get('cwd', '')}"]
-    if kind == "assistant":
-        lines = []
-        for block in _content(m):
-            if block.get("type") == "text" and str(block.get("text", "")).strip():
-                lines.append(str(block["text"]).rstrip())
-            elif block.get("type") == "tool_use":
-                lines.append(f"→ {block.get('name')}: {summarize(str(block.get('name')), block.get('input'))}")
-        return lines
-    if kind == "user":
-        lines = []
-        for block in _content(m):
-            if block.get("type") == "tool_result":
-                content = block.get("content")
-                if isinstance(content, list):
-                    content = " ".join(str(c.get("text", "")) for c in content if isinstance(c, dict))
-                mark = "✗" if block.get("is_error") else "←"
-                lines.append(f"  {mark} {_first_line(str(content or ''))}")
-        return lines
-    if kind == "system" and m.get("subtype") == "api_retry":
-        delay = float(m.get("retry_delay_ms") or 0) / 1000
-        what = m.get("error_status") or m.get("error") or "error"
-        return [f"  … API {what}: the CLI retries ({m.get('attempt', '?')} of {m.get('max_retries', '?')}) in {delay:.1f}s"]
-    if kind == "result":
-        mark = "✗" if m.get("is_error") else "✓"
-        text = m.get("result") if isinstance(m.get("result"), str) else m.get("subtype", "")
-        cost = float(m.get("total_cost_usd") or 0.0)
-        seconds = int(m.get("duration_ms") or 0) / 1000
-        turns = int(m.get("num_turns") or 0)
-        return [f"{mark} {text}", f"  {usd(cost)} · {turns} turn{'' if turns == 1 else 's'} · {seconds:.1f}s"]
-    if kind == "control_request":
-        request = m.get("request") or {}
-        if request.get("subtype") == "can_use_tool":
-            tool = str(request.get("tool_name", "?"))
-            tool_input = request.get("input") or {}
-            if tool == QUESTION_TOOL:
-                lines = []
-                for q in tool_input.get("questions") or []:
-                    if isinstance(q, dict):
-                        options = " / ".join(f"{i}. {o.get('label')}" for i, o in enumerate(q.get("options") or [], 1) if isinstance(o, dict))
-                        lines.append(f"? {q.get('question', '')}" + (f" [{options}]" if options else ""))
-                return lines
-            return [f"? permission for {tool}: {summarize(tool, tool_input)}"]
-    return []
-
-
-def _render_stdin(m: dict[str, Any]) -> list[str]:
-    if m.get("type") == "user":
-        return [f"» {_first_line(str(_content(m)[0].get('text', '')) if _content(m) else '', 500)}"]
-    if m.get("type") == "control_response":
-        verdict = (m.get("response") or {}).get("response") or {}
-        hook = verdict.get("hookSpecificOutput")
-        if isinstance(hook, dict):
-            decision, why = hook.get("permissionDecision"), hook.get("permissionDecisionReason", "")
-            return [f"  {'allowed' if decision == 'allow' else 'denied'}: {why}"] if decision in ("allow", "deny") else []
-        if verdict.get("behavior") == "deny":
-            return [f"  denied: {verdict.get('message', '')}"]
-        answers = (verdict.get("updatedInput") or {}).get("answers")
-        if isinstance(answers, dict) and answers:
-            return [f"  answered: {a}" for a in answers.values()]
-        if verdict.get("behavior") == "allow":
-            return ["  allowed"]
-    return []
 
 
 AGENT = ClaudeAgent
