@@ -421,7 +421,12 @@ class Engine:
         if self.checks.owns(task_id):
             items = self.checks.output(task_id, chunk)
         else:
-            items = self._react(task_id, agent.output(task, stream, chunk))
+            try:
+                reaction = agent.output(task, stream, chunk)
+            except Exception:  # a bug in the adapter: the output is kept all the same, unread
+                log.exception("task %s: its %s adapter could not read its output", task_id, task.spec.agent)
+                reaction = Reaction([(ev.OutputAppended(task=task_id, stream=stream, size=len(chunk)), chunk)])
+            items = self._react(task_id, reaction)
         over = d.output_over_limit(self.state, task_id, len(chunk))
         if items or over:
             self._observe([*items, *over])

@@ -289,6 +289,12 @@ class Server:
         except LogCorrupt as exc:  # damaged output: say so, and keep serving
             log.error("%s", exc)
             await self._send(writer, p.End(error=p.Error(code=p.ErrorCode.INTERNAL, message=f"this output is damaged in the log: {exc}")))
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug: end the stream saying so, rather than leave the client waiting
+            log.exception("%s stream failed", type(request).__name__)
+            await self._send(writer, p.End(error=p.Error(
+                code=p.ErrorCode.INTERNAL, message=f"the daemon could not go on with this stream: {exc!r} (a bug in orchestra; its log has the details)")))
 
     async def _answer(self, request: p.Request) -> p.Reply:
         handler = self._handlers.get(type(request))

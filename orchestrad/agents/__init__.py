@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import pkgutil
 from typing import Callable, NamedTuple, Protocol
 
@@ -48,6 +49,7 @@ from orchestrad.config import Config
 from orchestrad.state import Task
 
 Item = ev.Event | tuple[ev.Event, bytes]
+log = logging.getLogger(__name__)
 
 
 class Ask(NamedTuple):
@@ -148,6 +150,17 @@ class Agent:
         return stream != "stdin"
 
 
+def read_message(handle: Callable[[Task, dict], Reaction], task: Task, message: dict) -> Reaction:
+    """`handle(task, message)` for one message an agent wrote, or nothing when it is not what
+    the kind's protocol says (a field of the wrong type): an agent's output is not to be
+    trusted, and one malformed message is passed over (its bytes are kept all the same)."""
+    try:
+        return handle(task, message)
+    except Exception as exc:  # noqa: BLE001 - whatever the malformed message made it trip on
+        log.warning("task %s: passed over a message its agent wrote that could not be read (%r): %.300s", task.id, exc, message)
+        return Reaction()
+
+
 @functools.cache
 def _factories() -> dict[str, type[Agent]]:
     """The agent kinds: every module of this package that defines `AGENT`, imported once
@@ -198,8 +211,25 @@ def traits(name: str) -> Traits:
 
 
 def renderer(name: str) -> Callable[[str, bytes], bytes]:
+    """How `orchestra logs` shows agent `name`'s output. What an agent writes is not to be
+    trusted: a chunk the kind's renderer cannot read is shown line by line, and a line it
+    cannot read is shown as stored."""
     factory = _factories().get(name)
-    return factory.render if factory is not None else Agent.render
+    render = factory.render if factory is not None else Agent.render
+
+    def safe(stream: str, data: bytes) -> bytes:
+        try:
+            return render(stream, data)
+        except Exception:  # noqa: BLE001 - any line an agent wrote may be malformed
+            shown = []
+            for line in data.splitlines(keepends=True):
+                try:
+                    shown.append(render(stream, line))
+                except Exception:  # noqa: BLE001
+                    shown.append(line)
+            return b"".join(shown)
+
+    return safe
 
 
 def shown_as_stored(name: str) -> Callable[[str], bool]:

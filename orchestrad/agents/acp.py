@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from orchestrad import events as ev
-from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling
+from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, read_message
 from orchestrad.agents.claude import summarize
 from orchestrad.state import Task
 
@@ -192,7 +192,7 @@ class AcpAgent(Agent):
             except msgspec.DecodeError:
                 continue
             if isinstance(message, dict):
-                reaction = self.message(task, message)
+                reaction = read_message(self.message, task, message)
                 items += reaction.items
                 write += reaction.write
                 close = close or reaction.close_stdin

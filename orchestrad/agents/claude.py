@@ -52,7 +52,7 @@ import msgspec
 from orchestra.shared.protocol import Role
 from orchestrad import events as ev
 from orchestrad import agents, roles
-from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
+from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits, read_message
 from orchestrad.agents import claude_render
 from orchestrad.agents.claude_render import QUESTION_TOOL, message_blocks, summarize
 from orchestrad.config import Config
@@ -251,7 +251,7 @@ class ClaudeAgent(Agent):
             except msgspec.DecodeError:
                 continue
             if isinstance(message, dict):
-                reaction = self._message(task, message)
+                reaction = read_message(self._message, task, message)
                 items += reaction.items
                 write += reaction.write
                 close = close or reaction.close_stdin

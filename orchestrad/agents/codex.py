@@ -55,7 +55,7 @@ from orchestra.shared.protocol import Role
 from orchestra.shared.vocab import shorten, usd
 from orchestrad import events as ev
 from orchestrad import agents, roles
-from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits
+from orchestrad.agents import Agent, Ask, Item, Reaction, Ruling, SandboxState, Traits, read_message
 from orchestrad.agents.claude import summarize
 from orchestrad.config import Config
 from orchestrad.retries import USAGE_LIMIT
@@ -275,7 +275,7 @@ class CodexAgent(Agent):
             except msgspec.DecodeError:
                 continue
             if isinstance(message, dict):
-                reaction = self._message(task, message)
+                reaction = read_message(self._message, task, message)
                 items += reaction.items
                 write += reaction.write
                 close = close or reaction.close_stdin
