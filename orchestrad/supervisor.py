@@ -29,13 +29,14 @@ through the group; the engine finds it by the mark every agent carries in its en
 Output. stdout and stderr are read concurrently, in large reads, and each is coalesced on
 its own: a chunk is delivered when `coalesce_bytes` have gathered, or `coalesce_delay`
 seconds after the first byte of the chunk arrived, whichever comes first, and whatever
-is left is delivered at end-of-file. But the first read after the child was sent input, and
-a read after a quiet spell (nothing delivered for `coalesce_delay`), are delivered at once
-when nothing is pending: an agent speaking a protocol (a request, then it waits for the
-answer) is not kept waiting `coalesce_delay` on every exchange, and a burst of output
-still costs at most two chunks a `coalesce_delay` (and one more for each input sent). Chunks are raw bytes, never longer than
-`coalesce_bytes`, cut wherever the limit falls (not at line ends), so a stream without a
-newline costs no more memory than one with. Splitting into lines is the reader's job.
+is left is delivered at end-of-file. But while fewer than `BURST_CHUNKS` chunks of a
+stream went out in the last `coalesce_delay`, a read is delivered at once when nothing of it
+is pending, and so is the first read after the child was sent input: an agent speaking a
+protocol (a message, then a request, then it waits for the answer) is not kept waiting
+`coalesce_delay` on every exchange, and a burst of output still costs at most
+`BURST_CHUNKS` chunks a `coalesce_delay` (and one more for each input sent). Chunks are
+raw bytes, never longer than `coalesce_bytes`, cut wherever the limit falls (not at line
+ends), so a stream without a newline costs no more memory than one with. Splitting into lines is the reader's job.
 
 Order of callbacks. Nothing is reported for a process before `start` has returned its
 pid; `on_exit` comes after the last `on_output` of both streams, exactly once.
@@ -78,6 +79,12 @@ STDIN_LIMIT = 1 << 20
 COALESCE_BYTES = 1 << 20
 """The largest output chunk, by default. Large: a chatty child costs one recorded event
 per MiB instead of one per pipe read."""
+
+BURST_CHUNKS = 4
+"""Chunks of one stream delivered in a `coalesce_delay` before reads are held back to
+coalesce. Four: a Claude Code tool call is a message and a permission request a few ms
+apart, and a turn's end its last message and the result; one at once and the next held
+cost an agent 50 ms an exchange (bench/bench_claude.py showed +115 ms a run)."""
 
 PIPE_BYTES = 256 << 10
 """The capacity asked for the stdout and stderr pipes (Linux; the default is 64 KiB), so a
@@ -250,7 +257,7 @@ class _Process:
         self.pending: dict[int, deque[bytes | memoryview]] = {fd: deque() for fd in _STREAMS}  # read, not yet delivered
         self.pending_bytes = dict.fromkeys(_STREAMS, 0)
         self.flush_timers: dict[int, asyncio.TimerHandle] = {}
-        self.emitted_at: dict[int, float] = {}  # fd -> when it last delivered a chunk (loop time)
+        self.delivered: dict[int, deque[float]] = {fd: deque() for fd in _STREAMS}  # when the latest chunks went (loop time)
         self.answered: set[int] = set()  # streams written nothing since the child was last sent input
         self.kill_timer: asyncio.TimerHandle | None = None
         self.kill_deadline: float | None = None
@@ -312,11 +319,9 @@ class _Process:
         if fd not in self.open_streams:
             return
         if not self.pending_bytes[fd] and len(data) < self.sup.coalesce_bytes:
-            now = self.loop.time()
-            if fd in self.answered or now - self.emitted_at.get(fd, -1e9) >= self.sup.coalesce_delay:
-                self.answered.discard(fd)  # a reply to what it was sent, or news after a quiet spell: at once
-                self.emitted_at[fd] = now
-                self._emit(fd, data)
+            if fd in self.answered or self._recent(fd) < BURST_CHUNKS:
+                self.answered.discard(fd)  # a reply to what it was sent, or no burst going on: at once
+                self._send_out(fd, data)
                 return
         self.pending[fd].append(data)
         self.pending_bytes[fd] += len(data)
@@ -462,8 +467,22 @@ class _Process:
     def _flush(self, fd: int) -> None:
         self._cancel_flush(fd)
         if self.pending_bytes[fd]:
-            self.emitted_at[fd] = self.loop.time()
-            self._emit(fd, self._take(fd, self.pending_bytes[fd]))
+            self._send_out(fd, self._take(fd, self.pending_bytes[fd]))
+
+    def _recent(self, fd: int) -> int:
+        """How many chunks of `fd` were delivered in the last `coalesce_delay`."""
+        times, since = self.delivered[fd], self.loop.time() - self.sup.coalesce_delay
+        while times and times[0] <= since:
+            times.popleft()
+        return len(times)
+
+    def _send_out(self, fd: int, data: bytes | memoryview) -> None:
+        """Deliver a chunk now, counting it against the burst allowance."""
+        times = self.delivered[fd]
+        times.append(self.loop.time())
+        if len(times) > BURST_CHUNKS:
+            times.popleft()
+        self._emit(fd, data)
 
     def _take(self, fd: int, size: int) -> bytes:
         """The first `size` pending bytes of `fd`, copied once (not at all when they are

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import uvloop
 
-from orchestrad.supervisor import COALESCE_BYTES, STDIN_LIMIT, SpawnError, Supervisor, WriteError, kill_process_group
+from orchestrad.supervisor import BURST_CHUNKS, COALESCE_BYTES, STDIN_LIMIT, SpawnError, Supervisor, WriteError, kill_process_group
 
 PY = sys.executable
 ENV = {"PATH": os.environ.get("PATH", os.defpath)}
@@ -206,7 +206,7 @@ def test_many_small_writes_arrive_as_few_chunks(run):
         )
         await h.exit_of(1)
         assert h.out(1) == "".join(f"line {i}\n" for i in range(500)).encode()
-        assert len(h.chunks(1)) <= 5
+        assert len(h.chunks(1)) <= BURST_CHUNKS + 2
 
     run(main())
 
@@ -311,6 +311,53 @@ def test_a_request_after_a_quiet_spell_is_delivered_without_waiting_for_the_coal
             h.sup.write(1, f"answer {n}\n".encode())
         assert (await h.exit_of(1))[1:] == (0, None)
         assert h.chunks(1) == [b"request 0\n", b"request 1\n", b"request 2\n", b"done\n"]
+
+    run(main())
+
+
+def test_a_message_then_a_request_a_moment_later_are_both_delivered_at_once(run):
+    """Claude Code's tool call: the assistant's message, then a permission request a few ms
+    later, then it waits. Holding the second back for `coalesce_delay` (here a minute) would
+    stall every exchange; so would the end of a turn, its last message then its result."""
+    async def main():
+        h = Harness(coalesce_delay=60.0)
+        await h.start(1, script("""
+            import sys, time
+            print("message", flush=True); time.sleep(0.02)
+            print("request", flush=True)
+            assert sys.stdin.readline() == "answer\\n"
+            print("reply", flush=True); time.sleep(0.02)
+            print("result", flush=True)
+            assert sys.stdin.readline() == ""
+            """))
+        await h.until(lambda: h.out(1).endswith(b"request\n"))
+        h.sup.write(1, b"answer\n")
+        await h.until(lambda: h.out(1).endswith(b"result\n"))
+        h.sup.close_stdin(1)
+        assert (await h.exit_of(1))[1:] == (0, None)
+        assert h.chunks(1) == [b"message\n", b"request\n", b"reply\n", b"result\n"]
+
+    run(main())
+
+
+def test_a_burst_past_the_allowance_is_held_and_coalesced(run):
+    """Past `BURST_CHUNKS` chunks in a `coalesce_delay`, reads wait to be coalesced."""
+    async def main():
+        h = Harness(coalesce_delay=60.0)
+        await h.start(1, script("""
+            import sys, time
+            for i in range(10):
+                print(f"line {i}", flush=True); time.sleep(0.02)
+            print("written", file=sys.stderr, flush=True)
+            sys.stdin.readline()
+            """))
+        await h.until(lambda: h.out(1, "stderr") == b"written\n")
+        await asyncio.sleep(0.1)
+        assert len(h.chunks(1)) == BURST_CHUNKS  # the other six lines are held, not delivered
+        h.sup.close_stdin(1)
+        assert (await h.exit_of(1))[1:] == (0, None)  # end-of-file delivers them, as one chunk
+        assert h.out(1) == "".join(f"line {i}\n" for i in range(10)).encode()
+        assert len(h.chunks(1)) == BURST_CHUNKS + 1
 
     run(main())
 
