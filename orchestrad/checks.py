@@ -21,7 +21,7 @@ from orchestra.shared.protocol import Status
 from orchestrad import launch, orphans, roles, verify
 from orchestrad import events as ev
 from orchestrad.agents import agent_for
-from orchestrad.supervisor import SpawnError
+from orchestrad.executor import SpawnError
 
 if TYPE_CHECKING:
     from orchestrad.engine import Engine

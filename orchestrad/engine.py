@@ -42,7 +42,8 @@ from orchestrad.merger import Merger
 from orchestrad.notifier import Notifier
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
-from orchestrad.supervisor import SpawnError, Supervisor, WriteError
+from orchestrad.executor import Executor, SpawnError, WriteError
+from orchestrad.supervisor import Supervisor
 from orchestrad.worktrees import WorktreeError
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class Engine:
         self.paths = paths
         self.clock = clock
         self.base_env = dict(os.environ if base_env is None else base_env)
-        self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)
+        self.supervisor = Supervisor(on_output=self._on_output, on_exit=self._on_exit)  # this machine's processes
+        self.executors: dict[str, Executor] = {self.supervisor.name: self.supervisor}  # where processes may run
+        self._running_on: dict[int, Executor] = {}  # task -> where its agent's process runs, until it exits
         self.watchers: set[Watcher] = set()
         self.env_store = EnvStore(store.log.directory.parent / "env")
         self.home_mark = orphans.home_mark(str(store.log.directory))
@@ -144,7 +147,7 @@ class Engine:
             raise p.OrchestraError(p.ErrorCode.UNAVAILABLE, "the daemon cannot write its log (is the disk full?); free space, then retry")
         if isinstance(command, p.Respond) and command.task in self._agents:
             try:
-                self.supervisor.check_writable(command.task, len((command.text or "").encode()) + 1)
+                self.executor_of(command.task).check_writable(command.task, len((command.text or "").encode()) + 1)
             except WriteError as exc:
                 raise p.conflict(str(exc)) from None
         now = self.clock()
@@ -216,7 +219,7 @@ class Engine:
     def _act(self, event: ev.Event) -> list[Item]:
         """Side effects that follow from a recorded fact; returns further facts to record."""
         if isinstance(event, ev.StopRequested):
-            self.supervisor.terminate(event.task, self.state.config.kill_grace)
+            self.executor_of(event.task).terminate(event.task, self.state.config.kill_grace)
         elif isinstance(event, ev.InputGiven):
             agent = self._agents.get(event.task)
             task = self.state.tasks.get(event.task)
@@ -256,9 +259,9 @@ class Engine:
         permission policy; the events are for the caller to record."""
         try:
             if reaction.write:
-                self.supervisor.write(task_id, reaction.write)
+                self.executor_of(task_id).write(task_id, reaction.write)
             if reaction.close_stdin:
-                self.supervisor.close_stdin(task_id)
+                self.executor_of(task_id).close_stdin(task_id)
         except WriteError as exc:  # the process went away or stopped reading
             log.warning("task %s: could not write to it: %s", task_id, exc)
         items = list(reaction.items)
@@ -394,7 +397,8 @@ class Engine:
                 argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config
             )
             cgroup = containment.cgroup_name(task_id, task.attempts)
-            pid = await self.supervisor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
+            executor = self.supervisor
+            pid = await executor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
         except (SpawnError, WorktreeError) as exc:
             self._observe(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
@@ -403,6 +407,7 @@ class Engine:
             self._observe(d.spawn_failed(self.state, task_id, f"could not start: {exc}"))
             return
         self._agents[task_id] = agent
+        self._running_on[task_id] = executor
         spawned = ev.ProcessSpawned(
             task=task_id, attempt=task.attempts, pid=pid, argv=launch.shown(argv), cgroup=self.supervisor.cgroup_of(task_id),
             sandbox=box,
@@ -431,7 +436,13 @@ class Engine:
         if items or over:
             self._observe([*items, *over])
 
+    def executor_of(self, task_id: int) -> Executor:
+        """Where the task's process runs: its agent's executor while that runs, else this
+        machine's (where its acceptance checks run)."""
+        return self._running_on.get(task_id, self.supervisor)
+
     def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+        self._running_on.pop(task_id, None)
         if self.checks.owns(task_id):
             self.checks.exited(task_id, exit_code, signal)
             return
@@ -505,13 +516,15 @@ class Engine:
             self._unrecorded = pending + self._unrecorded
             if not self.supervisor.output_paused:
                 log.error("could not record what agents did; not reading their output until it can: %s", exc.message)
-                self.supervisor.pause_output()  # back-pressure: agents block on write
+                for executor in self.executors.values():
+                    executor.pause_output()  # back-pressure: agents block on write
             if self._retry is None:
                 self._retry = asyncio.get_running_loop().call_later(RETRY_AFTER, self._flush_unrecorded)
             return
         if self.supervisor.output_paused:  # planning waited too, and timers were not set
             log.info("the log takes records again; reading agents' output again")
-            self.supervisor.resume_output()
+            for executor in self.executors.values():
+                executor.resume_output()
             self.schedule()
 
     # -- configuration files ------------------------------------------------------------
@@ -578,7 +591,7 @@ class Engine:
         ]
         if interrupted:
             self.store.append(self.clock(), interrupted)
-        await self.supervisor.shutdown(grace)
+        await asyncio.gather(*(executor.shutdown(grace) for executor in self.executors.values()))
         if self._ending:  # exits waiting for their changes to be measured
             await asyncio.gather(*self._ending.values(), return_exceptions=True)
         await self.sweeper.settle()

@@ -26,8 +26,8 @@ from orchestrad.agents import Agent
 from orchestrad.budgets import Day
 from orchestrad.config import Config
 from orchestrad.envstore import EnvStore
+from orchestrad.executor import SpawnError
 from orchestrad.state import State, Task
-from orchestrad.supervisor import SpawnError
 from orchestrad.worktrees import WorktreeError
 
 

@@ -56,7 +56,7 @@ from typing import NamedTuple
 from orchestra.shared.protocol import Role
 from orchestrad.agents import Agent
 from orchestrad.config import Config
-from orchestrad.supervisor import SpawnError
+from orchestrad.executor import SpawnError
 
 class SandboxError(SpawnError):
     """The task asked for a sandbox that cannot be had; the message says how to fix it."""

@@ -1,4 +1,5 @@
-"""Start, feed and stop child processes; report their output and their exits.
+"""The local executor: start, feed and stop child processes on this machine; report their
+output and their exits (the interface, and what it promises, is `orchestrad.executor`'s).
 
 Process mechanics only: this module knows nothing of events, logs or state. The engine
 calls `Supervisor.start`, `write`, `close_stdin`, `terminate` and `shutdown`; the
@@ -67,6 +68,7 @@ from collections import deque
 from collections.abc import Callable
 
 from orchestrad.containment import Cgroups
+from orchestrad.executor import ExitCallback, OutputCallback, SpawnError, WriteError
 
 __all__ = ["EOF_GRACE", "STDIN_LIMIT", "SpawnError", "Supervisor", "WriteError", "kill_process_group"]
 
@@ -95,20 +97,12 @@ running tasks fit in it."""
 
 _STREAMS = {1: "stdout", 2: "stderr"}
 
-OutputCallback = Callable[[int, str, bytes], None]
-ExitCallback = Callable[[int, int, int | None, int | None], None]
-
-
-class SpawnError(Exception):
-    """A process could not be started. The message is written for a person."""
-
-
-class WriteError(Exception):
-    """Input could not be handed to a process. The message is written for a person."""
-
 
 class Supervisor:
-    """Runs one process per task id and reports what they do through two callbacks."""
+    """Runs one process per task id here and reports what they do through two callbacks: an
+    `orchestrad.executor.Executor`."""
+
+    name = "local"
 
     def __init__(
         self,

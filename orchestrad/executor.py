@@ -1,0 +1,82 @@
+"""Where a task's processes run: the interface between the engine and an executor.
+
+The engine decides and records; an executor only runs processes and reports what they do.
+`local` (`orchestrad.supervisor.Supervisor`) runs them on this machine. An executor for
+other machines (a Ray cluster, a Kubernetes Job per attempt) implements the same calls and
+keeps the same promises, and tests/test_executor_contract.py holds every one of them to
+those promises with the same tests.
+
+What the engine calls:
+
+* `start(task_id, argv, cwd=, env=, stdin=, cgroup=)` starts one process for the task and
+  returns its pid (on the machine it runs on). `env` is the whole environment: an executor
+  adds nothing and hands it to the process only (never to a store or a log of its own).
+  A process that cannot be started raises `SpawnError`, written for a person.
+* `write(task_id, data)` queues bytes for its stdin without waiting; `check_writable` says
+  beforehand, by raising `WriteError`, that they could not be queued now, so that a
+  person's answer is refused rather than accepted and dropped. `close_stdin` closes it once
+  what was written has been delivered.
+* `terminate(task_id, grace)` is the grace ladder: SIGTERM to the process's group now,
+  SIGKILL after `grace` seconds if it still runs. A second call never postpones the kill.
+* `pause_output` / `resume_output`: back-pressure from the log. While paused, nothing more
+  of any process's output is read, so what waits in the daemon stays bounded.
+* `pids()`: task id -> pid of each process started and not yet reported as exited.
+* `shutdown(grace)` refuses new processes, terminates every one, and returns once each
+  exit has been reported.
+
+What it reports, through the two callbacks it was made with:
+
+* `on_output(task_id, stream, chunk)`: "stdout" or "stderr", in order per stream, never
+  before `start` has returned the pid;
+* `on_exit(task_id, pid, exit_code, signal)`: exactly once per process, after the last
+  `on_output` of both its streams, with the exit code or the signal that ended it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ExitCallback", "Executor", "OutputCallback", "SpawnError", "WriteError"]
+
+OutputCallback = Callable[[int, str, bytes], None]
+"""on_output(task_id, stream, chunk)"""
+
+ExitCallback = Callable[[int, int, int | None, int | None], None]
+"""on_exit(task_id, pid, exit_code, signal)"""
+
+
+class SpawnError(Exception):
+    """A process could not be started. The message is written for a person."""
+
+
+class WriteError(Exception):
+    """Input could not be handed to a process. The message is written for a person."""
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs one process per task id and reports what they do (see the module's text)."""
+
+    name: str  # what `--executor` and `ps` call it: "local", "ray"
+    output_paused: bool
+
+    async def start(
+        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = ""
+    ) -> int: ...
+
+    def write(self, task_id: int, data: bytes) -> None: ...
+
+    def check_writable(self, task_id: int, size: int = 1) -> None: ...
+
+    def close_stdin(self, task_id: int) -> None: ...
+
+    def terminate(self, task_id: int, grace: float) -> None: ...
+
+    def pause_output(self) -> None: ...
+
+    def resume_output(self) -> None: ...
+
+    def pids(self) -> dict[int, int]: ...
+
+    async def shutdown(self, grace: float) -> None: ...

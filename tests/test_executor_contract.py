@@ -1,0 +1,227 @@
+"""What every executor promises the engine (orchestrad.executor), tested the same way for each.
+
+`EXECUTORS` names a factory per executor; a new one (Ray, Kubernetes) joins the list and must
+pass every test here unchanged. The supervisor's own mechanics (coalescing, pipes, escaped
+grandchildren) are tested in tests/test_supervisor.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Callable
+
+import pytest
+import uvloop
+
+from orchestrad.executor import Executor, SpawnError, WriteError
+from orchestrad.supervisor import Supervisor
+
+
+class Recorder:
+    """The two callbacks, recording what an executor reports."""
+
+    def __init__(self) -> None:
+        self.output: dict[tuple[int, str], bytearray] = {}
+        self.exits: dict[int, list[tuple[int, int | None, int | None]]] = {}
+        self.events: list[tuple[str, int]] = []  # ("output" | "exit", task) in the order reported
+        self.changed = asyncio.Event()
+
+    def on_output(self, task: int, stream: str, chunk: bytes) -> None:
+        self.output.setdefault((task, stream), bytearray()).extend(chunk)
+        self.events.append(("output", task))
+        self.changed.set()
+
+    def on_exit(self, task: int, pid: int, code: int | None, sig: int | None) -> None:
+        self.exits.setdefault(task, []).append((pid, code, sig))
+        self.events.append(("exit", task))
+        self.changed.set()
+
+    def out(self, task: int, stream: str = "stdout") -> bytes:
+        return bytes(self.output.get((task, stream), b""))
+
+    async def until(self, condition: Callable[[], object], timeout: float = 20.0) -> None:
+        async def wait() -> None:
+            while not condition():
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+    async def exit_of(self, task: int) -> tuple[int, int | None, int | None]:
+        await self.until(lambda: task in self.exits)
+        return self.exits[task][0]
+
+
+def local(rec: Recorder) -> Executor:
+    return Supervisor(on_output=rec.on_output, on_exit=rec.on_exit)
+
+
+EXECUTORS = {"local": local}
+
+
+@pytest.fixture(params=sorted(EXECUTORS))
+def made(request) -> Callable[[Recorder], Executor]:
+    return EXECUTORS[request.param]
+
+
+def run(coro_fn) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(coro_fn(), 60))
+
+
+def py(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def test_it_is_an_executor_with_a_name(made):
+    executor = made(Recorder())
+    assert isinstance(executor, Executor) and executor.name
+
+
+def test_output_in_order_then_one_exit_after_the_last_output(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        code = "import sys\nfor i in range(300): print(i); print(-i, file=sys.stderr)\nsys.exit(3)"
+        pid = await ex.start(1, py(code), cwd=str(tmp_path), env=ENV)
+        assert rec.events == []  # nothing before start returned the pid
+        assert await rec.exit_of(1) == (pid, 3, None)
+        await asyncio.sleep(0.2)
+        assert rec.exits[1] == [(pid, 3, None)]  # once
+        assert rec.events[-1] == ("exit", 1)
+        assert rec.out(1) == "".join(f"{i}\n" for i in range(300)).encode()
+        assert rec.out(1, "stderr") == "".join(f"{-i}\n" for i in range(300)).encode()
+        assert ex.pids() == {}
+
+    run(main)
+
+
+def test_the_environment_and_directory_are_exactly_what_was_given(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        await ex.start(1, py("import os; print(sorted(os.environ.items())); print(os.getcwd())"),
+                       cwd=str(tmp_path), env={**ENV, "ONLY_THIS": "1"})
+        await rec.exit_of(1)
+        env_line, cwd_line = rec.out(1).decode().splitlines()
+        names = {k for k, _ in eval(env_line)} - {"LC_CTYPE"}  # Python may set LC_CTYPE for itself
+        assert names == {"PATH", "ONLY_THIS"} and cwd_line == str(tmp_path)
+
+    run(main)
+
+
+def test_stdin_takes_writes_and_closes_after_delivering_them(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        pid = await ex.start(1, ["cat"], cwd=str(tmp_path), env=ENV)
+        assert ex.pids() == {1: pid}
+        ex.check_writable(1, 6)
+        ex.write(1, b"hello\n")
+        await rec.until(lambda: rec.out(1) == b"hello\n")  # a reply comes while the process runs
+        ex.write(1, b"bye\n")
+        ex.close_stdin(1)
+        ex.close_stdin(1)  # idempotent
+        assert (await rec.exit_of(1))[1:] == (0, None)
+        assert rec.out(1) == b"hello\nbye\n"
+        with pytest.raises(WriteError, match="no running process"):
+            ex.check_writable(1)
+
+    run(main)
+
+
+def test_a_process_without_stdin_reads_end_of_file(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        await ex.start(1, py("import sys; print(repr(sys.stdin.read()))"), cwd=str(tmp_path), env=ENV, stdin=False)
+        assert (await rec.exit_of(1))[1:] == (0, None) and rec.out(1) == b"''\n"
+        with pytest.raises(WriteError):
+            ex.write(1, b"x")
+
+    run(main)
+
+
+def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        # It ignores SIGTERM and has started a child that would outlive it.
+        code = """
+            import os, signal, subprocess, sys, time
+            signal.signal(signal.SIGTERM, lambda *a: os.write(1, b"term\\n"))
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            print(child.pid, flush=True)
+            time.sleep(60)
+            """
+        await ex.start(1, py(code), cwd=str(tmp_path), env=ENV)
+        await rec.until(lambda: rec.out(1).strip().isdigit())
+        child = int(rec.out(1))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        ex.terminate(1, 0.5)
+        ex.terminate(1, 30)  # never postpones the kill
+        assert (await rec.exit_of(1))[1:] == (None, signal.SIGKILL), rec.out(1, "stderr")
+        assert 0.4 <= loop.time() - started < 10
+        assert rec.out(1).endswith(b"term\n")  # SIGTERM came first
+        await rec.until(lambda: not _alive(child), timeout=5)  # the group went with it
+
+    run(main)
+
+
+def test_a_program_that_cannot_start_raises_spawn_error_for_a_person(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        with pytest.raises(SpawnError, match="no-such-program"):
+            await ex.start(1, ["no-such-program-here"], cwd=str(tmp_path), env=ENV)
+        with pytest.raises(SpawnError):
+            await ex.start(2, [], cwd=str(tmp_path), env=ENV)
+        await asyncio.sleep(0.1)
+        assert rec.events == [] and ex.pids() == {}
+
+    run(main)
+
+
+def test_paused_output_is_not_read_until_resumed(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        ex.pause_output()
+        assert ex.output_paused
+        await ex.start(1, py("print('held')"), cwd=str(tmp_path), env=ENV)
+        await asyncio.sleep(0.5)
+        assert rec.out(1) == b"" and 1 not in rec.exits  # not even its exit: it comes after the output
+        ex.resume_output()
+        assert not ex.output_paused
+        assert (await rec.exit_of(1))[1:] == (0, None) and rec.out(1) == b"held\n"
+
+    run(main)
+
+
+def test_shutdown_stops_everything_reports_every_exit_and_refuses_new_work(made, tmp_path):
+    async def main():
+        rec = Recorder()
+        ex = made(rec)
+        for task in (1, 2):
+            await ex.start(task, ["sleep", "60"], cwd=str(tmp_path), env=ENV)
+        await ex.shutdown(2.0)
+        assert sorted(rec.exits) == [1, 2] and all(sig == signal.SIGTERM for _, _, sig in (rec.exits[1][0], rec.exits[2][0]))
+        with pytest.raises(SpawnError, match="shutting down"):
+            await ex.start(3, ["true"], cwd=str(tmp_path), env=ENV)
+
+    run(main)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
