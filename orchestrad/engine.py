@@ -398,7 +398,7 @@ class Engine:
             )
             cgroup = containment.cgroup_name(task_id, task.attempts)
             executor = self.supervisor
-            pid = await executor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup)
+            pid = await executor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup, attempt=task.attempts)
         except (SpawnError, WorktreeError) as exc:
             self._observe(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return

@@ -8,9 +8,11 @@ those promises with the same tests.
 
 What the engine calls:
 
-* `start(task_id, argv, cwd=, env=, stdin=, cgroup=)` starts one process for the task and
-  returns its pid (on the machine it runs on). `env` is the whole environment: an executor
-  adds nothing and hands it to the process only (never to a store or a log of its own).
+* `start(task_id, argv, cwd=, env=, stdin=, cgroup=, attempt=)` starts one process for the
+  task and returns its pid (on the machine it runs on). (task, attempt) is its identity: an
+  executor that may retry a start over a network runs one process for it, not two. `env`
+  is the whole environment: an executor adds nothing and hands it to the process only
+  (never to a store or a log of its own).
   A process that cannot be started raises `SpawnError`, written for a person.
 * `write(task_id, data)` queues bytes for its stdin without waiting; `check_writable` says
   beforehand, by raising `WriteError`, that they could not be queued now, so that a
@@ -62,7 +64,8 @@ class Executor(Protocol):
     output_paused: bool
 
     async def start(
-        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = ""
+        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
+        attempt: int = 0,
     ) -> int: ...
 
     def write(self, task_id: int, data: bytes) -> None: ...

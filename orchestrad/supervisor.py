@@ -126,13 +126,15 @@ class Supervisor:
         self.output_paused = False
 
     async def start(
-        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = ""
+        self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
+        attempt: int = 0,
     ) -> int:
         """Start `argv` in `cwd` with exactly `env`, in a new session; return its pid.
 
         stdin is a pipe (see `write`) when `stdin` is true, else /dev/null. With `cgroup`
         (and `cgroups` set), the process is born in that cgroup, which is killed whole when
-        the process exits or is stopped, and removed once empty.
+        the process exits or is stopped, and removed once empty. `attempt` is not needed
+        here: a local start is never retried.
         """
         if self._closing:
             raise SpawnError("not starting new processes: the supervisor is shutting down")

@@ -1,7 +1,8 @@
 """What every executor promises the engine (orchestrad.executor), tested the same way for each.
 
-`EXECUTORS` names a factory per executor; a new one (Ray, Kubernetes) joins the list and must
-pass every test here unchanged. The supervisor's own mechanics (coalescing, pipes, escaped
+The `made` fixture makes executors of each kind: local, and Ray on a one-node cluster started
+for this module. A new executor (Kubernetes) joins its parameters and must pass every test
+here unchanged. The supervisor's own mechanics (coalescing, pipes, escaped
 grandchildren) are tested in tests/test_supervisor.py.
 """
 
@@ -18,7 +19,9 @@ import pytest
 import uvloop
 
 from orchestrad.executor import Executor, SpawnError, WriteError
+from orchestrad.remote.rayexec import RayExecutor
 from orchestrad.supervisor import Supervisor
+from tests.raycluster import RayCluster
 
 
 class Recorder:
@@ -55,21 +58,51 @@ class Recorder:
         return self.exits[task][0]
 
 
-def local(rec: Recorder) -> Executor:
-    return Supervisor(on_output=rec.on_output, on_exit=rec.on_exit)
+@pytest.fixture(scope="module")
+def cluster():
+    """One Ray node with four agent slots, for every Ray test of this module."""
+    cluster = RayCluster()
+    try:
+        cluster.start_head(slots=4)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
-EXECUTORS = {"local": local}
+_MADE: list[Executor] = []  # the executors of the running test, let go of by `run`
 
 
-@pytest.fixture(params=sorted(EXECUTORS))
+@pytest.fixture(params=["local", "ray"])
 def made(request) -> Callable[[Recorder], Executor]:
-    return EXECUTORS[request.param]
+    """A factory of executors of one kind, reporting to a Recorder."""
+    address = request.getfixturevalue("cluster").address if request.param == "ray" else ""
+
+    def make(rec: Recorder) -> Executor:
+        if request.param == "local":
+            executor = Supervisor(on_output=rec.on_output, on_exit=rec.on_exit)
+        else:
+            executor = RayExecutor(on_output=rec.on_output, on_exit=rec.on_exit, address=address, namespace="contract")
+        _MADE.append(executor)
+        return executor
+
+    yield make
+    for executor in _MADE:
+        if isinstance(executor, RayExecutor):
+            executor.abandon()
+    _MADE.clear()
 
 
 def run(coro_fn) -> None:
+    async def main() -> None:
+        try:
+            await asyncio.wait_for(coro_fn(), 60)
+        finally:
+            for executor in _MADE:
+                if isinstance(executor, RayExecutor):
+                    await asyncio.wait_for(executor.detach(), 30)
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(coro_fn(), 60))
+        runner.run(main())
 
 
 def py(code: str) -> list[str]:

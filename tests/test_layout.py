@@ -52,6 +52,22 @@ def test_the_shared_contract_imports_neither_side():
     assert not crossing(imports(ROOT / "cli" / "orchestra" / "shared"), allowed)
 
 
+def test_only_the_ray_bridge_imports_ray():
+    """Ray is an optional extra: the one module that imports it runs in a process of its own."""
+    def allowed(module: str, name: str) -> bool:
+        return name.split(".")[0] != "ray" or module == "orchestrad/remote/bridge.py"
+
+    assert not crossing(imports(ROOT / "orchestrad"), allowed)
+    assert not crossing(imports(ROOT / "cli" / "orchestra"), allowed)
+
+
+def test_the_daemon_runs_without_ray_loaded():
+    code = ("import sys, orchestrad.daemon, orchestrad.engine, orchestrad.remote.rayexec, orchestra.main, orchestra.mcp;"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_every_request_has_one_reply_type_and_one_handler(tmp_path):
     """The contract is a closed table: each request says what it is answered with, and the
     daemon has exactly one handler (or stream) for each."""

@@ -1,0 +1,218 @@
+"""The processes of one node, run for the daemon: what the Ray actor on a node holds.
+
+Plain Python and threads, no Ray: the actor wraps a `NodeProcs` and calls it from several
+threads at once (one read per process in flight, writes, stops). A process is keyed by
+(task, attempt), so a start that is retried after a lost reply finds the one already
+running instead of running the task twice.
+
+Output is pulled, not pushed: `read(key, acked, ...)` drops what the daemon says it has
+(byte offsets per stream), waits a little for more, and returns what is there past those
+offsets, at most `max_bytes`. A reader thread per stream reads the pipe into a buffer of at
+most `BUFFER_LIMIT` bytes not yet acknowledged and then stops reading, so a daemon that
+stops asking (back-pressure, or it is restarting) leaves the process blocked on its next
+write rather than the node's memory filling.
+
+Stopping is the local executor's grace ladder: SIGTERM to the process group, SIGKILL after
+the grace if the process still runs, and SIGKILL to the group once it has exited.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+__all__ = ["BUFFER_LIMIT", "NodeProcs", "StartFailed"]
+
+BUFFER_LIMIT = 8 << 20
+"""Bytes of a stream read and not yet acknowledged, past which its pipe is not read."""
+
+EOF_GRACE = 1.0
+"""Seconds to wait for end-of-file on the pipes once the process has been reaped."""
+
+STDIN_LIMIT = 1 << 20
+
+
+class StartFailed(Exception):
+    """The process could not be started; the message is written for a person."""
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.base = 0  # the offset of data[0] in the stream
+        self.eof = False
+
+
+class _Proc:
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.streams = {"stdout": _Stream(), "stderr": _Stream()}
+        self.exit: tuple[int | None, int | None] | None = None  # (code, signal) once reaped and drained
+        self.kill_at: float | None = None
+
+
+class NodeProcs:
+    def __init__(self) -> None:
+        self._procs: dict[str, _Proc] = {}
+        self._lock = threading.Condition()
+
+    # -- starting -------------------------------------------------------------------------
+
+    def start(self, key: str, argv: list[str], cwd: str, env: dict[str, str], stdin: bool) -> int:
+        """Start `argv` in `cwd` with exactly `env`, in a session of its own; its pid. The
+        same key again returns the pid of the process that key started."""
+        with self._lock:
+            if key in self._procs:
+                return self._procs[key].pid
+            if not os.path.isdir(cwd):
+                raise StartFailed(f"the working directory {cwd} does not exist on node {os.uname().nodename}")
+            try:
+                popen = subprocess.Popen(
+                    argv, cwd=cwd, env=env, start_new_session=True, close_fds=True,
+                    stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                )
+            except FileNotFoundError:
+                raise StartFailed(f"no such program: {argv[0]} (not found on node {os.uname().nodename})") from None
+            except PermissionError:
+                raise StartFailed(f"cannot run {argv[0]}: permission denied") from None
+            except OSError as exc:
+                raise StartFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+            proc = _Proc(popen)
+            self._procs[key] = proc
+        readers = [threading.Thread(target=self._pump, args=(proc, name, pipe), daemon=True)
+                   for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr))]
+        for reader in readers:
+            reader.start()
+        threading.Thread(target=self._reap, args=(proc, readers), daemon=True).start()
+        return proc.pid
+
+    # -- output ---------------------------------------------------------------------------
+
+    def read(self, key: str, acked: tuple[int, int], max_bytes: int, wait: float) -> dict:
+        """Drop what was acknowledged (stdout, stderr offsets), wait up to `wait` seconds for
+        something past it, and return {"stdout": bytes, "stderr": bytes, "exit": (code,
+        signal) or None} (the exit only once every byte before it was read)."""
+        deadline = time.monotonic() + wait
+        with self._lock:
+            proc = self._procs.get(key)
+            if proc is None:
+                return {"stdout": b"", "stderr": b"", "exit": None, "unknown": True}
+            for (name, stream), offset in zip(proc.streams.items(), acked):
+                drop = min(max(0, offset - stream.base), len(stream.data))
+                if drop:
+                    del stream.data[:drop]
+                    stream.base += drop
+            self._lock.notify_all()  # readers waiting for room
+            while (not any(s.data for s in proc.streams.values()) and proc.exit is None
+                   and (left := deadline - time.monotonic()) > 0):
+                self._lock.wait(left)
+            out, err = proc.streams["stdout"].data, proc.streams["stderr"].data
+            a = bytes(out[:max_bytes])
+            b = bytes(err[:max(0, max_bytes - len(a))])
+            done = proc.exit if len(a) == len(out) and len(b) == len(err) else None
+            return {"stdout": a, "stderr": b, "exit": done, "unknown": False}
+
+    def _pump(self, proc: _Proc, name: str, pipe) -> None:
+        stream = proc.streams[name]
+        fd = pipe.fileno()
+        try:
+            while True:
+                with self._lock:
+                    while len(stream.data) >= BUFFER_LIMIT:
+                        self._lock.wait()
+                chunk = os.read(fd, 256 << 10)
+                if not chunk:
+                    break
+                with self._lock:
+                    stream.data += chunk
+                    self._lock.notify_all()
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                stream.eof = True
+                self._lock.notify_all()
+
+    def _reap(self, proc: _Proc, readers: list[threading.Thread]) -> None:
+        code = proc.popen.wait()
+        _kill_group(proc.pid)  # nothing of its group outlives it
+        for reader in readers:
+            reader.join(EOF_GRACE)
+        for pipe in (proc.popen.stdout, proc.popen.stderr):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        with self._lock:
+            proc.exit = (code, None) if code >= 0 else (None, -code)
+            self._lock.notify_all()
+
+    # -- input and stopping ------------------------------------------------------------------
+
+    def write(self, key: str, data: bytes) -> bool:
+        proc = self._procs.get(key)
+        if proc is None or proc.popen.stdin is None or proc.exit is not None:
+            return False
+        try:
+            proc.popen.stdin.write(data)
+            proc.popen.stdin.flush()
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def close_stdin(self, key: str) -> None:
+        proc = self._procs.get(key)
+        if proc is not None and proc.popen.stdin is not None:
+            try:
+                proc.popen.stdin.close()
+            except (OSError, ValueError):
+                pass
+
+    def terminate(self, key: str, grace: float) -> None:
+        proc = self._procs.get(key)
+        if proc is None or proc.exit is not None:
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+        kill_at = time.monotonic() + grace
+        if proc.kill_at is not None and proc.kill_at <= kill_at:
+            return  # an earlier deadline stands
+        proc.kill_at = kill_at
+
+        def kill() -> None:
+            while proc.popen.poll() is None and proc.kill_at is not None and time.monotonic() < proc.kill_at:
+                time.sleep(min(0.05, max(0.0, proc.kill_at - time.monotonic())))
+            if proc.popen.poll() is None:
+                _signal_group(proc.pid, signal.SIGKILL)
+
+        threading.Thread(target=kill, daemon=True).start()
+
+    def forget(self, key: str) -> None:
+        """The daemon has the process's exit: let it go."""
+        with self._lock:
+            proc = self._procs.get(key)
+            if proc is not None and proc.exit is not None:
+                del self._procs[key]
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._procs)
+
+    def kill_all(self) -> None:
+        for proc in list(self._procs.values()):
+            _signal_group(proc.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    _signal_group(pgid, signal.SIGKILL)
