@@ -21,6 +21,7 @@ PERMISSION_MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 NOTIFY_KINDS = ("waiting", "failed", "parked", "workflow_ended", "review")
 SANDBOX_MODES = ("off", "on")
 MERGE_MODES = ("merge", "rebase")
+EXECUTORS = ("local", "ray")  # where an agent process may run (orchestrad.executor)
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -67,6 +68,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     check_timeout: float = 600.0  # seconds one acceptance check may run before it fails (orchestrad.verify)
     check_rounds: int = 2  # rounds of checks a task has before it fails (a role, a step or submit may say otherwise)
     agent_paths: dict[str, str] = {}  # each agent kind's CLI, a name on PATH or a path, like { codex = "/opt/codex/bin/codex" }
+    executor: str = "local"  # where tasks run unless a submit, a step or a role says otherwise: "local" or "ray"
+    ray_address: str = ""  # the Ray cluster the "ray" executor runs agents on, HOST:PORT of its head (orchestrad.remote)
 
 
 DEFAULT = Config()
@@ -136,7 +139,14 @@ _CHECKS: dict[str, tuple[str, Any]] = {
         lambda v: isinstance(v, dict) and all(k in _kinds() and isinstance(x, str) and x.strip() for k, x in v.items()),
     ),
     "worktree_quota": ("a whole number of bytes of at least 0, or none", lambda v: v is None or (isinstance(v, int) and v >= 0)),
+    "executor": (f"one of {', '.join(EXECUTORS)}", lambda v: v in EXECUTORS),
+    "ray_address": ("the HOST:PORT of a Ray cluster's head, like 10.0.0.5:6379, or \"\" for none", lambda v: isinstance(v, str) and (v == "" or _host_port(v))),
 }
+
+
+def _host_port(v: str) -> bool:
+    host, _, port = v.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536 and not any(c.isspace() or c == "/" for c in host)
 
 
 def _kinds() -> list[str]:

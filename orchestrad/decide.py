@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import signal as signal_mod
+from collections.abc import Collection
 
 import msgspec
 
@@ -91,7 +92,7 @@ class Actor(msgspec.Struct, frozen=True):
 READS = frozenset({
     p.Hello, p.ListTasks, p.Show, p.Logs, p.Watch, p.Wait, p.Queue, p.Roles, p.Templates,
     p.ConfigGet, p.Info, p.ShowWorkflow, p.ListWorkflows, p.CheckPolicy, p.MergeStatus, p.Diff, p.ListWorktrees,
-    p.Agents,
+    p.Agents, p.Nodes,
 })
 
 _ON_A_TASK = {p.Stop: "stop", p.SetPriority: "re-prioritise", p.Remove: "remove", p.AssignRole: "change the role of", p.Resume: "resume"}
@@ -212,6 +213,7 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         check_rounds=_check_rounds(_first(cmd.check_rounds, role.check_rounds, cfg.check_rounds)),
         review=_first(cmd.review, role.review) or False,
         expects_change=_first(cmd.expects_change, role.expects_change) or False,
+        **_placement(state, _first(cmd.executor, role.executor, cfg.executor), role.node_labels, cmd.node_labels),
     )
     if parent is not None:
         caps = parent.spec
@@ -224,6 +226,25 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
             budget_usd=_capped(spec.budget_usd, caps.budget_usd),
         )
     return [ev.TaskSubmitted(task=state.next_task, spec=spec)]
+
+
+def _placement(state: State, executor: str, role_labels: list[str], labels: list[str]) -> dict:
+    """Where a task runs: its executor and the labels its node must have, checked. A
+    role's labels count where it runs on a cluster; labels asked for here need one."""
+    if executor not in config_mod.EXECUTORS:
+        raise bad_request(f"unknown executor {executor!r}; where a task runs is one of {', '.join(config_mod.EXECUTORS)}")
+    if executor == "ray" and not state.config.ray_address:
+        raise bad_request("no Ray cluster is set: say where its head is with `orchestra config set ray_address HOST:PORT`")
+    for label in [*role_labels, *labels]:
+        if not label or not all(c.isalnum() or c in "-_." for c in label) or len(label) > 64:
+            raise bad_request(
+                f"a node label is a word of letters, digits, '-', '_' or '.' (at most 64), like gpu; not {label!r}"
+            )
+    if labels and executor == "local":
+        raise bad_request(f"node labels ({', '.join(labels)}) choose among a cluster's nodes: give them with --executor ray")
+    if executor == "local":
+        return {"executor": executor, "node_labels": []}
+    return {"executor": executor, "node_labels": sorted({*role_labels, *labels})}
 
 
 def _checks(commands: list[str]) -> list[str]:
@@ -313,6 +334,10 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
             check_rounds=_check_rounds(_first(step.check_rounds, role.check_rounds, cfg.check_rounds)),
             review=_first(step.review, role.review) or False,
             expects_change=_first(step.expects_change, role.expects_change) or False,
+            **_placement(
+                state, _first(step.executor, cmd.executor, role.executor, cfg.executor), role.node_labels,
+                [*step.node_labels, *cmd.node_labels],
+            ),
         )
         submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
     merge = template.merge if cmd.merge is None else cmd.merge
@@ -602,12 +627,26 @@ def spawn_failed(state: State, task_id: int, reason: str) -> list[ev.Event]:
     return [ev.TaskFinished(task=task_id, outcome=Status.FAILED, reason=reason)]
 
 
-def reconcile(state: State) -> list[ev.Event]:
-    """At start-up: tasks the log shows as active lost their process with the old daemon.
-    With `auto_resume`, agent tasks that had a conversation go back in the queue to
-    continue it."""
+def process_lost(state: State, task_id: int, pid: int, why: str) -> list[ev.Event]:
+    """Its executor can no longer follow its process (the node it ran on died): it ends
+    interrupted, resumable, the reason naming the node; with `auto_resume`, an agent task
+    that had a conversation goes back in the queue to continue it."""
+    task = state.tasks[task_id]
+    events: list[ev.Event] = [
+        ev.ProcessExited(task=task_id, pid=pid, exit_code=None, signal=None),
+        ev.TaskFinished(task=task_id, outcome=Status.INTERRUPTED, reason=f"lost: {why}"),
+    ]
+    if state.config.auto_resume and traits(task.spec.agent).converses and task.session_id:
+        events.append(ev.TaskContinued(task=task_id, message=RESUME_MESSAGE, reason="resume"))
+    return events
+
+
+def reconcile(state: State, followed: Collection[int] = ()) -> list[ev.Event]:
+    """At start-up: tasks the log shows as active lost their process with the old daemon,
+    but those in `followed` (their processes run on, elsewhere, and are found again). With
+    `auto_resume`, agent tasks that had a conversation go back in the queue to continue it."""
     events: list[ev.Event] = []
-    for task_id in sorted(state.active):
+    for task_id in sorted(state.active - set(followed)):
         events.append(ev.TaskFinished(task=task_id, outcome=Status.INTERRUPTED, reason="the daemon stopped while it ran"))
         task = state.tasks[task_id]
         if state.config.auto_resume and traits(task.spec.agent).converses and task.session_id:

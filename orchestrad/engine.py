@@ -42,7 +42,9 @@ from orchestrad.merger import Merger
 from orchestrad.notifier import Notifier
 from orchestrad.state import Task
 from orchestrad.store import Item, Store
-from orchestrad.executor import Executor, SpawnError, WriteError
+from orchestrad.executor import Executor, SpawnError, Unavailable, WriteError
+from orchestrad.remote import rayexec as remote
+from orchestrad.remote.rayexec import RayExecutor
 from orchestrad.supervisor import Supervisor
 from orchestrad.worktrees import WorktreeError
 
@@ -84,6 +86,9 @@ class Watcher:
         self.flag.clear()
         dirty, self.dirty = self.dirty, set()
         return dirty
+
+
+REATTACH_FOR = 300.0  # seconds a restarted daemon keeps trying to find its remote processes again
 
 
 class Engine:
@@ -310,7 +315,9 @@ class Engine:
             now = self.clock()
             quota = self.state.config.worktree_quota
             use = self.hygiene.used(self.state) if quota is not None else None
-            plan = scheduler.plan(self.state, now, day=local_day(now), busy=self.cpu.busy(), worktree_use=use)
+            plan = scheduler.plan(
+                self.state, now, day=local_day(now), busy=self.cpu.busy(), worktree_use=use, remote=self._remote_slots()
+            )
             due = {e.task for e in plan.events if isinstance(e, ev.StopRequested) and e.outcome is Status.TIMED_OUT} - checked
             if due:
                 checked |= due
@@ -393,12 +400,22 @@ class Engine:
                 log.warning("task %s: the %s adapter could not prepare its CLI's state: %s", task_id, task.spec.agent, exc)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
             role = roles.get(task.role, self.state.roles)
-            argv, box = await self.sandboxes.wrap(
-                argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config
+            executor = self.executor_named(task.spec.executor)
+            if executor is self.supervisor:
+                argv, box = await self.sandboxes.wrap(
+                    argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config
+                )
+                cgroup = containment.cgroup_name(task_id, task.attempts)
+            else:
+                remote.check_remote(role, self.state.config)
+                env[orphans.VARIABLE] = remote.mark(self.home_mark, task_id, task.attempts)  # not this machine's orphans
+                box = cgroup = ""
+            pid = await executor.start(
+                task_id, argv, cwd=cwd, env=env, cgroup=cgroup, attempt=task.attempts, labels=task.spec.node_labels
             )
-            cgroup = containment.cgroup_name(task_id, task.attempts)
-            executor = self.supervisor
-            pid = await executor.start(task_id, argv, cwd=cwd, env=env, cgroup=cgroup, attempt=task.attempts)
+        except Unavailable as exc:
+            self._observe([ev.StartDeferred(task=task_id, until=self.clock() + exc.retry_in, reason=str(exc))])
+            return
         except (SpawnError, WorktreeError) as exc:
             self._observe(d.spawn_failed(self.state, task_id, agent.spawn_error(str(exc))))
             return
@@ -408,9 +425,10 @@ class Engine:
             return
         self._agents[task_id] = agent
         self._running_on[task_id] = executor
+        node, host = executor.node_of(task_id) if isinstance(executor, RayExecutor) else ("", "")
         spawned = ev.ProcessSpawned(
             task=task_id, attempt=task.attempts, pid=pid, argv=launch.shown(argv), cgroup=self.supervisor.cgroup_of(task_id),
-            sandbox=box,
+            sandbox=box, node=node, host=host,
         )
         self._observe([spawned, *self._react(task_id, greeting)])
 
@@ -441,12 +459,48 @@ class Engine:
         machine's (where its acceptance checks run)."""
         return self._running_on.get(task_id, self.supervisor)
 
-    def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None) -> None:
+    def executor_named(self, name: str) -> Executor:
+        """The executor called `name`, made on first use; Unavailable when it cannot be
+        made as configured now."""
+        if name == "local":
+            return self.supervisor
+        address = self.state.config.ray_address
+        executor = self.executors.get(name)
+        if isinstance(executor, RayExecutor) and executor.address == address:
+            return executor
+        if not address:
+            raise Unavailable("no Ray cluster is set: say where its head is with `orchestra config set ray_address HOST:PORT`", 60.0)
+        if isinstance(executor, RayExecutor) and executor.pids():
+            return executor  # its tasks run on: the new address is used once they are done
+        executor = RayExecutor(
+            on_output=self._on_output, on_exit=self._on_exit, address=address, namespace=remote.namespace(self.home_mark),
+            env=self.base_env,
+        )
+        executor.on_nodes = self._nodes_changed
+        self.executors[name] = executor
+        return executor
+
+    def _remote_slots(self) -> dict[str, int]:
+        slots = {}
+        for name, executor in self.executors.items():
+            if isinstance(executor, RayExecutor) and executor.slots is not None:
+                slots[name] = executor.slots
+        return slots
+
+    def _nodes_changed(self) -> None:
+        if self._accepting:
+            self.schedule()  # slots came or went
+
+    def _on_exit(self, task_id: int, pid: int, exit_code: int | None, signal: int | None, lost: str = "") -> None:
         self._running_on.pop(task_id, None)
         if self.checks.owns(task_id):
             self.checks.exited(task_id, exit_code, signal)
             return
         if task_id not in self.state.active:
+            return
+        if lost:
+            self.sweeper.task_ended(task_id, self.state.tasks[task_id].attempts)
+            self._observe(d.process_lost(self.state, task_id, pid, lost))
             return
         self.sweeper.task_ended(task_id, self.state.tasks[task_id].attempts)
         agent = self._agents.get(task_id)
@@ -560,13 +614,50 @@ class Engine:
         stale = self.env_store.prune(set(self.state.tasks))
         if stale:
             log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
-        reconciled = d.reconcile(self.state)
+        followed = [  # remote processes run on without this daemon: found again below
+            t for t in sorted(self.state.active)
+            if self.state.tasks[t].spec.executor != "local" and self.state.tasks[t].pid is not None and self.state.tasks[t].node
+        ]
+        reconciled = d.reconcile(self.state, followed)
         events: list[ev.Event] = [ev.DaemonStarted(pid=os.getpid(), version=version(), accounts=self.accounts())]
         await self.record([*events, *reconciled])
+        for task_id in followed:
+            asyncio.get_running_loop().create_task(self._follow_again(task_id))
         self.reload_files()
         self.merger.poke()
         if self.state.config.worktree_quota is not None:
             self.hygiene.remeasure(self, list(self.state.worktrees))
+
+    async def _follow_again(self, task_id: int) -> None:
+        """Find the remote process of a task that ran when the previous daemon ended and
+        carry on with it; one that cannot be found ends interrupted, resumable, saying why.
+        A cluster that does not answer is asked again for REATTACH_FOR seconds."""
+        task = self.state.tasks[task_id]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REATTACH_FOR
+        pid: int | None = None
+        why = ""
+        while pid is None:
+            try:
+                executor = self.executor_named(task.spec.executor)
+                pid = await executor.attach(task_id, task.attempts, task.node)
+            except Unavailable as exc:
+                why = str(exc)
+                if loop.time() + exc.retry_in > deadline or not self._accepting:
+                    break
+                await asyncio.sleep(exc.retry_in)
+            except SpawnError as exc:
+                why = str(exc)
+                break
+        if task_id not in self.state.active:
+            return
+        if pid is None:
+            log.warning("task %s: its process on %s cannot be followed again: %s", task_id, task.host, why)
+            self._observe(d.process_lost(self.state, task_id, task.pid or 0, f"the daemon restarted and could not find it again: {why}"))
+            return
+        self._agents[task_id] = agent_for(task.spec.agent)
+        self._running_on[task_id] = executor
+        log.info("task %s: following its process %s on %s again", task_id, pid, task.host)
 
     def accounts(self) -> dict[str, str]:
         """The account each agent kind uses by default: a hash of the credentials it finds

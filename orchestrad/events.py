@@ -70,6 +70,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=Fa
     check_rounds: int = 0  # rounds of checks before it fails (0 in older logs: no checks)
     review: bool = False  # once the checks pass, wait for a person's approval
     expects_change: bool = False  # ending well having changed nothing (in a git directory) fails it
+    executor: str = "local"  # where its processes run (orchestrad.executor)
+    node_labels: list[str] = []  # labels the node it runs on must have (a remote executor)
 
 
 class DaemonStarted(Event):
@@ -129,6 +131,8 @@ class ProcessSpawned(Event):
     argv: list[str]
     cgroup: str = ""  # the cgroup it was born in (see orchestrad.containment), if any
     sandbox: str = ""  # the sandbox it runs in (see orchestrad.sandbox), if any
+    node: str = ""  # the id of the remote executor's node it runs on; "" on this machine
+    host: str = ""  # ... and that node's host name
 
 
 class SessionStarted(Event):
@@ -402,6 +406,16 @@ class ChangesRecorded(Event):
     insertions: int
     deletions: int
     stat: str = ""  # `git diff --stat`, shortened when long
+class StartDeferred(Event):
+    """The task could not start where it is to run (its Ray cluster cannot be reached, or
+    no node with a free slot and its labels is there): back in the queue, tried again at
+    `until`, with `reason` shown meanwhile. Its attempt did not happen."""
+
+    task: int
+    until: float
+    reason: str
+
+
 class BaselineRecorded(Event):
     """Where a task that is to change something started, in its git directory: HEAD and a
     digest of what was uncommitted. Its end is compared with it (`expects_change`)."""
@@ -500,6 +514,7 @@ AnyEvent = Union[
     CheckFinished,
     ReviewRequested,
     ReviewDecided,
+    StartDeferred,
 ]
 
 

@@ -8,12 +8,14 @@ those promises with the same tests.
 
 What the engine calls:
 
-* `start(task_id, argv, cwd=, env=, stdin=, cgroup=, attempt=)` starts one process for the
-  task and returns its pid (on the machine it runs on). (task, attempt) is its identity: an
-  executor that may retry a start over a network runs one process for it, not two. `env`
-  is the whole environment: an executor adds nothing and hands it to the process only
-  (never to a store or a log of its own).
-  A process that cannot be started raises `SpawnError`, written for a person.
+* `start(task_id, argv, cwd=, env=, stdin=, cgroup=, attempt=, labels=)` starts one process
+  for the task and returns its pid (on the machine it runs on). (task, attempt) is its
+  identity: an executor that may retry a start over a network runs one process for it, not
+  two. `env` is the whole environment: an executor adds nothing and hands it to the process
+  only (never to a store or a log of its own). `labels` are what the machine it runs on
+  must have (an executor of one machine is given none). A process that cannot be started
+  raises `SpawnError`, written for a person; `Unavailable` (a `SpawnError`) when it may
+  start later (no free slot, the cluster cannot be reached), with when to try again.
 * `write(task_id, data)` queues bytes for its stdin without waiting; `check_writable` says
   beforehand, by raising `WriteError`, that they could not be queued now, so that a
   person's answer is refused rather than accepted and dropped. `close_stdin` closes it once
@@ -30,26 +32,36 @@ What it reports, through the two callbacks it was made with:
 
 * `on_output(task_id, stream, chunk)`: "stdout" or "stderr", in order per stream, never
   before `start` has returned the pid;
-* `on_exit(task_id, pid, exit_code, signal)`: exactly once per process, after the last
-  `on_output` of both its streams, with the exit code or the signal that ended it.
+* `on_exit(task_id, pid, exit_code, signal, lost="")`: exactly once per process, after the
+  last `on_output` of both its streams, with the exit code or the signal that ended it; or
+  with `lost`, why the executor can no longer follow it (its machine died), code and
+  signal None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ExitCallback", "Executor", "OutputCallback", "SpawnError", "WriteError"]
+__all__ = ["ExitCallback", "Executor", "OutputCallback", "SpawnError", "Unavailable", "WriteError"]
 
 OutputCallback = Callable[[int, str, bytes], None]
 """on_output(task_id, stream, chunk)"""
 
-ExitCallback = Callable[[int, int, int | None, int | None], None]
-"""on_exit(task_id, pid, exit_code, signal)"""
+ExitCallback = Callable[..., None]
+"""on_exit(task_id, pid, exit_code, signal, lost="")"""
 
 
 class SpawnError(Exception):
     """A process could not be started. The message is written for a person."""
+
+
+class Unavailable(SpawnError):
+    """A process could not be started now and may be later: try again in `retry_in` seconds."""
+
+    def __init__(self, message: str, retry_in: float) -> None:
+        super().__init__(message)
+        self.retry_in = retry_in
 
 
 class WriteError(Exception):
@@ -65,7 +77,7 @@ class Executor(Protocol):
 
     async def start(
         self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
-        attempt: int = 0,
+        attempt: int = 0, labels: Sequence[str] = (),
     ) -> int: ...
 
     def write(self, task_id: int, data: bytes) -> None: ...

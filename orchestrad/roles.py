@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from orchestra.shared.protocol import MAX_BUDGET_USD, MAX_SECONDS, Role
 from orchestrad import policy, tomlfile
-from orchestrad.config import PERMISSION_MODES, SANDBOX_MODES
+from orchestrad.config import EXECUTORS, PERMISSION_MODES, SANDBOX_MODES
 
 READ_ONLY_DENIED = ["Write", "Edit", "NotebookEdit"]  # only tools the CLI knows: it names unknown ones in every transcript
 
@@ -145,6 +145,8 @@ def parse(name: str, text: str) -> Role:
         raise ValueError(f"permission_mode must be one of {', '.join(PERMISSION_MODES)}, not {role.permission_mode!r}")
     if role.sandbox is not None and role.sandbox not in SANDBOX_MODES:
         raise ValueError(f"sandbox must be one of {', '.join(SANDBOX_MODES)} (or left out: as the config says), not {role.sandbox!r}")
+    if role.executor is not None and role.executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)} (or left out: as the config says), not {role.executor!r}")
     if not role.prompt.strip():
         raise ValueError("prompt is empty: say what this role does and how")
     problem = policy.check_rules(role.policy)

@@ -5,8 +5,8 @@ indexes), never at the whole history, so it stays cheap however long the daemon 
 It returns a `Plan`:
 
 * `start` — queued tasks to start now, in order: every dependency has succeeded, a slot is
-  free (globally, and for the task's role where a per-role limit is set), nothing holds it
-  until a later time (see below); highest priority first, then oldest;
+  free (where it runs, and for the task's role where a per-role limit is set), nothing
+  holds it until a later time (see below); highest priority first, then oldest;
 * `events` — decisions that are facts to record: a queued task that can never run because a
   dependency failed, was cancelled or removed (it is cancelled, and the reason names the
   dependency), an active task past its timeout or idle timeout (a stop is requested with
@@ -24,6 +24,12 @@ A queued task may be held until a time: parked on its account's usage limit unti
 reset, or waiting out a retry's backoff (`Task.not_before`); and no task of an account
 whose usage limit was met starts before that limit resets (`State.limits`). Held tasks
 keep their place in the queue but hold no slot.
+
+Slots are counted where tasks run (`TaskSpec.executor`): `max_concurrent` on this machine,
+and for a remote executor (Ray) the agent slots its nodes offer, as the shell last saw
+them (`remote`; an executor not seen yet gets one slot, so that a first start finds out).
+Which node a task goes to, with its labels, is the executor's to decide; one that finds no
+room defers the start (`StartDeferred`).
 
 A task waiting for a person keeps its slot (its process is alive) and its wall-clock
 timeout, but its idle timeout is paused: silence is expected while a person decides.
@@ -47,6 +53,7 @@ from orchestrad import budgets, merges
 from orchestrad import events as ev
 from orchestrad.agents import traits
 from orchestrad.budgets import Day
+from orchestrad.config import EXECUTORS
 from orchestrad.state import State, Task
 
 
@@ -59,13 +66,13 @@ class Plan(msgspec.Struct, frozen=True):
 
 def plan(
     state: State, now: float, *, day: Day | None = None, busy: Mapping[int, float] | None = None,
-    worktree_use: int | None = None,
+    worktree_use: int | None = None, remote: Mapping[str, int] | None = None,
 ) -> Plan:
     """What to do at `now`; `day` is the local day a role's budget counts (the shell knows
     the time zone; without it, the UTC day); `busy` when each running task last used CPU
     (the shell reads it; without it, only output keeps a task from its idle timeout);
     `worktree_use` the bytes all worktrees use together, as the shell measured them (None:
-    not measured, no quota applies)."""
+    not measured, no quota applies); `remote` the agent slots of each remote executor."""
     day = day or budgets.utc_day(now)
     events: list[ev.Event] = []
     wake_at: float | None = None
@@ -94,16 +101,18 @@ def plan(
         events += merges.due(state)  # workflows that ended, and merge their branches
 
     config = state.config
-    running = len(state.active)
-    if running >= config.max_concurrent or not state.queued:  # no slot, or nothing waiting:
+    free = _free_slots(state, remote)
+    if not any(n > 0 for n in free.values()) or not state.queued:  # no slot, or nothing waiting:
         return Plan(start=[], events=events, wake_at=wake_at)  # no need to look at the queue
     per_role = _per_role(state)
     start: list[int] = []
     room = False
     for *_, task_id in state.run_order:  # in the order they would start; stops at the last free slot
-        if running >= config.max_concurrent:
+        if not any(n > 0 for n in free.values()):
             break
         task = state.tasks[task_id]
+        if free.get(task.spec.executor, 0) <= 0:
+            continue
         if task_id in state.queued_deps and not (
             all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task)
         ):
@@ -123,9 +132,20 @@ def plan(
             events.append(budgets.pause(state, task, day))  # waits for a person instead
             continue
         start.append(task.id)
-        running += 1
+        free[task.spec.executor] -= 1
         per_role[task.role] = per_role.get(task.role, 0) + 1
     return Plan(start=start, events=events, wake_at=wake_at, room=room)
+
+
+def _free_slots(state: State, remote: Mapping[str, int] | None) -> dict[str, int]:
+    """Free slots per executor: this machine's, and each remote one's (one for a remote
+    executor not seen yet)."""
+    running: dict[str, int] = {}
+    for task_id in state.active:
+        name = state.tasks[task_id].spec.executor
+        running[name] = running.get(name, 0) + 1
+    slots = {**{name: 1 for name in EXECUTORS}, **(remote or {}), "local": state.config.max_concurrent}
+    return {name: total - running.get(name, 0) for name, total in slots.items()}
 
 
 def needs_worktree(state: State, task: Task) -> bool:
@@ -208,9 +228,16 @@ def waits_for(state: State, task: Task, worktree_use: int | None = None) -> str:
         return f"role_limits allows no {task.role} task (its limit is 0); raise it with `orchestra config set role_limits`"
     if limit is not None and running >= limit:
         return f"a {task.role} slot (role_limits: {running} of {limit} running)"
-    if len(state.active) >= config.max_concurrent:
-        return f"a free slot ({len(state.active)} of {config.max_concurrent} running)"
+    if task.spec.executor != "local":
+        return ""  # its executor's slots are the executor's to count (the hold says when it found none)
+    local = _local_running(state)
+    if local >= config.max_concurrent:
+        return f"a free slot ({local} of {config.max_concurrent} running)"
     return ""
+
+
+def _local_running(state: State) -> int:
+    return sum(1 for t in state.active if state.tasks[t].spec.executor == "local")
 
 
 def start_order(state: State, now: float | None = None, worktree_use: int | None = None) -> list[tuple[int, str]]:
@@ -222,7 +249,7 @@ def start_order(state: State, now: float | None = None, worktree_use: int | None
     no slot. For `orchestra queue`: it looks at the whole queue, which `plan` never does."""
     config = state.config
     per_role = _per_role(state)
-    free = config.max_concurrent - len(state.active)
+    free = config.max_concurrent - _local_running(state)
     placed: set[int] = set()
     order: list[tuple[int, str]] = []
     held: list[tuple[int, str]] = []
@@ -239,9 +266,9 @@ def start_order(state: State, now: float | None = None, worktree_use: int | None
         held = hold(state, task, now) if now is not None else None
         if not reason and held is not None:
             reason = held[0]
-        elif not reason and free <= 0:
-            reason = f"a free slot ({len(state.active)} of {config.max_concurrent} running)"
-        elif not reason:
+        elif not reason and free <= 0 and task.spec.executor == "local":
+            reason = f"a free slot ({_local_running(state)} of {config.max_concurrent} running)"
+        elif not reason and task.spec.executor == "local":
             free -= 1
             per_role[task.role] = per_role.get(task.role, 0) + 1
         order.append((task.id, reason))

@@ -106,6 +106,7 @@ class Server:
             p.Diff: self.diff,
             p.ListWorktrees: self.list_worktrees,
             p.Agents: self.agents,
+            p.Nodes: self.nodes,
         }
         self._streams: dict[type, Callable[[Any], AsyncIterator[Any]]] = {
             p.Logs: self.logs,
@@ -452,6 +453,24 @@ class Server:
 
     async def agents(self, request: p.Agents) -> p.AgentList:
         return p.AgentList(agents=await agentprobe.describe(self.engine.state.config, self.engine.base_env))
+
+    async def nodes(self, request: p.Nodes) -> p.NodeList:
+        engine = self.engine
+        address = engine.state.config.ray_address
+        if not address:
+            return p.NodeList(executor="ray", address="", problem="no Ray cluster is set: `orchestra config set ray_address HOST:PORT`")
+        executor = engine.executor_named("ray")
+        await executor.reach()
+        running: dict[str, list[int]] = {}
+        for task_id in sorted(engine.state.active):
+            task = engine.state.tasks[task_id]
+            if task.node and task.spec.executor == "ray":
+                running.setdefault(task.node, []).append(task_id)
+        nodes = [
+            p.NodeView(id=n.id, host=n.host, slots=n.slots, labels=n.labels, alive=n.alive, running=running.get(n.id, []))
+            for n in executor.nodes.values()
+        ]
+        return p.NodeList(executor="ray", address=address, nodes=nodes, problem=executor.problem)
 
     async def change(self, request: Any) -> p.TaskView:
         await self._execute(request)

@@ -173,6 +173,8 @@ class Task(msgspec.Struct, kw_only=True, array_like=True, gc=False):
     baseline_digest: str = ""  # ... and a digest of what was uncommitted then
     reviews: list[ReviewDecision] = []  # what people decided of it in review
     session_cost_usd: float = 0.0  # what its current session (session_id) cost so far, over its attempts (as recorded since UsageRecorded.session)
+    node: str = ""  # the id of the remote executor's node its latest process ran on (ProcessSpawned.node)
+    host: str = ""  # ... and its host name
 
     @property
     def cwd(self) -> str:
@@ -345,6 +347,7 @@ def _spawned(s: State, e: ev.ProcessSpawned, ts: float, data) -> None:
     t.pid = e.pid
     t.pending_message = ""
     t.sandbox = e.sandbox
+    t.node, t.host = e.node, e.host
 
 
 def _session(s: State, e: ev.SessionStarted, ts: float, data) -> None:
@@ -588,6 +591,16 @@ def _requeue(s: State, t: Task, message: str, not_before: float, hold: str, why:
     _enqueue(s, t)
 
 
+def _start_deferred(s: State, e: ev.StartDeferred, ts: float, data) -> None:
+    t = s.tasks[e.task]
+    t.status = Status.QUEUED
+    t.attempts -= 1  # it did not happen: the next start is the same attempt, so never run twice
+    t.pid = None
+    t.not_before, t.hold, t.hold_reason = e.until, "executor", e.reason
+    s.active.discard(t.id)
+    _enqueue(s, t)
+
+
 def _exited(s: State, e: ev.ProcessExited, ts: float, data) -> None:
     t = s.tasks[e.task]
     t.pid = None
@@ -776,6 +789,7 @@ _FOLD: dict[type, Callable[[State, ev.Event, float, object], None]] = {
     ev.CheckFinished: _check_finished,
     ev.ReviewRequested: _review_requested,
     ev.ReviewDecided: _review_decided,
+    ev.StartDeferred: _start_deferred,
 }
 
 
@@ -959,6 +973,8 @@ def view(
         check_results=task.checks if preview is None else [],
         review=spec.review,
         reviews=task.reviews if preview is None else [],
+        executor=spec.executor,
+        node=f"{task.host} ({task.node[:8]})" if task.node else "",
     )
 
 

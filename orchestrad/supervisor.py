@@ -65,7 +65,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from orchestrad.containment import Cgroups
 from orchestrad.executor import ExitCallback, OutputCallback, SpawnError, WriteError
@@ -127,14 +127,14 @@ class Supervisor:
 
     async def start(
         self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
-        attempt: int = 0,
+        attempt: int = 0, labels: Sequence[str] = (),
     ) -> int:
         """Start `argv` in `cwd` with exactly `env`, in a new session; return its pid.
 
         stdin is a pipe (see `write`) when `stdin` is true, else /dev/null. With `cgroup`
         (and `cgroups` set), the process is born in that cgroup, which is killed whole when
-        the process exits or is stopped, and removed once empty. `attempt` is not needed
-        here: a local start is never retried.
+        the process exits or is stopped, and removed once empty. `attempt` and `labels`
+        are not needed here: a local start is never retried, and this machine is the one.
         """
         if self._closing:
             raise SpawnError("not starting new processes: the supervisor is shutting down")

@@ -43,6 +43,7 @@ from typing import Iterable, Protocol
 from orchestra.shared.protocol import Status
 from orchestra.shared.protocol import WorkflowStep as Step
 from orchestra.shared.protocol import WorkflowTemplate as Template
+from orchestrad.config import EXECUTORS
 from orchestrad import roles as roles_mod
 from orchestrad import tomlfile
 
@@ -182,6 +183,8 @@ def check(template: Template, role_names: list[str] | set[str]) -> list[str]:
                 problems.append(f"{where}: refers to itself")
         if step.if_succeeded and step.if_failed:
             problems.append(f"{where}: give if_succeeded or if_failed, not both")
+        if step.executor is not None and step.executor not in EXECUTORS:
+            problems.append(f"{where}: executor must be one of {', '.join(EXECUTORS)}, not {step.executor!r}")
     if problems:
         return problems
     cycle = _cycle(template)

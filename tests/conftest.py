@@ -36,6 +36,23 @@ def claude_version(request) -> tuple[str, str]:
     return request.param, path
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real Ray cluster on this machine, shared by the tests that need one: a head with
+    2 agent slots, a worker with 3 labelled "big" and one with 1 labelled "gpu". A test
+    that kills a node adds one of its own for it."""
+    from tests.raycluster import RayCluster
+
+    cluster = RayCluster()
+    try:
+        cluster.start_head(slots=2)
+        cluster.add_worker(slots=3, labels=("big",))
+        cluster.add_worker(slots=1, labels=("gpu",))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 def work(tmp_path):
     """An empty directory for a test's tasks to work in."""

@@ -34,6 +34,15 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.01)
 
 
+def alive(pid: int) -> bool:
+    """The process runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 class Daemon:
     def __init__(self, home: Path | None = None) -> None:
         # Short paths: a Unix socket path must fit in 107 bytes.

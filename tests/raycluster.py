@@ -26,6 +26,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class RayCluster:
     def __init__(self) -> None:
         self.port = free_port()
@@ -44,14 +62,22 @@ class RayCluster:
         self.nodes.append(node)
         return node
 
-    def start_head(self, slots: int) -> None:
-        self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}",
-                     ],
-                    {"orchestra_agent": slots})
+    @staticmethod
+    def resources(slots: int, labels: tuple[str, ...]) -> dict[str, float]:
+        """What a node offers orchestra: its agent slots, and a resource per label."""
+        return {"orchestra_agent": slots, **{f"orchestra_label_{label}": 1 for label in labels}}
+
+    def start_head(self, slots: int, labels: tuple[str, ...] = ()) -> None:
+        self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.temp}"],
+                    self.resources(slots, labels))
         self._wait_port()
 
-    def add_worker(self, slots: int) -> subprocess.Popen:
-        return self._start([f"--address={self.address}"], {"orchestra_agent": slots})
+    def add_worker(self, slots: int, labels: tuple[str, ...] = ()) -> subprocess.Popen:
+        """A worker node, once it has joined: nodes started at once on one machine name
+        their sockets alike, and one of them dies."""
+        node = self._start([f"--address={self.address}"], self.resources(slots, labels))
+        self.wait_nodes(sum(1 for n in self.nodes if n.poll() is None))
+        return node
 
     def _wait_port(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
@@ -78,10 +104,14 @@ class RayCluster:
         raise RuntimeError(f"fewer than {count} Ray nodes came up")
 
     def kill_node(self, node: subprocess.Popen) -> None:
-        try:
-            os.killpg(node.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """SIGKILL the node whole: `ray start` and every process under it (its raylet and
+        workers start sessions of their own, so its process group is not enough)."""
+        doomed = [node.pid, *_descendants(node.pid)]
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         node.wait()
 
     def stop(self) -> None:

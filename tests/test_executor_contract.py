@@ -1,7 +1,7 @@
 """What every executor promises the engine (orchestrad.executor), tested the same way for each.
 
-The `made` fixture makes executors of each kind: local, and Ray on a one-node cluster started
-for this module. A new executor (Kubernetes) joins its parameters and must pass every test
+The `made` fixture makes executors of each kind: local, and Ray on the tests' shared cluster
+(`ray_cluster`). A new executor (Kubernetes) joins its parameters and must pass every test
 here unchanged. The supervisor's own mechanics (coalescing, pipes, escaped
 grandchildren) are tested in tests/test_supervisor.py.
 """
@@ -21,7 +21,7 @@ import uvloop
 from orchestrad.executor import Executor, SpawnError, WriteError
 from orchestrad.remote.rayexec import RayExecutor
 from orchestrad.supervisor import Supervisor
-from tests.raycluster import RayCluster
+from tests.daemon import alive
 
 
 class Recorder:
@@ -58,24 +58,13 @@ class Recorder:
         return self.exits[task][0]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """One Ray node with four agent slots, for every Ray test of this module."""
-    cluster = RayCluster()
-    try:
-        cluster.start_head(slots=4)
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 _MADE: list[Executor] = []  # the executors of the running test, let go of by `run`
 
 
 @pytest.fixture(params=["local", "ray"])
 def made(request) -> Callable[[Recorder], Executor]:
     """A factory of executors of one kind, reporting to a Recorder."""
-    address = request.getfixturevalue("cluster").address if request.param == "ray" else ""
+    address = request.getfixturevalue("ray_cluster").address if request.param == "ray" else ""
 
     def make(rec: Recorder) -> Executor:
         if request.param == "local":
@@ -203,7 +192,7 @@ def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(ma
         assert (await rec.exit_of(1))[1:] == (None, signal.SIGKILL), rec.out(1, "stderr")
         assert 0.4 <= loop.time() - started < 10
         assert rec.out(1).endswith(b"term\n")  # SIGTERM came first
-        await rec.until(lambda: not _alive(child), timeout=5)  # the group went with it
+        await rec.until(lambda: not alive(child), timeout=5)  # the group went with it
 
     run(main)
 
@@ -251,10 +240,3 @@ def test_shutdown_stops_everything_reports_every_exit_and_refuses_new_work(made,
 
     run(main)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

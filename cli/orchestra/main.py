@@ -30,6 +30,7 @@ COMMANDS = {
     "queue": "queue:queue",
     "roles": "roles:roles",
     "agents": "roles:agents",
+    "nodes": "roles:nodes",
     "assign-role": "roles:assign_role",
     "policy": "policy:policy",
     "workflow": "workflow:workflow",

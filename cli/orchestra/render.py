@@ -76,6 +76,8 @@ def held(task: TaskView) -> str:
     until = getattr(task, "hold_until", None)
     if not getattr(task, "hold", "") or until is None:
         return ""
+    if task.hold == "executor":
+        return f"not started, tried again at {time.strftime('%H:%M:%S', time.localtime(until))}: {task.hold_reason}"
     if task.hold == "retry":
         return f"retrying at {time.strftime('%H:%M:%S', time.localtime(until))} ({task.hold_reason})"
     at = time.strftime("%H:%M", time.localtime(until))
@@ -183,7 +185,7 @@ def table(tasks: Sequence[TaskView], *, width: int = 120, now: float | None = No
             str(t.id),
             status_cell(t, now),
             t.role,
-            t.agent,
+            t.agent + (f"@{t.node.split(' (')[0]}" if getattr(t, "node", "") else ""),  # where it runs, off this machine
             str(t.priority),
             ",".join(map(str, t.after)) or "-",
             duration(t.runtime),
@@ -253,6 +255,8 @@ def details(task: TaskView, *, full: bool = False, now: float | None = None) -> 
         lines.append(f"  pid        {task.pid}")
     if task.sandbox:
         lines.append(f"  sandbox    {task.sandbox}")
+    if task.executor != "local":
+        lines.append(f"  runs on    {task.executor}" + (f", node {task.node}" if task.node else ""))
     if task.exit_code is not None or task.signal is not None:
         lines.append(f"  exit       {task.exit_code if task.signal is None else 'signal ' + str(task.signal)}")
     limits = [
@@ -500,6 +504,27 @@ def template_details(t: WorkflowTemplate) -> str:
         lines += ["      " + line for line in body.splitlines()]
         if getattr(step, "check", None) or getattr(step, "review", None):
             lines.append(f"      checks: {'; '.join(step.check) or '-'}" + ("; then a person's review" if step.review else ""))
+    return "\n".join(lines)
+
+
+def node_table(result) -> str:
+    """`orchestra nodes`: each node of the cluster, its slots in use, labels, health and
+    tasks; then what is wrong with the cluster, if anything."""
+    if not result.address:
+        return result.problem
+    rows = [
+        (f"{n.host} ({n.id[:8]})", f"{len(n.running)}/{n.slots}", ",".join(n.labels) or "-", "up" if n.alive else "gone",
+         " ".join(map(str, n.running)) or "-")
+        for n in result.nodes
+    ]
+    head = ("NODE", "SLOTS", "LABELS", "HEALTH", "TASKS")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = [f"ray cluster at {result.address}"]
+    lines += ["  ".join(f"{c:<{w}}" for c, w in zip(r[:4], widths)) + "  " + r[4] for r in [head, *rows]]
+    if not rows and not result.problem:
+        lines.append("no node offers agent slots: start one with ray start --resources '{\"orchestra_agent\": 4}'")
+    if result.problem:
+        lines += ["", result.problem]
     return "\n".join(lines)
 
 

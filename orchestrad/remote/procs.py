@@ -96,12 +96,14 @@ class NodeProcs:
     def read(self, key: str, acked: tuple[int, int], max_bytes: int, wait: float) -> dict:
         """Drop what was acknowledged (stdout, stderr offsets), wait up to `wait` seconds for
         something past it, and return {"stdout": bytes, "stderr": bytes, "exit": (code,
-        signal) or None} (the exit only once every byte before it was read)."""
+        signal) or None, "at": (stdout, stderr) offsets of the bytes returned} (the exit
+        only once every byte before it was read). A reader that has not read here before
+        (a bridge started anew) acknowledges (0, 0) and gets what is still kept."""
         deadline = time.monotonic() + wait
         with self._lock:
             proc = self._procs.get(key)
             if proc is None:
-                return {"stdout": b"", "stderr": b"", "exit": None, "unknown": True}
+                return {"stdout": b"", "stderr": b"", "exit": None, "unknown": True, "at": (0, 0)}
             for (name, stream), offset in zip(proc.streams.items(), acked):
                 drop = min(max(0, offset - stream.base), len(stream.data))
                 if drop:
@@ -115,7 +117,8 @@ class NodeProcs:
             a = bytes(out[:max_bytes])
             b = bytes(err[:max(0, max_bytes - len(a))])
             done = proc.exit if len(a) == len(out) and len(b) == len(err) else None
-            return {"stdout": a, "stderr": b, "exit": done, "unknown": False}
+            at = (proc.streams["stdout"].base, proc.streams["stderr"].base)
+            return {"stdout": a, "stderr": b, "exit": done, "unknown": False, "at": at}
 
     def _pump(self, proc: _Proc, name: str, pipe) -> None:
         stream = proc.streams[name]
@@ -197,6 +200,12 @@ class NodeProcs:
             proc = self._procs.get(key)
             if proc is not None and proc.exit is not None:
                 del self._procs[key]
+
+    def pid_of(self, key: str) -> int | None:
+        """The pid of the process `key` started, while this node keeps it."""
+        with self._lock:
+            proc = self._procs.get(key)
+            return proc.pid if proc is not None else None
 
     def keys(self) -> list[str]:
         with self._lock:

@@ -2,8 +2,10 @@
 
 It starts the bridge (`orchestrad.remote.bridge`, the one process that imports ray) on its
 first `start`, over a socket pair, and turns the calls into the bridge's messages and the
-bridge's messages into `on_output` and `on_exit`. A bridge that cannot reach the cluster
-says why, and every start fails with that reason until the next try.
+bridge's messages into `on_output` and `on_exit`. A cluster that cannot be reached makes
+every start `Unavailable` (tried again later, backing off) until it can; a start with no
+free slot on a node with its labels is `Unavailable` too. `nodes` is what the bridge last
+saw of the cluster; `attach` follows a process an earlier daemon started.
 """
 
 from __future__ import annotations
@@ -13,13 +15,54 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 
-from orchestrad.executor import ExitCallback, OutputCallback, SpawnError, WriteError
+import msgspec
+
+from orchestrad import containment, orphans, sandbox
+from orchestrad.executor import ExitCallback, OutputCallback, SpawnError, Unavailable, WriteError
 from orchestrad.remote import wire
 
-__all__ = ["RayExecutor"]
+__all__ = ["Node", "RayExecutor", "check_remote", "mark", "namespace"]
 
-CONNECT_TIMEOUT = 120.0  # seconds for the bridge to join the cluster
+CONNECT_TIMEOUT = 60.0  # seconds for the bridge to join the cluster
+PROBE_TIMEOUT = 5.0  # seconds for the head's port to take a connection, first
+BUSY_RETRY = 3.0  # seconds before a start that found no free slot is tried again
+DOWN_RETRY = (5.0, 60.0)  # ... one that could not reach the cluster: the first wait, doubling up to the second
+MAX_ENV = 64 << 10  # bytes of environment a remote start may carry (Ray keeps larger arguments in its object store)
+
+
+def namespace(home_mark: str) -> str:
+    """The Ray namespace of one daemon home: its actors, found again after a restart."""
+    return f"orchestra-{home_mark}"
+
+
+def mark(home_mark: str, task: int, attempt: int) -> str:
+    """The orphan mark of a remote process: not this home's local prefix, so that a daemon
+    restarting on a machine that is also a node never takes it for its own leftover."""
+    return f"ray-{orphans.mark(home_mark, task, attempt)}"
+
+
+def check_remote(role, config) -> None:
+    """A task may run on a remote executor only without the sandbox, which is this machine's."""
+    choice = sandbox.chosen(role, config)
+    if choice.on or not choice.network:
+        raise SpawnError(
+            "the sandbox runs agents on this machine only, not on the nodes of a Ray cluster: run the task "
+            "with --executor local, or turn the sandbox off for its role (sandbox = \"off\")"
+        )
+
+
+class Node(msgspec.Struct, frozen=True):
+    id: str
+    host: str
+    slots: int
+    labels: list[str]
+    alive: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.host} ({self.id[:8]})"
 
 
 class RayExecutor:
@@ -34,7 +77,10 @@ class RayExecutor:
         self.python = python
         self.env = dict(os.environ if env is None else env)
         self.output_paused = False
-        self.nodes: list[tuple[str, str, int]] = []  # (node id, host, slots), once connected
+        self.nodes: dict[str, Node] = {}  # what the bridge last saw of the cluster
+        self.problem = ""  # why the cluster cannot be used now ("" when it can, or was never tried)
+        self.on_nodes = lambda: None  # told when `nodes` or `problem` change
+        self._failures = 0  # connections that failed in a row
         self._bridge: subprocess.Popen | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ready: asyncio.Future | None = None
@@ -48,13 +94,24 @@ class RayExecutor:
         self._detached = False
         self._served: asyncio.Task | None = None
 
+    @property
+    def slots(self) -> int | None:
+        """The agent slots of the cluster's live nodes; None before it was reached."""
+        if self._ready is None or not self._ready.done() or self._ready.exception() is not None:
+            return 0 if self.problem else None
+        return sum(n.slots for n in self.nodes.values() if n.alive)
+
     # -- the bridge -----------------------------------------------------------------------
 
     async def _connect(self) -> None:
         if self._ready is not None and not (self._ready.done() and self._ready.exception()):
             return await asyncio.shield(self._ready)
         loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
+        self._ready = ready = loop.create_future()
+        problem = await self._probe()
+        if problem:  # ray.init would wait minutes on an address that does not answer
+            self._down(f"cannot reach the Ray cluster at {self.address}: {problem}")
+            raise self._unavailable()
         ours, theirs = socket.socketpair()
         env = {**self.env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._bridge = subprocess.Popen(
@@ -62,19 +119,56 @@ class RayExecutor:
              "--address", self.address, "--namespace", self.namespace],
             pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True,
         )
+        containment.OWN.add(self._bridge.pid)  # the daemon's helper, never an agent's stray
         theirs.close()
         reader, self._writer = await asyncio.open_connection(sock=ours)
         if self.output_paused:  # paused before there was a bridge to tell
             self._send("pause")
-        self._served = loop.create_task(self._serve(reader))
-        await asyncio.wait_for(asyncio.shield(self._ready), CONNECT_TIMEOUT)
+        self._served = loop.create_task(self._serve(reader, self._writer))
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), CONNECT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._kill_bridge()
+            self._down(f"cannot reach the Ray cluster at {self.address}: no answer in {CONNECT_TIMEOUT:.0f} s")
+            raise self._unavailable() from None
+        except SpawnError as exc:
+            self._down(str(exc))
+            raise self._unavailable() from None
+        self._failures, self.problem = 0, ""
+        self.on_nodes()
 
-    async def _serve(self, reader: asyncio.StreamReader) -> None:
+    async def _probe(self) -> str:
+        """Why the head's port does not take a connection ("" when it does)."""
+        host, _, port = self.address.rpartition(":")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            return f"no answer in {PROBE_TIMEOUT:.0f} s"
+        except (OSError, ValueError) as exc:
+            return getattr(exc, "strerror", None) or str(exc)
+        writer.close()
+        return ""
+
+    def _down(self, why: str) -> None:
+        self._failures += 1
+        self.problem = why
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(SpawnError(why))
+        self.on_nodes()
+
+    def _unavailable(self) -> Unavailable:
+        first, most = DOWN_RETRY
+        return Unavailable(self.problem, min(most, first * 2 ** max(0, self._failures - 1)))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (message := await wire.read_frame(reader)) is not None:
             kind, *args = message
-            if kind == "ready":
-                self.nodes = [tuple(n) for n in args[0]]
-                self._ready.set_result(None)
+            if kind in ("ready", "nodes"):
+                self.nodes = {n[0]: Node(*n) for n in args[0]}
+                if kind == "ready":
+                    self._ready.set_result(None)
+                else:
+                    self.on_nodes()
             elif kind == "failed":
                 self._ready.set_exception(SpawnError(args[0]))
             elif kind == "started":
@@ -83,21 +177,36 @@ class RayExecutor:
                 self._held[task] = []
                 self._resolve(task, pid)
             elif kind == "refused":
-                self._resolve(args[0], SpawnError(args[1]))
+                task, why, later = args
+                self._resolve(task, Unavailable(why, BUSY_RETRY) if later else SpawnError(why))
             elif kind == "out":
                 self._report(args[0], self.on_output, args[0], args[1], args[2])
             elif kind == "exit":
                 task, pid, code, sig = args
-                self._report(task, self._exit, task, pid, code, sig)
-        why = "the Ray bridge ended"
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(SpawnError(f"cannot use the Ray cluster at {self.address}: {why}"))
-        for task in list(self._starting):
-            self._resolve(task, SpawnError(why))
+                self._report(task, self._exit, task, pid, code, sig, "")
+            elif kind == "lost":
+                task, why = args
+                self._report(task, self._exit, task, self._running.get(task, 0), None, None, why)
+        writer.close()
+        bridge = self._bridge
+        if bridge is not None:  # reaped here, whoever else waits for it
+            await asyncio.get_running_loop().run_in_executor(None, bridge.wait)
+            containment.OWN.discard(bridge.pid)
         if self._detached:
             return
+        why = f"the Ray bridge ended (exit status {self._bridge.poll() if self._bridge else None})"
+        if self._ready is not None and not self._ready.done():
+            self._ready.set_exception(SpawnError(f"cannot use the Ray cluster at {self.address}: {why}"))
+        elif not self._closing:
+            self._down(f"lost the Ray cluster at {self.address}: {why}")
+            broken = asyncio.get_running_loop().create_future()
+            broken.set_exception(SpawnError(why))  # the next start starts a bridge anew
+            broken.exception()
+            self._ready = broken
+        for task in list(self._starting):
+            self._resolve(task, Unavailable(why, BUSY_RETRY))
         for task, pid in list(self._running.items()):  # their processes cannot be followed any more
-            self._report(task, self._exit, task, pid, None, None)
+            self._report(task, self._exit, task, pid, None, None, why)
 
     def _resolve(self, task: int, result: object) -> None:
         future = self._starting.pop(task, None)
@@ -118,12 +227,15 @@ class RayExecutor:
         for fn, args in self._held.pop(task, []):
             fn(*args)
 
-    def _exit(self, task: int, pid: int, code: int | None, sig: int | None) -> None:
+    def _exit(self, task: int, pid: int, code: int | None, sig: int | None, lost: str) -> None:
         if self._running.pop(task, None) is None:
             return
         self._stdin_open.discard(task)
         self._node_of.pop(task, None)
-        self.on_exit(task, pid, code, sig)
+        if lost:
+            self.on_exit(task, pid, None, None, lost=lost)
+        else:
+            self.on_exit(task, pid, code, sig)
         done = self._exited.pop(task, None)
         if done is not None and not done.done():
             done.set_result(None)
@@ -132,21 +244,48 @@ class RayExecutor:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(wire.frame(*message))
 
+    def _kill_bridge(self) -> None:
+        if self._bridge is not None and self._bridge.poll() is None:
+            self._bridge.kill()
+            self._bridge.wait()
+        if self._bridge is not None:
+            containment.OWN.discard(self._bridge.pid)
+
     # -- the executor's calls ------------------------------------------------------------------
 
     async def start(self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True,
-                    cgroup: str = "", attempt: int = 0) -> int:
+                    cgroup: str = "", attempt: int = 0, labels: Sequence[str] = ()) -> int:
         if self._closing:
             raise SpawnError("not starting new processes: the Ray executor is shutting down")
         if not argv:
             raise SpawnError("nothing to run: the command is empty")
         if task_id in self._running or task_id in self._starting:
             raise SpawnError(f"task {task_id} already has a process running")
+        if len(msgspec.msgpack.encode(env)) > MAX_ENV:
+            raise SpawnError(f"its environment is over {MAX_ENV >> 10} KiB, more than a remote start carries; pass less")
         await self._connect()
-        future = asyncio.get_running_loop().create_future()
-        self._starting[task_id] = future
-        self._exited[task_id] = asyncio.get_running_loop().create_future()
-        self._send("start", task_id, attempt, argv, cwd, env, stdin)
+        return await self._begin(task_id, stdin, "start", task_id, attempt, argv, cwd, env, stdin, list(labels))
+
+    async def reach(self) -> None:
+        """Join the cluster if not joined yet; `problem` says why not when it cannot be."""
+        try:
+            await self._connect()
+        except Unavailable:
+            pass
+
+    async def attach(self, task_id: int, attempt: int, node: str, *, stdin: bool = True) -> int:
+        """Follow the process of (task, attempt) that an earlier daemon started on `node`,
+        from the output its node still keeps; its pid. SpawnError when it is gone."""
+        await self._connect()
+        return await self._begin(task_id, stdin, "attach", task_id, attempt, node)
+
+    async def _begin(self, task_id: int, stdin: bool, *message: object) -> int:
+        loop = asyncio.get_running_loop()
+        if self._writer is None or self._writer.is_closing():
+            raise Unavailable(f"lost the Ray cluster at {self.address}: its bridge ended", BUSY_RETRY)
+        future = self._starting[task_id] = loop.create_future()
+        self._exited[task_id] = loop.create_future()
+        self._send(*message)
         try:
             pid = await future
         except SpawnError:
@@ -154,7 +293,7 @@ class RayExecutor:
             raise
         if stdin:
             self._stdin_open.add(task_id)
-        asyncio.get_running_loop().call_soon(self._release, task_id)  # reports flow once our caller has the pid
+        loop.call_soon(self._release, task_id)  # reports flow once our caller has the pid
         return pid
 
     async def detach(self) -> None:
@@ -173,13 +312,13 @@ class RayExecutor:
         """Kill the bridge and leave the processes running on their nodes: what a daemon
         killed with SIGKILL leaves behind."""
         self._detached = True
-        if self._bridge is not None and self._bridge.poll() is None:
-            self._bridge.kill()
-            self._bridge.wait()
+        self._kill_bridge()
 
-    def node_of(self, task_id: int) -> str:
-        return self._node_of.get(task_id, "")
-
+    def node_of(self, task_id: int) -> tuple[str, str]:
+        """The node its process runs on: (node id, host)."""
+        node_id = self._node_of.get(task_id, "")
+        node = self.nodes.get(node_id)
+        return node_id, node.host if node is not None else ""
     def check_writable(self, task_id: int, size: int = 1) -> None:
         if task_id not in self._running or task_id not in self._stdin_open:
             raise WriteError(f"cannot send input to task {task_id}: it has no running process")
@@ -222,4 +361,6 @@ class RayExecutor:
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self._bridge.wait, 30)
             except subprocess.TimeoutExpired:
-                self._bridge.kill()
+                self._kill_bridge()
+        if self._served is not None:
+            await self._served

@@ -41,6 +41,16 @@ def agents(app: App, as_json):
     emit(app.call(p.Agents(), p.AgentList), as_json, lambda result: agent_table(result.agents))
 
 
+@click.command()
+@json_option
+@click.pass_obj
+def nodes(app: App, as_json):
+    """List the nodes of the Ray cluster (config ray_address): slots, labels, health, tasks."""
+    from orchestra.render import node_table
+
+    emit(app.call(p.Nodes(), p.NodeList), as_json, node_table)
+
+
 @click.command("assign-role")
 @click.argument("task", type=task_id)
 @click.argument("role")

@@ -47,10 +47,12 @@ class _SplitAtDashes(click.Command):
 @click.option("--check-rounds", type=int, help="How often the checks may run before the task fails (default: the role's, else config check_rounds, 2).")
 @click.option("--review/--no-review", default=None, help="Once the checks pass, wait for a person to approve or reject it (default: as the role says).")
 @click.option("--expects-change/--no-expects-change", default=None, help="Fail if the agent says it is done having changed nothing (default: as the role says).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where it runs: this machine, or a node of the Ray cluster at config ray_address (default: as the role says, else config executor).")
+@click.option("--node-label", "node_labels", multiple=True, help="Run only on a cluster node with this label (repeatable; with --executor ray).")
 @json_option
 @click.pass_context
 def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle_timeout, budget, model, cwd, env, title, worktree,
-           checks, check_rounds, review, expects_change, as_json):
+           checks, check_rounds, review, expects_change, executor, node_labels, as_json):
     """Queue a task: a prompt for an agent, or a command after `--`.
 
     \b
@@ -85,6 +87,8 @@ def submit(ctx, prompt, prompt_file, role, agent, priority, after, timeout, idle
         check_rounds=check_rounds,
         review=review,
         expects_change=expects_change,
+        executor=executor,
+        node_labels=list(node_labels),
     )
     emit(app.call(request, p.TaskView), as_json, lambda task: str(task.id))
 

@@ -62,13 +62,15 @@ def workflow_show(app: App, name, as_json):
 @click.option("--agent", "-a", help="Run every step with this agent kind (orchestra agents lists them).")
 @click.option("--budget", type=float, help="Dollars all its tasks together may spend; reaching it pauses the next step to ask you.")
 @click.option("--merge/--no-merge", default=None, help="Merge its branches onto their target once every step succeeded (default: as the template says).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), help="Where its steps run, unless a step says (default: as each step's role says, else config executor).")
+@click.option("--node-label", "node_labels", multiple=True, help="Its steps run only on cluster nodes with this label (repeatable).")
 @json_option
 @click.pass_obj
-def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, budget, merge, as_json):
+def workflow_run(app: App, name, goal, cwd, worktree, priority, agent, budget, merge, executor, node_labels, as_json):
     """Run template NAME for GOAL; prints the workflow's id and its tasks."""
     view = app.call(
         p.RunWorkflow(template=name, goal=" ".join(goal), cwd=os.path.abspath(cwd or os.getcwd()), worktree=worktree, priority=priority, agent=agent,
-                      budget_usd=budget, merge=merge),
+                      budget_usd=budget, merge=merge, executor=executor, node_labels=list(node_labels)),
         p.WorkflowView,
     )
     emit(view, as_json, lambda v: f"workflow {v.id}: " + ", ".join(f"{step} = task {task}" for step, task in v.steps.items()))

@@ -121,6 +121,8 @@ class Submit(Request):
     check_rounds: int | None = None  # rounds of checks before it fails; None: the role's, else the config's
     review: bool | None = None  # wait for a person's approval once the checks pass; None: as the role says
     expects_change: bool | None = None  # fail if the agent ends well having changed nothing; None: as the role says
+    executor: str | None = None  # where it runs: "local" or "ray"; None: as the role says, else the config
+    node_labels: list[str] = []  # run only on a node with every one of these labels (a remote executor)
 
 
 class ListTasks(Request):
@@ -254,6 +256,8 @@ class RunWorkflow(Request):
     agent: str | None = None  # run every step with this agent (default: the configured one)
     budget_usd: float | None = None  # what all its tasks together may spend
     merge: bool | None = None  # merge its branches onto their target once it succeeds; None: as the template says
+    executor: str | None = None  # where its steps run unless a step says; None: as each step's role says, else the config
+    node_labels: list[str] = []  # labels the nodes its steps run on must have (added to each step's)
 
 
 class ShowWorkflow(Request):
@@ -320,6 +324,13 @@ class Agents(Request):
     pass
 
 
+class Nodes(Request):
+    """The nodes of the Ray cluster tasks may run on (a `NodeList`): each one's agent slots,
+    labels, health and running tasks. It joins the cluster if the daemon has not yet."""
+
+    pass
+
+
 AnyRequest = Union[
     Hello,
     Submit,
@@ -351,6 +362,7 @@ AnyRequest = Union[
     Diff,
     ListWorktrees,
     Agents,
+    Nodes,
 ]
 
 # Requests that change state: their reply is sent only after the events they caused are durable.
@@ -515,6 +527,8 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     check_results: list["CheckResult"] = []  # the latest round's checks that ran, in order
     review: bool = False  # it waits for a person's approval once its checks pass
     reviews: list["ReviewDecision"] = []  # what people decided of it in review, oldest first
+    executor: str = "local"  # where its processes run: "local" or "ray"
+    node: str = ""  # the node of a remote executor its latest process ran on, "host (node id)"
 
 
 class CheckResult(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -576,6 +590,8 @@ class Role(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     review: bool = False  # its tasks wait for a person's approval once their checks pass
     expects_change: bool = False  # a task that ends well having changed nothing fails
     agent: str | None = None  # the agent kind its tasks run on unless a submit or a step names one; None: the config's
+    executor: str | None = None  # where its tasks run ("local" | "ray") unless a submit or a step says; None: the config's
+    node_labels: list[str] = []  # labels a node must have to run its tasks (a remote executor)
 
 
 class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -592,6 +608,8 @@ class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     check_rounds: int | None = None  # None: the role's, else the config's
     review: bool | None = None  # None: as the role says
     expects_change: bool | None = None  # None: as the role says
+    executor: str | None = None  # None: as the role says, else the config
+    node_labels: list[str] = []  # added to the role's
 
 
 class WorkflowTemplate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -688,6 +706,22 @@ class AgentView(msgspec.Struct, frozen=True, kw_only=True):
 
 class AgentList(msgspec.Struct, frozen=True, kw_only=True):
     agents: list[AgentView]
+
+
+class NodeView(msgspec.Struct, frozen=True, kw_only=True):
+    id: str  # Ray's node id
+    host: str
+    slots: int  # agent slots it offers (its orchestra_agent resource)
+    labels: list[str] = []
+    alive: bool = True
+    running: list[int] = []  # the tasks whose processes run there
+
+
+class NodeList(msgspec.Struct, frozen=True, kw_only=True):
+    executor: str  # "ray"
+    address: str  # the cluster's head, as config ray_address says ("" for none)
+    nodes: list[NodeView] = []
+    problem: str = ""  # why the cluster cannot be used now ("" when it can)
 
 
 class DaemonStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -809,6 +843,7 @@ REPLIES: dict[type, object] = {
     Diff: DiffResult,
     ListWorktrees: WorktreeList,
     Agents: AgentList,
+    Nodes: NodeList,
 }
 
 
