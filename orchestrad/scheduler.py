@@ -139,12 +139,15 @@ def plan(
 
 def _free_slots(state: State, remote: Mapping[str, int] | None) -> dict[str, int]:
     """Free slots per executor: this machine's, and each remote one's (one for a remote
-    executor not seen yet)."""
+    executor not seen yet) while queued tasks are for one: so that with this machine's
+    slots taken and no remote work, planning stops before looking at the queue."""
     running: dict[str, int] = {}
     for task_id in state.active:
         name = state.tasks[task_id].spec.executor
         running[name] = running.get(name, 0) + 1
-    slots = {**{name: 1 for name in EXECUTORS}, **(remote or {}), "local": state.config.max_concurrent}
+    slots = {"local": state.config.max_concurrent}
+    if state.queued_remote:
+        slots = {**{name: 1 for name in EXECUTORS}, **(remote or {}), **slots}
     return {name: total - running.get(name, 0) for name, total in slots.items()}
 
 

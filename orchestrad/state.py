@@ -257,6 +257,7 @@ class State(msgspec.Struct, kw_only=True):
     next_merge: int = 1
     merge_queue: list[int] = []  # merges not finished, in the order they run (the first may be running)
     merge_pending: set[int] = set()  # workflows that merge their branches once they succeed, until they do
+    queued_remote: set[int] = set()  # the queued tasks that run on a remote executor (an index, like run_order)
 
 
 # ---------------------------------------------------------------------------------------
@@ -630,6 +631,8 @@ def _enqueue(s: State, t: Task) -> None:
     s.queued.add(t.id)
     if t.spec.after or t.spec.run_if is not None:
         s.queued_deps.add(t.id)
+    if t.spec.executor != "local":
+        s.queued_remote.add(t.id)
     bisect.insort(s.run_order, _run_key(t))
 
 
@@ -638,6 +641,7 @@ def _dequeue(s: State, t: Task) -> None:
         return
     s.queued.discard(t.id)
     s.queued_deps.discard(t.id)
+    s.queued_remote.discard(t.id)
     key = _run_key(t)
     order = s.run_order
     i = bisect.bisect_left(order, key)
@@ -877,6 +881,7 @@ def from_snapshot(payload: bytes | memoryview, version: int = 2) -> State:
     state = _from_format_1(payload) if version == 1 else _snapshot_decoder.decode(payload)
     # An index, not a fact: rebuilt rather than trusted, whichever version wrote it.
     state.run_order = sorted(_run_key(state.tasks[t]) for t in state.queued)
+    state.queued_remote = {t for t in state.queued if state.tasks[t].spec.executor != "local"}
     return state
 
 

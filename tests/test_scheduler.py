@@ -238,3 +238,51 @@ def test_past_the_worktree_quota_only_tasks_that_would_make_a_worktree_wait_and_
     core.do(p.ConfigSet(key="worktree_quota", value=None))
     unlimited = scheduler.plan(core.state, core.now, worktree_use=10**12)
     assert unlimited.start == [isolated, plain] and not unlimited.room
+
+
+def test_slots_are_counted_where_tasks_run():
+    core = Core()
+    core.do(p.ConfigSet(key="max_concurrent", value=1))
+    core.do(p.ConfigSet(key="ray_address", value="10.0.0.5:6379"))
+    local = [core.submit() for _ in range(2)]
+    remote = [core.submit(executor="ray") for _ in range(4)]
+    # The cluster not seen yet: one remote start finds out; this machine's one slot is its own.
+    assert core.plan().start == [local[0], remote[0]]
+    plan = scheduler.plan(core.state, core.now, remote={"ray": 3})
+    assert plan.start == [local[0], *remote[:3]]
+    for task_id in plan.start:
+        core.spawn(task_id)
+    assert scheduler.plan(core.state, core.now, remote={"ray": 3}).start == []  # both full
+    assert scheduler.plan(core.state, core.now, remote={"ray": 4}).start == [remote[3]]  # a node joined
+    assert scheduler.waits_for(core.state, core.state.tasks[local[1]]) == "a free slot (1 of 1 running)"
+
+
+def test_a_deferred_start_is_the_same_attempt_again_and_waits_its_time():
+    core = Core()
+    core.do(p.ConfigSet(key="ray_address", value="10.0.0.5:6379"))
+    task = core.submit(executor="ray", node_labels=["gpu"])
+    [started] = core.plan().start
+    core.apply([ev.TaskStarting(task=task, attempt=1)])
+    core.apply([ev.StartDeferred(task=task, until=core.now + 5, reason="no node of the Ray cluster has the label gpu")])
+    view = core.state.tasks[task]
+    assert view.status is Status.QUEUED and view.attempts == 0 and view.hold == "executor"
+    plan = core.plan()
+    assert plan.start == [] and plan.wake_at == core.now + 5
+    core.now += 5
+    assert core.tick() == [task] and core.state.tasks[task].attempts == 1
+    assert core.replayed().tasks[task].attempts == 1
+
+
+def test_node_labels_need_a_cluster_and_are_words():
+    core = Core()
+    with pytest.raises(p.OrchestraError, match="--executor ray"):
+        core.submit(node_labels=["gpu"])
+    with pytest.raises(p.OrchestraError, match="ray_address"):
+        core.submit(executor="ray")
+    core.do(p.ConfigSet(key="ray_address", value="10.0.0.5:6379"))
+    with pytest.raises(p.OrchestraError, match="a node label is a word"):
+        core.submit(executor="ray", node_labels=["g p u"])
+    with pytest.raises(p.OrchestraError, match="unknown executor"):
+        core.submit(executor="k8s")
+    task = core.submit(executor="ray", node_labels=["gpu", "big", "gpu"])
+    assert core.state.tasks[task].spec.node_labels == ["big", "gpu"]

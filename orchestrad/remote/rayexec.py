@@ -96,9 +96,10 @@ class RayExecutor:
 
     @property
     def slots(self) -> int | None:
-        """The agent slots of the cluster's live nodes; None before it was reached."""
+        """The agent slots of the cluster's live nodes; None while it is not reached (the
+        scheduler then tries one start at a time, which finds out again)."""
         if self._ready is None or not self._ready.done() or self._ready.exception() is not None:
-            return 0 if self.problem else None
+            return None
         return sum(n.slots for n in self.nodes.values() if n.alive)
 
     # -- the bridge -----------------------------------------------------------------------
