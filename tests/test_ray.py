@@ -168,3 +168,30 @@ def test_an_unreachable_cluster_keeps_its_tasks_queued_with_the_reason_and_local
     shown = daemon.run_cli("ps", "--json")
     assert "not started" not in shown.stdout and "127.0.0.1:1" in shown.stdout
     assert "not started, tried again at" in daemon.run_cli("ps").stdout
+
+
+def test_claude_code_on_a_worker_asks_permission_through_orchestra(ray_cluster, claude):
+    from tests.scripted_api import ScriptedAPI, reply
+
+    api = ScriptedAPI().start()
+    d = Daemon()
+    d.env.update(api.env(d.env))
+    try:
+        d.start()
+        d.call(p.ConfigSet(key="claude_path", value=claude))
+        d.call(p.ConfigSet(key="ray_address", value=ray_cluster.address))
+        api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > allowed.txt", "description": "write a file"}), reply.text("done"))
+        task = d.call(p.Submit(prompt="run it", cwd=str(d.home), executor="ray", node_labels=["big"]), p.TaskView).id
+        waiting = d.wait_status(task, Status.WAITING, *p.FINISHED, timeout=90)
+        assert waiting.status is Status.WAITING, waiting.reason
+        assert waiting.waiting.kind == "permission" and waiting.waiting.prompt.startswith("Bash: /bin/echo ran")
+        big = next(n for n in nodes(d).values() if n.labels == ["big"])
+        assert waiting.node == f"{big.host} ({big.id[:8]})"
+        allowed = d.cli("respond", str(task), "--allow")
+        assert allowed.exit_code == 0, allowed.output
+        view = d.wait_status(task, *p.FINISHED, timeout=90)
+        assert view.status is Status.SUCCEEDED, view.reason
+        assert (d.home / "allowed.txt").read_text() == "ran\n" and view.result == "done" and view.cost_usd > 0
+    finally:
+        d.cleanup()
+        api.close()
