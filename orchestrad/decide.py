@@ -607,7 +607,7 @@ def output_over_limit(state: State, task_id: int, more: int) -> list[ev.Event]:
     stopped, failed, with a reason that says so."""
     task = state.tasks[task_id]
     limit = state.config.max_output_bytes
-    if task.output_bytes + more < limit or task.stopping is not None:
+    if task.output_bytes + more <= limit or task.stopping is not None:  # the limit itself may be written
         return []
     reason = (
         f"it wrote more than the output limit of {_size(limit)}; raise it with "

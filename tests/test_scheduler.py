@@ -286,3 +286,16 @@ def test_node_labels_need_a_cluster_and_are_words():
         core.submit(executor="k8s")
     task = core.submit(executor="ray", node_labels=["gpu", "big", "gpu"])
     assert core.state.tasks[task].spec.node_labels == ["big", "gpu"]
+
+
+def test_output_up_to_the_limit_is_kept_and_one_byte_past_it_stops_the_task():
+    from orchestrad import decide as d
+
+    core = Core()
+    core.do(p.ConfigSet(key="max_output_bytes", value=1024))
+    task = core.submit()
+    core.spawn(task)
+    core.apply([ev.OutputAppended(task=task, stream="stdout", size=1000)])
+    assert d.output_over_limit(core.state, task, 24) == []  # exactly the limit: a 1 GiB run under the 1 GiB default
+    [stop] = d.output_over_limit(core.state, task, 25)
+    assert stop.outcome is Status.FAILED and "output limit of 1 KiB" in stop.reason
