@@ -193,6 +193,15 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
                 f"task {dep} already ended {dep_task.status.value}, so a task after it would "
                 f"never run; resubmit task {dep} first or drop --after {dep}"
             )
+    placement = _placement(state, _first(cmd.executor, role.executor, cfg.executor), role.node_labels, cmd.node_labels)
+    worktree = _first(cmd.worktree, role.worktree)
+    if placement["executor"] != "local":
+        if cmd.worktree is False:
+            raise bad_request(
+                f"a task on the {placement['executor']} executor works in a clone of its repository on a branch "
+                "of its own, as in a worktree: drop --no-worktree, or run it with --executor local"
+            )
+        worktree = True
     spec = ev.TaskSpec(
         prompt=cmd.prompt,
         argv=list(cmd.argv),
@@ -208,12 +217,12 @@ def _submit(state: State, cmd: p.Submit, now: float, actor: Actor | None = None)
         budget_usd=_first(cmd.budget_usd, role.budget_usd),
         model=cmd.model or role.model,
         title=cmd.title or _title(cmd.prompt, cmd.argv),
-        worktree=_first(cmd.worktree, role.worktree) or False,
+        worktree=worktree or False,
         checks=[*role.check, *_checks(cmd.checks)],
         check_rounds=_check_rounds(_first(cmd.check_rounds, role.check_rounds, cfg.check_rounds)),
         review=_first(cmd.review, role.review) or False,
         expects_change=_first(cmd.expects_change, role.expects_change) or False,
-        **_placement(state, _first(cmd.executor, role.executor, cfg.executor), role.node_labels, cmd.node_labels),
+        **placement,
     )
     if parent is not None:
         caps = parent.spec
@@ -339,6 +348,11 @@ def _run_workflow(state: State, cmd: p.RunWorkflow, now: float) -> list[ev.Event
                 [*step.node_labels, *cmd.node_labels],
             ),
         )
+        if spec.executor != "local" and not worktree:
+            raise bad_request(
+                f"step {step.name!r} runs on the {spec.executor} executor, in a clone of the repository on a branch "
+                "of its own: run the workflow with --worktree, or the step with --executor local"
+            )
         submitted.append(ev.TaskSubmitted(task=task_id, spec=spec))
     merge = template.merge if cmd.merge is None else cmd.merge
     if merge and not worktree:

@@ -394,24 +394,27 @@ class Engine:
             argv = agent.command(task, self.state.config, self.state.roles)
             mark = orphans.mark(self.home_mark, task_id, task.attempts)
             env = launch.environment(self.base_env, agent, self.state.config, own_env, mark)
+            role = roles.get(task.role, self.state.roles)
+            executor = self.executor_named(task.spec.executor)
+            carry: list[tuple[str, str]] = []
+            if executor is not self.supervisor:
+                remote.check_remote(role, self.state.config)
+                env[orphans.VARIABLE] = remote.mark(self.home_mark, task_id, task.attempts)  # not this machine's orphans
+                carry = self._carried(agent, cwd, await executor.workdir(task_id, task.attempts, cwd, env), env)
             try:
-                agent.prepare(task, cwd, env)
+                agent.prepare(task, await executor.workdir(task_id, task.attempts, cwd, env), env)
             except OSError as exc:
                 log.warning("task %s: the %s adapter could not prepare its CLI's state: %s", task_id, task.spec.agent, exc)
             greeting = agent.greeting(task)  # before ProcessSpawned clears the pending message
-            role = roles.get(task.role, self.state.roles)
-            executor = self.executor_named(task.spec.executor)
+            box = cgroup = ""
             if executor is self.supervisor:
                 argv, box = await self.sandboxes.wrap(
                     argv, cwd=cwd, env=env, agent=agent, role=role, role_name=task.role, config=self.state.config
                 )
                 cgroup = containment.cgroup_name(task_id, task.attempts)
-            else:
-                remote.check_remote(role, self.state.config)
-                env[orphans.VARIABLE] = remote.mark(self.home_mark, task_id, task.attempts)  # not this machine's orphans
-                box = cgroup = ""
             pid = await executor.start(
-                task_id, argv, cwd=cwd, env=env, cgroup=cgroup, attempt=task.attempts, labels=task.spec.node_labels
+                task_id, argv, cwd=cwd, env=env, cgroup=cgroup, attempt=task.attempts, labels=task.spec.node_labels,
+                carry=carry,
             )
         except Unavailable as exc:
             self._observe([ev.StartDeferred(task=task_id, until=self.clock() + exc.retry_in, reason=str(exc))])
@@ -453,6 +456,11 @@ class Engine:
         over = d.output_over_limit(self.state, task_id, len(chunk))
         if items or over:
             self._observe([*items, *over])
+
+    @staticmethod
+    def _carried(agent, here: str, there: str, env: dict[str, str]) -> list[tuple[str, str]]:
+        """The agent's own state of working directory `here`, and where it goes for `there`."""
+        return list(zip(agent.workdir_state(here, env), agent.workdir_state(there, env)))
 
     def executor_of(self, task_id: int) -> Executor:
         """Where the task's process runs: its agent's executor while that runs, else this
@@ -640,7 +648,12 @@ class Engine:
         while pid is None:
             try:
                 executor = self.executor_named(task.spec.executor)
-                pid = await executor.attach(task_id, task.attempts, task.node)
+                agent = agent_for(task.spec.agent)
+                env = launch.environment(self.base_env, agent, self.state.config, launch.task_env(self.env_store, task), "")
+                there = await executor.workdir(task_id, task.attempts, task.cwd, env)
+                pid = await executor.attach(
+                    task_id, task.attempts, task.node, cwd=task.cwd, carry=self._carried(agent, task.cwd, there, env)
+                )
             except Unavailable as exc:
                 why = str(exc)
                 if loop.time() + exc.retry_in > deadline or not self._accepting:

@@ -8,10 +8,13 @@ those promises with the same tests.
 
 What the engine calls:
 
-* `start(task_id, argv, cwd=, env=, stdin=, cgroup=, attempt=, labels=)` starts one process
-  for the task and returns its pid (on the machine it runs on). (task, attempt) is its
-  identity: an executor that may retry a start over a network runs one process for it, not
-  two. `env` is the whole environment: an executor adds nothing and hands it to the process
+* `start(task_id, argv, cwd=, env=, stdin=, cgroup=, attempt=, labels=, carry=)` starts one
+  process for the task and returns its pid (on the machine it runs on). (task, attempt) is
+  its identity: an executor that may retry a start over a network runs one process for it,
+  not two. On another machine the process works in a copy of `cwd`'s git checkout, at
+  `workdir(task_id, attempt, cwd, env)` (on this machine: `cwd` itself), and `carry` names
+  directories of the agent's own state tied to that directory, as (here, there) pairs, to
+  take there with the start and bring back with the exit. `env` is the whole environment: an executor adds nothing and hands it to the process
   only (never to a store or a log of its own). `labels` are what the machine it runs on
   must have (an executor of one machine is given none). A process that cannot be started
   raises `SpawnError`, written for a person; `Unavailable` (a `SpawnError`) when it may
@@ -33,9 +36,10 @@ What it reports, through the two callbacks it was made with:
 * `on_output(task_id, stream, chunk)`: "stdout" or "stderr", in order per stream, never
   before `start` has returned the pid;
 * `on_exit(task_id, pid, exit_code, signal, lost="")`: exactly once per process, after the
-  last `on_output` of both its streams, with the exit code or the signal that ended it; or
-  with `lost`, why the executor can no longer follow it (its machine died), code and
-  signal None.
+  last `on_output` of both its streams and once what it left in its working directory is
+  in `cwd` here, with the exit code or the signal that ended it; or with `lost`, why the
+  executor can no longer follow it (its machine died, its work could not be brought back),
+  code and signal None.
 """
 
 from __future__ import annotations
@@ -77,8 +81,10 @@ class Executor(Protocol):
 
     async def start(
         self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
-        attempt: int = 0, labels: Sequence[str] = (),
+        attempt: int = 0, labels: Sequence[str] = (), carry: Sequence[tuple[str, str]] = (),
     ) -> int: ...
+
+    async def workdir(self, task_id: int, attempt: int, cwd: str, env: dict[str, str]) -> str: ...
 
     def write(self, task_id: int, data: bytes) -> None: ...
 

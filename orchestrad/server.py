@@ -353,8 +353,12 @@ class Server:
         limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
         state = self.engine.state
         role = roles_mod.get(request.role or state.config.default_role, state.roles)
-        why = "--worktree" if request.worktree else f"its role {role.name} works in one (worktree = true)" if role else ""
-        await _check_directory(request.cwd, request.worktree if request.worktree is not None else bool(role and role.worktree), why)
+        remote = (request.executor or (role.executor if role else None) or state.config.executor) != "local"
+        why = ("--worktree" if request.worktree else f"its role {role.name} works in one (worktree = true)" if role and role.worktree
+               else "a task on a cluster works in a clone of its repository" if remote else "")
+        await _check_directory(
+            request.cwd, request.worktree if request.worktree is not None else bool(role and role.worktree) or remote, why
+        )
         [event] = await self._execute(request)
         return self._view(event.task)  # type: ignore[attr-defined]
 
@@ -680,7 +684,8 @@ async def _check_directory(cwd: str, worktree: bool, why: str) -> None:
     if not os.path.isdir(cwd):
         raise p.bad_request(f"working directory {cwd} does not exist")
     if worktree and await worktrees.repo_root(cwd) is None:
-        fix = "drop --worktree" if why == "--worktree" else "pass --no-worktree"
+        fix = ("drop --worktree" if why == "--worktree" else "run it with --executor local" if "cluster" in why
+               else "pass --no-worktree")
         raise p.bad_request(f"{cwd} is not in a git repository, so it cannot have a worktree ({why}); {fix}, or run it in a repository")
 
 

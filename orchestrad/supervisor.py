@@ -125,9 +125,12 @@ class Supervisor:
         self.cgroups: Cgroups | None = None  # set where a cgroup per process can be had
         self.output_paused = False
 
+    async def workdir(self, task_id: int, attempt: int, cwd: str, env: dict[str, str]) -> str:
+        return cwd  # this machine's processes work where they are told
+
     async def start(
         self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True, cgroup: str = "",
-        attempt: int = 0, labels: Sequence[str] = (),
+        attempt: int = 0, labels: Sequence[str] = (), carry: Sequence[tuple[str, str]] = (),
     ) -> int:
         """Start `argv` in `cwd` with exactly `env`, in a new session; return its pid.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -38,7 +39,8 @@ class Recorder:
         self.events.append(("output", task))
         self.changed.set()
 
-    def on_exit(self, task: int, pid: int, code: int | None, sig: int | None) -> None:
+    def on_exit(self, task: int, pid: int, code: int | None, sig: int | None, lost: str = "") -> None:
+        assert not lost, lost  # no executor here loses a process
         self.exits.setdefault(task, []).append((pid, code, sig))
         self.events.append(("exit", task))
         self.changed.set()
@@ -101,17 +103,28 @@ def py(code: str) -> list[str]:
 ENV = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
+@pytest.fixture
+def checkout(tmp_path):
+    """A git checkout to work in: a remote executor's process works in a copy of it."""
+    path = tmp_path / "checkout"
+    path.mkdir()
+    (path / "marker").write_text("committed")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True)
+    return path
+
+
 def test_it_is_an_executor_with_a_name(made):
     executor = made(Recorder())
     assert isinstance(executor, Executor) and executor.name
 
 
-def test_output_in_order_then_one_exit_after_the_last_output(made, tmp_path):
+def test_output_in_order_then_one_exit_after_the_last_output(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
         code = "import sys\nfor i in range(300): print(i); print(-i, file=sys.stderr)\nsys.exit(3)"
-        pid = await ex.start(1, py(code), cwd=str(tmp_path), env=ENV)
+        pid = await ex.start(1, py(code), cwd=str(checkout), env=ENV)
         assert rec.events == []  # nothing before start returned the pid
         assert await rec.exit_of(1) == (pid, 3, None)
         await asyncio.sleep(0.2)
@@ -124,25 +137,58 @@ def test_output_in_order_then_one_exit_after_the_last_output(made, tmp_path):
     run(main)
 
 
-def test_the_environment_and_directory_are_exactly_what_was_given(made, tmp_path):
+def test_the_environment_is_exactly_what_was_given_and_the_directory_its_checkout(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
-        await ex.start(1, py("import os; print(sorted(os.environ.items())); print(os.getcwd())"),
-                       cwd=str(tmp_path), env={**ENV, "ONLY_THIS": "1"})
+        code = "import os; print(sorted(os.environ.items())); print(os.getcwd()); print(open('marker').read())"
+        await ex.start(1, py(code), cwd=str(checkout), env={**ENV, "ONLY_THIS": "1"})
         await rec.exit_of(1)
-        env_line, cwd_line = rec.out(1).decode().splitlines()
+        env_line, cwd_line, marker = rec.out(1).decode().splitlines()
         names = {k for k, _ in eval(env_line)} - {"LC_CTYPE"}  # Python may set LC_CTYPE for itself
-        assert names == {"PATH", "ONLY_THIS"} and cwd_line == str(tmp_path)
+        assert names == {"PATH", "ONLY_THIS"} and marker == "committed"
+        assert cwd_line == await ex.workdir(1, 0, str(checkout), ENV)  # on this machine: the directory itself
+        assert isinstance(ex, RayExecutor) or cwd_line == str(checkout)
 
     run(main)
 
 
-def test_stdin_takes_writes_and_closes_after_delivering_them(made, tmp_path):
+def test_what_a_process_leaves_in_its_directory_is_there_when_its_exit_is_reported(made, checkout, tmp_path):
+    async def main():
+        rec = Recorder()
+        here = tmp_path / "state-here"
+        here.mkdir()
+        (here / "before").write_text("given")
+        seen = []
+
+        def on_exit(task, pid, code, sig):  # what is here at the moment the exit is reported
+            seen.append(((checkout / "made.txt").exists(), (checkout / "marker").exists(), (here / "after").exists()))
+            rec.on_exit(task, pid, code, sig)
+
+        ex = made(rec)
+        ex.on_exit = on_exit
+        there = str(tmp_path / "state-there") if isinstance(ex, RayExecutor) else str(here)  # where it runs
+        code = f"""
+            import os, pathlib
+            pathlib.Path("made.txt").write_text("left\\n")
+            os.remove("marker")
+            state = pathlib.Path({there!r})
+            print((state / "before").read_text())
+            (state / "after").write_text("kept")
+            """
+        await ex.start(1, py(code), cwd=str(checkout), env=ENV, carry=[(str(here), there)])
+        assert (await rec.exit_of(1))[1:] == (0, None), rec.out(1, "stderr")
+        assert rec.out(1) == b"given\n" and seen == [(True, False, True)]
+        assert (checkout / "made.txt").read_text() == "left\n" and (here / "after").read_text() == "kept"
+
+    run(main)
+
+
+def test_stdin_takes_writes_and_closes_after_delivering_them(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
-        pid = await ex.start(1, ["cat"], cwd=str(tmp_path), env=ENV)
+        pid = await ex.start(1, ["cat"], cwd=str(checkout), env=ENV)
         assert ex.pids() == {1: pid}
         ex.check_writable(1, 6)
         ex.write(1, b"hello\n")
@@ -158,11 +204,11 @@ def test_stdin_takes_writes_and_closes_after_delivering_them(made, tmp_path):
     run(main)
 
 
-def test_a_process_without_stdin_reads_end_of_file(made, tmp_path):
+def test_a_process_without_stdin_reads_end_of_file(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
-        await ex.start(1, py("import sys; print(repr(sys.stdin.read()))"), cwd=str(tmp_path), env=ENV, stdin=False)
+        await ex.start(1, py("import sys; print(repr(sys.stdin.read()))"), cwd=str(checkout), env=ENV, stdin=False)
         assert (await rec.exit_of(1))[1:] == (0, None) and rec.out(1) == b"''\n"
         with pytest.raises(WriteError):
             ex.write(1, b"x")
@@ -170,7 +216,7 @@ def test_a_process_without_stdin_reads_end_of_file(made, tmp_path):
     run(main)
 
 
-def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(made, tmp_path):
+def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
@@ -182,7 +228,7 @@ def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(ma
             print(child.pid, flush=True)
             time.sleep(60)
             """
-        await ex.start(1, py(code), cwd=str(tmp_path), env=ENV)
+        await ex.start(1, py(code), cwd=str(checkout), env=ENV)
         await rec.until(lambda: rec.out(1).strip().isdigit())
         child = int(rec.out(1))
         loop = asyncio.get_running_loop()
@@ -197,27 +243,27 @@ def test_terminate_is_sigterm_then_sigkill_after_the_grace_to_the_whole_group(ma
     run(main)
 
 
-def test_a_program_that_cannot_start_raises_spawn_error_for_a_person(made, tmp_path):
+def test_a_program_that_cannot_start_raises_spawn_error_for_a_person(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
         with pytest.raises(SpawnError, match="no-such-program"):
-            await ex.start(1, ["no-such-program-here"], cwd=str(tmp_path), env=ENV)
+            await ex.start(1, ["no-such-program-here"], cwd=str(checkout), env=ENV)
         with pytest.raises(SpawnError):
-            await ex.start(2, [], cwd=str(tmp_path), env=ENV)
+            await ex.start(2, [], cwd=str(checkout), env=ENV)
         await asyncio.sleep(0.1)
         assert rec.events == [] and ex.pids() == {}
 
     run(main)
 
 
-def test_paused_output_is_not_read_until_resumed(made, tmp_path):
+def test_paused_output_is_not_read_until_resumed(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
         ex.pause_output()
         assert ex.output_paused
-        await ex.start(1, py("print('held')"), cwd=str(tmp_path), env=ENV)
+        await ex.start(1, py("print('held')"), cwd=str(checkout), env=ENV)
         await asyncio.sleep(0.5)
         assert rec.out(1) == b"" and 1 not in rec.exits  # not even its exit: it comes after the output
         ex.resume_output()
@@ -227,16 +273,16 @@ def test_paused_output_is_not_read_until_resumed(made, tmp_path):
     run(main)
 
 
-def test_shutdown_stops_everything_reports_every_exit_and_refuses_new_work(made, tmp_path):
+def test_shutdown_stops_everything_reports_every_exit_and_refuses_new_work(made, checkout):
     async def main():
         rec = Recorder()
         ex = made(rec)
         for task in (1, 2):
-            await ex.start(task, ["sleep", "60"], cwd=str(tmp_path), env=ENV)
+            await ex.start(task, ["sleep", "60"], cwd=str(checkout), env=ENV)
         await ex.shutdown(2.0)
         assert sorted(rec.exits) == [1, 2] and all(sig == signal.SIGTERM for _, _, sig in (rec.exits[1][0], rec.exits[2][0]))
         with pytest.raises(SpawnError, match="shutting down"):
-            await ex.start(3, ["true"], cwd=str(tmp_path), env=ENV)
+            await ex.start(3, ["true"], cwd=str(checkout), env=ENV)
 
     run(main)
 

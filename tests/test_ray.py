@@ -7,12 +7,15 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from orchestra.shared import protocol as p
+from orchestra.main import Exit
 from orchestra.shared.protocol import Status
 from tests.daemon import Daemon, alive, wait_for
+from tests.gitrepo import git, make_repo
 
 PY = sys.executable
 
@@ -21,6 +24,7 @@ PY = sys.executable
 def ray_daemon(ray_cluster):
     d = Daemon().start()
     d.call(p.ConfigSet(key="ray_address", value=ray_cluster.address))
+    d.repo = make_repo(d.home / "repo")
     yield d
     d.cleanup()
 
@@ -30,6 +34,10 @@ def nodes(daemon: Daemon) -> dict[str, p.NodeView]:
 
 
 def remote(daemon: Daemon, *argv: str, **kw) -> int:
+    """A task on the cluster, in the daemon's repository (`repo`) unless told."""
+    if "cwd" not in kw:
+        repo = getattr(daemon, "repo", None) or make_repo(daemon.home / "repo")
+        daemon.repo, kw["cwd"] = repo, str(repo)
     return daemon.submit(*argv, executor="ray", **kw)
 
 
@@ -79,6 +87,46 @@ def test_a_label_chooses_the_node(ray_daemon):
 def test_a_label_without_a_cluster_executor_is_refused(ray_daemon):
     result = ray_daemon.cli("submit", "--node-label", "gpu", "--", "true")
     assert result.exit_code != 0 and "--executor ray" in result.output
+
+
+def test_a_directory_outside_git_is_refused_for_the_cluster_with_what_to_do(ray_daemon):
+    plain = ray_daemon.home / "plain"
+    plain.mkdir()
+    result = ray_daemon.cli("submit", "--executor", "ray", "--cwd", str(plain), "--", "true")
+    assert result.exit_code == Exit.BAD_INPUT
+    assert "not in a git repository" in result.output and "--executor local" in result.output
+    refused = ray_daemon.cli("submit", "--executor", "ray", "--no-worktree", "--cwd", str(ray_daemon.repo), "--", "true")
+    assert refused.exit_code == Exit.BAD_INPUT and "drop --no-worktree" in refused.output
+    assert ray_daemon.tasks() == []  # nothing recorded
+
+
+def test_a_worktree_task_that_ran_on_a_node_is_diffed_and_merged_here(ray_daemon):
+    repo = ray_daemon.repo
+    (repo / "sent.txt").write_text("uncommitted here\n")  # not in the task's worktree: that starts from HEAD
+    code = (
+        "import pathlib, socket, subprocess\n"
+        "pathlib.Path('feature.txt').write_text('made on a node\\n')\n"
+        "subprocess.run(['git', 'add', 'feature.txt'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-q', '-m', 'the feature'], check=True)\n"
+        "pathlib.Path('notes.txt').write_text('left uncommitted\\n')\n"
+        "print(pathlib.Path.cwd())"
+    )
+    task = remote(ray_daemon, PY, "-c", code, node_labels=["big"])
+    view = ray_daemon.wait_status(task, *p.FINISHED, timeout=90)
+    assert view.status is Status.SUCCEEDED, (view.reason, ray_daemon.output_of(task))
+    ran_in = ray_daemon.output_of(task).decode().strip()
+    assert ran_in != view.worktree and "/.cache/orchestra/nodes/" in ran_in  # a checkout of its own on the node
+    here = Path(view.worktree)
+    assert (here / "feature.txt").read_text() == "made on a node\n" and (here / "notes.txt").read_text() == "left uncommitted\n"
+    assert git(here, "log", "-1", "--format=%s %an") == "the feature t"  # committed there as here
+    diff = ray_daemon.call(p.Diff(task=task), p.DiffResult)
+    assert "feature.txt" in diff.stat and "notes.txt" in diff.stat, diff.stat
+    queued = ray_daemon.call(p.Merge(tasks=[task]), p.MergeQueue).queued
+    merged = wait_for(lambda: [m for m in ray_daemon.call(p.MergeStatus(limit=10), p.MergeQueue).merges
+                               if m.id in queued and m.status in ("merged", "conflicted", "failed")], 60, "the merge")
+    assert merged[0].status == "merged", merged[0].reason
+    assert git(repo, "show", "main:feature.txt") == "made on a node" and git(repo, "show", "main:notes.txt") == "left uncommitted"
+    assert not os.path.exists(ran_in)  # the node's checkout is gone once its work is here
 
 
 def test_output_comes_back_in_order_and_logs_follow_serves_it(ray_daemon):
@@ -170,7 +218,8 @@ def test_an_unreachable_cluster_keeps_its_tasks_queued_with_the_reason_and_local
     assert "not started, tried again at" in daemon.run_cli("ps").stdout
 
 
-def test_claude_code_on_a_worker_asks_permission_through_orchestra(ray_cluster, claude):
+def test_claude_code_on_a_worker_asks_permission_through_orchestra_and_its_follow_up_resumes(ray_cluster, claude):
+    from orchestrad.agents.claude import ClaudeAgent
     from tests.scripted_api import ScriptedAPI, reply
 
     api = ScriptedAPI().start()
@@ -178,10 +227,11 @@ def test_claude_code_on_a_worker_asks_permission_through_orchestra(ray_cluster, 
     d.env.update(api.env(d.env))
     try:
         d.start()
+        repo = make_repo(d.home / "repo")
         d.call(p.ConfigSet(key="claude_path", value=claude))
         d.call(p.ConfigSet(key="ray_address", value=ray_cluster.address))
         api.add(reply.tool_use("Bash", {"command": "/bin/echo ran > allowed.txt", "description": "write a file"}), reply.text("done"))
-        task = d.call(p.Submit(prompt="run it", cwd=str(d.home), executor="ray", node_labels=["big"]), p.TaskView).id
+        task = d.call(p.Submit(prompt="run it", cwd=str(repo), executor="ray", node_labels=["big"]), p.TaskView).id
         waiting = d.wait_status(task, Status.WAITING, *p.FINISHED, timeout=90)
         assert waiting.status is Status.WAITING, waiting.reason
         assert waiting.waiting.kind == "permission" and waiting.waiting.prompt.startswith("Bash: /bin/echo ran")
@@ -191,7 +241,20 @@ def test_claude_code_on_a_worker_asks_permission_through_orchestra(ray_cluster, 
         assert allowed.exit_code == 0, allowed.output
         view = d.wait_status(task, *p.FINISHED, timeout=90)
         assert view.status is Status.SUCCEEDED, view.reason
-        assert (d.home / "allowed.txt").read_text() == "ran\n" and view.result == "done" and view.cost_usd > 0
+        here = Path(view.worktree)
+        assert (here / "allowed.txt").read_text() == "ran\n" and view.result == "done" and view.cost_usd > 0
+        assert not (repo / "allowed.txt").exists()  # in its worktree, not in the repository's checkout
+        [projects] = ClaudeAgent().workdir_state(str(here), api.env_vars())
+        assert (Path(projects) / f"{view.session_id}.jsonl").is_file()  # its transcript came back with it
+        # The follow-up is a new attempt, in a new checkout on its node: it resumes from the transcript taken there.
+        api.add(reply.text("Because you asked."))
+        assert d.cli("respond", str(task), "why?").exit_code == 0
+        wait_for(lambda: d.task(task).attempts == 2, 30, "the second attempt")
+        second = d.wait_status(task, *p.FINISHED, timeout=90)
+        assert second.status is Status.SUCCEEDED and second.result == "Because you asked.", second.reason
+        assert second.session_id == view.session_id
+        conversation = api.turn_requests[-1].conversation_text()
+        assert "run it" in conversation and "done" in conversation and "why?" in conversation
     finally:
         d.cleanup()
         api.close()

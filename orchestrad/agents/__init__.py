@@ -117,6 +117,12 @@ class Agent:
         """Its own state, for a process with environment `env`."""
         return SandboxState()
 
+    def workdir_state(self, cwd: str, env: dict[str, str]) -> list[str]:
+        """The directories where its CLI keeps state of its own tied to the working
+        directory `cwd` (Claude Code: the project's session transcripts), for a process
+        with environment `env`: carried with a task that runs on another machine."""
+        return []
+
     def output(self, task: Task, stream: str, chunk: bytes) -> Reaction:
         return Reaction([(ev.OutputAppended(task=task.id, stream=stream, size=len(chunk)), chunk)])
 

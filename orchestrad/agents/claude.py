@@ -213,6 +213,14 @@ class ClaudeAgent(Agent):
             seed=tuple((os.path.join(config, name), content) for name, content in PROTECTED.items() if content != ""),
         )
 
+    def workdir_state(self, cwd: str, env: dict[str, str]) -> list[str]:
+        """<config>/projects/<cwd with every character but a letter or digit as '-'>, where
+        the CLI keeps a project's session transcripts (what `--resume` reads). A name past
+        200 characters ends in a hash of the CLI's own, not computed here: none then."""
+        config = env.get("CLAUDE_CONFIG_DIR") or (os.path.join(env["HOME"], ".claude") if env.get("HOME") else "")
+        name = re.sub(r"[^a-zA-Z0-9]", "-", os.path.realpath(cwd))
+        return [os.path.join(config, "projects", name)] if config and len(name) <= 200 else []
+
     def greeting(self, task: Task) -> Reaction:
         text = task.pending_message or task.spec.prompt
         init = _line({"type": "control_request", "request_id": f"init-{task.id}", "request": {"subtype": "initialize", "hooks": HOOKS}})

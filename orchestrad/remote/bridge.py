@@ -11,19 +11,23 @@ output it reads nothing, and the node's buffers and then the process's pipe fill
 watches the nodes: one that dies takes its processes with it, and each is reported lost.
 Messages, daemon to bridge:
 
-    ["start", task, attempt, argv, cwd, env, stdin, labels]  ["attach", task, attempt, node_id]
-    ["write", task, data]  ["close", task]  ["term", task, grace]  ["pause"]  ["resume"]  ["quit"]
+    ["start", task, attempt, argv, env, stdin, labels, work, carry]  ["attach", task, attempt, node_id]
+    ["write", task, data]  ["close", task]  ["term", task, grace]  ["forget", task]
+    ["pause"]  ["resume"]  ["quit"]
 
 and bridge to daemon:
 
     ["ready", nodes] or ["failed", why]   (once, first)       ["nodes", nodes]   (when they change)
     ["started", task, pid, node_id] or ["refused", task, why, later]
-    ["out", task, stream, bytes]  ["exit", task, pid, code, signal]  ["lost", task, why]
+    ["out", task, stream, bytes]  ["exit", task, pid, code, signal, back]  ["lost", task, why]
 
 where nodes is [[node_id, host, slots, labels, alive], ...] and `later` says whether the
 start may succeed later (no free slot, a node unreachable) rather than never (no such
 program). "attach" finds a process a bridge before this one started (the daemon was
-restarted) and follows it from the output its node still keeps.
+restarted) and follows it from the output its node still keeps. `work` says how to make the
+task's checkout on its node and `carry` what to put there besides (`procs.NodeProcs.start`);
+`back` is what the process left there (`procs.NodeProcs.returned`), and the node keeps it
+until the daemon, having put it in place, says "forget".
 
 Credentials reach a node only as the `env` argument of the start call, an actor method's
 argument: never put in Ray's object store by the bridge, never logged.
@@ -41,7 +45,7 @@ import ray
 import ray.cloudpickle
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from orchestrad.remote import procs, wire
+from orchestrad.remote import procs, wire, workdir
 
 RESOURCE = "orchestra_agent"
 LABEL = "orchestra_label_"  # a resource named so gives its node a label
@@ -61,6 +65,7 @@ class Bridge:
         self.namespace = namespace
         self.nodes: dict[str, dict] = {}  # node id -> {"host", "slots", "labels", "alive", "actor"}
         self.running: dict[int, tuple[str, str]] = {}  # task -> (node id, key)
+        self.ended: dict[int, tuple[str, str]] = {}  # task -> (node id, key) of an exit told, until "forget"
         self.placing: dict[int, str] = {}  # task -> the node whose slot it holds while it starts there
         self.unpaused = asyncio.Event()
         self.unpaused.set()
@@ -146,7 +151,8 @@ class Bridge:
 
     # -- processes ----------------------------------------------------------------------
 
-    async def start(self, task: int, attempt: int, argv: list, cwd: str, env: dict, stdin: bool, labels: list) -> None:
+    async def start(self, task: int, attempt: int, argv: list, env: dict, stdin: bool, labels: list, work: dict,
+                    carry: list) -> None:
         node_id = self.place(labels)
         if node_id is None:
             fit = [n for n, i in self.nodes.items() if i["alive"] and set(labels) <= set(i["labels"])]
@@ -162,7 +168,7 @@ class Bridge:
         actor = self.nodes[node_id]["actor"]
         self.placing[task] = node_id
         try:
-            pid = await actor.start.remote(key, argv, cwd, env, stdin)
+            pid = await actor.start.remote(key, argv, env, stdin, work, carry)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             self.send("refused", task, str(cause).strip().splitlines()[-1], False)
@@ -226,8 +232,15 @@ class Bridge:
                 self.pumps.pop(task, None)
                 if task in self.stdin:
                     self.stdin[task].put_nowait(None)  # its feeder ends
-                await actor.forget.remote(key)  # before the exit is told: a bridge may quit right after
-                self.send("exit", task, pid, code, sig)
+                try:
+                    back = await actor.returned.remote(key)
+                except ray.exceptions.RayError as exc:
+                    back = {"error": f"its node {self.where(node_id)} did not give what it left: {type(exc).__name__}"}
+                if back is not None and len(wire.frame(back)) > wire.MAX_FRAME - (1 << 20):
+                    back = {"error": f"what it left on its node {self.where(node_id)} is more than a "
+                                     f"{wire.MAX_FRAME >> 20} MiB message carries: commit less, or push it from there"}
+                self.ended[task] = (node_id, key)
+                self.send("exit", task, pid, code, sig, back)
                 return
 
     def feed(self, task: int, data: bytes | None) -> None:
@@ -273,6 +286,10 @@ class Bridge:
                 loop.create_task(self.attach(*args))
             elif kind in ("write", "close"):
                 self.feed(args[0], args[1] if kind == "write" else None)
+            elif kind == "forget":
+                node_id, key = self.ended.pop(args[0], ("", ""))
+                if node_id in self.nodes:
+                    self.nodes[node_id]["actor"].forget.remote(key)
             elif kind == "term":
                 actor, key = self.actor_of(args[0])
                 if actor is not None:
@@ -291,6 +308,7 @@ async def main(fd: int, address: str, namespace: str) -> None:
     bridge = Bridge(writer, namespace)
     try:
         ray.cloudpickle.register_pickle_by_value(procs)
+        ray.cloudpickle.register_pickle_by_value(workdir)
         os.environ.update(INLINE["env_vars"])  # this side of the calls too
         ray.init(address=address, namespace=namespace, log_to_driver=False, logging_level="ERROR",
                  configure_logging=False)

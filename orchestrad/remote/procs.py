@@ -14,15 +14,23 @@ write rather than the node's memory filling.
 
 Stopping is the local executor's grace ladder: SIGTERM to the process group, SIGKILL after
 the grace if the process still runs, and SIGKILL to the group once it has exited.
+
+A process works in a checkout made for it (`workdir.checkout`) from what the daemon sent.
+Once it has exited, what it left there is read (`workdir.collect`) before its exit is
+shown, so a reader that sees the exit can take that too (`returned`); `forget` removes
+the checkout once the daemon has both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
+
+from orchestrad.remote import workdir
 
 __all__ = ["BUFFER_LIMIT", "NodeProcs", "StartFailed"]
 
@@ -51,45 +59,80 @@ class _Proc:
         self.popen = popen
         self.pid = popen.pid
         self.streams = {"stdout": _Stream(), "stderr": _Stream()}
-        self.exit: tuple[int | None, int | None] | None = None  # (code, signal) once reaped and drained
+        self.exit: tuple[int | None, int | None] | None = None  # (code, signal) once reaped, drained and collected
         self.kill_at: float | None = None
+        self.work: dict = {}  # where it worked: root, mirror, the commit it started at, the digest of the patch it was sent
+        self.carry: list[str] = []  # the agent's own state to bring back
+        self.back: dict | None = None  # what it left: `workdir.collect`, and "carry": [(directory, tar)]; or "error"
 
 
 class NodeProcs:
     def __init__(self) -> None:
         self._procs: dict[str, _Proc] = {}
         self._lock = threading.Condition()
+        self._key_locks: dict[str, threading.Lock] = {}
+        self._mirror_locks: dict[str, threading.Lock] = {}
 
     # -- starting -------------------------------------------------------------------------
 
-    def start(self, key: str, argv: list[str], cwd: str, env: dict[str, str], stdin: bool) -> int:
-        """Start `argv` in `cwd` with exactly `env`, in a session of its own; its pid. The
-        same key again returns the pid of the process that key started."""
-        with self._lock:
-            if key in self._procs:
-                return self._procs[key].pid
-            if not os.path.isdir(cwd):
-                raise StartFailed(f"the working directory {cwd} does not exist on node {os.uname().nodename}")
+    def start(self, key: str, argv: list[str], env: dict[str, str], stdin: bool, work: dict,
+              carry: list[tuple[str, bytes | None]]) -> int:
+        """Make the task's checkout (`workdir.checkout` of `work`, under `work["root"]`),
+        put the agent's own state of `carry` in place (directory, its tar), and start
+        `argv` there with exactly `env`, in a session of its own; its pid. The same key
+        again returns the pid of the process that key started."""
+        with self._starting(key):
+            with self._lock:
+                if key in self._procs:
+                    return self._procs[key].pid
+            node = os.uname().nodename
+            try:
+                with self._mirror(work["mirror"]):
+                    cwd = workdir.checkout(work["root"], key, work)
+                for path, data in carry:
+                    if data is not None:
+                        workdir.unpack_dir(data, path)
+            except (workdir.WorkError, OSError) as exc:
+                raise StartFailed(f"could not make its working directory on node {node}: {exc}") from None
             try:
                 popen = subprocess.Popen(
                     argv, cwd=cwd, env=env, start_new_session=True, close_fds=True,
                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 )
-            except FileNotFoundError:
-                raise StartFailed(f"no such program: {argv[0]} (not found on node {os.uname().nodename})") from None
-            except PermissionError:
-                raise StartFailed(f"cannot run {argv[0]}: permission denied") from None
             except OSError as exc:
+                with self._mirror(work["mirror"]):
+                    workdir.discard(work["root"], key, work["mirror"])
+                if isinstance(exc, FileNotFoundError):
+                    raise StartFailed(f"no such program: {argv[0]} (not found on node {node})") from None
+                if isinstance(exc, PermissionError):
+                    raise StartFailed(f"cannot run {argv[0]}: permission denied") from None
                 raise StartFailed(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
             proc = _Proc(popen)
-            self._procs[key] = proc
+            proc.work = {"root": work["root"], "mirror": work["mirror"], "start": work["head"],
+                         "sent": workdir.digest(work["patch"])}
+            proc.carry = [path for path, _ in carry]
+            with self._lock:
+                self._procs[key] = proc
         readers = [threading.Thread(target=self._pump, args=(proc, name, pipe), daemon=True)
                    for name, pipe in (("stdout", popen.stdout), ("stderr", popen.stderr))]
         for reader in readers:
             reader.start()
-        threading.Thread(target=self._reap, args=(proc, readers), daemon=True).start()
+        threading.Thread(target=self._reap, args=(key, proc, readers), daemon=True).start()
         return proc.pid
+
+    @contextlib.contextmanager
+    def _starting(self, key: str):
+        """Held while `key` starts: a retried start waits for the first, then finds it."""
+        with self._lock:
+            lock = self._key_locks.setdefault(key, threading.Lock())
+        with lock:
+            yield
+
+    def _mirror(self, name: str) -> threading.Lock:
+        """Held while a mirror's checkouts are made or removed (one at a time in a mirror)."""
+        with self._lock:
+            return self._mirror_locks.setdefault(name, threading.Lock())
 
     # -- output ---------------------------------------------------------------------------
 
@@ -141,7 +184,7 @@ class NodeProcs:
                 stream.eof = True
                 self._lock.notify_all()
 
-    def _reap(self, proc: _Proc, readers: list[threading.Thread]) -> None:
+    def _reap(self, key: str, proc: _Proc, readers: list[threading.Thread]) -> None:
         code = proc.popen.wait()
         _kill_group(proc.pid)  # nothing of its group outlives it
         for reader in readers:
@@ -151,9 +194,21 @@ class NodeProcs:
                 pipe.close()
             except OSError:
                 pass
+        try:
+            back = workdir.collect(proc.work["root"], key, proc.work["start"], proc.work["sent"])
+            back["carry"] = [(path, workdir.pack_dir(path)) for path in proc.carry]
+        except Exception as exc:  # noqa: BLE001 - told to the daemon, which ends the task saying so
+            back = {"error": f"what it left on node {os.uname().nodename} could not be read: {exc}"}
         with self._lock:
+            proc.back = back
             proc.exit = (code, None) if code >= 0 else (None, -code)
             self._lock.notify_all()
+
+    def returned(self, key: str) -> dict | None:
+        """What the process left in its checkout, once it has exited (see `_Proc.back`)."""
+        with self._lock:
+            proc = self._procs.get(key)
+            return proc.back if proc is not None and proc.exit is not None else None
 
     # -- input and stopping ------------------------------------------------------------------
 
@@ -195,11 +250,15 @@ class NodeProcs:
         threading.Thread(target=kill, daemon=True).start()
 
     def forget(self, key: str) -> None:
-        """The daemon has the process's exit: let it go."""
+        """The daemon has the process's exit and what it left: let it go, and its checkout."""
         with self._lock:
             proc = self._procs.get(key)
-            if proc is not None and proc.exit is not None:
-                del self._procs[key]
+            if proc is None or proc.exit is None:
+                return
+            del self._procs[key]
+            self._key_locks.pop(key, None)
+        with self._mirror(proc.work["mirror"]):
+            workdir.discard(proc.work["root"], key, proc.work["mirror"])
 
     def pid_of(self, key: str) -> int | None:
         """The pid of the process `key` started, while this node keeps it."""

@@ -6,24 +6,34 @@ bridge's messages into `on_output` and `on_exit`. A cluster that cannot be reach
 every start `Unavailable` (tried again later, backing off) until it can; a start with no
 free slot on a node with its labels is `Unavailable` too. `nodes` is what the bridge last
 saw of the cluster; `attach` follows a process an earlier daemon started.
+
+A task's working directory must be in a git checkout: its node works in a checkout of its
+own made from it, and what the process left there is put back in it before its exit is
+reported (`workdir`), so `on_exit` means here what it means for a local process. `carry`
+names directories of the agent's own state tied to the working directory (here, there),
+taken to the node with the start and brought back with the exit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
 import sys
+import tarfile
 from collections.abc import Sequence
 
 import msgspec
 
 from orchestrad import containment, orphans, sandbox
 from orchestrad.executor import ExitCallback, OutputCallback, SpawnError, Unavailable, WriteError
-from orchestrad.remote import wire
+from orchestrad.remote import wire, workdir
 
 __all__ = ["Node", "RayExecutor", "check_remote", "mark", "namespace"]
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 60.0  # seconds for the bridge to join the cluster
 PROBE_TIMEOUT = 5.0  # seconds for the head's port to take a connection, first
@@ -90,6 +100,8 @@ class RayExecutor:
         self._stdin_open: set[int] = set()
         self._held: dict[int, list[tuple]] = {}  # reports for a task whose start has not returned yet
         self._exited: dict[int, asyncio.Future] = {}
+        self._work: dict[int, tuple[str, int, dict[str, str]]] = {}  # task -> (cwd, attempt, carried: there -> here)
+        self._returning: set[asyncio.Task] = set()
         self._closing = False
         self._detached = False
         self._served: asyncio.Task | None = None
@@ -183,8 +195,8 @@ class RayExecutor:
             elif kind == "out":
                 self._report(args[0], self.on_output, args[0], args[1], args[2])
             elif kind == "exit":
-                task, pid, code, sig = args
-                self._report(task, self._exit, task, pid, code, sig, "")
+                task, pid, code, sig, back = args
+                self._report(task, self._returned, task, pid, code, sig, back)
             elif kind == "lost":
                 task, why = args
                 self._report(task, self._exit, task, self._running.get(task, 0), None, None, why)
@@ -228,9 +240,37 @@ class RayExecutor:
         for fn, args in self._held.pop(task, []):
             fn(*args)
 
+    def _returned(self, task: int, pid: int, code: int | None, sig: int | None, back: dict | None) -> None:
+        job = asyncio.get_running_loop().create_task(self._put_back(task, pid, code, sig, back))
+        self._returning.add(job)
+        job.add_done_callback(self._returning.discard)
+
+    async def _put_back(self, task: int, pid: int, code: int | None, sig: int | None, back: dict | None) -> None:
+        """Put what the process left on its node in its working directory here, then
+        report its exit; lost, saying why, when that cannot be done."""
+        cwd, attempt, carried = self._work.get(task, ("", 0, {}))
+        lost = ""
+        if not cwd:
+            lost = "its working directory here is not known"
+        elif back is None or "error" in back:
+            lost = back["error"] if back else "its node did not keep what it left"
+        else:
+            try:
+                kept = await asyncio.to_thread(workdir.apply, cwd, back, f"{task}-{attempt}")
+                if kept:
+                    log.warning("task %s: %s", task, kept)
+                for there, data in back["carry"]:
+                    if data is not None and there in carried:
+                        await asyncio.to_thread(workdir.unpack_dir, data, carried[there])
+            except (workdir.WorkError, OSError, tarfile.TarError) as exc:
+                lost = f"what it left on its node could not be put in {cwd}: {exc}"
+        self._send("forget", task)
+        self._exit(task, pid, code, sig, lost)
+
     def _exit(self, task: int, pid: int, code: int | None, sig: int | None, lost: str) -> None:
         if self._running.pop(task, None) is None:
             return
+        self._work.pop(task, None)
         self._stdin_open.discard(task)
         self._node_of.pop(task, None)
         if lost:
@@ -254,8 +294,25 @@ class RayExecutor:
 
     # -- the executor's calls ------------------------------------------------------------------
 
+    def node_root(self, env: dict[str, str]) -> str:
+        """Where on a node the checkouts of this daemon's tasks are made: under the cache
+        directory of the user the task's environment names."""
+        home = env.get("HOME") or self.env.get("HOME") or "/tmp"
+        cache = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+        return os.path.join(cache, "orchestra", "nodes", self.namespace)
+
+    async def workdir(self, task_id: int, attempt: int, cwd: str, env: dict[str, str]) -> str:
+        """The directory on its node where the task, working in `cwd` here, will run."""
+        try:
+            top = await asyncio.to_thread(workdir.top_of, cwd)
+        except workdir.WorkError as exc:
+            raise SpawnError(str(exc)) from None
+        inside = os.path.relpath(os.path.realpath(cwd), os.path.realpath(top))
+        return os.path.normpath(os.path.join(self.node_root(env), "work", f"{task_id}.{attempt}", inside))
+
     async def start(self, task_id: int, argv: list[str], *, cwd: str, env: dict[str, str], stdin: bool = True,
-                    cgroup: str = "", attempt: int = 0, labels: Sequence[str] = ()) -> int:
+                    cgroup: str = "", attempt: int = 0, labels: Sequence[str] = (),
+                    carry: Sequence[tuple[str, str]] = ()) -> int:
         if self._closing:
             raise SpawnError("not starting new processes: the Ray executor is shutting down")
         if not argv:
@@ -265,7 +322,24 @@ class RayExecutor:
         if len(msgspec.msgpack.encode(env)) > MAX_ENV:
             raise SpawnError(f"its environment is over {MAX_ENV >> 10} KiB, more than a remote start carries; pass less")
         await self._connect()
-        return await self._begin(task_id, stdin, "start", task_id, attempt, argv, cwd, env, stdin, list(labels))
+        try:
+            work = await asyncio.to_thread(workdir.outgoing, cwd)
+            taken = [[there, await asyncio.to_thread(workdir.pack_dir, here)] for here, there in carry]
+        except (workdir.WorkError, OSError) as exc:
+            raise SpawnError(str(exc)) from None
+        work["root"] = self.node_root(env)
+        size = len(work["bundle"] or b"") + len(work["patch"]) + sum(len(data or b"") for _, data in taken)
+        if size > wire.MAX_FRAME - (1 << 20):
+            raise SpawnError(
+                f"its working directory needs {size >> 20} MiB sent to a node, more than a start carries "
+                f"({wire.MAX_FRAME >> 20} MiB): push its repository to a remote the nodes can fetch from, or commit less"
+            )
+        self._work[task_id] = (cwd, attempt, {there: here for here, there in carry})
+        try:
+            return await self._begin(task_id, stdin, "start", task_id, attempt, argv, env, stdin, list(labels), work, taken)
+        except SpawnError:
+            self._work.pop(task_id, None)
+            raise
 
     async def reach(self) -> None:
         """Join the cluster if not joined yet; `problem` says why not when it cannot be."""
@@ -274,11 +348,17 @@ class RayExecutor:
         except Unavailable:
             pass
 
-    async def attach(self, task_id: int, attempt: int, node: str, *, stdin: bool = True) -> int:
-        """Follow the process of (task, attempt) that an earlier daemon started on `node`,
-        from the output its node still keeps; its pid. SpawnError when it is gone."""
+    async def attach(self, task_id: int, attempt: int, node: str, *, cwd: str, stdin: bool = True,
+                     carry: Sequence[tuple[str, str]] = ()) -> int:
+        """Follow the process of (task, attempt) that an earlier daemon started on `node`
+        in `cwd`, from the output its node still keeps; its pid. SpawnError when it is gone."""
         await self._connect()
-        return await self._begin(task_id, stdin, "attach", task_id, attempt, node)
+        self._work[task_id] = (cwd, attempt, {there: here for here, there in carry})
+        try:
+            return await self._begin(task_id, stdin, "attach", task_id, attempt, node)
+        except SpawnError:
+            self._work.pop(task_id, None)
+            raise
 
     async def _begin(self, task_id: int, stdin: bool, *message: object) -> int:
         loop = asyncio.get_running_loop()
