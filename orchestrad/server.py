@@ -353,7 +353,8 @@ class Server:
         limits.check_submit(request)  # decide checks too; first, so a huge cwd is not looked up
         state = self.engine.state
         role = roles_mod.get(request.role or state.config.default_role, state.roles)
-        remote = (request.executor or (role.executor if role else None) or state.config.executor) != "local"
+        executor = request.executor or (role.executor if role else None) or state.config.executor
+        remote = executor == "ray" and bool(state.config.ray_address)  # else decide says what is wrong first
         why = ("--worktree" if request.worktree else f"its role {role.name} works in one (worktree = true)" if role and role.worktree
                else "a task on a cluster works in a clone of its repository" if remote else "")
         await _check_directory(

@@ -680,3 +680,17 @@ def test_claude_code_passes_the_elicitation_to_its_host():
         assert request["mcp_server_name"] == "orchestra" and "Which color should the button be?" in request["message"]
         assert daemon.wait_status(1, *p.FINISHED, timeout=30).status is Status.SUCCEEDED
         assert '=\\"Red\\"' in json.dumps([b["content"] for r in inner.turn_requests[1:] for b in r.tool_results()])
+
+
+def test_submit_task_and_create_workflow_choose_where_tasks_run(daemon):
+    async def main():
+        async with connected(daemon.home) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            for name in ("submit-task", "create-workflow"):
+                assert tools[name].input_schema["properties"]["executor"]["anyOf"][0]["enum"] == ["local", "ray"], tools[name].input_schema["properties"]["executor"]
+            refused = await client.call_tool("submit-task", {"command": ["true"], "executor": "ray", "node_labels": ["gpu"]})
+            assert refused.is_error and "no Ray cluster is set" in text(refused) and "ray_address" in text(refused)
+            local = await call(client, "submit-task", command=["true"], executor="local")
+            assert local.structured_content["task"]["executor"] == "local"
+
+    run(main)

@@ -4,8 +4,8 @@
 
 It connects to the cluster, finds the nodes that offer agent slots (the `orchestra_agent`
 resource; a resource `orchestra_label_NAME` gives a node the label NAME), keeps one
-detached actor per node (a `procs.NodeProcs`, shipped by value: a node needs Ray, not
-orchestra), and carries the daemon's calls to them. For each process it keeps one read in
+detached actor per node (a `procs.NodeProcs`, shipped by value with `workdir`: a node
+needs Ray and git, not orchestra), and carries the daemon's calls to them. For each process it keeps one read in
 flight and sends what comes back to the daemon as it comes; while the daemon has paused
 output it reads nothing, and the node's buffers and then the process's pipe fill. It
 watches the nodes: one that dies takes its processes with it, and each is reported lost.

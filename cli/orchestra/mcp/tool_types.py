@@ -46,6 +46,10 @@ Priority = Annotated[
     Meta(description="low (-10), normal (0), high (10), urgent (20), or a number from -100 to 100. Higher runs first."),
 ]
 Agent = Annotated[str, Meta(description="AGENTS")]
+Executor = Literal["local", "ray"]
+EXECUTOR = ("Where it runs: local (this machine) or ray (a node of the Ray cluster set as ray_address; it then works in a "
+            "clone of its git repository on a branch of its own, brought back here when it ends). Default: the role's, else the config's.")
+NODE_LABELS = 'With executor ray: run only on a node with every one of these labels, e.g. ["gpu"].'
 
 
 class SubmitTaskArgs(Args):
@@ -68,6 +72,8 @@ class SubmitTaskArgs(Args):
     checks: Annotated[list[str], Meta(description='Acceptance checks: shell lines that must exit 0 once the agent is done, run in its directory, e.g. ["pytest -q"]. A failing one is sent back to a conversing agent (claude, codex, gemini) to fix (check_rounds times at most); a command task fails at once.')] = []
     check_rounds: Annotated[Annotated[int, Meta(ge=1, le=20)] | None, Meta(description="How often the checks may run before the task fails (default: the role's, else 2).")] = None
     review: Annotated[bool | None, Meta(description="Once the checks pass, wait in status review for the user's approval (review-task); default: as the role says.")] = None
+    executor: Annotated[Executor | None, Meta(description=EXECUTOR)] = None
+    node_labels: Annotated[list[str], Meta(description=NODE_LABELS)] = []
 
 
 class ListProcessesArgs(Args):
@@ -148,6 +154,8 @@ class CreateWorkflowArgs(Args):
     priority: Priority = "normal"
     agent: Agent | None = None
     budget_usd: Annotated[Positive | None, Meta(description="Dollars all its tasks together may spend; reaching it pauses the next step until the user raises it.")] = None
+    executor: Annotated[Executor | None, Meta(description=EXECUTOR + " A step's own executor wins.")] = None
+    node_labels: Annotated[list[str], Meta(description=NODE_LABELS)] = []
 
 
 class StatusDashboardArgs(Args):

@@ -273,6 +273,8 @@ class Tools:
                 checks=a.checks,
                 check_rounds=a.check_rounds,
                 review=a.review,
+                executor=a.executor,
+                node_labels=a.node_labels,
             ),
             p.TaskView,
         )
@@ -385,7 +387,7 @@ class Tools:
     async def create_workflow(self, a: CreateWorkflowArgs, ctx, params) -> Output:
         view = await self.daemon.call(
             p.RunWorkflow(template=a.template, goal=a.goal, cwd=self._cwd(a.cwd), worktree=a.worktree, priority=p.parse_priority(a.priority), agent=a.agent,
-                          budget_usd=a.budget_usd),
+                          budget_usd=a.budget_usd, executor=a.executor, node_labels=a.node_labels),
             p.WorkflowView,
         )
         steps = ", ".join(f"{step} = task {task}" for step, task in view.steps.items())
