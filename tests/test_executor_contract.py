@@ -286,3 +286,17 @@ def test_shutdown_stops_everything_reports_every_exit_and_refuses_new_work(made,
 
     run(main)
 
+
+
+def test_an_identity_is_free_again_once_its_exit_is_reported_even_if_the_executor_lets_go_at_once(made, checkout):
+    async def main():
+        for run_no in range(3):  # each time a new executor, right after the last one let go
+            rec = Recorder()
+            ex = made(rec)
+            await ex.start(1, py(f"print({run_no})"), cwd=str(checkout), env=ENV)
+            assert (await rec.exit_of(1))[1:] == (0, None)
+            assert rec.out(1) == f"{run_no}\n".encode()  # not what the same identity printed before
+            if isinstance(ex, RayExecutor):
+                await ex.detach()
+
+    run(main)

@@ -66,6 +66,7 @@ class Bridge:
         self.nodes: dict[str, dict] = {}  # node id -> {"host", "slots", "labels", "alive", "actor"}
         self.running: dict[int, tuple[str, str]] = {}  # task -> (node id, key)
         self.ended: dict[int, tuple[str, str]] = {}  # task -> (node id, key) of an exit told, until "forget"
+        self.forgetting: set[asyncio.Task] = set()
         self.placing: dict[int, str] = {}  # task -> the node whose slot it holds while it starts there
         self.unpaused = asyncio.Event()
         self.unpaused.set()
@@ -287,9 +288,7 @@ class Bridge:
             elif kind in ("write", "close"):
                 self.feed(args[0], args[1] if kind == "write" else None)
             elif kind == "forget":
-                node_id, key = self.ended.pop(args[0], ("", ""))
-                if node_id in self.nodes:
-                    self.nodes[node_id]["actor"].forget.remote(key)
+                self.forget(args[0])
             elif kind == "term":
                 actor, key = self.actor_of(args[0])
                 if actor is not None:
@@ -300,6 +299,24 @@ class Bridge:
                 self.unpaused.set()
             elif kind == "quit":
                 break
+        if self.forgetting:  # a call only submitted may not leave before this process does
+            await asyncio.wait(self.forgetting, timeout=30)
+
+    def forget(self, task: int) -> None:
+        """The daemon has put what the task left in place: its node may let it go."""
+        node_id, key = self.ended.pop(task, ("", ""))
+        if node_id not in self.nodes:
+            return
+
+        async def call() -> None:
+            try:
+                await self.nodes[node_id]["actor"].forget.remote(key)
+            except ray.exceptions.RayError:
+                pass  # its node is gone, and the checkout with it
+
+        job = asyncio.get_running_loop().create_task(call())
+        self.forgetting.add(job)
+        job.add_done_callback(self.forgetting.discard)
 
 
 async def main(fd: int, address: str, namespace: str) -> None:
