@@ -694,3 +694,36 @@ def test_submit_task_and_create_workflow_choose_where_tasks_run(daemon):
             assert local.structured_content["task"]["executor"] == "local"
 
     run(main)
+
+
+def test_one_client_is_one_client_however_many_requests_it_sends():
+    """The SDK gives each request a session object of its own: a client that initialized,
+    subscribed twice and set its log level is still told of a question once."""
+    from orchestra.mcp.notify import Notifier
+
+    class Connection:
+        pass
+
+    class Session:
+        def __init__(self, connection):
+            self._connection = connection
+            self.sent = []
+
+        async def send_notification(self, notification):
+            self.sent.append(notification)
+
+    async def main():
+        notifier = Notifier(daemon=None)
+        one, two = Connection(), Connection()
+        sessions = [Session(one) for _ in range(4)] + [Session(two)]
+        for s in sessions:
+            notifier.client(s)
+        assert len(notifier.clients) == 2
+        view = p.TaskView(id=1, status=Status.WAITING, role="r", agent="claude", priority=0, after=[], title="t", prompt="",
+                          argv=[], cwd="/", submitted_at=0.0,
+                          waiting=p.Question(request_id="q1", kind="permission", prompt="Bash: ls"))
+        await notifier.on_view(view)
+        await notifier.on_view(view)
+        assert sum(len(s.sent) for s in sessions[:4]) == 1 and len(sessions[4].sent) == 1
+
+    run(main)

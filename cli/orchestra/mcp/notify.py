@@ -30,19 +30,44 @@ NOTICE_LEVEL = "warning"  # a task blocked on a person is something to act on
 _LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
+class Client:
+    """One handshake-era session: what it subscribed to, the log level it asked for, and
+    the questions it was told of."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.subscribed: set[str] = set()  # URIs it subscribed to
+        self.log_level = "debug"  # the level it asked for (logging/setLevel)
+        self.announced: set[tuple[int, str]] = set()  # (task, request id) told to it
+
+
 class Notifier:
-    """Follows the daemon's task changes and tells the client: who subscribed to what, the
-    handshake-era session to send on, and what the watcher last saw and announced."""
+    """Follows the daemon's task changes and tells the clients: one on stdio, any number
+    over HTTP (each session its own `Client`), and what the watcher last saw."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.bus = InMemorySubscriptionBus()  # 2026-07-28 listen streams
-        self.subscribed: set[str] = set()  # URIs a handshake-era client subscribed to
-        self.session = None  # the handshake-era client's session, for notifications
-        self.log_level = "debug"  # the level the client asked for (logging/setLevel)
+        self.clients: dict[int, Client] = {}  # id(session) -> its handshake-era client
         self.last: dict[int, p.TaskView] = {}  # what the watcher last saw of each task
         self.asked: set[tuple[int, str]] = set()  # (task, request id) seen waiting
-        self.announced: set[tuple[int, str]] = set()  # (task, request id) told to the client
+
+    def client(self, session) -> Client:
+        """The client of a handshake-era connection, known from its first request on. The
+        SDK hands each request a session of its own over the one connection (whose
+        notifications not tied to a request go on the connection's channel), so clients
+        are told apart by their connection."""
+        key = id(_connection(session))
+        known = self.clients.get(key)
+        if known is None or _connection(known.session) is not _connection(session):
+            known = self.clients[key] = Client(session)
+        return known
+
+    def _gone(self, client: Client, what: str, exc: Exception) -> None:
+        log.info("could not send %s: %s", what, exc)
+        key = id(_connection(client.session))
+        if self.clients.get(key) is client:  # the client went away: no more for it
+            del self.clients[key]
 
     async def watch_forever(self) -> None:
         """Follow the daemon's Watch stream; reconnect (1 s, then up to 10 s apart) if it goes."""
@@ -85,37 +110,44 @@ class Notifier:
             await self.announce(view)
         if view.status.finished:
             self.asked = {k for k in self.asked if k[0] != view.id}
-            self.announced = {k for k in self.announced if k[0] != view.id}
+            for client in self.clients.values():
+                client.announced = {k for k in client.announced if k[0] != view.id}
 
     async def publish(self, uri: str) -> None:
         await self.bus.publish(ResourceUpdated(uri=uri))  # 2026-07-28 listen streams
-        if self.session is not None and uri in self.subscribed:  # resources/subscribe
-            try:
-                await self.session.send_resource_updated(uri)
-            except Exception as exc:  # the client went away: nothing to tell
-                log.info("could not send resources/updated for %s: %s", uri, exc)
+        for client in list(self.clients.values()):  # resources/subscribe
+            if uri in client.subscribed:
+                try:
+                    await client.session.send_resource_updated(uri)
+                except Exception as exc:
+                    self._gone(client, f"resources/updated for {uri}", exc)
 
-    async def announce(self, view: p.TaskView) -> None:
-        """A log message for the client, once per question: what the task asks and how to
-        answer. Handshake-era clients only; questions that were pending before the client
-        was ready are announced when it is (`announce_pending`)."""
-        if view.waiting is None or self.session is None:
+    async def announce(self, view: p.TaskView, to: list[Client] | None = None) -> None:
+        """A log message for each client (or those `to`), once per question: what the task
+        asks and how to answer. Handshake-era clients only; questions that were pending
+        before a client was ready are announced when it is (`announce_pending`)."""
+        if view.waiting is None:
             return
         key = (view.id, view.waiting.request_id)
-        if key in self.announced or _LEVELS.index(NOTICE_LEVEL) < _LEVELS.index(self.log_level):
-            return
-        self.announced.add(key)
         notification = LoggingMessageNotification(
             params=LoggingMessageNotificationParams(level=NOTICE_LEVEL, logger="orchestra", data=waiting_message(view))
         )
-        try:
-            await self.session.send_notification(notification)
-        except Exception as exc:
-            log.info("could not send the waiting notice for task %s: %s", view.id, exc)
+        for client in list(self.clients.values()) if to is None else to:
+            if key in client.announced or _LEVELS.index(NOTICE_LEVEL) < _LEVELS.index(client.log_level):
+                continue
+            client.announced.add(key)
+            try:
+                await client.session.send_notification(notification)
+            except Exception as exc:
+                self._gone(client, f"the waiting notice for task {view.id}", exc)
 
-    async def announce_pending(self) -> None:
+    async def announce_pending(self, client: Client) -> None:
         for view in sorted(self.last.values(), key=lambda v: v.id):
-            await self.announce(view)
+            await self.announce(view, [client])
+
+
+def _connection(session):
+    return getattr(session, "_connection", session)
 
 
 def question_line(q: p.Question) -> str:

@@ -96,22 +96,19 @@ def build_server(paths: Paths, autostart: bool) -> Server:
         uri = str(params.uri)
         if not mcp_resources.is_resource(uri):
             raise MCPError(INVALID_PARAMS, f"no resource {uri} to subscribe to", {"uri": uri})
-        notifier.session = ctx.session
-        notifier.subscribed.add(uri)
+        notifier.client(ctx.session).subscribed.add(uri)
         return EmptyResult()
 
     async def on_unsubscribe(ctx, params) -> EmptyResult:
-        notifier.subscribed.discard(str(params.uri))
+        notifier.client(ctx.session).subscribed.discard(str(params.uri))
         return EmptyResult()
 
     async def on_set_level(ctx, params) -> EmptyResult:
-        notifier.session = ctx.session
-        notifier.log_level = params.level
+        notifier.client(ctx.session).log_level = params.level
         return EmptyResult()
 
     async def on_initialized(ctx, params) -> None:
-        notifier.session = ctx.session  # the connection's channel for notifications
-        await notifier.announce_pending()
+        await notifier.announce_pending(notifier.client(ctx.session))  # the session's channel for notifications
 
     @asynccontextmanager
     async def lifespan(_server) -> AsyncIterator[dict]:

@@ -1,0 +1,144 @@
+"""`orchestra mcp --http`: the MCP server over streamable HTTP, as a subprocess on a real
+loopback port against a real daemon, driven by the MCP SDK's own HTTP client in both
+protocol eras; requests without the bearer token, with a foreign Host header or from a
+foreign origin are refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from contextlib import asynccontextmanager, contextmanager
+
+import anyio
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from orchestra.shared.protocol import Status
+from tests.daemon import wait_for
+from tests.test_mcp import TOOLS, call, subscribe, text
+
+TOKEN = "test-token-" + "x" * 24
+
+
+@contextmanager
+def http_server(daemon, *args: str, token: str | None = TOKEN):
+    """`orchestra mcp --http 127.0.0.1:0` for `daemon`; yields its URL once it listens."""
+    env = {**daemon.env}
+    env.pop("ORCHESTRA_MCP_TOKEN", None)
+    if token is not None:
+        env["ORCHESTRA_MCP_TOKEN"] = token
+    err = open(daemon.home / "mcp-http.err", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestra", "mcp", "--http", "127.0.0.1:0", *args],
+                            env=env, stderr=err, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        def url():
+            err.seek(0)
+            found = re.search(r"at (http://\S+/mcp)", err.read())
+            assert proc.poll() is None, open(err.name).read()
+            return found and found.group(1)
+
+        yield wait_for(url, 20, "the server listening")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        err.close()
+
+
+@asynccontextmanager
+async def http_client(url: str, *, mode: str = "legacy", token: str = TOKEN):
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+            yield client
+
+
+def post(url: str, body: bytes = b"{}", **headers: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Accept": "application/json, text/event-stream", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+INIT = (b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18",'
+        b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}')
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_the_same_tools_and_resources_over_http_in_both_eras(daemon, mode):
+    with http_server(daemon) as url:
+        async def main():
+            async with http_client(url, mode=mode) as client:
+                assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+                task = (await call(client, "submit-task", command=["echo", "over http"])).structured_content["task"]["id"]
+                await anyio.to_thread.run_sync(lambda: daemon.wait_status(task, Status.SUCCEEDED))
+                details = await call(client, "process-details", task_id=task)
+                assert "over http" in text(details)
+                status = json.loads((await client.read_resource("orchestra://status")).contents[0].text)
+                assert status["counts"].get("succeeded") == 1
+
+        anyio.run(main)
+
+
+def test_two_clients_at_once_each_hear_of_a_task_that_waits(daemon):
+    with http_server(daemon) as url:
+        async def main():
+            heard: dict[str, anyio.Event] = {"one": anyio.Event(), "two": anyio.Event()}
+
+            def handler(name):
+                async def on_message(message):
+                    if "resources/updated" in repr(message) or "ResourceUpdated" in type(message).__name__:
+                        heard[name].set()
+                return on_message
+
+            async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as http:
+                async with Client(streamable_http_client(url, http_client=http), mode="legacy",
+                                  message_handler=handler("one")) as one, \
+                        Client(streamable_http_client(url, http_client=http), mode="legacy",
+                               message_handler=handler("two")) as two:
+                    await subscribe(one, "orchestra://status")
+                    await subscribe(two, "orchestra://status")
+                    task = await anyio.to_thread.run_sync(lambda: daemon.submit("sh", "-c", "read x"))
+                    with anyio.fail_after(20):
+                        await heard["one"].wait()
+                        await heard["two"].wait()
+                    await anyio.to_thread.run_sync(lambda: daemon.cli("stop", str(task)))
+
+        anyio.run(main)
+
+
+def test_without_the_token_a_foreign_host_or_a_foreign_origin_it_is_refused(daemon):
+    with http_server(daemon) as url:
+        status, body = post(url, INIT)
+        assert status == 401 and "bearer token is required" in body
+        status, _ = post(url, INIT, Authorization="Bearer wrong-" + "y" * 24)
+        assert status == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert post(url, INIT, **auth)[0] == 200
+        port = url.split(":")[2].split("/")[0]
+        status, _ = post(url, INIT, Host=f"attacker.example:{port}", **auth)  # DNS rebinding
+        assert status in (403, 421)
+        status, _ = post(url, INIT, Origin="http://attacker.example", **auth)
+        assert status == 403
+
+
+def test_a_random_token_is_printed_when_none_is_given_and_other_addresses_are_refused(daemon):
+    with http_server(daemon, token=None) as url:
+        printed = re.search(r"Authorization: Bearer (\S+)", (daemon.home / "mcp-http.err").read_text()).group(1)
+        assert len(printed) >= 32 and post(url, INIT)[0] == 401
+        assert post(url, INIT, Authorization=f"Bearer {printed}")[0] == 200
+    refused = subprocess.run([sys.executable, "-m", "orchestra", "mcp", "--http", "0.0.0.0:0"],
+                             env=daemon.env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "not a loopback address" in refused.stderr
+    short = subprocess.run([sys.executable, "-m", "orchestra", "mcp", "--http", "127.0.0.1:0"],
+                           env={**daemon.env, "ORCHESTRA_MCP_TOKEN": "short"}, capture_output=True, text=True, timeout=30)
+    assert short.returncode == 2 and "shorter than 16" in short.stderr
+    assert os.environ.get("ORCHESTRA_MCP_TOKEN") is None
