@@ -43,6 +43,7 @@ COMMANDS = {
     "worktrees": "changes:worktrees",
     "dashboard": "dashboard:dashboard",
     "mcp": "mcp:mcp",
+    "web": "web:web",
 }
 
 
