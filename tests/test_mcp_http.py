@@ -15,6 +15,7 @@ import urllib.request
 from contextlib import asynccontextmanager, contextmanager
 
 import anyio
+import mcp_types as types
 import httpx2
 import pytest
 from mcp import Client
@@ -84,6 +85,10 @@ def test_the_same_tools_and_resources_over_http_in_both_eras(daemon, mode):
                 assert "over http" in text(details)
                 status = json.loads((await client.read_resource("orchestra://status")).contents[0].text)
                 assert status["counts"].get("succeeded") == 1
+                logs = types.ResourceTemplateReference(uri="orchestra://tasks/{task_id}/logs")
+                offered = (await client.complete(logs, {"name": "task_id", "value": str(task)})).completion
+                assert offered.values == [str(task)]
+                assert (await client.complete(logs, {"name": "task_id", "value": "9"})).completion.values == []
 
         anyio.run(main)
 

@@ -25,6 +25,9 @@ log = logging.getLogger("orchestra.mcp")
 PATH = "/mcp"
 TOKEN_VARIABLE = "ORCHESTRA_MCP_TOKEN"
 LOOPBACK_NAMES = ("localhost",)
+REPLAY = 200  # events of a stream kept for a client that reconnects
+STREAMS = 1000  # streams kept so, the least recently used let go first
+RETRY_MS = 1000  # what a client is told to wait before it reconnects
 
 
 class AddressError(ValueError):
@@ -94,12 +97,50 @@ async def _refuse(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def replay_store():
+    """An event store for resumability: each stream's last `REPLAY` events, so a client whose
+    connection broke mid-response resumes with Last-Event-ID instead of losing the reply."""
+    from collections import OrderedDict, deque
+
+    from mcp.server.streamable_http import EventMessage, EventStore
+
+    class Replay(EventStore):
+        def __init__(self) -> None:
+            self.streams: OrderedDict[str, deque] = OrderedDict()  # stream id -> (event id, message), oldest stream first
+            self.counter = 0
+
+        async def store_event(self, stream_id, message):
+            self.counter += 1
+            event_id = f"{stream_id}/{self.counter}"
+            events = self.streams.setdefault(stream_id, deque(maxlen=REPLAY))
+            self.streams.move_to_end(stream_id)
+            events.append((event_id, message))
+            while len(self.streams) > STREAMS:
+                self.streams.popitem(last=False)
+            return event_id
+
+        async def replay_events_after(self, last_event_id, send_callback):
+            stream_id = last_event_id.rpartition("/")[0]
+            events = self.streams.get(stream_id)
+            if events is None or not any(e == last_event_id for e, _ in events):
+                return None
+            after = False
+            for event_id, message in list(events):
+                if after and message is not None:
+                    await send_callback(EventMessage(message, event_id))
+                after = after or event_id == last_event_id
+            return stream_id
+
+    return Replay()
+
+
 def app(paths: Paths, autostart: bool, host: str, token: str):
     """The ASGI application: the MCP endpoint at /mcp behind the bearer token."""
     from orchestra.mcp.server import build_server
 
     server = build_server(paths, autostart)
-    return BearerAuth(server.streamable_http_app(streamable_http_path=PATH, host=host), token)
+    http = server.streamable_http_app(streamable_http_path=PATH, host=host, event_store=replay_store(), retry_interval=RETRY_MS)
+    return BearerAuth(http, token)
 
 
 def serve_http(paths: Paths, autostart: bool, address: str, token_file: str | None = None) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    Completion,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     ReadResourceResult,
@@ -110,3 +111,21 @@ async def _content(daemon: Daemon, uri: str) -> tuple[str, str]:
 
 def _json(value: Any) -> str:
     return msgspec.json.format(msgspec.json.encode(value).decode(), indent=2)
+
+
+COMPLETIONS = 100  # task ids offered at most
+
+
+async def complete(daemon: Daemon, params) -> Completion:
+    """`completion/complete`: the task ids that begin with what was typed, for the logs'
+    URI template (the newest first); nothing for any other reference (orchestra has no
+    prompts)."""
+    ref, argument = params.ref, params.argument
+    if getattr(ref, "type", "") != "ref/resource" or ref.uri != LOGS_TEMPLATE or argument.name != "task_id":
+        return Completion(values=[], total=0, has_more=False)
+    typed = argument.value.strip()
+    if typed and not typed.isdigit():
+        return Completion(values=[], total=0, has_more=False)
+    page = await daemon.call(p.ListTasks(limit=p.PAGE_MAX), p.TaskPage)
+    ids = [str(t.id) for t in page.tasks if str(t.id).startswith(typed)]
+    return Completion(values=ids[:COMPLETIONS], total=len(ids), has_more=len(ids) > COMPLETIONS or page.more)

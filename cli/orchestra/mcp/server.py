@@ -6,7 +6,8 @@ the parts of the package `orchestra.mcp` into one `Server` and runs it:
 
 * `tools`: the ten tools, each a daemon request or a few (their argument and result
   types and schemas are in `tool_types`);
-* `resources`: the four resources, status, a task's logs, roles and workflows;
+* `resources`: the four resources, status, a task's logs, roles and workflows, and the
+  completion of a task id in the logs' URI template;
 * `notify`: a background `Watch` stream on the daemon, turned into resource updates and
   a log message when a task starts waiting for a person;
 * `elicit`: `respond-to-process` with only a task id asks the person with a form;
@@ -40,6 +41,7 @@ from mcp.server.subscriptions import ListenHandler
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    CompleteResult,
     EmptyResult,
     ListResourcesResult,
     ListResourceTemplatesResult,
@@ -107,6 +109,9 @@ def build_server(paths: Paths, autostart: bool) -> Server:
         notifier.client(ctx.session).log_level = params.level
         return EmptyResult()
 
+    async def on_completion(ctx, params) -> CompleteResult:
+        return CompleteResult(completion=await mcp_resources.complete(daemon, params))
+
     async def on_initialized(ctx, params) -> None:
         await notifier.announce_pending(notifier.client(ctx.session))  # the session's channel for notifications
 
@@ -133,6 +138,7 @@ def build_server(paths: Paths, autostart: bool) -> Server:
         on_subscribe_resource=on_subscribe,
         on_unsubscribe_resource=on_unsubscribe,
         on_subscriptions_listen=ListenHandler(notifier.bus),
+        on_completion=on_completion,
     )
     # Added after construction: passing it to the constructor warns that logging is
     # deprecated in 2026-07-28, but handshake-era clients still use it.
