@@ -351,6 +351,13 @@ class Table:
             lines.append("  ".join(row[k].ljust(widths[k]) for k in keys).rstrip())
         return "\n".join(lines)
 
+    def show(self, json_path: str | None = None) -> None:
+        """Print the table; write its rows to `json_path` too, when given."""
+        print()
+        print(self.render())
+        if json_path:
+            Path(json_path).write_text(json.dumps(self.rows, indent=1))
+
 
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"

@@ -22,7 +22,6 @@ one run:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -158,10 +157,7 @@ def main() -> None:
     finally:
         daemon.cleanup()
         cluster.stop()
-    print()
-    print(table.render())
-    if args.json:
-        Path(args.json).write_text(json.dumps(table.rows, indent=1))
+    table.show(args.json)
 
 
 if __name__ == "__main__":

@@ -186,8 +186,14 @@ class Server:
         back in that order, each once its events are durable, so group commit can cover a
         whole burst with one fsync. At most PIPELINE_DEPTH requests are in flight. `client`
         keeps count of them, for the connection cap."""
-        if not await self._greet(reader, writer):
+        hello = await self._greet(reader, writer)
+        if hello is None:
             return
+        if hello.for_pid is not None and _asking.get() is None:  # a client acting for another process
+            actor = self.engine.identify(hello.for_pid)
+            if actor is not None:
+                log.debug("connection for pid %s: an agent's process (task %s)", hello.for_pid, actor.task)
+                _asking.set(actor)
         client.hello(self.clients.clock())
         replies: asyncio.Queue = asyncio.Queue(maxsize=PIPELINE_DEPTH)
         replier = asyncio.ensure_future(self._reply_in_order(replies, writer, client))
@@ -222,32 +228,32 @@ class Server:
                 await replies.put(None)
                 await replier
 
-    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> p.Hello | None:
         try:
             body = await asyncio.wait_for(_read_frame(reader), HELLO_TIMEOUT)
         except asyncio.TimeoutError:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
                 f"no Hello within {HELLO_TIMEOUT:g} s of connecting; closing (a client says Hello first, at once)")))
-            return False
+            return None
         except FrameTooLarge as exc:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=str(exc)))
-            return False
+            return None
         if body is None:
-            return False
+            return None
         try:
             request = request_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             request = None
         if not isinstance(request, p.Hello):
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message="say Hello first"))
-            return False
+            return None
         if request.version != p.PROTOCOL_VERSION:
             await self._send(writer, p.Error(code=p.ErrorCode.PROTOCOL, message=(
                 f"this daemon speaks protocol {p.PROTOCOL_VERSION} and the client {request.version}; "
                 "use the same orchestra version for both (restart the daemon after upgrading)")))
-            return False
+            return None
         await self._send(writer, p.Ok(result=p.Welcome(version=p.PROTOCOL_VERSION, daemon=version(), pid=os.getpid())))
-        return True
+        return request
 
     async def _reply_in_order(self, replies: asyncio.Queue, writer: asyncio.StreamWriter, client: Client) -> None:
         """Send each reply in the order its request came; a stream runs when its turn comes."""

@@ -21,6 +21,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
 from tests.test_mcp import TOOLS, call, subscribe, text
@@ -147,3 +148,47 @@ def test_a_random_token_is_printed_when_none_is_given_and_other_addresses_are_re
                            env={**daemon.env, "ORCHESTRA_MCP_TOKEN": "short"}, capture_output=True, text=True, timeout=30)
     assert short.returncode == 2 and "shorter than 16" in short.stderr
     assert os.environ.get("ORCHESTRA_MCP_TOKEN") is None
+
+
+AGENT_CALL = """
+import json, sys, urllib.request
+url, token, task = sys.argv[1], sys.argv[2], int(sys.argv[3])
+session = None
+
+def post(message):
+    global session
+    headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json",
+               "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": "2025-06-18"}
+    if session:
+        headers["Mcp-Session-Id"] = session
+    with urllib.request.urlopen(urllib.request.Request(url, data=json.dumps(message).encode(), headers=headers), timeout=20) as got:
+        session = got.headers.get("mcp-session-id") or session
+        body = got.read().decode()
+    datas = [line[6:] for line in body.splitlines() if line.startswith("data: ")]
+    return json.loads(datas[-1]) if datas else (json.loads(body) if body.strip() else None)
+
+post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+      "clientInfo": {"name": "agent", "version": "1"}}})
+post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+print(json.dumps(post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "stop-process", "arguments": {"task_id": task}}})))
+"""
+
+
+def test_an_agent_that_holds_the_token_still_cannot_act_for_the_person(daemon):
+    """The server finds the process behind each tool call (Linux /proc) and the daemon gives
+    the call that process's rights: an agent's are its own, not the person's."""
+    with http_server(daemon) as url:
+        other = daemon.submit("sleep", "60", title="someone else's task")
+        daemon.wait_status(other, Status.RUNNING)
+        agent = daemon.submit(sys.executable, "-c", AGENT_CALL, url, TOKEN, str(other), title="an agent with the token")
+        assert daemon.wait_status(agent, *p.FINISHED).status is Status.SUCCEEDED, daemon.output_of(agent)
+        reply = json.loads(daemon.output_of(agent).decode().strip().splitlines()[-1])
+        assert reply["result"]["isError"] and "agent" in reply["result"]["content"][0]["text"], reply
+        assert daemon.task(other).status is Status.RUNNING  # untouched
+
+        async def main():
+            async with http_client(url) as client:  # the same call from the person's own process
+                await call(client, "stop-process", task_id=other)
+
+        anyio.run(main)
+        assert daemon.wait_status(other, *p.FINISHED).status is Status.CANCELLED

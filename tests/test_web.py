@@ -30,8 +30,10 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / ".local" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """One browser for this module's tests. Not for the session: Playwright's sync API keeps
+    an event loop running in this thread while it is open, and other modules run their own."""
     if not Path(CHROMIUM).exists():
         pytest.fail("no chromium: apt-get install chromium fonts-liberation fonts-dejavu-core", pytrace=False)
     with playwright.sync_playwright() as pw:
@@ -285,5 +287,37 @@ def _serve_html(html: str):
     class Url(str):
         def shutdown(self):
             server.shutdown()
+            server.server_close()
 
     return Url(f"http://127.0.0.1:{server.server_address[1]}/")
+
+
+AGENT_POST = """
+import json, os, sys, urllib.error, urllib.request
+base, token, path = sys.argv[1], sys.argv[2], sys.argv[3]
+request = urllib.request.Request(base + path, data=b"{}", method="POST", headers={
+    "Authorization": "Bearer " + token, "Origin": base, "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=10) as got:
+        print(got.status, got.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code, exc.read().decode())
+"""
+
+
+def test_an_agent_that_holds_the_console_s_token_still_cannot_act_for_the_person(daemon):
+    """The console finds the process behind each change (Linux /proc) and the daemon gives
+    the change that process's rights: an agent's are its own, not the person's."""
+    with console(daemon) as web:
+        other = daemon.submit("sleep", "60", title="someone else's task")
+        daemon.wait_status(other, Status.RUNNING)
+        agent = daemon.submit(sys.executable, "-c", AGENT_POST, web.base, web.token, f"/api/tasks/{other}/stop",
+                              title="an agent with the token")
+        daemon.wait_status(agent, *p.FINISHED)
+        said = daemon.output_of(agent).decode()
+        assert said.startswith("403 ") and "agent" in said, said
+        assert daemon.task(other).status is Status.RUNNING  # untouched
+        status, _ = fetch(web.base + f"/api/tasks/{other}/stop", method="POST", body=b"{}",
+                          Authorization=f"Bearer {web.token}", Origin=web.base)
+        assert status == 200  # the same request from the person's own process
+        assert daemon.wait_status(other, *p.FINISHED).status is Status.CANCELLED

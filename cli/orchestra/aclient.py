@@ -69,8 +69,9 @@ class AsyncConnection:
             yield result(reply, item_type)
 
 
-async def connect(paths: Paths, *, client: str = "orchestra-async") -> AsyncConnection:
-    """A connection that has passed the version handshake; DaemonUnreachable otherwise."""
+async def connect(paths: Paths, *, client: str = "orchestra-async", for_pid: int | None = None) -> AsyncConnection:
+    """A connection that has passed the version handshake; DaemonUnreachable otherwise.
+    `for_pid`: the process it acts for (`Hello.for_pid`)."""
     path = str(paths.socket)
     try:
         reader, writer = await asyncio.wait_for(
@@ -85,7 +86,7 @@ async def connect(paths: Paths, *, client: str = "orchestra-async") -> AsyncConn
     conn = AsyncConnection(reader, writer)
     try:
         welcome = await asyncio.wait_for(
-            conn.call(p.Hello(version=p.PROTOCOL_VERSION, client=client), p.Welcome), CONNECT_TIMEOUT
+            conn.call(p.Hello(version=p.PROTOCOL_VERSION, client=client, for_pid=for_pid), p.Welcome), CONNECT_TIMEOUT
         )
     except p.OrchestraError as exc:
         await conn.aclose()

@@ -18,6 +18,7 @@ import secrets
 import socket
 import sys
 
+from orchestra import peer
 from orchestra.shared.paths import Paths
 
 log = logging.getLogger("orchestra.mcp")
@@ -82,6 +83,10 @@ class BearerAuth:
             if not hmac.compare_digest(given, self.expected):
                 await _refuse(send, 401, "a bearer token is required: send Authorization: Bearer TOKEN "
                                          "(the token orchestra mcp --http printed, or the one you gave it)")
+                return
+            why, _ = peer.refusal(scope, changes=False)
+            if why:
+                await _refuse(send, 403, why)
                 return
         await self.app(scope, receive, send)
 

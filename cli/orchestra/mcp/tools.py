@@ -29,7 +29,8 @@ from msgspec import UNSET
 from orchestra.shared import protocol as p
 from orchestra.dashboard import picture, picture_requests, picture_types
 from orchestra.render import agent_table
-from orchestra.mcp.daemon import Daemon, unreachable_message
+from orchestra import peer
+from orchestra.mcp.daemon import ACTING_FOR, Daemon, unreachable_message
 from orchestra.mcp.elicit import ask_the_person
 from orchestra.mcp.tool_types import (
     Args,
@@ -237,6 +238,10 @@ class Tools:
             args = msgspec.convert(params.arguments or {}, spec.args, strict=False)
         except msgspec.ValidationError as exc:
             return _error(f"invalid arguments for {spec.name}: {exc}")
+        acting_for = _peer_pid(ctx)  # over HTTP: the daemon gives the call the rights of the process that made it
+        if acting_for is False:
+            return _error("could not tell which process made this call; it is refused")
+        token = ACTING_FOR.set(acting_for)
         try:
             out = await spec.run(args, ctx, params)
         except p.OrchestraError as exc:
@@ -247,6 +252,8 @@ class Tools:
             return _error(unreachable_message(exc, self.daemon.autostart))
         except (OSError, ConnectionError) as exc:
             return _error(f"lost the connection to the daemon: {exc}")
+        finally:
+            ACTING_FOR.reset(token)
         if not isinstance(out, Output):
             return out  # an InputRequiredResult (2026-07-28 elicitation)
         return CallToolResult(content=[TextContent(type="text", text=out.text)], structured_content=msgspec.to_builtins(out.value))
@@ -412,3 +419,13 @@ class Tools:
 
 def _error(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
+def _peer_pid(ctx) -> int | None | bool:
+    """The process an HTTP request came from (`orchestra.peer`): its pid; None on stdio,
+    where the daemon sees this server's own process; False when it cannot be found."""
+    scope = getattr(getattr(ctx, "request", None), "scope", None)
+    if not isinstance(scope, dict) or scope.get("type") != "http":
+        return None
+    why, pid = peer.refusal(scope, changes=True)
+    return False if why else pid

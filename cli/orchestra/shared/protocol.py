@@ -98,6 +98,9 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="method", tag
 class Hello(Request):
     version: int
     client: str = ""
+    # The process a client acts for (a web or HTTP request's peer, `orchestra.peer`): the
+    # connection gets the narrower of the client's own rights and that process's.
+    for_pid: int | None = None
 
 
 class Submit(Request):

@@ -27,11 +27,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from orchestra.mcp.daemon import Daemon
+from orchestra import peer
+from orchestra.mcp.daemon import ACTING_FOR, Daemon
 from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.web import pages
-from orchestra.web.guard import COOKIE, Guard
+from orchestra.web.guard import COOKIE, SAFE_METHODS, Guard, Refusal
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.web")
@@ -372,9 +373,15 @@ class Guarded:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query_token = request.query_params.get("token", "")
         refusal = self.guard.check(scope["method"], headers, query_token, request.cookies.get(COOKIE, ""))
+        changes = scope["method"] not in SAFE_METHODS
+        why, acting_for = peer.refusal(scope, changes=changes)
+        if refusal is None and why:
+            refusal = Refusal(403, why)
         if refusal is not None:
             response = Response(refusal.message + "\n", refusal.status, media_type="text/plain")
             return await response(scope, receive, self._headers(send))
+        if changes:
+            ACTING_FOR.set(acting_for)  # the daemon gives the change the rights of the process that sent it
         if query_token:  # from the printed link: keep it in a cookie, and out of the address bar and history
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
             response = RedirectResponse(scope["path"] + (f"?{urlencode(rest)}" if rest else ""), 303)
