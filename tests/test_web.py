@@ -321,3 +321,25 @@ def test_an_agent_that_holds_the_console_s_token_still_cannot_act_for_the_person
                           Authorization=f"Bearer {web.token}", Origin=web.base)
         assert status == 200  # the same request from the person's own process
         assert daemon.wait_status(other, *p.FINISHED).status is Status.CANCELLED
+
+
+def test_a_task_submitted_from_the_form_and_approved_in_review(daemon, page):
+    with console(daemon) as web:
+        web.open(page, "/submit")
+        form = page.locator("form[data-then=task]")
+        form.locator("input[name=command]").fill("echo from the form")
+        form.locator("input[name=cwd]").fill(str(daemon.home))
+        form.locator("button").click()
+        page.wait_for_url(re.compile(r"/tasks/\d+$"))
+        task = int(page.url.rsplit("/", 1)[1])
+        assert daemon.task(task).argv == ["echo", "from", "the", "form"]
+        assert daemon.wait_status(task, *p.FINISHED).status is Status.SUCCEEDED
+        page.wait_for_function("document.getElementById('transcript').textContent.includes('from the form')")
+
+        reviewed = daemon.submit("sh", "-c", "echo ready for review", review=True, title="needs a look")
+        page.goto(web.base + "/")
+        card = f"#waiting #task-{reviewed}"
+        page.wait_for_selector(f"{card} button.allow:has-text('Approve')")
+        page.click(f"{card} button.allow")
+        view = daemon.wait_status(reviewed, *p.FINISHED)
+        assert view.status is Status.SUCCEEDED and [(r.approved, r.by) for r in view.reviews] == [(True, "a person (web)")]
