@@ -5,11 +5,12 @@
 A daemon on a fresh home under bench/out/ gets `--history` finished `true` tasks (10,000),
 then `orchestra web` serves it, and in one run, side by side:
 
-1. load    the first load of the team page and of the tasks page (its newest 1,000 tasks),
-           a fresh browser context each time (no cache, the cookie set by the link):
-           navigation start to the load event, p50 / p95 of --runs. Anchor: `orchestra ps`
-           of the same daemon. Target: <= 500 ms.
-2. event   the tasks page open with 1,000 tasks on it; a task submitted (`submit` over the
+1. load    the first load of the team page and of the tasks page (its newest 200 tasks,
+           older ones a link away), a fresh browser context each time (no cache, the
+           cookie set by the link): navigation start to the load event, p50 / p95 of
+           --runs; and, beside them, the tasks page with ?limit=1000. Anchor: `orchestra
+           ps` of the same daemon. Target: <= 500 ms.
+2. event   the tasks page open with 1,000 tasks on it (?limit=1000); a task submitted (`submit` over the
            socket) until its row is in the page's DOM (a MutationObserver notes the time),
            p50 / p95 of --runs. Anchor: the same submit until a `Watch` stream on the
            socket, the daemon's own feed of changes, sees it. Target: <= 200 ms p95.
@@ -64,7 +65,7 @@ def bench_load(table: Table, browser, url: str, daemon: Daemon, runs: int, histo
         t0 = time.perf_counter()
         subprocess.run([ORCHESTRA, "ps"], env=daemon.env, capture_output=True, check=True)
         ps.append(time.perf_counter() - t0)
-    for name, path in (("team page", "/"), ("tasks page (newest 1,000)", "/tasks")):
+    for name, path in (("team page", "/"), ("tasks page (newest 200)", "/tasks"), ("tasks page with ?limit=1000", "/tasks?limit=1000")):
         loads = []
         for _ in range(runs):
             context = browser.new_context()
@@ -72,12 +73,13 @@ def bench_load(table: Table, browser, url: str, daemon: Daemon, runs: int, histo
             page.goto(url)  # the link: sets the cookie, then the team page
             page.goto(base + path)
             loads.append(page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000)
-            rows = page.locator("#rows tr").count() if path == "/tasks" else None
+            rows = page.locator("#rows tr").count() if path.startswith("/tasks") else None
             context.close()
         shown = f", {rows} rows" if rows is not None else ""
+        first = "limit" not in path  # the pages a person opens first; a longer list is shown beside them
         table.add("load", f"first load of the {name}, {history:,} in history{shown}: p50 / p95 ({runs})",
                   f"{ms(pct(loads, 50))} / {ms(pct(loads, 95))}", f"orchestra ps {ms(pct(ps, 50))} / {ms(pct(ps, 95))}",
-                  "", "<= 500 ms", verdict(pct(loads, 95) <= 0.5))
+                  "", "<= 500 ms" if first else "", verdict(pct(loads, 95) <= 0.5) if first else "")
 
 
 def bench_event(table: Table, browser, url: str, daemon: Daemon, runs: int) -> None:
@@ -85,7 +87,7 @@ def bench_event(table: Table, browser, url: str, daemon: Daemon, runs: int) -> N
     context = browser.new_context()
     page = context.new_page()
     page.goto(url)
-    page.goto(base + "/tasks")
+    page.goto(base + "/tasks?limit=1000")
     page.wait_for_selector("#conn.on")
     on_page = page.locator("#rows tr").count()
     page.evaluate("""() => {

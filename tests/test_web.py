@@ -343,3 +343,17 @@ def test_a_task_submitted_from_the_form_and_approved_in_review(daemon, page):
         page.click(f"{card} button.allow")
         view = daemon.wait_status(reviewed, *p.FINISHED)
         assert view.status is Status.SUCCEEDED and [(r.approved, r.by) for r in view.reviews] == [(True, "a person (web)")]
+
+
+def test_the_tasks_page_shows_the_newest_and_links_to_older_ones(daemon, page):
+    with daemon.connect() as conn:
+        ids = [conn.call(p.Submit(argv=["true"], cwd=str(daemon.home)), p.TaskView).id for _ in range(7)]
+    for task in ids:
+        daemon.wait_status(task, *p.FINISHED)
+    with console(daemon) as web:
+        web.open(page, "/tasks?limit=3")
+        assert [r.get_attribute("id") for r in page.locator("#rows tr").all()] == [f"task-{t}" for t in ids[:-4:-1]]
+        page.click("#older")
+        assert [r.get_attribute("id") for r in page.locator("#rows tr").all()] == [f"task-{t}" for t in ids[-4:-7:-1]]
+        page.click("#older")
+        assert page.locator("#rows tr").count() == 1 and page.locator("#older").count() == 0

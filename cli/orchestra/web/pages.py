@@ -129,7 +129,8 @@ def team_page(tasks: list[p.TaskView], info: p.DaemonStatus, now: float) -> str:
     return layout("Team", body, page="team", live="team")
 
 
-def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, text: str, roles: list[str]) -> str:
+def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, text: str, roles: list[str],
+               older: int | None = None, limit: int = 200) -> str:
     def option(value: str, chosen: str, label: str | None = None) -> str:
         return f'<option value="{h(value)}"{" selected" if value == chosen else ""}>{h(label or value or "any")}</option>'
 
@@ -141,10 +142,16 @@ def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, t
         f'<label>role <select name=role>{role_options}</select></label>'
         f'<label>text <input name=q value="{h(text)}" placeholder="in titles"></label><button>Filter</button></form>'
     )
-    table = (f'<table class=tasks><thead><tr><th>id</th><th>status</th><th>role</th><th>agent</th><th>title</th>'
-             f'<th>submitted</th><th>cost</th><th>now</th></tr></thead><tbody id=rows>{rows}</tbody></table>')
-    live = "tasks?" + "&".join(f"{k}={quote(v)}" for k, v in (("status", status), ("role", role), ("q", text)) if v)
-    return layout("Tasks", f"<h1>Tasks <span class=count id=shown>{len(tasks)}</span></h1>{filters}{table}", page="tasks", live=live)
+    cols = "".join(f"<col class={c}>" for c in ("id", "status", "role", "agent", "title", "when", "cost", "what"))
+    table = (f'<table class=tasks><colgroup>{cols}</colgroup><thead><tr><th>id</th><th>status</th><th>role</th><th>agent</th>'
+             f'<th>title</th><th>submitted</th><th>cost</th><th>now</th></tr></thead><tbody id=rows>{rows}</tbody></table>')
+    kept = [(k, v) for k, v in (("status", status), ("role", role), ("q", text)) if v]
+    live = "tasks?" + "&".join(f"{k}={quote(v)}" for k, v in kept)
+    more = ""
+    if older is not None:
+        query = "&".join(f"{k}={quote(str(v))}" for k, v in [*kept, ("limit", limit), ("before", older)])
+        more = f'<p class=more><a id=older href="/tasks?{h(query)}">older tasks</a></p>'
+    return layout("Tasks", f"<h1>Tasks <span class=count id=shown>{len(tasks)}</span></h1>{filters}{table}{more}", page="tasks", live=live)
 
 
 def task_page(view: p.TaskView, transcript: str, diff: p.DiffResult | None, now: float) -> str:

@@ -43,6 +43,7 @@ PORT_TRIES = 10  # the default port, then the next ones, then any free one
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 QUEUE = 10_000  # task changes a slow page may have waiting before its stream is ended (it reloads)
 TRANSCRIPT_LINES = 400
+TASKS_PAGE = 200  # rows of the tasks page unless ?limit= says (at most PAGE_MAX); older ones a link away
 
 
 class Hub:
@@ -124,14 +125,18 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
 
     async def tasks(request: Request) -> Response:
         status, role, text = (request.query_params.get(k, "") for k in ("status", "role", "q"))
+        limit = _number(request.query_params.get("limit"), TASKS_PAGE, 1, p.PAGE_MAX)
+        before = _number(request.query_params.get("before"), None, 1, None)
 
         async def render() -> str:
             chosen = [p.Status(status)] if status in {s.value for s in p.Status} else []
             found, roles = await asyncio.gather(
-                listing(status=chosen, role=role or None, limit=p.PAGE_MAX), daemon.call(p.Roles(), p.RolesResult))
-            if text:
-                found = [t for t in found if text.lower() in t.title.lower()]
-            return pages.tasks_page(found, time.time(), status=status, role=role, text=text, roles=[r.name for r in roles.roles])
+                daemon.call(p.ListTasks(status=chosen, role=role or None, limit=limit, before=before), p.TaskPage),
+                daemon.call(p.Roles(), p.RolesResult))
+            shown = [t for t in found.tasks if text.lower() in t.title.lower()] if text else found.tasks
+            older = found.next if found.more else None
+            return pages.tasks_page(shown, time.time(), status=status, role=role, text=text, roles=[r.name for r in roles.roles],
+                                    older=older, limit=limit)
         return await page(request, render)
 
     async def task(request: Request) -> Response:
@@ -295,6 +300,14 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
 
     app = Starlette(routes=routes, lifespan=lifespan)
     return Guarded(app, guard)
+
+
+def _number(text: str | None, default, least: int, most: int | None):
+    try:
+        value = int(text) if text else default
+    except ValueError:
+        return default
+    return value if value is None else max(least, value if most is None else min(most, value))
 
 
 def _event_for(view_name: str, params, view: p.TaskView) -> bytes | None:
