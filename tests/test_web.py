@@ -144,6 +144,10 @@ def test_a_permission_request_is_answered_with_a_click_and_the_task_goes_on(page
             assert [d.by for d in view.decisions] == ["a person (web)"]
             page.wait_for_selector(f"#finished #task-{task}")
             daemon.call(p.Stop(task=busy))
+            page.goto(web.base + f"/tasks/{task}")
+            decided = page.inner_text("ul.decisions")
+            assert "allow" in decided and "Bash" in decided and "by a person (web)" in decided
+            assert "$" in page.inner_text("table.facts") and "tokens in" in page.inner_text("table.facts")
 
 
 def test_a_question_is_answered_by_its_option(page):
@@ -357,3 +361,19 @@ def test_the_tasks_page_shows_the_newest_and_links_to_older_ones(daemon, page):
         assert [r.get_attribute("id") for r in page.locator("#rows tr").all()] == [f"task-{t}" for t in ids[-4:-7:-1]]
         page.click("#older")
         assert page.locator("#rows tr").count() == 1 and page.locator("#older").count() == 0
+
+
+def test_a_filtered_tasks_page_keeps_to_its_filter_as_tasks_change(daemon, page):
+    done = daemon.submit("true", title="already done")
+    daemon.wait_status(done, *p.FINISHED)
+    with console(daemon) as web:
+        web.open(page, "/tasks?status=running")
+        page.wait_for_selector("#conn.on")
+        assert page.locator("#rows tr").count() == 0
+        task = daemon.submit("sh", "-c", "sleep 1", title="runs a second")
+        page.wait_for_selector(f"#task-{task}")  # running: it matches
+        page.wait_for_selector(f"#task-{task}", state="detached", timeout=15_000)  # succeeded: it leaves
+        page.select_option("select[name=status]", "succeeded")
+        page.click("form.filters button")
+        page.wait_for_selector(f"#task-{done}")
+        assert page.locator(f"#task-{task}").count() == 1 and "status=succeeded" in page.url
