@@ -61,6 +61,7 @@ class Stat(NamedTuple):
     ppid: int
     state: str
     ticks: int  # CPU clock ticks used: its own and its reaped children's
+    start: int = 0  # when it started, in clock ticks after boot: with the pid, a process's identity
 
 
 def stat(pid: int) -> Stat | None:
@@ -72,7 +73,7 @@ def stat(pid: int) -> Stat | None:
         return None
     fields = data[data.rfind(b")") + 2 :].split()  # the name may hold spaces and parentheses
     try:  # fields[0] is the state (field 3 of proc(5)), then the parent; utime is field 14, cstime 17
-        return Stat(int(fields[1]), fields[0].decode(), sum(int(x) for x in fields[11:15]))
+        return Stat(int(fields[1]), fields[0].decode(), sum(int(x) for x in fields[11:15]), int(fields[19]))
     except (IndexError, ValueError):
         return None
 
@@ -290,6 +291,8 @@ def identify(pid: int | None, task_pids: dict[int, int], cgroups: "Cgroups | Non
 
     if pid is None or pid <= 0:
         return None
+    if os.path.isdir("/proc/self") and not os.path.exists(f"/proc/{pid}"):
+        return Actor(task=None)  # gone before it could be told apart: never taken for the user
     if cgroups is not None:
         name = cgroups.name_of(pid)
         if name is not None:

@@ -39,7 +39,7 @@ from orchestra.shared.vocab import shorten, version
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
 from orchestra.shared.framing import HEADER, FrameTooLarge, body_size
-from orchestrad import agentprobe, changes, descriptors, limits, merges, policy, retention, scheduler
+from orchestrad import agentprobe, changes, containment, descriptors, limits, merges, policy, retention, scheduler
 from orchestrad import events as ev
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
@@ -189,10 +189,10 @@ class Server:
         hello = await self._greet(reader, writer)
         if hello is None:
             return
-        if hello.for_pid is not None and _asking.get() is None:  # a client acting for another process
-            actor = self.engine.identify(hello.for_pid)
+        if hello.for_pids and _asking.get() is None:  # a client acting for other processes
+            actor = self._acting_for(hello.for_pids)
             if actor is not None:
-                log.debug("connection for pid %s: an agent's process (task %s)", hello.for_pid, actor.task)
+                log.debug("connection for pids %s: an agent's process (task %s)", hello.for_pids, actor.task)
                 _asking.set(actor)
         client.hello(self.clients.clock())
         replies: asyncio.Queue = asyncio.Queue(maxsize=PIPELINE_DEPTH)
@@ -227,6 +227,18 @@ class Server:
             if not replier.done():
                 await replies.put(None)
                 await replier
+
+    def _acting_for(self, processes: list[tuple[int, int]]) -> Actor | None:
+        """The narrowest of the rights of `processes` ((pid, start) each): None when every
+        one is the user's."""
+        for pid, start in processes:
+            now = containment.stat(pid)
+            if now is None or now.start != start:
+                return Actor(task=None)  # gone, or its pid reused: never taken for the user
+            actor = self.engine.identify(pid)
+            if actor is not None:
+                return actor
+        return None
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> p.Hello | None:
         try:

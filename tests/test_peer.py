@@ -25,8 +25,9 @@ def test_the_peer_of_a_connection_is_the_process_that_made_it(family, host):
                 child_port = int(child.stdout.readline())
                 assert client[1] == child_port
                 found = peer.peer_of(client[:2], conn.getsockname()[:2])
-                assert found is not None and (found.uid, found.pid) == (os.getuid(), child.pid)
-                assert peer.peer_of(client[:2], conn.getsockname()[:2], pid=False).pid is None
+                assert found is not None and found.uid == os.getuid()
+                assert found.processes == [(child.pid, peer.start_of(child.pid))]
+                assert peer.peer_of(client[:2], conn.getsockname()[:2], pid=False).processes == []
         finally:
             child.kill()
             child.wait()

@@ -98,7 +98,7 @@ def test_the_console_opens_with_its_token_and_is_refused_without_it(daemon, page
         assert page.goto(web.base + "/?token=wrong" + "x" * 20).status == 401
         web.open(page)
         assert page.title() == "Team · orchestra" and "token" not in page.url  # the token left the address bar
-        cookie = next(c for c in page.context.cookies() if c["name"] == "orchestra_console")
+        cookie = next(c for c in page.context.cookies() if c["name"] == f"orchestra_console_{web.base.rsplit(':', 1)[1]}")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         assert page.goto(web.base + "/tasks").status == 200  # the cookie carries it on
 
@@ -217,9 +217,14 @@ def test_a_foreign_host_or_a_cross_origin_change_is_refused(daemon, page):
         assert fetch(web.base + "/", **auth)[0] == 200
         assert fetch(web.base + "/", Host=f"attacker.example:{port}", **auth)[0] == 421  # DNS rebinding
         body = b'{"command": "touch /tmp/owned", "cwd": "/tmp"}'
-        status, said = fetch(web.base + "/api/tasks", method="POST", body=body, Origin="http://attacker.example", **auth)
+        cookie = {"Cookie": f"orchestra_console_{port}={web.token}"}  # what a browser holds
+        status, said = fetch(web.base + "/api/tasks", method="POST", body=body, Origin="http://attacker.example", **cookie)
         assert status == 403 and "console's own pages" in said
-        assert fetch(web.base + "/api/tasks", method="POST", body=body, **auth)[0] == 403  # no origin at all
+        assert fetch(web.base + "/api/tasks", method="POST", body=body, **cookie)[0] == 403  # no origin at all
+        assert fetch(web.base + "//attacker.example/?token=" + web.token, **auth)[0] in (303, 404)
+        assert fetch(web.base + "/tasks?before=99999999999999999999999", **auth)[0] == 200  # clamped
+        status, said = fetch(web.base + "/tasks/99999999999999999999999", **auth)
+        assert status in (400, 404), said
         # A page of another origin, in the same browser that holds the console's cookie, posts a form to it.
         web.open(page)
         evil = _serve_html(f'''<form id=f method=post action="{web.base}/api/tasks" enctype="text/plain">
@@ -377,3 +382,22 @@ def test_a_filtered_tasks_page_keeps_to_its_filter_as_tasks_change(daemon, page)
         page.click("form.filters button")
         page.wait_for_selector(f"#task-{done}")
         assert page.locator(f"#task-{task}").count() == 1 and "status=succeeded" in page.url
+
+
+def test_enter_in_an_answer_s_field_sends_what_that_field_is_for(daemon, page):
+    """Enter in "why (for a deny)" denies; it must never press the form's first button, Allow."""
+    from orchestra.web import pages
+
+    with console(daemon) as web:
+        web.open(page)
+        view = p.TaskView(id=1, status=Status.WAITING, role="r", agent="claude", priority=0, after=[], title="t", prompt="",
+                          argv=[], cwd="/", submitted_at=0.0, waiting=p.Question(request_id="q", kind="permission", prompt="Bash: ls"))
+        sent = []
+        page.route("**/api/tasks/1/respond", lambda route: (sent.append(route.request.post_data_json),
+                                                              route.fulfill(json={"ok": True})))
+        page.evaluate("html => { document.querySelector('main').innerHTML = html; }", pages.question_form(view))
+        page.add_script_tag(url="/static/console.js")  # binds the new form
+        page.fill("input[name=message]", "not that")
+        page.press("input[name=message]", "Enter")
+        page.wait_for_selector(".flash")
+        assert sent == [{"message": "not that", "decision": "deny"}]

@@ -33,6 +33,7 @@ def view(id: int = 1, **kw) -> p.TaskView:  # noqa: A002
     ("POST", {"host": "127.0.0.1:9", "origin": "http://127.0.0.1:9", "sec-fetch-site": "cross-site"}, "", TOKEN, 403),
     ("DELETE", {"host": "127.0.0.1:9", "origin": "null"}, "", TOKEN, 403),
     ("POST", {"host": "127.0.0.1:9", "origin": "http://127.0.0.1:9"}, "", "", 401),
+    ("POST", {"host": "127.0.0.1:9", "authorization": f"Bearer {TOKEN}"}, "", "", None),  # a script: no browser sends it cross-origin
 ])
 def test_the_guard_serves_only_its_own_host_with_its_token_and_changes_from_its_own_pages(method, headers, query, cookie, status):
     refused = Guard(TOKEN, 9).check(method, headers, query, cookie)

@@ -69,9 +69,9 @@ class AsyncConnection:
             yield result(reply, item_type)
 
 
-async def connect(paths: Paths, *, client: str = "orchestra-async", for_pid: int | None = None) -> AsyncConnection:
+async def connect(paths: Paths, *, client: str = "orchestra-async", for_pids: list[tuple[int, int]] = ()) -> AsyncConnection:
     """A connection that has passed the version handshake; DaemonUnreachable otherwise.
-    `for_pid`: the process it acts for (`Hello.for_pid`)."""
+    `for_pids`: the processes it acts for (`Hello.for_pids`)."""
     path = str(paths.socket)
     try:
         reader, writer = await asyncio.wait_for(
@@ -86,7 +86,7 @@ async def connect(paths: Paths, *, client: str = "orchestra-async", for_pid: int
     conn = AsyncConnection(reader, writer)
     try:
         welcome = await asyncio.wait_for(
-            conn.call(p.Hello(version=p.PROTOCOL_VERSION, client=client, for_pid=for_pid), p.Welcome), CONNECT_TIMEOUT
+            conn.call(p.Hello(version=p.PROTOCOL_VERSION, client=client, for_pids=list(for_pids)), p.Welcome), CONNECT_TIMEOUT
         )
     except p.OrchestraError as exc:
         await conn.aclose()

@@ -4,8 +4,8 @@ The web console and `orchestra mcp --http` serve on 127.0.0.1, where any process
 machine can connect. The daemon's own socket knows its peer (SO_PEERCRED); a TCP socket
 does not, but on Linux /proc does: the connection's row in /proc/net/tcp (or tcp6) names
 the peer socket's owner and inode, and the process holding that inode among its
-descriptors is the peer. The console passes that pid to the daemon (`Hello.for_pid`), which
-then gives the request the rights of that process, so an agent that got hold of the
+descriptors is the peer. The console passes those processes to the daemon
+(`Hello.for_pids`), which then gives the request the narrowest of their rights, so an agent that got hold of the
 console's token still cannot answer for the person. Elsewhere (macOS) nothing is known and
 None is returned.
 """
@@ -14,20 +14,14 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import NamedTuple
 
 __all__ = ["Peer", "peer_of", "supported", "refusal"]
 
 
-class Peer(tuple):
-    """(uid, pid); pid None when the process could not be found."""
-
-    @property
-    def uid(self) -> int:
-        return self[0]
-
-    @property
-    def pid(self) -> int | None:
-        return self[1]
+class Peer(NamedTuple):
+    uid: int
+    processes: list[tuple[int, int]]  # (pid, start time) of each process holding its socket; [] if none was looked for or found
 
 
 def _hex_address(host: str, port: int) -> str:
@@ -56,9 +50,6 @@ def _row(client: tuple[str, int], server: tuple[str, int]) -> tuple[int, int] | 
     return None
 
 
-_HOLDERS: dict[int, int] = {}  # socket inode -> the pid last found holding it
-
-
 def _holds(pid: int, target: str) -> bool:
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -73,20 +64,27 @@ def _holds(pid: int, target: str) -> bool:
     return False
 
 
-def _holder(inode: int) -> int | None:
-    """The process with socket `inode` among its descriptors (the lowest pid of those that
-    do), looked for among every process once per connection."""
+def start_of(pid: int) -> int | None:
+    """When `pid` started, in clock ticks after boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rfind(b")") + 2:].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _holders(inode: int) -> list[tuple[int, int]]:
+    """Every process with socket `inode` among its descriptors (a socket can be shared,
+    across a fork or passed on), each as (pid, start time)."""
     target = f"socket:[{inode}]"
-    known = _HOLDERS.get(inode)
-    if known is not None and _holds(known, target):
-        return known
-    for name in sorted((n for n in os.listdir("/proc") if n.isdigit()), key=int):
-        if _holds(int(name), target):
-            if len(_HOLDERS) > 1024:
-                _HOLDERS.clear()
-            _HOLDERS[inode] = int(name)
-            return int(name)
-    return None
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and _holds(int(name), target):
+            start = start_of(int(name))
+            if start is not None:
+                found.append((int(name), start))
+    return sorted(found)
 
 
 def supported() -> bool:
@@ -105,20 +103,20 @@ def peer_of(client: tuple[str, int] | None, server: tuple[str, int] | None, *, p
     if row is None:
         return None
     uid, inode = row
-    return Peer((uid, _holder(inode) if inode and pid else None))
+    return Peer(uid, _holders(inode) if inode and pid else [])
 
 
-def refusal(scope: dict, *, changes: bool) -> tuple[str, int | None]:
-    """For an ASGI request on loopback: (why it is refused, "" if it is not; the pid it acts
-    for). A peer of another user is refused; a change (`changes`) must come from a process
-    that can be found, whose pid the daemon then weighs (`Hello.for_pid`)."""
+def refusal(scope: dict, *, changes: bool) -> tuple[str, list[tuple[int, int]]]:
+    """For an ASGI request on loopback: (why it is refused, "" if it is not; the processes
+    it acts for). A peer of another user is refused; a change (`changes`) must come from a
+    process that can be found, which the daemon then weighs (`Hello.for_pids`)."""
     if not supported():
-        return "", None
+        return "", []
     found = peer_of(scope.get("client"), scope.get("server"), pid=changes)
     if found is None:
-        return "could not tell which process sent this request", None
+        return "could not tell which process sent this request", []
     if found.uid != os.getuid():
-        return "this serves only the user who started it", None
-    if changes and found.pid is None:
-        return "could not tell which process sent this change", None
-    return "", found.pid
+        return "this serves only the user who started it", []
+    if changes and not found.processes:
+        return "could not tell which process sent this change", []
+    return "", found.processes

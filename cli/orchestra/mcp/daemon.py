@@ -17,8 +17,8 @@ from orchestra.shared.paths import Paths
 from orchestra.wire import DaemonUnreachable
 
 
-ACTING_FOR: ContextVar[int | None] = ContextVar("acting_for", default=None)
-"""The process the request being served acts for (an HTTP request's peer, `orchestra.peer`):
+ACTING_FOR: ContextVar[list[tuple[int, int]]] = ContextVar("acting_for", default=[])
+"""The processes the request being served acts for (an HTTP request's peer, `orchestra.peer`):
 every connection made meanwhile says so in its Hello, and the daemon narrows its rights."""
 
 
@@ -33,14 +33,14 @@ class Daemon:
 
     async def connect(self, *, start: bool = True) -> aclient.AsyncConnection:
         try:
-            return await aclient.connect(self.paths, client="orchestra-mcp", for_pid=ACTING_FOR.get())
+            return await aclient.connect(self.paths, client="orchestra-mcp", for_pids=ACTING_FOR.get())
         except DaemonUnreachable:
             if not (start and self.autostart):
                 raise
         async with self._starting:  # two calls at once start one daemon
             await anyio.to_thread.run_sync(self._start_blocking)
         self.started.set()
-        return await aclient.connect(self.paths, client="orchestra-mcp", for_pid=ACTING_FOR.get())
+        return await aclient.connect(self.paths, client="orchestra-mcp", for_pids=ACTING_FOR.get())
 
     def _start_blocking(self) -> None:
         connect_or_start(self.paths, autostart=True, timeout=10).close()

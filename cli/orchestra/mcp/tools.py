@@ -238,8 +238,8 @@ class Tools:
             args = msgspec.convert(params.arguments or {}, spec.args, strict=False)
         except msgspec.ValidationError as exc:
             return _error(f"invalid arguments for {spec.name}: {exc}")
-        acting_for = _peer_pid(ctx)  # over HTTP: the daemon gives the call the rights of the process that made it
-        if acting_for is False:
+        acting_for = await _peer(ctx)  # over HTTP: the daemon gives the call the rights of the process that made it
+        if acting_for is None:
             return _error("could not tell which process made this call; it is refused")
         token = ACTING_FOR.set(acting_for)
         try:
@@ -421,11 +421,14 @@ def _error(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
-def _peer_pid(ctx) -> int | None | bool:
-    """The process an HTTP request came from (`orchestra.peer`): its pid; None on stdio,
-    where the daemon sees this server's own process; False when it cannot be found."""
+async def _peer(ctx) -> list[tuple[int, int]] | None:
+    """The processes an HTTP request came from (`orchestra.peer`), looked for off the loop;
+    [] on stdio, where the daemon sees this server's own process; None when they cannot be
+    found."""
+    import anyio
+
     scope = getattr(getattr(ctx, "request", None), "scope", None)
     if not isinstance(scope, dict) or scope.get("type") != "http":
-        return None
-    why, pid = peer.refusal(scope, changes=True)
-    return False if why else pid
+        return []
+    why, processes = await anyio.to_thread.run_sync(lambda: peer.refusal(scope, changes=True))
+    return None if why else processes

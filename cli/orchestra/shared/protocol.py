@@ -98,9 +98,11 @@ class Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="method", tag
 class Hello(Request):
     version: int
     client: str = ""
-    # The process a client acts for (a web or HTTP request's peer, `orchestra.peer`): the
-    # connection gets the narrower of the client's own rights and that process's.
-    for_pid: int | None = None
+    # The processes a client acts for (those holding a web or HTTP request's peer socket,
+    # `orchestra.peer`), each as (pid, start time in clock ticks after boot): the connection
+    # gets the narrowest of the client's own rights and theirs. One gone, or whose pid now
+    # names another process, counts as an agent's.
+    for_pids: list[tuple[int, int]] = []
 
 
 class Submit(Request):

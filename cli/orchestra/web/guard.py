@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 from typing import NamedTuple
 
-COOKIE = "orchestra_console"
+COOKIE = "orchestra_console"  # and the port: a browser sends a cookie to every port of a host
 SAFE_METHODS = ("GET", "HEAD")
 
 
@@ -33,11 +33,12 @@ class Guard:
         self.port = port
         self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
         self.origins = {f"http://{host}" for host in self.hosts}
+        self.cookie_name = f"{COOKIE}_{port}"
 
     def url(self, host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}/?token={self.token}"
 
-    def _is_token(self, given: str) -> bool:
+    def is_token(self, given: str) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     def check(self, method: str, headers: dict[str, str], query_token: str, cookie: str) -> Refusal | None:
@@ -48,9 +49,9 @@ class Guard:
             return Refusal(421, f"this console answers only at {self.url('127.0.0.1').split('/?')[0]}, not at {host or 'no host'}")
         bearer = headers.get("authorization", "")
         bearer = bearer[7:] if bearer.startswith("Bearer ") else ""
-        if not (self._is_token(cookie) or self._is_token(query_token) or self._is_token(bearer)):
+        if not (self.is_token(cookie) or self.is_token(query_token) or self.is_token(bearer)):
             return Refusal(401, "open the console with the link `orchestra web` printed (it carries the token)")
-        if method not in SAFE_METHODS:
+        if method not in SAFE_METHODS and not self.is_token(bearer):  # a browser cannot send that header to another origin
             origin = headers.get("origin", "")
             if origin not in self.origins:
                 return Refusal(403, f"a change must come from the console's own pages, not from {origin or 'a page with no origin'}")

@@ -65,22 +65,25 @@ def question_form(view: p.TaskView) -> str:
     if q is None:
         return ""
     act = f"/api/tasks/{view.id}/respond"
-    parts = [f'<div class=question><div class=asks>{h(q.prompt)}</div><form class=answer data-action="{act}">']
+    # Enter in a field sends what that field is for (data-enter), never the form's first button.
+    parts = [f'<div class=question data-request="{h(q.request_id)}"><div class=asks>{h(q.prompt)}</div>'
+             f'<form class=answer data-action="{act}">']
     if q.kind == "permission":
         parts.append('<button name=decision value=allow class=allow>Allow</button>'
-                     '<input name=message placeholder="why (for a deny)" aria-label="message">'
+                     '<input name=message placeholder="why (for a deny)" aria-label="message" data-enter=deny>'
                      '<button name=decision value=deny class=deny>Deny</button>')
     elif q.kind == "review":
         parts.append('<button name=decision value=approve class=allow>Approve</button>'
-                     '<input name=message placeholder="what to change" aria-label="message">'
+                     '<input name=message placeholder="what to change" aria-label="message" data-enter=reject>'
                      '<button name=decision value=reject class=deny>Reject</button>')
     elif q.kind == "budget":
-        parts.append('<input name=budget type=number step=0.01 min=0 placeholder="new budget, $" aria-label="budget">'
+        parts.append('<input name=budget type=number step=0.01 min=0 placeholder="new budget, $" aria-label="budget" data-enter=budget>'
                      '<button name=decision value=budget>Raise the budget</button>')
     else:
         for i, option in enumerate(q.options, 1):
             parts.append(f'<button name=option value="{i}" class=option>{i}. {h(option)}</button>')
-        parts.append('<input name=text placeholder="your answer" aria-label="answer"><button name=decision value=text>Send</button>')
+        parts.append('<input name=text placeholder="your answer" aria-label="answer" data-enter=text>'
+                     '<button name=decision value=text>Send</button>')
     parts.append("</form></div>")
     return "".join(parts)
 
@@ -130,7 +133,8 @@ def team_page(tasks: list[p.TaskView], info: p.DaemonStatus, now: float) -> str:
 
 
 def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, text: str, roles: list[str],
-               older: int | None = None, limit: int = 200) -> str:
+               older: int | None = None, limit: int = 200, newest: bool = True) -> str:
+    """A page of tasks, newest first; only the first page (`newest`) takes in new ones as they come."""
     def option(value: str, chosen: str, label: str | None = None) -> str:
         return f'<option value="{h(value)}"{" selected" if value == chosen else ""}>{h(label or value or "any")}</option>'
 
@@ -146,7 +150,7 @@ def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, t
     table = (f'<table class=tasks><colgroup>{cols}</colgroup><thead><tr><th>id</th><th>status</th><th>role</th><th>agent</th>'
              f'<th>title</th><th>submitted</th><th>cost</th><th>now</th></tr></thead><tbody id=rows>{rows}</tbody></table>')
     kept = [(k, v) for k, v in (("status", status), ("role", role), ("q", text)) if v]
-    live = "tasks?" + "&".join(f"{k}={quote(v)}" for k, v in kept)
+    live = "tasks?" + "&".join(f"{k}={quote(v)}" for k, v in kept) if newest else ""
     more = ""
     if older is not None:
         query = "&".join(f"{k}={quote(str(v))}" for k, v in [*kept, ("limit", limit), ("before", older)])

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shlex
 import socket
 import sys
 import time
@@ -32,7 +33,7 @@ from orchestra.mcp.daemon import ACTING_FOR, Daemon
 from orchestra.shared import protocol as p
 from orchestra.shared.paths import Paths
 from orchestra.web import pages
-from orchestra.web.guard import COOKIE, SAFE_METHODS, Guard, Refusal
+from orchestra.web.guard import SAFE_METHODS, Guard, Refusal
 from orchestra.wire import DaemonUnreachable
 
 log = logging.getLogger("orchestra.web")
@@ -43,6 +44,7 @@ PORT_TRIES = 10  # the default port, then the next ones, then any free one
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
 QUEUE = 10_000  # task changes a slow page may have waiting before its stream is ended (it reloads)
 TRANSCRIPT_LINES = 400
+TASK_EVENTS = 1_000  # a task page's events not yet sent, past which it reloads
 TASKS_PAGE = 200  # rows of the tasks page unless ?limit= says (at most PAGE_MAX); older ones a link away
 
 
@@ -57,7 +59,8 @@ class Hub:
         while True:
             try:
                 conn = await self.daemon.connect(start=False)
-            except DaemonUnreachable:
+            except Exception as exc:  # noqa: BLE001 - no daemon yet, or a broken handshake: try again
+                log.debug("cannot watch the daemon yet: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
             try:
@@ -67,7 +70,7 @@ class Hub:
                             queue.put_nowait(view)
                         except asyncio.QueueFull:  # too far behind: it ends, and the page reloads
                             self._end(queue)
-            except (DaemonUnreachable, p.OrchestraError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever ended it, the pages reload and it starts again
                 log.info("the daemon's watch stream ended: %s", exc)
             finally:
                 await conn.aclose()
@@ -82,17 +85,19 @@ class Hub:
             queue.get_nowait()
         queue.put_nowait(None)
 
-    def join(self) -> asyncio.Queue:
-        queue: asyncio.Queue = asyncio.Queue(QUEUE)
+    def join(self, size: int = QUEUE) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue(size)
         self.pages.add(queue)
         return queue
 
 
+_STATUS = {p.ErrorCode.NOT_FOUND: 404, p.ErrorCode.BAD_REQUEST: 400, p.ErrorCode.CONFLICT: 409, p.ErrorCode.FORBIDDEN: 403,
+           p.ErrorCode.UNAVAILABLE: 503}
+
+
 def _error(exc: Exception) -> JSONResponse:
     if isinstance(exc, p.OrchestraError):
-        status = {p.ErrorCode.NOT_FOUND: 404, p.ErrorCode.BAD_REQUEST: 400, p.ErrorCode.CONFLICT: 409,
-                  p.ErrorCode.FORBIDDEN: 403}.get(exc.code, 500)
-        return JSONResponse({"error": exc.message}, status)
+        return JSONResponse({"error": exc.message}, _STATUS.get(exc.code, 500))
     if isinstance(exc, DaemonUnreachable):
         return JSONResponse({"error": f"the daemon does not answer: {exc}"}, 503)
     return JSONResponse({"error": str(exc)}, 400)
@@ -106,9 +111,11 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
     async def page(request: Request, render) -> Response:
         try:
             return HTMLResponse(await render())
+        except (ValueError, OverflowError) as exc:  # a number past what the daemon takes
+            return HTMLResponse(pages.layout("Bad request", f"<h1>{pages.h(exc)}</h1>", page=""), 400)
         except p.OrchestraError as exc:
-            status = 404 if exc.code is p.ErrorCode.NOT_FOUND else 500
-            return HTMLResponse(pages.layout("Not found", f"<h1>{pages.h(exc.message)}</h1>", page=""), status)
+            status = _STATUS.get(exc.code, 500)
+            return HTMLResponse(pages.layout("Not found" if status == 404 else "Refused", f"<h1>{pages.h(exc.message)}</h1>", page=""), status)
         except DaemonUnreachable as exc:
             return HTMLResponse(pages.layout("No daemon", f"<h1>The daemon does not answer</h1><p>{pages.h(exc)}</p>", page=""), 503)
 
@@ -126,7 +133,7 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
     async def tasks(request: Request) -> Response:
         status, role, text = (request.query_params.get(k, "") for k in ("status", "role", "q"))
         limit = _number(request.query_params.get("limit"), TASKS_PAGE, 1, p.PAGE_MAX)
-        before = _number(request.query_params.get("before"), None, 1, None)
+        before = _number(request.query_params.get("before"), None, 1, 1 << 62)
 
         async def render() -> str:
             chosen = [p.Status(status)] if status in {s.value for s in p.Status} else []
@@ -136,7 +143,7 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
             shown = [t for t in found.tasks if text.lower() in t.title.lower()] if text else found.tasks
             older = found.next if found.more else None
             return pages.tasks_page(shown, time.time(), status=status, role=role, text=text, roles=[r.name for r in roles.roles],
-                                    older=older, limit=limit)
+                                    older=older, limit=limit, newest=before is None)
         return await page(request, render)
 
     async def task(request: Request) -> Response:
@@ -222,7 +229,7 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
     async def submit(request: Request) -> Response:
         try:
             data = await body(request)
-            command = str(data.get("command") or "").split()
+            command = shlex.split(str(data.get("command") or ""))
             view = await daemon.call(p.Submit(
                 prompt=str(data.get("prompt") or ""), argv=command, role=data.get("role") or None,
                 agent=data.get("agent") or ("command" if command else None), cwd=str(data.get("cwd") or here),
@@ -252,7 +259,8 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
         async def stream():
             yield b"retry: 1000\n\n"
             if view_name == "task":
-                async for item in _task_stream(daemon, hub, int(params.get("id", "0"))):
+                task_id = _number(params.get("id"), 0, 0, 1 << 62)
+                async for item in _task_stream(daemon, hub, task_id):
                     yield item
                 return
             queue = hub.join()
@@ -328,14 +336,23 @@ def _event_for(view_name: str, params, view: p.TaskView) -> bytes | None:
 async def _task_stream(daemon: Daemon, hub: Hub, task_id: int):
     """One task's page: its head as it changes, and its transcript from its last lines on."""
     queue = hub.join()
-    out: asyncio.Queue = asyncio.Queue()
+    out: asyncio.Queue = asyncio.Queue(TASK_EVENTS)  # full: the page is too far behind, and reloads
+
+    async def put(item: bytes) -> None:
+        try:
+            out.put_nowait(item)
+        except asyncio.QueueFull:
+            while not out.empty():
+                out.get_nowait()
+            out.put_nowait(pages.json_event("reload", {}))
+            raise asyncio.CancelledError from None
 
     async def follow_logs() -> None:
         try:
             conn = await daemon.connect(start=False)
             try:
                 async for chunk in conn.stream(p.Logs(task=task_id, follow=True, tail=TRANSCRIPT_LINES), p.LogChunk):
-                    await out.put(pages.json_event("log", {"text": chunk.data.decode(errors="replace")}))
+                    await put(pages.json_event("log", {"text": chunk.data.decode(errors="replace")}))
             finally:
                 await conn.aclose()
         except (DaemonUnreachable, p.OrchestraError, OSError):
@@ -345,11 +362,11 @@ async def _task_stream(daemon: Daemon, hub: Hub, task_id: int):
         while True:
             view = await queue.get()
             if view is None:
-                await out.put(pages.json_event("reload", {}))
+                await put(pages.json_event("reload", {}))
                 return
             if view.id == task_id:
-                await out.put(pages.json_event("task", {"id": view.id, "status": view.status.value,
-                                                        "question": pages.question_form(view)}))
+                await put(pages.json_event("task", {"id": view.id, "status": view.status.value,
+                                                    "question": pages.question_form(view)}))
 
     jobs = [asyncio.ensure_future(follow_logs()), asyncio.ensure_future(follow_task())]
     try:
@@ -385,20 +402,23 @@ class Guarded:
         request = Request(scope)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query_token = request.query_params.get("token", "")
-        refusal = self.guard.check(scope["method"], headers, query_token, request.cookies.get(COOKIE, ""))
+        cookie = self.guard.cookie_name
+        refusal = self.guard.check(scope["method"], headers, query_token, request.cookies.get(cookie, ""))
         changes = scope["method"] not in SAFE_METHODS
-        why, acting_for = peer.refusal(scope, changes=changes)
-        if refusal is None and why:
-            refusal = Refusal(403, why)
+        if refusal is None:  # only then: finding the process behind a change reads all of /proc, off the loop
+            why, acting_for = await asyncio.to_thread(peer.refusal, scope, changes=changes)
+            if why:
+                refusal = Refusal(403, why)
         if refusal is not None:
             response = Response(refusal.message + "\n", refusal.status, media_type="text/plain")
             return await response(scope, receive, self._headers(send))
         if changes:
             ACTING_FOR.set(acting_for)  # the daemon gives the change the rights of the process that sent it
-        if query_token:  # from the printed link: keep it in a cookie, and out of the address bar and history
+        if query_token and self.guard.is_token(query_token):  # the printed link: keep it in a cookie, out of the address bar
             rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-            response = RedirectResponse(scope["path"] + (f"?{urlencode(rest)}" if rest else ""), 303)
-            response.set_cookie(COOKIE, self.guard.token, httponly=True, samesite="strict", path="/")
+            path = "/" + scope["path"].lstrip("/")  # never //elsewhere
+            response = RedirectResponse(path + (f"?{urlencode(rest)}" if rest else ""), 303)
+            response.set_cookie(cookie, self.guard.token, httponly=True, samesite="strict", path="/")
             return await response(scope, receive, self._headers(send))
         await self.app(scope, receive, self._headers(send))
 

@@ -24,9 +24,19 @@
     if (shown && rows) shown.textContent = rows.children.length;
   }
 
+  function keepAnswer(old, fresh) {
+    // A question being answered stays as the person left it while the task changes around it.
+    const before = old && old.querySelector(".question");
+    const after = fresh.querySelector(".question");
+    if (before && after && before.dataset.request === after.dataset.request && before.contains(document.activeElement)) {
+      after.replaceWith(before);
+    }
+  }
+
   function placeCard(data) {
     const old = document.getElementById("task-" + data.id);
     const card = fragment(data.html);
+    keepAnswer(old, card);
     const key = SECTION[data.status] || "finished";
     const holder = document.querySelector("#" + key + " .cards");
     if (old) old.remove();
@@ -60,6 +70,7 @@
     }
     const old = head.querySelector(".question");
     const fresh = data.question ? fragment(data.question) : null;
+    if (old && fresh && old.dataset.request === fresh.dataset.request) return; // the same question: keep what is typed
     if (old && fresh) old.replaceWith(fresh);
     else if (old) old.remove();
     else if (fresh) head.append(fresh);
@@ -154,18 +165,28 @@
     root.querySelectorAll("form[data-action]").forEach((form) => {
       if (form.dataset.bound) return;
       form.dataset.bound = "1";
-      form.addEventListener("submit", async (event) => {
-        event.preventDefault();
+      const send = async (submitter) => {
         const buttons = form.querySelectorAll("button");
         buttons.forEach((b) => (b.disabled = true));
         try {
-          const answer = await post(form.dataset.action, fields(form, event.submitter));
+          const answer = await post(form.dataset.action, fields(form, submitter));
           if (answer.url && form.dataset.then) location.href = answer.url;
           else flash(form, "sent");
         } catch (e) {
           flash(form, e.message, true);
           buttons.forEach((b) => (b.disabled = false));
         }
+      };
+      form.addEventListener("submit", (event) => {
+        event.preventDefault();
+        if (event.submitter && event.submitter.tagName === "BUTTON") send(event.submitter);
+      });
+      form.querySelectorAll("input[data-enter]").forEach((input) => {
+        input.addEventListener("keydown", (event) => {
+          if (event.key !== "Enter") return;
+          event.preventDefault(); // not the form's first button: what this field is for
+          send({ name: "decision", value: input.dataset.enter });
+        });
       });
     });
   }
