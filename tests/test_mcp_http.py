@@ -192,3 +192,24 @@ def test_an_agent_that_holds_the_token_still_cannot_act_for_the_person(daemon):
 
         anyio.run(main)
         assert daemon.wait_status(other, *p.FINISHED).status is Status.CANCELLED
+
+
+def test_a_session_is_kept_to_the_process_that_opened_it(daemon):
+    with http_server(daemon) as url:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        request = urllib.request.Request(url, data=INIT, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json, text/event-stream", **auth})
+        with urllib.request.urlopen(request, timeout=10) as got:
+            session = got.headers["mcp-session-id"]
+        assert session
+        ping = b'{"jsonrpc":"2.0","id":2,"method":"ping"}'
+        assert post(url, ping, **auth, **{"Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-06-18"})[0] == 200
+        other = subprocess.run([sys.executable, "-c", (
+            "import sys, urllib.request, urllib.error\n"
+            "r = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), method='POST', headers={'Content-Type': "
+            "'application/json', 'Accept': 'application/json, text/event-stream', 'Authorization': 'Bearer ' + sys.argv[3], "
+            "'Mcp-Session-Id': sys.argv[4], 'MCP-Protocol-Version': '2025-06-18'})\n"
+            "try:\n    print(urllib.request.urlopen(r, timeout=10).status)\n"
+            "except urllib.error.HTTPError as e:\n    print(e.code, e.read().decode())\n"
+        ), url, ping.decode(), TOKEN, session], capture_output=True, text=True, timeout=30)
+        assert other.stdout.startswith("403") and "belongs to another process" in other.stdout, other.stdout + other.stderr

@@ -10,6 +10,7 @@ a random one printed when the server starts. The Host and Origin headers are che
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -29,6 +30,7 @@ LOOPBACK_NAMES = ("localhost",)
 REPLAY = 200  # events of a stream kept for a client that reconnects
 STREAMS = 1000  # streams kept so, the least recently used let go first
 RETRY_MS = 1000  # what a client is told to wait before it reconnects
+MAX_OWNERS = 10_000  # sessions whose opening process is remembered (the SDK's own cap on sessions)
 
 
 class AddressError(ValueError):
@@ -71,24 +73,44 @@ def token_from(file: str | None) -> tuple[str, str]:
 
 
 class BearerAuth:
-    """An ASGI wrapper: HTTP requests without `Authorization: Bearer <token>` get a 401."""
+    """An ASGI wrapper: HTTP requests without `Authorization: Bearer <token>` get a 401, and
+    a session is kept to the process that opened it (where /proc tells): a request for it
+    from another process, say one that answers a question the session was asked, gets a 403."""
 
     def __init__(self, app, token: str) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.owners: dict[bytes, set[tuple[int, int]]] = {}  # session id -> the processes that opened it
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                await _refuse(send, 401, "a bearer token is required: send Authorization: Bearer TOKEN "
-                                         "(the token orchestra mcp --http printed, or the one you gave it)")
-                return
-            why, _ = peer.refusal(scope, changes=False)
-            if why:
-                await _refuse(send, 403, why)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
+            await _refuse(send, 401, "a bearer token is required: send Authorization: Bearer TOKEN "
+                                     "(the token orchestra mcp --http printed, or the one you gave it)")
+            return
+        why, processes = await asyncio.to_thread(peer.refusal, scope, changes=True)
+        if why:
+            await _refuse(send, 403, why)
+            return
+        session = headers.get(b"mcp-session-id")
+        if session is not None and session in self.owners and not self.owners[session] & set(processes):
+            await _refuse(send, 403, "this session belongs to another process: open one of your own")
+            return
+        if session is not None or not peer.supported():
+            return await self.app(scope, receive, send)
+
+        async def noting(message) -> None:  # the session this request opens is its process's
+            if message["type"] == "http.response.start":
+                opened = dict(message.get("headers") or []).get(b"mcp-session-id")
+                if opened is not None:
+                    if len(self.owners) >= MAX_OWNERS:
+                        self.owners.pop(next(iter(self.owners)))
+                    self.owners[opened] = set(processes)
+            await send(message)
+
+        await self.app(scope, receive, noting)
 
 
 async def _refuse(send, status: int, message: str) -> None:
