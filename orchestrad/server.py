@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import os
 import resource
 import socket
@@ -517,12 +518,18 @@ class Server:
         history is looked at (a cheap test per task), but only a page is viewed."""
         wanted = set(request.status)
         role, finished, before = request.role, request.include_finished, request.before
+        if len(request.grep) > p.MAX_NAME:
+            raise p.bad_request(f"--grep takes at most {p.MAX_NAME} characters, not {len(request.grep):,}")
+        since = request.since if request.since is not None else -math.inf
+        grep = request.grep.casefold()
         matching = [
             t
             for t in reversed(self.engine.state.tasks.values())
             if (not wanted or t.status in wanted)
             and (role is None or t.role == role)
             and (finished or not t.status.finished)
+            and t.submitted_at >= since
+            and (not grep or grep in t.spec.title.casefold() or grep in (t.result or "").casefold())
         ]
         start = 0
         if before is not None:

@@ -84,6 +84,9 @@ def test_the_same_tools_and_resources_over_http_in_both_eras(daemon, mode):
                 await anyio.to_thread.run_sync(lambda: daemon.wait_status(task, Status.SUCCEEDED))
                 details = await call(client, "process-details", task_id=task)
                 assert "over http" in text(details)
+                found = (await call(client, "list-processes", grep="OVER HTTP", since_seconds=600)).structured_content["tasks"]
+                assert [t["id"] for t in found] == [task]
+                assert (await call(client, "list-processes", grep="elsewhere")).structured_content["tasks"] == []
                 status = json.loads((await client.read_resource("orchestra://status")).contents[0].text)
                 assert status["counts"].get("succeeded") == 1
                 logs = types.ResourceTemplateReference(uri="orchestra://tasks/{task_id}/logs")

@@ -31,16 +31,19 @@ class Part:
         self.want = want
 
 
-def parts(statuses: list[str], role: str | None, active_only: bool, limit: int | None, everything: bool) -> list[Part]:
+def parts(statuses: list[str], role: str | None, active_only: bool, limit: int | None, everything: bool,
+          since: float | None = None, grep: str = "") -> list[Part]:
     """The queries `ps` makes: the active tasks (all), and the finished ones (the newest
-    `limit`, RECENT unless given; all of them when `everything`)."""
+    `limit`, RECENT unless given; all of them when `everything`); each of them submitted
+    at or after `since`, with `grep` in its title or result, when given."""
     active = [s for s in ACTIVE if not statuses or s in statuses]
     ended = [] if active_only else [s for s in ENDED if not statuses or s in statuses]
+    narrow = {**({"since": since} if since is not None else {}), **({"grep": grep} if grep else {})}
     found = []
     if active:
-        found.append(Part({"status": active, "role": role}, None))
+        found.append(Part({"status": active, "role": role, **narrow}, None))
     if ended:
-        found.append(Part({"status": ended, "role": role}, None if everything else (RECENT if limit is None else limit)))
+        found.append(Part({"status": ended, "role": role, **narrow}, None if everything else (RECENT if limit is None else limit)))
     return [part for part in found if part.want != 0]
 
 

@@ -138,16 +138,18 @@ def _text(data: bytes, where: str) -> str:
 @click.option("--active", is_flag=True, help="Only queued, running, waiting, checking and review tasks.")
 @click.option("--all", "everything", is_flag=True, help="Every finished task too, not only the newest.")
 @click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
+@click.option("--since", "since", metavar="WHEN", help="Only tasks submitted since WHEN: 90m, 2h, 3d, or a date (2026-12-01, 2026-12-01T14:30).")
+@click.option("--grep", "grep", metavar="TEXT", default="", help="Only tasks with TEXT in their title or their result (any case).")
 @json_option
 @click.pass_obj
-def ps(app: App, statuses, role, active, everything, limit, as_json):
+def ps(app: App, statuses, role, active, everything, limit, since, grep, as_json):
     """List tasks: every active one and the newest finished ones, with status, role,
     runtime, cost, and what waiting tasks ask."""
     from orchestra.listing import gather, note, parts
 
     if everything and limit is not None:
         fail("give --all or --limit, not both", Exit.BAD_INPUT)
-    queries = parts(list(statuses), role, active, limit, everything)
+    queries = parts(list(statuses), role, active, limit, everything, since=_since(since), grep=grep)
     listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks), Any) for fields in pages], queries)  # as maps, like the quick path
     tasks = msgspec.convert(listing.tasks, list[p.TaskView])
 
@@ -380,3 +382,21 @@ def _tell_when_waiting(app: App, tasks: set[int]):
         conn.close()
 
     return done
+
+
+def _since(text: str | None) -> float | None:
+    """--since: a span back from now (90m, 2h, 3d, 45s) or a local date and time."""
+    if not text:
+        return None
+    import datetime
+    import re
+    import time
+
+    span = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if span:
+        return time.time() - float(span.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[span.group(2)]
+    try:
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        fail(f"--since takes a span back from now (90m, 2h, 3d) or a date (2026-12-01, 2026-12-01T14:30), not {text!r}",
+             Exit.BAD_INPUT)

@@ -84,6 +84,8 @@ class ListProcessesArgs(Args):
     active_only: Annotated[bool, Meta(description="Only queued, running, waiting, checking and review tasks (leave out finished ones).")] = False
     limit: Annotated[int, Meta(ge=1, le=p.PAGE_MAX, description=f"How many tasks to return, newest first (at most {p.PAGE_MAX}).")] = 50
     cursor: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(description="next_cursor of the previous call: the next page, of older tasks. Leave out for the newest.")] = None
+    since_seconds: Annotated[Positive | None, Meta(description="Only tasks submitted in the last this many seconds.")] = None
+    grep: Annotated[str, Meta(max_length=p.MAX_NAME, description="Only tasks with this text in their title or their result (any case).")] = ""
 
 
 class ProcessDetailsArgs(Args):

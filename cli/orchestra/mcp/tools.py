@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -288,7 +289,9 @@ class Tools:
         return Output(TaskResult(task=view), f"queued task {view.id}\n\n{table([view])}")
 
     async def list_processes(self, a: ListProcessesArgs, ctx, params) -> Output:
-        request = p.ListTasks(status=a.status, role=a.role, include_finished=not a.active_only, limit=a.limit, before=a.cursor)
+        since = time.time() - a.since_seconds if a.since_seconds is not None else None
+        request = p.ListTasks(status=a.status, role=a.role, include_finished=not a.active_only, limit=a.limit, before=a.cursor,
+                              since=since, grep=a.grep)
         page = await self.daemon.call(request, p.TaskPage)
         result = TaskListResult(tasks=page.tasks, total=page.total, next_cursor=page.next)
         if not page.tasks:

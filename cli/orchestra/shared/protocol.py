@@ -140,6 +140,8 @@ class ListTasks(Request):
     include_finished: bool = True
     limit: int | None = None
     before: int | None = None
+    since: float | None = None  # submitted at or after this time (epoch seconds)
+    grep: str = ""  # text in its title or its result, in any case
 
 
 class Show(Request):
