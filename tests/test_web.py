@@ -382,6 +382,10 @@ def test_a_filtered_tasks_page_keeps_to_its_filter_as_tasks_change(daemon, page)
         page.click("form.filters button")
         page.wait_for_selector(f"#task-{done}")
         assert page.locator(f"#task-{task}").count() == 1 and "status=succeeded" in page.url
+        page.fill("input[name=q]", "ALREADY")  # text in a title, any case, over the whole history
+        page.click("form.filters button")
+        page.wait_for_url(re.compile(r"q=ALREADY"))
+        assert [r.get_attribute("id") for r in page.locator("#rows tr").all()] == [f"task-{done}"]
 
 
 def test_enter_in_an_answer_s_field_sends_what_that_field_is_for(daemon, page):

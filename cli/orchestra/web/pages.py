@@ -144,7 +144,7 @@ def tasks_page(tasks: list[p.TaskView], now: float, *, status: str, role: str, t
     filters = (
         f'<form class=filters method=get action=/tasks><label>status <select name=status>{statuses}</select></label>'
         f'<label>role <select name=role>{role_options}</select></label>'
-        f'<label>text <input name=q value="{h(text)}" placeholder="in titles"></label><button>Filter</button></form>'
+        f'<label>text <input name=q value="{h(text)}" placeholder="in titles and results"></label><button>Filter</button></form>'
     )
     cols = "".join(f"<col class={c}>" for c in ("id", "status", "role", "agent", "title", "when", "cost", "what"))
     table = (f'<table class=tasks><colgroup>{cols}</colgroup><thead><tr><th>id</th><th>status</th><th>role</th><th>agent</th>'

@@ -138,11 +138,11 @@ def make_app(paths: Paths, guard: Guard, *, autostart: bool = True, cwd: str | N
         async def render() -> str:
             chosen = [p.Status(status)] if status in {s.value for s in p.Status} else []
             found, roles = await asyncio.gather(
-                daemon.call(p.ListTasks(status=chosen, role=role or None, limit=limit, before=before), p.TaskPage),
+                daemon.call(p.ListTasks(status=chosen, role=role or None, limit=limit, before=before, grep=text[:p.MAX_NAME]),
+                            p.TaskPage),
                 daemon.call(p.Roles(), p.RolesResult))
-            shown = [t for t in found.tasks if text.lower() in t.title.lower()] if text else found.tasks
             older = found.next if found.more else None
-            return pages.tasks_page(shown, time.time(), status=status, role=role, text=text, roles=[r.name for r in roles.roles],
+            return pages.tasks_page(found.tasks, time.time(), status=status, role=role, text=text, roles=[r.name for r in roles.roles],
                                     older=older, limit=limit, newest=before is None)
         return await page(request, render)
 
@@ -324,7 +324,8 @@ def _event_for(view_name: str, params, view: p.TaskView) -> bytes | None:
         return pages.json_event("card", {"id": view.id, "status": view.status.value, "html": pages.task_card(view, now)})
     if view_name == "tasks":
         status, role, text = params.get("status", ""), params.get("role", ""), params.get("q", "")
-        if (status and view.status.value != status) or (role and view.role != role) or (text and text.lower() not in view.title.lower()):
+        matches = not text or text.casefold() in view.title.casefold() or text.casefold() in view.result.casefold()
+        if (status and view.status.value != status) or (role and view.role != role) or not matches:
             return pages.json_event("gone", {"id": view.id})
         return pages.json_event("row", {"id": view.id, "html": pages.task_row(view, now)})
     if view_name == "workflow":
