@@ -46,7 +46,7 @@ def http_server(daemon, *args: str, token: str | None = TOKEN):
             assert proc.poll() is None, open(err.name).read()
             return found and found.group(1)
 
-        yield wait_for(url, 20, "the server listening")
+        yield wait_for(url, 60, "the server listening")  # a loaded CI machine imports slowly
     finally:
         proc.terminate()
         proc.wait(10)

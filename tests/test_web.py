@@ -75,7 +75,7 @@ def console(daemon):
             found = re.search(r"(http://127\.0\.0\.1:\d+/\?token=\S+)", (daemon.home / "web.err").read_text())
             return found and found.group(1)
 
-        yield Console(wait_for(printed, 20, "the console listening"))
+        yield Console(wait_for(printed, 60, "the console listening"))  # a loaded CI machine imports slowly
     finally:
         proc.terminate()
         proc.wait(10)

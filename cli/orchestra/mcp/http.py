@@ -182,10 +182,6 @@ def serve_http(paths: Paths, autostart: bool, address: str, token_file: str | No
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="orchestra mcp: %(message)s")
     host, port = parse_address(address)
     token, source = token_from(token_file)
-    try:
-        connect_or_start(paths, autostart=autostart, timeout=10).close()
-    except (DaemonUnreachable, OrchestraError) as exc:
-        log.warning("%s; tools will report this until a daemon answers", unreachable_message(exc, autostart))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -202,5 +198,9 @@ def serve_http(paths: Paths, autostart: bool, address: str, token_file: str | No
     else:
         print(f"orchestra mcp: Authorization: Bearer {token}", file=sys.stderr)
     sys.stderr.flush()
+    try:  # after the address is shown: a slow daemon does not hide it
+        connect_or_start(paths, autostart=autostart, timeout=10).close()
+    except (DaemonUnreachable, OrchestraError) as exc:
+        log.warning("%s; tools will report this until a daemon answers", unreachable_message(exc, autostart))
     config = uvicorn.Config(app(paths, autostart, host, token), log_level="warning", lifespan="on", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
