@@ -67,12 +67,14 @@ _MADE: list[Executor] = []  # the executors of the running test, let go of by `r
 def made(request) -> Callable[[Recorder], Executor]:
     """A factory of executors of one kind, reporting to a Recorder."""
     address = request.getfixturevalue("ray_cluster").address if request.param == "ray" else ""
+    cache = request.getfixturevalue("tmp_path") / "cache"
 
     def make(rec: Recorder) -> Executor:
         if request.param == "local":
             executor = Supervisor(on_output=rec.on_output, on_exit=rec.on_exit)
         else:
-            executor = RayExecutor(on_output=rec.on_output, on_exit=rec.on_exit, address=address, namespace="contract")
+            executor = RayExecutor(on_output=rec.on_output, on_exit=rec.on_exit, address=address, namespace="contract",
+                                   env={**os.environ, "XDG_CACHE_HOME": str(cache)})  # the nodes' checkouts, removed after
         _MADE.append(executor)
         return executor
 

@@ -22,7 +22,9 @@ PY = sys.executable
 
 @pytest.fixture
 def ray_daemon(ray_cluster):
-    d = Daemon().start()
+    d = Daemon()
+    d.env["XDG_CACHE_HOME"] = str(d.home / "cache")  # the nodes' checkouts: with the test's home, removed with it
+    d.start()
     d.call(p.ConfigSet(key="ray_address", value=ray_cluster.address))
     d.repo = make_repo(d.home / "repo")
     yield d
@@ -115,7 +117,7 @@ def test_a_worktree_task_that_ran_on_a_node_is_diffed_and_merged_here(ray_daemon
     view = ray_daemon.wait_status(task, *p.FINISHED, timeout=90)
     assert view.status is Status.SUCCEEDED, (view.reason, ray_daemon.output_of(task))
     ran_in = ray_daemon.output_of(task).decode().strip()
-    assert ran_in != view.worktree and "/.cache/orchestra/nodes/" in ran_in  # a checkout of its own on the node
+    assert ran_in != view.worktree and "/orchestra/nodes/" in ran_in  # a checkout of its own on the node
     here = Path(view.worktree)
     assert (here / "feature.txt").read_text() == "made on a node\n" and (here / "notes.txt").read_text() == "left uncommitted\n"
     assert git(here, "log", "-1", "--format=%s %an") == "the feature t"  # committed there as here
@@ -183,7 +185,9 @@ def test_a_node_that_dies_mid_task_interrupts_it_naming_the_node(ray_daemon, ray
 
 
 def test_a_daemon_killed_and_restarted_finds_its_remote_tasks_again(ray_cluster):
-    daemon = Daemon().start()
+    daemon = Daemon()
+    daemon.env["XDG_CACHE_HOME"] = str(daemon.home / "cache")
+    daemon.start()
     try:
         daemon.call(p.ConfigSet(key="ray_address", value=ray_cluster.address))
         code = "import time\nfor i in range(8): print(i, flush=True); time.sleep(0.5)"
@@ -225,6 +229,7 @@ def test_claude_code_on_a_worker_asks_permission_through_orchestra_and_its_follo
     api = ScriptedAPI().start()
     d = Daemon()
     d.env.update(api.env(d.env))
+    d.env["XDG_CACHE_HOME"] = str(d.home / "cache")
     try:
         d.start()
         repo = make_repo(d.home / "repo")

@@ -298,7 +298,7 @@ class RayExecutor:
         """Where on a node the checkouts of this daemon's tasks are made: under the cache
         directory of the user the task's environment names."""
         home = env.get("HOME") or self.env.get("HOME") or "/tmp"
-        cache = env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
+        cache = env.get("XDG_CACHE_HOME") or self.env.get("XDG_CACHE_HOME") or os.path.join(home, ".cache")
         return os.path.join(cache, "orchestra", "nodes", self.namespace)
 
     async def workdir(self, task_id: int, attempt: int, cwd: str, env: dict[str, str]) -> str:

@@ -25,6 +25,7 @@ from orchestra.shared.paths import Paths
 log = logging.getLogger("orchestra.mcp")
 
 PATH = "/mcp"
+PEER_KEY = "orchestra.peer"  # in an HTTP request's scope: the processes that sent it
 TOKEN_VARIABLE = "ORCHESTRA_MCP_TOKEN"
 LOOPBACK_NAMES = ("localhost",)
 REPLAY = 200  # events of a stream kept for a client that reconnects
@@ -94,6 +95,7 @@ class BearerAuth:
         if why:
             await _refuse(send, 403, why)
             return
+        scope[PEER_KEY] = processes  # the tool call behind it reads them here (tools._peer)
         session = headers.get(b"mcp-session-id")
         if session is not None and session in self.owners and not self.owners[session] & set(processes):
             await _refuse(send, 403, "this session belongs to another process: open one of your own")

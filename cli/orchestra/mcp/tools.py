@@ -433,5 +433,7 @@ async def _peer(ctx) -> list[tuple[int, int]] | None:
     scope = getattr(getattr(ctx, "request", None), "scope", None)
     if not isinstance(scope, dict) or scope.get("type") != "http":
         return []
+    if "orchestra.peer" in scope:  # found already, as the request came in (http.BearerAuth)
+        return scope["orchestra.peer"] or None
     why, processes = await anyio.to_thread.run_sync(lambda: peer.refusal(scope, changes=True))
     return None if why else processes
