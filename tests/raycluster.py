@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -117,3 +118,4 @@ class RayCluster:
     def stop(self) -> None:
         for node in reversed(self.nodes):
             self.kill_node(node)
+        shutil.rmtree(self.temp, ignore_errors=True)  # its sessions and logs: nothing left in /tmp
