@@ -79,7 +79,9 @@ async def measure(path: str, base: str, *, patch: bool = False, limit: int = DIF
         index = os.path.join(scratch, "index")
         own = (await git(path, "rev-parse", "--path-format=absolute", "--git-path", "index")).strip()
         if os.path.exists(own):
-            await asyncio.to_thread(shutil.copyfile, own, index)
+            # copy2: the copy keeps the index's mtime, which tells git which entries it must
+            # read again (a same-size change in the second the index was written)
+            await asyncio.to_thread(shutil.copy2, own, index)
         env = {**os.environ, "GIT_INDEX_FILE": index}
         await git(path, "add", "-A", "--", ".", env=env)
         numstat = await git(path, "diff", "--cached", "--numstat", "-z", "--no-renames", base, env=env)

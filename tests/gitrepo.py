@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -21,3 +22,20 @@ def make_repo(path: Path) -> Path:
     git(path, "add", ".")
     git(path, "commit", "-q", "-m", "start")
     return path
+
+
+def racily_change(repo: Path, name: str, text: str) -> None:
+    """Write `text` (the same size as what is committed) to `name` in `repo` so that only
+    its content tells it changed: stat checks narrowed to mtime and size, and the file, its
+    index entry and the index file all stamped with one old mtime. git reads such a
+    "racily clean" entry again only because it is as new as the index file."""
+    git(repo, "config", "core.checkStat", "minimal")
+    git(repo, "config", "core.trustctime", "false")
+    path = repo / name
+    old = path.stat().st_mtime_ns - 100 * 10**9
+    os.utime(path, ns=(old, old))
+    git(repo, "update-index", "-q", "--refresh")  # the entry caches the old mtime
+    path.write_text(text)
+    os.utime(path, ns=(old, old))
+    os.utime(repo / ".git" / "index", ns=(old, old))
+    assert name in git(repo, "diff", "--name-only")

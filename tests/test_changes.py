@@ -3,15 +3,17 @@ a real daemon, real git repositories and command agents."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from pathlib import Path
 
 from orchestra.main import Exit
+from orchestrad import changes
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import Status
 from tests.daemon import wait_for
-from tests.gitrepo import git, make_repo
+from tests.gitrepo import git, make_repo, racily_change
 from tests.test_teams import tasks_of, wait_template, write
 
 PY = sys.executable
@@ -25,6 +27,15 @@ WORK = (
     "set -e; echo committed >> README; git commit -qam 'a commit'; "
     "echo edited >> README; echo fresh > new.txt; echo junk > build.log; read line"
 )
+
+
+def test_a_change_git_sees_only_by_content_is_in_the_diff(tmp_path):
+    """The diff's copy of the index keeps its mtime, or a same-size change within the
+    second the index was written is missed."""
+    repo = make_repo(tmp_path / "repo")
+    racily_change(repo, "README", "other\n")
+    found = asyncio.run(changes.measure(str(repo), "", patch=True))
+    assert found.files == 1 and "+other" in found.diff
 
 
 def test_the_diff_of_a_worktree_task_has_its_commits_its_edits_and_its_new_files_and_touches_nothing(daemon):

@@ -11,6 +11,7 @@ import pytest
 
 from orchestrad.remote import workdir
 from orchestrad.remote.workdir import WorkError
+from tests.gitrepo import racily_change
 
 ID = ["-c", "user.name=t", "-c", "user.email=t@localhost"]
 
@@ -150,3 +151,11 @@ def test_a_directory_travels_as_a_tar(tmp_path):
     workdir.unpack_dir(data, str(tmp_path / "there"))
     assert (tmp_path / "there" / "s.jsonl").read_text() == '{"a": 1}\n'
     assert (tmp_path / "there" / "sub" / "t.jsonl").read_text() == "{}\n"
+
+
+def test_a_change_git_sees_only_by_content_is_sent(repo, tmp_path):
+    """The copy of the index that finds what is uncommitted keeps its mtime, or a change
+    within the second the index was written is left behind."""
+    racily_change(repo, "src/a.py", "a = 2\n")
+    work, cwd = send(repo, tmp_path / "node")
+    assert (Path(cwd) / "src" / "a.py").read_text() == "a = 2\n"

@@ -75,7 +75,10 @@ def _uncommitted(top: str) -> bytes:
         own = os.path.join(top, _git("-C", top, "rev-parse", "--git-path", "index").decode().strip())
         env = {**os.environ, "GIT_INDEX_FILE": index}
         if os.path.exists(own):
-            shutil.copyfile(own, index)  # its stat cache: unchanged files are not read again
+            # Its stat cache, so unchanged files are not read again, and its mtime with it:
+            # git reads an entry as new as the index file again ("racily clean"), and a copy
+            # stamped now would make a change of the same size in that second look clean.
+            shutil.copy2(own, index)
         else:
             _git("-C", top, "read-tree", "HEAD", env=env)
         _git("-C", top, "add", "-A", env=env)
