@@ -1,7 +1,8 @@
 """The scheduler: what should happen next, given the state and the time. Pure.
 
-`plan(state, now)` looks only at the work in flight (the state's `queued` and `active`
-indexes), never at the whole history, so it stays cheap however long the daemon has run.
+`plan(state, now)` looks only at the work in flight (the state's indexes: the tasks that
+may run, in order, those that never can, and the active ones), never at the whole history
+nor at tasks waiting on others, so it costs the same with 10 or 100,000 tasks queued.
 It returns a `Plan`:
 
 * `start` — queued tasks to start now, in order: every dependency has succeeded, a slot is
@@ -43,7 +44,8 @@ only output counts, and the reason says so.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -54,7 +56,7 @@ from orchestrad import events as ev
 from orchestrad.agents import traits
 from orchestrad.budgets import Day
 from orchestrad.config import EXECUTORS
-from orchestrad.state import State, Task
+from orchestrad.state import State, Task, blocked_for_good, run_key
 
 
 class Plan(msgspec.Struct, frozen=True):
@@ -91,11 +93,9 @@ def plan(
         elif deadline is not None and (wake_at is None or deadline < wake_at):
             wake_at = deadline
 
-    # Only a task that waits on others can become unrunnable, so only those are checked.
-    for task_id in state.queued_deps:
-        blocker = _blocked_for_good(state, state.tasks[task_id])
-        if blocker is not None:
-            events.append(ev.TaskCancelled(task=task_id, reason=blocker))
+    # The fold keeps the queued tasks that can never run (`doomed`): only those are looked at.
+    for task_id in state.doomed:
+        events.append(ev.TaskCancelled(task=task_id, reason=blocked_for_good(state, state.tasks[task_id]) or ""))
     events.sort(key=lambda e: e.task)  # type: ignore[attr-defined]
     if state.merge_pending:
         events += merges.due(state)  # workflows that ended, and merge their branches
@@ -107,15 +107,11 @@ def plan(
     per_role = _per_role(state)
     start: list[int] = []
     room = False
-    for *_, task_id in state.run_order:  # in the order they would start; stops at the last free slot
+    for *_, task_id in state.run_order:  # those that may run, in order; stops at the last free slot
         if not any(n > 0 for n in free.values()):
             break
         task = state.tasks[task_id]
         if free.get(task.spec.executor, 0) <= 0:
-            continue
-        if task_id in state.queued_deps and not (
-            all(_succeeded(state, dep) for dep in task.spec.after) and _condition_met(state, task)
-        ):
             continue
         held = _held_until(state, task, now)
         if held is not None:
@@ -208,7 +204,15 @@ def _account_limit(state: State, task: Task, now: float) -> float | None:
 
 def run_order(state: State) -> list[int]:
     """Queued tasks in priority order (highest first, then oldest)."""
-    return [task_id for *_, task_id in state.run_order]
+    return [task_id for *_, task_id in _queue_order(state)]
+
+
+def _queue_order(state: State) -> Iterable[tuple[int, int, int]]:
+    """The run keys of every queued task in priority order: those that may run (the fold
+    keeps them in order) merged with those waiting on others (sorted here)."""
+    if not state.unready:
+        return state.run_order
+    return heapq.merge(state.run_order, sorted(run_key(state.tasks[t]) for t in state.unready))
 
 
 def waits_for(state: State, task: Task, worktree_use: int | None = None) -> str:
@@ -276,7 +280,7 @@ def start_order(state: State, now: float | None = None, worktree_use: int | None
             per_role[task.role] = per_role.get(task.role, 0) + 1
         order.append((task.id, reason))
 
-    for *_, task_id in state.run_order:
+    for *_, task_id in _queue_order(state):
         task = state.tasks[task_id]
         limit = config.role_limits.get(task.role)
         if limit == 0:
@@ -328,24 +332,6 @@ def _condition_met(state: State, task: Task) -> bool:
 def _succeeded(state: State, task_id: int) -> bool:
     dep = state.tasks.get(task_id)
     return dep is not None and dep.status is Status.SUCCEEDED
-
-
-def _blocked_for_good(state: State, task: Task) -> str | None:
-    condition = task.spec.run_if
-    if condition is not None:
-        dep = state.tasks.get(condition.task)
-        if dep is None:
-            return f"not run: task {condition.task}, which it depends on, was removed"
-        if dep.status.finished and dep.status is not condition.outcome:
-            name = f"step {dep.spec.step}" if dep.spec.step else f"task {dep.id}"
-            return f"skipped: it runs only if {name} {condition.outcome.value}, and it {dep.status.value}"
-    for dep_id in task.spec.after:
-        dep = state.tasks.get(dep_id)
-        if dep is None:
-            return f"not run: dependency {dep_id} was removed from the queue"
-        if dep.status.finished and dep.status is not Status.SUCCEEDED:
-            return f"not run: dependency {dep_id} ended {dep.status.value}"
-    return None
 
 
 def _expiry(state: State, task: Task, now: float, day: Day, busy: Mapping[int, float] | None = None) -> tuple[ev.Event | None, float | None]:

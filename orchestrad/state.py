@@ -7,9 +7,11 @@ O(1) per event; a copy-on-write map of every task would make a long history quad
 replay. Everything that only reads the state (`decide`, `scheduler.plan`, the views) never
 writes to it, and tests check that the live state equals a fresh replay of its log.
 
-The state keeps small indexes of the work in flight, `queued` (also kept in the order tasks
-would start, `run_order`) and `active`, so that scheduling never looks at the whole history
-nor sorts the queue; and for each task the places in the log where its output lies
+The state keeps small indexes of the work in flight, `queued` and `active`, and of the
+queue: the tasks that may run in the order they would start (`run_order`), those waiting on
+other tasks (`unready`, with `dependents` from each task to the queued tasks waiting on it,
+so only those are looked at again when it changes), and those that never can run (`doomed`).
+Scheduling never looks at the whole history nor walks the queue past what it starts; and for each task the places in the log where its output lies
 (`outputs`), so its output is read back without scanning the log.
 
 It is long because the fold must see every kind of event in one table, each folded by a
@@ -245,8 +247,11 @@ class State(msgspec.Struct, kw_only=True):
     catalog_problems: list[str] = []  # files that could not be loaded, and why
     config_file: dict[str, config_mod.ConfigValue] = {}  # what config.toml said when last applied
     queued: set[int] = set()  # ids of queued tasks
-    run_order: list[tuple[int, int, int]] = []  # (-priority, submitted_seq, id) of each queued task, sorted
+    run_order: list[tuple[int, int, int]] = []  # (-priority, submitted_seq, id) of each queued task that may run, sorted
     queued_deps: set[int] = set()  # the queued tasks that wait on other tasks
+    unready: set[int] = set()  # ... of them, those whose dependencies are not met yet (not in run_order)
+    doomed: set[int] = set()  # ... and of those, the ones that never can be (a dependency failed, or is gone)
+    dependents: dict[int, set[int]] = {}  # a task -> the queued tasks that wait on it
     active: set[int] = set()  # ids of running or waiting tasks
     accounts: dict[str, str] = {}  # agent kind -> the account its agents use by default (DaemonStarted)
     limits: dict[str, float] = {}  # account -> when the usage limit it met resets (TaskParked)
@@ -629,27 +634,120 @@ def _finish(s: State, t: Task, outcome: Status, reason: str, ts: float) -> None:
 
 def _enqueue(s: State, t: Task) -> None:
     s.queued.add(t.id)
-    if t.spec.after or t.spec.run_if is not None:
-        s.queued_deps.add(t.id)
     if t.spec.executor != "local":
         s.queued_remote.add(t.id)
-    bisect.insort(s.run_order, _run_key(t))
+    deps = _deps(t)
+    if deps:
+        s.queued_deps.add(t.id)
+        for dep in deps:
+            s.dependents.setdefault(dep, set()).add(t.id)
+        readiness = _readiness(s, t)
+        if readiness is not READY:
+            s.unready.add(t.id)
+            if readiness is DOOMED:
+                s.doomed.add(t.id)
+            return
+    bisect.insort(s.run_order, run_key(t))
 
 
 def _dequeue(s: State, t: Task) -> None:
     if t.id not in s.queued:
         return
     s.queued.discard(t.id)
-    s.queued_deps.discard(t.id)
     s.queued_remote.discard(t.id)
-    key = _run_key(t)
+    if t.id in s.queued_deps:
+        s.queued_deps.discard(t.id)
+        s.doomed.discard(t.id)
+        for dep in _deps(t):
+            waiting = s.dependents.get(dep)
+            if waiting is not None:
+                waiting.discard(t.id)
+                if not waiting:
+                    del s.dependents[dep]
+        if t.id in s.unready:
+            s.unready.discard(t.id)
+            return
+    _unorder(s, t)
+
+
+def _unorder(s: State, t: Task) -> None:
+    key = run_key(t)
     order = s.run_order
     i = bisect.bisect_left(order, key)
     if i < len(order) and order[i] == key:
         del order[i]
 
 
-def _run_key(t: Task) -> tuple[int, int, int]:
+def _deps(t: Task) -> list[int]:
+    """The tasks `t` waits on: those it runs after, and the one its condition names."""
+    condition = t.spec.run_if
+    return [*t.spec.after, condition.task] if condition is not None else t.spec.after
+
+
+READY, WAITING, DOOMED = "ready", "waiting", "doomed"
+
+
+def _readiness(s: State, t: Task) -> str:
+    """Whether the queued `t` may run as far as the tasks it waits on go: READY (each ended
+    as it must), WAITING (some have not ended yet), or DOOMED (one ended otherwise, or was
+    removed: `blocked_for_good` says which)."""
+    if blocked_for_good(s, t) is not None:
+        return DOOMED
+    condition = t.spec.run_if
+    if condition is not None:
+        dep = s.tasks.get(condition.task)
+        if dep is None or dep.status is not condition.outcome:
+            return WAITING
+    for dep_id in t.spec.after:
+        dep = s.tasks.get(dep_id)
+        if dep is None or dep.status is not Status.SUCCEEDED:
+            return WAITING
+    return READY
+
+
+def blocked_for_good(s: State, task: Task) -> str | None:
+    """Why the queued `task` can never run (a task it waits on ended otherwise than it
+    must, or was removed), in words; None if it still may."""
+    condition = task.spec.run_if
+    if condition is not None:
+        dep = s.tasks.get(condition.task)
+        if dep is None:
+            return f"not run: task {condition.task}, which it depends on, was removed"
+        if dep.status.finished and dep.status is not condition.outcome:
+            name = f"step {dep.spec.step}" if dep.spec.step else f"task {dep.id}"
+            return f"skipped: it runs only if {name} {condition.outcome.value}, and it {dep.status.value}"
+    for dep_id in task.spec.after:
+        dep = s.tasks.get(dep_id)
+        if dep is None:
+            return f"not run: dependency {dep_id} was removed from the queue"
+        if dep.status.finished and dep.status is not Status.SUCCEEDED:
+            return f"not run: dependency {dep_id} ended {dep.status.value}"
+    return None
+
+
+def _recheck(s: State, task_id: int) -> None:
+    """`task_id` changed (its status, or it is gone): the queued tasks waiting on it move
+    between run_order, unready and doomed as their dependencies now stand."""
+    for waiter in s.dependents[task_id]:
+        t = s.tasks[waiter]
+        readiness = _readiness(s, t)
+        was_ready = waiter not in s.unready
+        if readiness is READY:
+            if not was_ready:
+                s.unready.discard(waiter)
+                s.doomed.discard(waiter)
+                bisect.insort(s.run_order, run_key(t))
+            continue
+        if was_ready:
+            _unorder(s, t)
+            s.unready.add(waiter)
+        if readiness is DOOMED:
+            s.doomed.add(waiter)
+        else:
+            s.doomed.discard(waiter)
+
+
+def run_key(t: Task) -> tuple[int, int, int]:
     """Highest priority first, then the oldest."""
     return (-t.priority, t.submitted_seq, t.id)
 
@@ -801,7 +899,20 @@ def evolve(state: State, event: ev.Event, *, seq: int, ts: float, data=None) -> 
     """Fold one event (the record at `seq`, written at `ts`) into `state`."""
     state.last_seq = seq
     _FOLD[type(event)](state, event, ts, data)
+    if state.dependents:
+        _waiters(state, event)
     return state
+
+
+def _waiters(state: State, event: ev.Event) -> None:
+    """After `event` is folded: recheck the queued tasks waiting on a task it changed."""
+    task = getattr(event, "task", None)
+    if task in state.dependents:
+        _recheck(state, task)
+    if type(event) is ev.TasksPurged:
+        for task in event.tasks:
+            if task in state.dependents:
+                _recheck(state, task)
 
 
 def replay(records, state: State | None = None) -> State:
@@ -811,6 +922,8 @@ def replay(records, state: State | None = None) -> State:
     for seq, ts, event, data in records:
         state.last_seq = seq
         fold[type(event)](state, event, ts, data)
+        if state.dependents:
+            _waiters(state, event)
     return state
 
 
@@ -851,6 +964,8 @@ def replay_decoded(batches, state: State) -> State:
             state.last_seq = first_seq + i
             data = DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
             fold[type(event)](state, event, ts, data)
+            if state.dependents:
+                _waiters(state, event)
         if records:
             state.last_seq = first_seq + len(records) - 1
     if run_task is not None:
@@ -879,9 +994,12 @@ def to_snapshot(state: State) -> bytes:
 def from_snapshot(payload: bytes | memoryview, version: int = 2) -> State:
     """The state a snapshot payload of format `version` (1 or 2) holds."""
     state = _from_format_1(payload) if version == 1 else _snapshot_decoder.decode(payload)
-    # An index, not a fact: rebuilt rather than trusted, whichever version wrote it.
-    state.run_order = sorted(_run_key(state.tasks[t]) for t in state.queued)
-    state.queued_remote = {t for t in state.queued if state.tasks[t].spec.executor != "local"}
+    # Indexes, not facts: rebuilt rather than trusted, whichever version wrote them.
+    queued = sorted(state.queued, key=lambda t: run_key(state.tasks[t]))
+    state.queued, state.run_order, state.queued_deps, state.queued_remote = set(), [], set(), set()
+    state.unready, state.doomed, state.dependents = set(), set(), {}
+    for t in queued:
+        _enqueue(state, state.tasks[t])
     return state
 
 

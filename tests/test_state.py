@@ -8,10 +8,13 @@ from hypothesis import strategies as st
 
 from orchestra.shared import protocol as p
 from orchestra.shared.protocol import OrchestraError, Status
+from orchestrad import decide as d
 from orchestrad import events as ev
 from orchestrad.log import Log
 from orchestrad.refs import DataRef
-from orchestrad.state import State, evolve, from_snapshot, output_refs, replay, to_snapshot, view
+from orchestrad.state import (
+    READY, State, _deps, _readiness, blocked_for_good, evolve, from_snapshot, output_refs, replay, to_snapshot, view,
+)
 from orchestrad.store import replay_log
 from tests.core import Core
 
@@ -104,7 +107,7 @@ def test_workflow_and_purge():
 # Property: the live state always equals a replay, and a snapshot plus the tail.
 
 action = st.one_of(
-    st.tuples(st.just("submit"), st.integers(-20, 20), st.lists(st.integers(1, 30), max_size=2), st.booleans()),
+    st.tuples(st.just("submit"), st.integers(-20, 20), st.lists(st.integers(1, 12), max_size=2), st.booleans()),
     st.tuples(st.just("tick")),
     st.tuples(st.just("exit"), st.integers(0, 30), st.sampled_from([0, 1, None])),
     st.tuples(st.just("stop"), st.integers(1, 30)),
@@ -116,6 +119,7 @@ action = st.one_of(
     st.tuples(st.just("time"), st.floats(0, 120)),
     st.tuples(st.just("config"), st.sampled_from(["max_concurrent", "kill_grace"]), st.integers(0, 4)),
     st.tuples(st.just("snapshot")),
+    st.tuples(st.just("submit_if"), st.integers(1, 12), st.sampled_from([Status.SUCCEEDED, Status.FAILED]), st.integers(-20, 20)),
 )
 
 
@@ -133,7 +137,9 @@ def run_one(core: Core, a, snapshots) -> None:
     kind = a[0]
     active = sorted(core.state.active)
     if kind == "submit":
-        _, priority, after, is_command = a
+        _, priority, picks, is_command = a
+        known = sorted(core.state.tasks)  # dependencies on tasks there are (others are refused)
+        after = sorted({known[i % len(known)] for i in picks}) if known else []
         kw = {"argv": ["true"]} if is_command else {"prompt": "p"}
         core.do(p.Submit(cwd="/tmp", priority=priority, after=after, timeout=60, idle_timeout=30, **kw))
     elif kind == "tick":
@@ -164,6 +170,11 @@ def run_one(core: Core, a, snapshots) -> None:
         core.do(p.ConfigSet(key=a[1], value=a[2]))
     elif kind == "snapshot":
         snapshots.append((len(core.records), to_snapshot(core.state)))
+    elif kind == "submit_if":  # a workflow step's condition: run only if a task ends so
+        [submitted] = d.decide(core.state, p.Submit(cwd="/tmp", argv=["true"], priority=a[3]), core.now)
+        known = sorted(core.state.tasks)
+        spec = msgspec.structs.replace(submitted.spec, run_if=ev.Condition(known[a[1] % len(known)] if known else a[1], a[2]))
+        core.apply([ev.TaskSubmitted(task=submitted.task, spec=spec)])
 
 
 @settings(max_examples=150, deadline=None)
@@ -182,17 +193,30 @@ def test_live_state_equals_full_replay_and_snapshot_plus_tail(actions):
 @given(st.lists(action, max_size=60))
 def test_invariants_hold(actions):
     core = Core()
-    run(core, actions)
-    s = core.state
-    assert s.queued == {t.id for t in s.tasks.values() if t.status is Status.QUEUED}
-    assert s.active == {t.id for t in s.tasks.values() if t.status.active}
-    assert s.queued_deps == {t for t in s.queued if s.tasks[t].spec.after or s.tasks[t].spec.run_if}
-    assert s.run_order == sorted((-s.tasks[t].priority, s.tasks[t].submitted_seq, t) for t in s.queued)
-    for t in s.tasks.values():
+    for a in actions:  # after every step: an index wrong for a moment is wrong
+        run(core, [a])
+        check_indexes(core.state)
+    for t in core.state.tasks.values():
         assert (t.waiting is not None) == (t.status is Status.WAITING)
         assert (t.finished_at is not None) == t.status.finished
     for seq, ts, event, data in core.records:  # every event survives an encode/decode round trip
         assert ev.decode(ev.encode(ts, event)).event == event
+
+
+def check_indexes(s: State) -> None:
+    """The fold's indexes say what a scan of every task would."""
+    assert s.queued == {t.id for t in s.tasks.values() if t.status is Status.QUEUED}
+    assert s.active == {t.id for t in s.tasks.values() if t.status.active}
+    assert s.queued_deps == {t for t in s.queued if s.tasks[t].spec.after or s.tasks[t].spec.run_if}
+    ready = {t for t in s.queued if _readiness(s, s.tasks[t]) == READY}
+    assert s.run_order == sorted((-s.tasks[t].priority, s.tasks[t].submitted_seq, t) for t in ready)
+    assert s.unready == s.queued - ready
+    assert s.doomed == {t for t in s.queued if blocked_for_good(s, s.tasks[t]) is not None}
+    waits: dict[int, set[int]] = {}
+    for t in s.queued_deps:
+        for dep in _deps(s.tasks[t]):
+            waits.setdefault(dep, set()).add(t)
+    assert s.dependents == waits
 
 
 disk_action = st.one_of(
