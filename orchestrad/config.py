@@ -34,6 +34,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     kill_grace: float = 5.0  # seconds between SIGTERM and SIGKILL
     retention_days: float = 7.0  # finished tasks older than this may be purged
     snapshot_every: int = 20_000  # events between snapshots
+    history_in_memory: int = 1_000  # finished tasks kept in memory; older ones move to the history database at a snapshot
     claude_path: str = "claude"  # the Claude Code CLI: a name on PATH or a path
     permission_mode: str = "default"  # default | acceptEdits | plan | bypassPermissions
     allowed_tools: list[str] = []  # tools agents may use without asking (added to the role's)
@@ -88,6 +89,7 @@ _CHECKS: dict[str, tuple[str, Any]] = {
     "kill_grace": ("seconds of at least 0 and at most 30 days", lambda v: _number(v) and 0 <= v <= MAX_SECONDS),
     "retention_days": ("days of at least 0", lambda v: _number(v) and v >= 0),
     "snapshot_every": ("a whole number of at least 100", lambda v: isinstance(v, int) and v >= 100),
+    "history_in_memory": ("a whole number of at least 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "claude_path": ("a program name or path", lambda v: isinstance(v, str) and v.strip() != ""),
     "permission_mode": (
         f"one of {', '.join(PERMISSION_MODES)}",

@@ -70,6 +70,8 @@ class Daemon:
         engine = Engine(store, paths=self.paths)
         store.attach()
         await engine.start()
+        if store.crowded():
+            store.snapshot_soon()  # old finished tasks out of memory now, not after snapshot_every events
         watching = configwatch.watch(self.paths, engine.reload_files)
         tidying = asyncio.ensure_future(self._tidy(engine))
         server = Server(engine, socket_path=str(self.paths.socket), home=str(self.paths.home or ""), on_shutdown=self.request_stop,
@@ -98,6 +100,7 @@ class Daemon:
             await asyncio.wait([tidying], timeout=2)
             await store.close()
             store.snapshot_now()
+            store.history.close()
             if activated is None:  # a socket systemd owns stays for the next activation
                 self._remove_socket()
             self._release_lock()

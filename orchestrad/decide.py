@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import posixpath
 import signal as signal_mod
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import msgspec
 
@@ -30,6 +30,7 @@ from orchestrad.agents import kinds, traits
 from orchestrad import roles as roles_mod
 from orchestrad import workflows as workflows_mod
 from orchestrad import events as ev
+from orchestrad import state as state_mod
 from orchestrad.state import State, Task
 
 
@@ -668,8 +669,10 @@ def reconcile(state: State, followed: Collection[int] = ()) -> list[ev.Event]:
     return events
 
 
-def purge(state: State, now: float) -> list[ev.Event]:
-    """Finished tasks older than the retention, except those an unfinished task waits on."""
+def purge(state: State, now: float, in_history: Iterable[int] = ()) -> list[ev.Event]:
+    """Finished tasks older than the retention, except those an unfinished task waits on;
+    `in_history` the tasks of the history that finished before the retention's horizon
+    (the shell asks the history)."""
     horizon = now - state.config.retention_days * 86400
     needed = {dep for tid in state.queued for dep in state.tasks[tid].spec.after}
     old = [
@@ -677,4 +680,5 @@ def purge(state: State, now: float) -> list[ev.Event]:
         for t in state.tasks.values()
         if t.status.finished and t.finished_at is not None and t.finished_at < horizon and t.id not in needed
     ]
-    return [ev.TasksPurged(tasks=old)] if old else []
+    old += [t for t in in_history if state_mod.in_history(state, t) and t not in needed]
+    return [ev.TasksPurged(tasks=sorted(old))] if old else []

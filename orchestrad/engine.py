@@ -40,7 +40,7 @@ from orchestrad.hygiene import Hygiene
 from orchestrad.leftovers import Sweeper
 from orchestrad.merger import Merger
 from orchestrad.notifier import Notifier
-from orchestrad.state import Task
+from orchestrad.state import Task, status_of
 from orchestrad.store import Item, Store
 from orchestrad.executor import Executor, SpawnError, Unavailable, WriteError
 from orchestrad.remote import rayexec as remote
@@ -89,6 +89,22 @@ class Watcher:
 
 
 REATTACH_FOR = 300.0  # seconds a restarted daemon keeps trying to find its remote processes again
+
+
+def named(state, command: p.Request) -> list[int]:
+    """The tasks `command` names: its task, tasks, dependencies and parent, and the steps of
+    the workflow it names."""
+    found: list[int] = []
+    for field in ("task", "tasks", "after", "parent"):
+        value = getattr(command, field, None)
+        if type(value) is int:
+            found.append(value)
+        elif isinstance(value, list):
+            found += [v for v in value if type(v) is int]
+    workflow = state.workflows.get(getattr(command, "workflow", None))
+    if workflow is not None:
+        found += workflow.steps.values()
+    return found
 
 
 class Engine:
@@ -155,6 +171,7 @@ class Engine:
                 self.executor_of(command.task).check_writable(command.task, len((command.text or "").encode()) + 1)
             except WriteError as exc:
                 raise p.conflict(str(exc)) from None
+        self.store.take_back(named(self.state, command))  # the pure core sees tasks in memory only
         now = self.clock()
         events = d.decide(self.state, command, now, actor, day=local_day(now))
         if isinstance(command, p.Submit) and command.env and events:
@@ -619,7 +636,7 @@ class Engine:
             for name in cgroups.leftovers():
                 if not cgroups.remove(name):
                     log.warning("could not remove the cgroup %s yet", cgroups.path(name))
-        stale = self.env_store.prune(set(self.state.tasks))
+        stale = self.env_store.prune(lambda t: status_of(self.state, t) is not None)  # in memory or in the history
         if stale:
             log.warning("removed the stored environments of %d task(s) that were never recorded: %s", len(stale), stale)
         followed = [  # remote processes run on without this daemon: found again below

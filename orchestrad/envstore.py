@@ -12,6 +12,7 @@ be attached to a bug report as they are.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -54,14 +55,14 @@ class EnvStore:
         if gone:
             fsync_dir(self.directory)
 
-    def prune(self, keep: set[int]) -> list[int]:
-        """Remove the files of tasks not in `keep` (a crash between writing one and
+    def prune(self, keep: Callable[[int], bool]) -> list[int]:
+        """Remove the files of tasks `keep` says no to (a crash between writing one and
         recording its task leaves one behind). Returns the tasks whose files went."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        stale = [int(n) for n in names if n.isdigit() and int(n) not in keep]
+        stale = [int(n) for n in names if n.isdigit() and not keep(int(n))]
         for name in names:
             if name.startswith("."):  # a temporary file a crash left
                 (self.directory / name).unlink(missing_ok=True)

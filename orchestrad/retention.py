@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 async def cleanup(engine: "Engine", force: bool = False) -> p.CleanupResult:
     saved, kept = await _remove_old_worktrees(engine, force)
-    events = d.purge(engine.state, engine.clock())
+    now = engine.clock()
+    old = engine.store.history.finished_before(now - engine.state.config.retention_days * 86400)
+    events = d.purge(engine.state, now, old)
     if events:
         await engine.record(events)
     store = engine.store
@@ -55,7 +57,7 @@ async def _remove_old_worktrees(engine: "Engine", force: bool) -> tuple[list[str
         else:
             workflow = state.workflows.get(tree.workflow) if tree.workflow is not None else None
             owners = list(workflow.steps.values()) if workflow is not None else []
-        tasks = [state.tasks.get(t) for t in owners]
+        tasks = [engine.store.task(t) for t in owners]
         if not all(t is None or (t.status.finished and (t.finished_at or 0) < horizon) for t in tasks):
             continue
         whose = f"task {tree.task}" if tree.task is not None else f"workflow {tree.workflow}"

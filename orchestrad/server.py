@@ -50,7 +50,7 @@ from orchestrad.connections import Client, Clients
 from orchestrad.decide import Actor, authorize, get_task
 from orchestrad.engine import Engine, Watcher
 from orchestrad.log import LogCorrupt
-from orchestrad.state import Task, view
+from orchestrad.state import Task, history_counts, view
 
 log = logging.getLogger(__name__)
 
@@ -350,9 +350,13 @@ class Server:
         """Run a command through the engine as whoever asks on this connection."""
         return await self.engine.execute(request, _asking.get())
 
+    def _task(self, task_id: int) -> Task:
+        """Task `task_id`, in memory or in the history (left there), or a not-found error."""
+        task = self.engine.store.task(task_id)
+        return task if task is not None else get_task(self.engine.state, task_id)
+
     def _view(self, task_id: int) -> p.TaskView:
-        state = self.engine.state
-        task = get_task(state, task_id)
+        task = self._task(task_id)
         now = self.engine.clock()
         return view(task, now, waits_for=self._waits_for(task), hold=scheduler.hold(self.engine.state, task, now), **self._seen(task))
 
@@ -417,11 +421,8 @@ class Server:
         if workflow is None:
             raise p.not_found(f"no workflow {workflow_id}; `orchestra workflow status` lists them")
         now = self.engine.clock()
-        tasks = [
-            view(state.tasks[t], now, preview=p.PREVIEW, hold=scheduler.hold(state, state.tasks[t], now), **self._seen(state.tasks[t]))
-            for t in workflow.steps.values()
-            if t in state.tasks
-        ]
+        steps = [task for task in map(self.engine.store.task, workflow.steps.values()) if task is not None]
+        tasks = [view(t, now, preview=p.PREVIEW, hold=scheduler.hold(state, t, now), **self._seen(t)) for t in steps]
         return p.WorkflowView(
             id=workflow.id,
             template=workflow.template,
@@ -505,7 +506,7 @@ class Server:
         return p.Removed(removed=request.task)
 
     async def assign_role(self, request: p.AssignRole) -> p.RoleAssigned:
-        task = get_task(self.engine.state, request.task)
+        task = self._task(request.task)
         await self._execute(request)
         if task.status is Status.QUEUED:
             note = f"task {task.id} will run as {request.role}"
@@ -514,28 +515,16 @@ class Server:
         return p.RoleAssigned(task=self._view(task.id), note=note)
 
     async def list_tasks(self, request: p.ListTasks) -> p.TaskPage:
-        """A page of previews, newest first; `total` counts every match, so the whole
-        history is looked at (a cheap test per task), but only a page is viewed."""
-        wanted = set(request.status)
-        role, finished, before = request.role, request.include_finished, request.before
+        """A page of previews, newest first, from memory and the history alike; `total`
+        counts every match (the history counts its own), but only a page is viewed."""
         if len(request.grep) > p.MAX_NAME:
             raise p.bad_request(f"--grep takes at most {p.MAX_NAME} characters, not {len(request.grep):,}")
-        since = request.since if request.since is not None else -math.inf
-        grep = request.grep.casefold()
-        matching = [
-            t
-            for t in reversed(self.engine.state.tasks.values())
-            if (not wanted or t.status in wanted)
-            and (role is None or t.role == role)
-            and (finished or not t.status.finished)
-            and t.submitted_at >= since
-            and (not grep or grep in t.spec.title.casefold() or grep in (t.result or "").casefold())
-        ]
-        start = 0
-        if before is not None:
-            start = next((i for i, t in enumerate(matching) if t.id < before), len(matching))
-        views, more = self._page(matching[start:], request.limit)
-        return p.TaskPage(tasks=views, more=more, next=views[-1].id if more else None, total=len(matching))
+        matching, total = self.engine.store.listing(
+            request.status, request.role, request.since, request.grep.casefold(), request.before,
+            active_only=not request.include_finished,
+        )
+        views, more = self._page(matching, request.limit)
+        return p.TaskPage(tasks=views, more=more, next=views[-1].id if more else None, total=total)
 
     def _page(self, tasks: Iterable[Task], limit: int | None) -> tuple[list[p.TaskView], bool]:
         """Previews of `tasks`, at most `limit` (and PAGE_MAX) of them and PAGE_BYTES
@@ -571,7 +560,7 @@ class Server:
         if len(request.tasks) > p.MAX_WAIT:
             raise p.bad_request(f"wait for at most {p.MAX_WAIT:,} tasks at a time, not {len(request.tasks):,}; split them into groups")
         for task_id in request.tasks:
-            get_task(self.engine.state, task_id)
+            self._task(task_id)
         watcher = Watcher()
         self.engine.watchers.add(watcher)
         try:
@@ -582,10 +571,10 @@ class Server:
         finally:
             self.engine.watchers.discard(watcher)
         now = self.engine.clock()
-        return [view(self.engine.state.tasks[t], now, preview=p.PREVIEW) for t in request.tasks]
+        return [view(self._task(t), now, preview=p.PREVIEW) for t in request.tasks]
 
     def _finished(self, task_id: int) -> bool:
-        task = self.engine.state.tasks.get(task_id)
+        task = self.engine.store.task(task_id)
         if task is None:
             raise p.not_found(f"task {task_id} was removed while you waited for it")
         return task.status.finished
@@ -604,10 +593,12 @@ class Server:
 
     async def info(self, request: p.Info) -> p.DaemonStatus:
         counts: dict[str, int] = {}
-        cost = 0.0
+        cost = self.engine.store.history_cost()
         for t in self.engine.state.tasks.values():
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
             cost += t.cost_usd
+        for status, n in history_counts(self.engine.state).items():
+            counts[status.value] = counts.get(status.value, 0) + n
         return p.DaemonStatus(
             pid=os.getpid(),
             version=version(),
@@ -654,7 +645,7 @@ class Server:
     async def logs(self, request: p.Logs) -> AsyncIterator[p.LogChunk]:
         store = self.engine.store
         task_id = request.task
-        agent = get_task(self.engine.state, task_id).spec.agent
+        agent = self._task(task_id).spec.agent
         render = None if request.raw else renderer(agent)
         as_stored = shown_as_stored(agent)
         index, skip = 0, 0
@@ -673,7 +664,7 @@ class Server:
                             yield next(frames)  # not `for frame in`: that would hold a frame while suspended
                     except StopIteration:
                         index, skip = index + 1, 0
-                task = self.engine.state.tasks.get(task_id)
+                task = store.task(task_id)
                 if watcher is None or task is None or (task.status.finished and index >= store.output_count(task_id)):
                     return
                 if index >= store.output_count(task_id):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import struct
-from typing import Callable, Iterator, get_args
+from typing import Callable, Iterable, Iterator, get_args
 
 import msgspec
 
@@ -263,6 +263,74 @@ class State(msgspec.Struct, kw_only=True):
     merge_queue: list[int] = []  # merges not finished, in the order they run (the first may be running)
     merge_pending: set[int] = set()  # workflows that merge their branches once they succeed, until they do
     queued_remote: set[int] = set()  # the queued tasks that run on a remote executor (an index, like run_order)
+    # Finished tasks moved out of memory into the history (orchestrad.history): by task id,
+    # how each ended (a code of _IN_HISTORY; 0: not there), and those taken back since the
+    # last snapshot, whose rows a snapshot without them lets go.
+    cold: bytearray = msgspec.field(default_factory=bytearray)
+    released: list[int] = []
+
+
+# ---------------------------------------------------------------------------------------
+# The history: finished tasks out of memory (orchestrad.history keeps them on disk)
+
+_IN_HISTORY: tuple[Status | None, ...] = (
+    None, Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.CANCELLED, Status.INTERRUPTED,
+)  # a code's meaning never changes: snapshots hold the codes
+_CODE = {status: code for code, status in enumerate(_IN_HISTORY) if status is not None}
+
+
+def status_of(s: State, task_id: int) -> Status | None:
+    """How task `task_id` stands, in memory or in the history; None if there is none."""
+    t = s.tasks.get(task_id)
+    if t is not None:
+        return t.status
+    return _IN_HISTORY[s.cold[task_id]] if 0 <= task_id < len(s.cold) else None
+
+
+def in_history(s: State, task_id: int) -> bool:
+    """Task `task_id` is in the history, not in memory."""
+    return 0 <= task_id < len(s.cold) and s.cold[task_id] != 0
+
+
+def history_counts(s: State) -> dict[Status, int]:
+    """How many tasks in the history ended each way."""
+    return {status: n for code, status in enumerate(_IN_HISTORY) if status is not None and (n := s.cold.count(code))}
+
+
+def move_out(s: State, task_ids: list[int]) -> list[tuple[Task, bytes]]:
+    """Take finished tasks out of memory: each, with its packed output places, for the
+    history to keep; the state keeps only how it ended."""
+    moved = []
+    cold = s.cold
+    top = max(task_ids, default=0)
+    if top >= len(cold):
+        cold.extend(bytes(top + 1 - len(cold)))
+    for task_id in task_ids:
+        t = s.tasks.pop(task_id)
+        assert t.status.finished, f"task {task_id} is {t.status.value}: only finished tasks leave memory"
+        moved.append((t, bytes(s.outputs.pop(task_id, b""))))
+        cold[task_id] = _CODE[t.status]
+    return moved
+
+
+def take_back(s: State, task: Task, outputs: bytes) -> None:
+    """A task of the history, back in memory (a fact is about to change it)."""
+    s.tasks[task.id] = task
+    if outputs:
+        s.outputs[task.id] = bytearray(outputs)
+    s.cold[task.id] = 0
+    s.released.append(task.id)
+
+
+def whole(s: State, rows: Iterable[tuple]) -> State:
+    """`s` with the history's `rows` back in memory, as if nothing had moved out: what a
+    replay of the whole log gives (`--verify` and the tests compare the two)."""
+    full = msgspec.structs.replace(s, tasks=dict(s.tasks), outputs=dict(s.outputs), cold=bytearray(), released=[])
+    for task, outputs, *_ in rows:
+        full.tasks[task.id] = task
+        if outputs:
+            full.outputs[task.id] = bytearray(outputs)
+    return full
 
 
 # ---------------------------------------------------------------------------------------
@@ -694,13 +762,10 @@ def _readiness(s: State, t: Task) -> str:
     if blocked_for_good(s, t) is not None:
         return DOOMED
     condition = t.spec.run_if
-    if condition is not None:
-        dep = s.tasks.get(condition.task)
-        if dep is None or dep.status is not condition.outcome:
-            return WAITING
+    if condition is not None and status_of(s, condition.task) is not condition.outcome:
+        return WAITING
     for dep_id in t.spec.after:
-        dep = s.tasks.get(dep_id)
-        if dep is None or dep.status is not Status.SUCCEEDED:
+        if status_of(s, dep_id) is not Status.SUCCEEDED:
             return WAITING
     return READY
 
@@ -710,18 +775,19 @@ def blocked_for_good(s: State, task: Task) -> str | None:
     must, or was removed), in words; None if it still may."""
     condition = task.spec.run_if
     if condition is not None:
-        dep = s.tasks.get(condition.task)
-        if dep is None:
+        status = status_of(s, condition.task)
+        if status is None:
             return f"not run: task {condition.task}, which it depends on, was removed"
-        if dep.status.finished and dep.status is not condition.outcome:
-            name = f"step {dep.spec.step}" if dep.spec.step else f"task {dep.id}"
-            return f"skipped: it runs only if {name} {condition.outcome.value}, and it {dep.status.value}"
+        if status.finished and status is not condition.outcome:
+            dep = s.tasks.get(condition.task)
+            name = f"step {dep.spec.step}" if dep is not None and dep.spec.step else f"task {condition.task}"
+            return f"skipped: it runs only if {name} {condition.outcome.value}, and it {status.value}"
     for dep_id in task.spec.after:
-        dep = s.tasks.get(dep_id)
-        if dep is None:
+        status = status_of(s, dep_id)
+        if status is None:
             return f"not run: dependency {dep_id} was removed from the queue"
-        if dep.status.finished and dep.status is not Status.SUCCEEDED:
-            return f"not run: dependency {dep_id} ended {dep.status.value}"
+        if status.finished and status is not Status.SUCCEEDED:
+            return f"not run: dependency {dep_id} ended {status.value}"
     return None
 
 
@@ -836,9 +902,13 @@ def _config(s: State, e: ev.ConfigChanged, ts: float, data) -> None:
 
 
 def _purged(s: State, e: ev.TasksPurged, ts: float, data) -> None:
+    cold = s.cold
     for task in e.tasks:
         s.tasks.pop(task, None)
         s.outputs.pop(task, None)
+        if task < len(cold) and cold[task]:
+            cold[task] = 0
+            s.released.append(task)
 
 
 def _changes(s: State, e: ev.ChangesRecorded, ts: float, data) -> None:
@@ -927,13 +997,16 @@ def replay(records, state: State | None = None) -> State:
     return state
 
 
-def replay_decoded(batches, state: State) -> State:
+def replay_decoded(batches, state: State, back: Callable[[int], None] | None = None) -> State:
     """Fold the records of `Log.replay_decoded(events.Body)`: replay's hot loop, kept flat.
 
     Output chunks are most of a log's records, and a task's come in runs, so they are
     folded right here, as `_output` folds them but without a call: a run's places are
     packed as they come, and its totals written to the task once, when the run ends. The
     tests replay real logs and compare with `evolve`.
+
+    A fact about a task in the history (the state came from a snapshot that had moved it
+    out) first has `back(task)` take it back into memory, as the live store did.
     """
     fold, add_output = _FOLD, _add_output
     output = ev.OutputAppended
@@ -963,6 +1036,10 @@ def replay_decoded(batches, state: State) -> State:
                 run_task = None
             state.last_seq = first_seq + i
             data = DataRef(segment, r.data_off, r.data_len, r.data_crc) if r.data_len else None
+            if state.cold and back is not None:
+                task = getattr(event, "task", None)
+                if type(task) is int and in_history(state, task):
+                    back(task)
             fold[type(event)](state, event, ts, data)
             if state.dependents:
                 _waiters(state, event)

@@ -345,7 +345,9 @@ def test_orchestrad_verify_changes_nothing_even_on_a_log_with_a_torn_tail(base):
         before = {f.name: f.read_bytes() for f in d.paths.state.rglob("*") if f.is_file()}
         verified = d.orchestrad("--verify")
         after = {f.name: f.read_bytes() for f in d.paths.state.rglob("*") if f.is_file()}
-        changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n))
+        # SQLite's shared-memory index of the history's write-ahead log is where any reader
+        # takes its read locks: it holds no data, and it is the one file a reader writes.
+        changed = sorted(n for n in before.keys() | after.keys() if before.get(n) != after.get(n) and n != "history.db-shm")
         assert verified.returncode == 0, verified.stderr
         assert not changed, f"--verify changed {changed}: {verified.stdout}"
     finally:

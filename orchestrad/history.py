@@ -1,0 +1,332 @@
+"""The history: finished tasks that left the daemon's memory, kept in SQLite.
+
+The log is the only source of truth. This is a read model of it, like a snapshot: each row
+is a finished task exactly as the fold left it (the `Task`, and the places of its output in
+the log), written when the task moved out of memory, so that memory, start-up and listing
+do not grow with history. It can always be rebuilt by replaying the log.
+
+A row is keyed by (task, seq), seq being the last record of the state it was taken from
+(the snapshot it was moved out for). The state keeps, per task id, whether its task is in
+the history, and how it ended (`State.cold`); it never holds the row. Which row is the
+task's is the newest one no later than the state's snapshot, so:
+
+* rows are written, and committed, before the snapshot that says their tasks left memory;
+  rows newer than the snapshot a daemon starts from were written for a snapshot that never
+  became durable, and are deleted at start-up (`discard_after`);
+* a task taken back into memory (a follow-up of an old task) keeps its rows until a
+  snapshot without them is durable: the state lists it in `released`, and the rows a
+  later snapshot no longer needs are deleted once it is written (`release`), and again
+  at start-up, should a crash have come in between.
+
+The rows follow the newest snapshot: a daemon that starts from an older one (the newest
+was damaged) may find a task's row gone, and says so; the log still holds every fact.
+
+Columns besides the task itself serve listing (status, role, submission time, workflow,
+and casefolded title and result for `--grep`), and compaction (the log segment of a task's
+first output chunk). Standard library only; one connection, owned by the store's thread
+of the moment (the event loop's, or the snapshot writer's, never both at once: see
+`orchestrad.store`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import msgspec
+
+from orchestra.shared.protocol import Status
+from orchestrad.state import Task
+
+__all__ = ["History", "HistoryError", "Row"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    role TEXT NOT NULL,
+    submitted_at REAL NOT NULL,
+    finished_at REAL,
+    workflow INTEGER,
+    cost REAL NOT NULL,
+    text TEXT NOT NULL,
+    first_segment INTEGER,
+    task BLOB NOT NULL,
+    outputs BLOB,
+    PRIMARY KEY (id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
+CREATE INDEX IF NOT EXISTS tasks_by_role ON tasks (role, id);
+CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks (seq);
+CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at);
+"""
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Task).decode
+
+
+class HistoryError(Exception):
+    """The history cannot be read or written; says what to do."""
+
+
+class Row(NamedTuple):
+    task: Task
+    outputs: bytes  # packed output places (see state.output_refs), b"" for none
+    blob: bytes = b""  # the task encoded as it was then, for a row still to be written
+
+
+def frozen(task: Task, outputs: bytes) -> Row:
+    """A row of `task` as it is now: what is written, or taken back, is this moment's task
+    though the object changes later (the fold changes a task in memory in place)."""
+    return Row(task, outputs, _encode(task))
+
+
+def thawed(row: Row) -> Task:
+    """The task of a frozen row, as a new object to change."""
+    return _decode(row.blob)
+
+
+class Filter(NamedTuple):
+    """What a listing asks for: statuses (empty: any), a role, submitted at or after
+    `since`, casefolded text in the title or the result, ids below `before`."""
+
+    status: Sequence[Status] = ()
+    role: str | None = None
+    since: float | None = None
+    grep: str = ""
+    before: int | None = None
+
+
+def searchable(task: Task) -> str:
+    """What `--grep` looks in: the title and the result, casefolded."""
+    return f"{task.spec.title.casefold()}\n{(task.result or '').casefold()}"
+
+
+class History:
+    """The history database of one home. `path` is created 0600 in a 0700 directory."""
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.upto: int | None = None  # read-only: rows past the snapshot read from (a live daemon's, not yet its own)
+        self._lock = threading.Lock()  # the loop reads while the snapshot writer writes
+        try:
+            if readonly and self.path.exists():
+                self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+                return
+            if readonly:  # nothing moved out yet: an empty history
+                self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            else:
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise HistoryError(
+                f"{self.path} cannot be opened ({exc}); stop the daemon, move it and the snapshots aside, "
+                "and start it again: both are rebuilt from the log"
+            ) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def put(self, seq: int, rows: Iterable[tuple[Row, int | None]]) -> int:
+        """Store finished tasks as of `seq` (frozen rows), each with the log segment of its
+        first output chunk (None: no output). Committed when it returns."""
+        values = [
+            (t.id, seq, t.status.value, t.role, t.submitted_at, t.finished_at, t.spec.workflow, t.cost_usd, searchable(t),
+             first, blob, outputs or None)
+            for (t, outputs, blob), first in rows
+        ]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return len(values)
+
+    def release(self, seq: int, tasks: Iterable[int], still: Iterable[int]) -> None:
+        """After the snapshot at `seq` is durable: of `tasks` (taken back into memory or
+        purged since the last one), delete every row, but for those in `still` (in the
+        history again at `seq`) their newest row up to `seq`."""
+        keep = set(still)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for task in set(tasks):
+                    if task in keep:
+                        self._db.execute(
+                            "DELETE FROM tasks WHERE id = ? AND seq < (SELECT max(seq) FROM tasks WHERE id = ? AND seq <= ?)",
+                            (task, task, seq),
+                        )
+                    else:
+                        self._db.execute("DELETE FROM tasks WHERE id = ? AND seq <= ?", (task, seq))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def discard_after(self, seq: int) -> int:
+        """Delete the rows newer than the snapshot the daemon starts from (see above)."""
+        with self._lock:
+            return self._db.execute("DELETE FROM tasks WHERE seq > ?", (seq,)).rowcount
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get(self, task_id: int, at_most: int | None = None) -> Row:
+        """The task `task_id` as the history holds it: its newest row (up to `at_most`)."""
+        at_most = self.upto if at_most is None else at_most
+        sql = "SELECT task, outputs FROM tasks WHERE id = ?" + (" AND seq <= ?" if at_most is not None else "")
+        args = (task_id,) if at_most is None else (task_id, at_most)
+        with self._lock:
+            found = self._db.execute(sql + " ORDER BY seq DESC LIMIT 1", args).fetchone()
+        if found is None:
+            raise HistoryError(
+                f"task {task_id} should be in {self.path} and is not (was an older snapshot used?); "
+                "stop the daemon, move the file and the snapshots aside, and start it again to rebuild them from the log"
+            )
+        return Row(_decode(found[0]), found[1] or b"")
+
+    def get_many(self, task_ids: Sequence[int]) -> dict[int, Task]:
+        """The newest rows of `task_ids` that are in the history."""
+        found: dict[int, tuple[int, bytes]] = {}
+        with self._lock:
+            for part in _parts(task_ids):
+                marks = ",".join("?" * len(part))
+                for task_id, seq, blob in self._db.execute(f"SELECT id, seq, task FROM tasks WHERE id IN ({marks})", part):
+                    if task_id not in found or seq > found[task_id][0]:
+                        found[task_id] = (seq, blob)
+        return {task_id: _decode(blob) for task_id, (_, blob) in found.items()}
+
+    def page(self, want: Filter, current: Callable[[int], bool], limit: int) -> Iterator[Task]:
+        """Tasks matching `want`, newest first, whose row is current (`current(id)`: the
+        task is in the history now, so rows left by one taken back are skipped): read
+        `limit` at a time at first, then more at a time, for as long as the caller reads."""
+        before, chunk, seen = want.before, max(limit, 50), None
+        while True:
+            where, args = _where(want._replace(before=before))
+            with self._lock:
+                found = self._db.execute(f"SELECT id, task FROM tasks {where} ORDER BY id DESC, seq DESC LIMIT ?", [*args, chunk]).fetchall()
+            for task_id, blob in found:
+                if task_id != seen and current(task_id):  # the first row of a task is its newest
+                    yield _decode(blob)
+                seen = task_id
+            if len(found) < chunk:
+                return
+            before, chunk = found[-1][0], min(chunk * 4, 5000)
+
+    def count(self, want: Filter, candidates: Iterable[int], current: Callable[[int], bool]) -> int:
+        """How many tasks match `want`: rows, but of the `candidates` (tasks that may have
+        rows that are not their current one) only the newest, and only if `current(id)`."""
+        where, args = _where(want)
+        glue = "AND" if where else "WHERE"
+        with self._lock, self._reading():
+            total = self._db.execute(f"SELECT count(*) FROM tasks {where}", args).fetchone()[0]
+            for part in _parts(self._stale(candidates, current)):
+                flat = [x for pair in part for x in pair]
+                total -= self._db.execute(
+                    f"SELECT count(*) FROM tasks {where} {glue} (id, seq) IN (VALUES {','.join('(?,?)' for _ in part)})",
+                    [*args, *flat]).fetchone()[0]
+        return total
+
+    def cost(self, candidates: Iterable[int], current: Callable[[int], bool]) -> float:
+        """What the tasks in the history cost together (see `count`)."""
+        with self._lock, self._reading():
+            total = self._db.execute("SELECT total(cost) FROM tasks").fetchone()[0]
+            for part in _parts(self._stale(candidates, current)):
+                flat = [x for pair in part for x in pair]
+                total -= self._db.execute(
+                    f"SELECT total(cost) FROM tasks WHERE (id, seq) IN (VALUES {','.join('(?,?)' for _ in part)})", flat,
+                ).fetchone()[0]
+        return total
+
+    def _stale(self, candidates: Iterable[int], current: Callable[[int], bool]) -> list[tuple[int, int]]:
+        """The rows of `candidates` that are not their task's current one: all but the
+        newest, and that one too unless `current(id)`."""
+        stale: list[tuple[int, int]] = []
+        for part in _parts(sorted(set(candidates))):
+            seen = None
+            for task_id, seq in self._db.execute(
+                f"SELECT id, seq FROM tasks WHERE id IN ({','.join('?' * len(part))}) ORDER BY id, seq DESC", part,
+            ):
+                if task_id == seen or not current(task_id):
+                    stale.append((task_id, seq))
+                seen = task_id
+        return stale
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One read transaction: what several statements read is one moment's rows, though
+        the snapshot writer commits meanwhile."""
+        self._db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._db.execute("COMMIT")
+
+    def finished_before(self, horizon: float) -> list[int]:
+        """Ids of the tasks that finished before `horizon` (for retention)."""
+        with self._lock:
+            return [row[0] for row in self._db.execute("SELECT DISTINCT id FROM tasks WHERE finished_at < ? ORDER BY id", (horizon,))]
+
+    def first_segment(self) -> int | None:
+        """The oldest log segment holding output of a task in the history."""
+        with self._lock:
+            return self._db.execute("SELECT min(first_segment) FROM tasks").fetchone()[0]
+
+    def rows(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM tasks").fetchone()[0]
+
+    def all_current(self, current: Callable[[int], bool]) -> Iterator[Row]:
+        """Every task the history holds now (for `--verify`), by id."""
+        with self._lock:
+            found = self._db.execute("SELECT id, seq, task, outputs FROM tasks WHERE seq <= ? ORDER BY id, seq DESC",
+                                     (self.upto if self.upto is not None else 1 << 62,)).fetchall()
+        seen = None
+        for task_id, _seq, blob, outputs in found:
+            if task_id == seen:
+                continue
+            seen = task_id
+            if current(task_id):
+                yield Row(_decode(blob), outputs or b"")
+
+
+def _parts(items: Sequence, size: int = 400) -> Iterator[Sequence]:
+    """`items` in parts small enough for one statement's parameters."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _where(want: Filter) -> tuple[str, list]:
+    parts: list[str] = []
+    args: list = []
+    if want.status:
+        parts.append(f"status IN ({','.join('?' * len(want.status))})")
+        args += [s.value for s in want.status]
+    if want.role is not None:
+        parts.append("role = ?")
+        args.append(want.role)
+    if want.since is not None:
+        parts.append("submitted_at >= ?")
+        args.append(want.since)
+    if want.grep:
+        parts.append("instr(text, ?) > 0")
+        args.append(want.grep)
+    if want.before is not None:
+        parts.append("id < ?")
+        args.append(want.before)
+    return ("WHERE " + " AND ".join(parts)) if parts else "", args
