@@ -45,7 +45,7 @@ only output counts, and the reason says so.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import msgspec
 
@@ -247,26 +247,26 @@ def _local_running(state: State) -> int:
     return sum(1 for t in state.active if state.tasks[t].spec.executor == "local")
 
 
-def start_order(state: State, now: float | None = None, worktree_use: int | None = None) -> list[tuple[int, str]]:
+def start_order(state: State, now: float | None = None, worktree_use: int | None = None) -> Iterator[tuple[int, str]]:
     """Every queued task in the order it is expected to start, with what it waits for
     ("" for none: it starts now). Priority order, except that a task comes after the queued
     tasks it runs after (one that waits on a running task keeps its place: its slot frees
     as it becomes ready), tasks held by their role's limit come after the others, and those
     whose role's limit is 0 last; a task held until a later time (`hold`, given `now`) takes
-    no slot. For `orchestra queue`: it looks at the whole queue, which `plan` never does."""
+    no slot. For `orchestra queue`: lazily, so that the head of a long queue costs what the
+    head costs (a reader that stops early never orders the rest)."""
     config = state.config
     per_role = _per_role(state)
     free = config.max_concurrent - _local_running(state)
     placed: set[int] = set()
-    order: list[tuple[int, str]] = []
     held: list[tuple[int, str]] = []
     never: list[tuple[int, str]] = []
-    deferred: list[Task] = []
+    deferred: dict[int, Task] = {}  # waiting for queued tasks to be placed before them, in run order
 
     def ready(task: Task) -> bool:  # its queued dependencies are placed before it
         return all(dep in placed or dep not in state.queued for dep in task.spec.after)
 
-    def place(task: Task) -> None:
+    def place(task: Task) -> tuple[int, str]:
         nonlocal free
         placed.add(task.id)
         reason = waits_for(state, task, worktree_use)
@@ -278,7 +278,7 @@ def start_order(state: State, now: float | None = None, worktree_use: int | None
         elif not reason and task.spec.executor == "local":
             free -= 1
             per_role[task.role] = per_role.get(task.role, 0) + 1
-        order.append((task.id, reason))
+        return (task.id, reason)
 
     for *_, task_id in _queue_order(state):
         task = state.tasks[task_id]
@@ -288,15 +288,25 @@ def start_order(state: State, now: float | None = None, worktree_use: int | None
         elif limit is not None and per_role.get(task.role, 0) >= limit:
             held.append((task_id, waits_for(state, task)))
         elif not ready(task):
-            deferred.append(task)
+            deferred[task_id] = task
         else:
-            place(task)
-            while any(ready(t) for t in deferred):  # those waiting on it may follow now
-                later = next(t for t in deferred if ready(t))
-                deferred.remove(later)
-                place(later)
-    order += [(t.id, waits_for(state, t)) for t in deferred]  # after tasks that never start
-    return order + held + never
+            yield place(task)
+            # Those waiting on it may follow now: only its own waiters can have become
+            # ready, and the first of them in run order goes first, as it would in the queue.
+            now_ready = [run_key(deferred[w]) for w in state.dependents.get(task_id, ()) if w in deferred and ready(deferred[w])]
+            heapq.heapify(now_ready)
+            while now_ready:
+                *_, later_id = heapq.heappop(now_ready)
+                if later_id not in deferred:
+                    continue
+                yield place(deferred.pop(later_id))
+                for w in state.dependents.get(later_id, ()):
+                    if w in deferred and ready(deferred[w]):
+                        heapq.heappush(now_ready, run_key(deferred[w]))
+    for t in deferred.values():  # after tasks that never start
+        yield (t.id, waits_for(state, t))
+    yield from held
+    yield from never
 
 
 def _per_role(state: State) -> dict[str, int]:

@@ -111,10 +111,13 @@ def test_a_large_reply_is_decoded_all_the_same(daemon):
     with daemon.connect() as conn:
         size = len(msgspec.msgpack.encode(conn.call(p.ListTasks())))
     assert size > quick.LARGE_REPLY
-    result = entry(daemon, "ps", "--role", "generalist")
+    result = entry(daemon, "ps", "--all", "--role", "generalist")
     assert result.returncode == 0
-    assert steady(result.stdout) == steady(full(daemon, "ps", "--role", "generalist"))
+    assert steady(result.stdout) == steady(full(daemon, "ps", "--all", "--role", "generalist"))
     assert result.stdout.count("queued") == 700
+    head = entry(daemon, "ps")  # a long queue: its newest tasks, and a note saying where the rest are
+    assert head.stdout.count("queued") == 20 and steady(head.stdout) == steady(full(daemon, "ps"))
+    assert "the newest 20 of 700 queued tasks are shown; `orchestra queue` lists them in the order they start" in head.stderr
 
 
 @pytest.mark.parametrize("args", [("ps", "--json"), ("ps", "--help"), ("ps", "-s", "bogus"), ("ps", "--wat"), ("--version",)])

@@ -299,7 +299,7 @@ def test_the_queue_order_gives_no_slot_to_held_tasks():
     core.tick()
     run_into(core, parked, USAGE_LIMIT)
     command = core.submit(argv=["true"])
-    order = scheduler.start_order(core.state, core.now)
+    order = list(scheduler.start_order(core.state, core.now))
     assert order == [(parked, "parked"), (command, "")]
 
 

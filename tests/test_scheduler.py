@@ -194,7 +194,7 @@ def test_every_queued_task_says_what_it_waits_for_in_the_order_it_will_start():
     tester = core.submit(role="tester", priority=80)
     reviewer = core.submit(role="reviewer", priority=70)
     low = core.submit(priority=-10)
-    order = scheduler.start_order(core.state)
+    order = list(scheduler.start_order(core.state))
     assert [t for t, _ in order] == [dep, after, low, tester, reviewer]
     reasons = dict(order)
     assert reasons[dep] == ""  # starts at the next pass: the one free slot is its
