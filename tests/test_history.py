@@ -265,3 +265,19 @@ def subprocess_verify(daemon) -> str:
     done = subprocess.run([sys.executable, "-m", "orchestrad", "--home", str(daemon.home), "--verify"],
                           env=daemon.env, capture_output=True, text=True, timeout=120)
     return done.stdout + done.stderr
+
+
+def test_ps_all_with_a_limit_shows_the_newest_that_match_in_the_whole_history(daemon):
+    import json
+
+    daemon.call(p.ConfigSet(key="history_in_memory", value=0))
+    ids = [daemon.submit("sh", "-c", f"exit {n % 2}", title=f"t{n}") for n in range(6)]  # odd ones fail
+    for task in ids:
+        daemon.wait_status(task, *p.FINISHED)
+    assert daemon.cli("cleanup").exit_code == 0
+    result = daemon.run_cli("ps", "--all", "--limit", "2", "--status", "failed", "--json")  # the quick path gives way to the CLI for --json
+    assert result.returncode == 0, result.stderr
+    assert [t["id"] for t in json.loads(result.stdout)] == [ids[3], ids[5]]
+    shown = daemon.run_cli("ps", "--all", "--limit", "2", "--status", "failed")
+    assert shown.returncode == 0 and "the newest 2 of 3 finished tasks are shown" in shown.stderr
+    assert [line.split()[0] for line in shown.stdout.splitlines()[1:]] == [str(ids[3]), str(ids[5])]

@@ -138,7 +138,7 @@ def test_no_daemon_is_reported_by_the_full_cli(tmp_path):
 @pytest.mark.parametrize(
     "args",
     [["ps"], ["--home", "/h", "--no-autostart", "ps", "--active"], ["ps", "-s", "queued", "-r", "x"], ["--home=/h", "ps", "--status=failed"],
-     ["ps", "--all"], ["ps", "--limit", "5", "-s", "succeeded"], ["ps", "--limit=0"]],
+     ["ps", "--all"], ["ps", "--limit", "5", "-s", "succeeded"], ["ps", "--limit=0"], ["ps", "--all", "--limit", "100", "--status", "failed"]],
 )
 def test_the_arguments_the_quick_path_takes(args):
     home, options = quick.parse_ps(args)
@@ -148,7 +148,7 @@ def test_the_arguments_the_quick_path_takes(args):
 
 
 @pytest.mark.parametrize("args", [[], ["submit"], ["ps", "--json"], ["ps", "-s"], ["ps", "-s", "nope"], ["ps", "--role", "--active"], ["--home"], ["-h", "ps"],
-                                  ["ps", "--limit", "x"], ["ps", "--limit", "-1"], ["ps", "--all", "--limit", "3"]])
+                                  ["ps", "--limit", "x"], ["ps", "--limit", "-1"]])
 def test_arguments_it_leaves_to_the_full_cli(args):
     with pytest.raises(quick._Fallback):
         quick.parse_ps(args)

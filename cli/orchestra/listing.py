@@ -37,8 +37,9 @@ class Part:
 
 def parts(statuses: list[str], role: str | None, active_only: bool, limit: int | None, everything: bool,
           since: float | None = None, grep: str = "") -> list[Part]:
-    """The queries `ps` makes: the active tasks (all), and the finished ones (the newest
-    `limit`, RECENT unless given; all of them when `everything`); each of them submitted
+    """The queries `ps` makes: the tasks at work (all), the queued ones (the newest QUEUED;
+    all of them when `everything`) and the finished ones (the newest `limit`; without it,
+    RECENT, or all of them when `everything`); each of them submitted
     at or after `since`, with `grep` in its title or result, when given."""
     working = [s for s in WORKING if not statuses or s in statuses]
     queued = not statuses or Status.QUEUED.value in statuses
@@ -50,8 +51,8 @@ def parts(statuses: list[str], role: str | None, active_only: bool, limit: int |
     if queued:
         found.append(Part({"status": [Status.QUEUED.value], "role": role, **narrow}, None if everything else QUEUED, "queued"))
     if ended:
-        found.append(Part({"status": ended, "role": role, **narrow}, None if everything else (RECENT if limit is None else limit),
-                          "finished"))
+        newest = limit if limit is not None else None if everything else RECENT
+        found.append(Part({"status": ended, "role": role, **narrow}, newest, "finished"))
     return [part for part in found if part.want != 0]
 
 

@@ -57,7 +57,7 @@ def main() -> None:
 
 def parse_ps(args: list[str]) -> tuple[str | None, dict]:
     """(home, `listing.parts` arguments) for `[--home H] [--no-autostart] ps [--status S]...
-    [--role R] [--active] [--all | --limit N]`; _Fallback for anything else, --json and
+    [--role R] [--active] [--all] [--limit N]`; _Fallback for anything else, --json and
     --help included."""
     home = None
     words = iter(_split_equals(args))
@@ -83,9 +83,9 @@ def parse_ps(args: list[str]) -> tuple[str | None, dict]:
             options["role"] = _value(words)
         elif word == "--active":
             options["active_only"] = True
-        elif word == "--all" and options["limit"] is None:
+        elif word == "--all":
             options["everything"] = True
-        elif word in ("--limit", "-n") and not options["everything"]:
+        elif word in ("--limit", "-n"):
             limit = _value(words)
             if not (limit.isascii() and limit.isdigit()):
                 raise _Fallback

@@ -136,7 +136,7 @@ def _text(data: bytes, where: str) -> str:
 @click.option("--status", "-s", "statuses", multiple=True, type=click.Choice([s.value for s in p.Status]), help="Only tasks in this status (repeatable).")
 @click.option("--role", "-r", help="Only tasks with this role.")
 @click.option("--active", is_flag=True, help="Only queued, running, waiting, checking and review tasks.")
-@click.option("--all", "everything", is_flag=True, help="Every queued and finished task too, not only the newest.")
+@click.option("--all", "everything", is_flag=True, help="Every queued and finished task too, not only the newest (with --limit: the newest N finished of the whole history).")
 @click.option("--limit", "-n", type=click.IntRange(min=0), help=f"How many of the newest finished tasks to show (default {RECENT}).")
 @click.option("--since", "since", metavar="WHEN", help="Only tasks submitted since WHEN: 90m, 2h, 3d, or a date (2026-12-01, 2026-12-01T14:30).")
 @click.option("--grep", "grep", metavar="TEXT", default="", help="Only tasks with TEXT in their title or their result (any case).")
@@ -147,8 +147,6 @@ def ps(app: App, statuses, role, active, everything, limit, since, grep, as_json
     runtime, cost, and what waiting tasks ask."""
     from orchestra.listing import gather, note, parts
 
-    if everything and limit is not None:
-        fail("give --all or --limit, not both", Exit.BAD_INPUT)
     queries = parts(list(statuses), role, active, limit, everything, since=_since(since), grep=grep)
     listing = gather(lambda pages: [app.call(msgspec.convert(fields, p.ListTasks), Any) for fields in pages], queries)  # as maps, like the quick path
     tasks = msgspec.convert(listing.tasks, list[p.TaskView])
