@@ -48,7 +48,7 @@ from orchestrad import worktrees
 from orchestrad.agents import renderer, shown_as_stored
 from orchestrad.connections import Client, Clients
 from orchestrad.decide import Actor, authorize, get_task
-from orchestrad.engine import Engine, Watcher
+from orchestrad.engine import Engine, Watcher, named
 from orchestrad.log import LogCorrupt
 from orchestrad.state import Task, history_counts, view
 
@@ -625,6 +625,7 @@ class Server:
         return merges.listing(self.engine.state, request.limit)
 
     async def diff(self, request: p.Diff) -> p.DiffResult:
+        self.engine.store.take_back(named(self.engine.state, request))  # it reads the task's worktree, as a command would
         return await changes.diff(self.engine.state, request)
 
     async def list_worktrees(self, request: p.ListWorktrees) -> p.WorktreeList:

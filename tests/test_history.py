@@ -281,3 +281,16 @@ def test_ps_all_with_a_limit_shows_the_newest_that_match_in_the_whole_history(da
     shown = daemon.run_cli("ps", "--all", "--limit", "2", "--status", "failed")
     assert shown.returncode == 0 and "the newest 2 of 3 finished tasks are shown" in shown.stderr
     assert [line.split()[0] for line in shown.stdout.splitlines()[1:]] == [str(ids[3]), str(ids[5])]
+
+
+def test_the_diff_of_a_worktree_task_in_the_history(daemon, tmp_path):
+    from tests.gitrepo import make_repo
+
+    repo = make_repo(tmp_path / "repo")
+    daemon.call(p.ConfigSet(key="history_in_memory", value=0))
+    task = daemon.submit("sh", "-c", "echo changed >> README; git commit -qam change", cwd=str(repo), worktree=True)
+    assert daemon.wait_status(task, *p.FINISHED).status is Status.SUCCEEDED
+    assert daemon.cli("cleanup").exit_code == 0
+    assert history_rows(daemon.home) == [(task, "succeeded")]
+    diff = daemon.call(p.Diff(task=task), p.DiffResult)
+    assert diff.files == 1 and "+changed" in diff.diff
