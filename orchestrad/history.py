@@ -31,6 +31,7 @@ of the moment (the event loop's, or the snapshot writer's, never both at once: s
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import sqlite3
 import threading
@@ -41,6 +42,7 @@ from typing import NamedTuple
 import msgspec
 
 from orchestra.shared.protocol import Status
+from orchestra.shared.vocab import FINISHED
 from orchestrad.state import Task
 
 __all__ = ["History", "HistoryError", "Row"]
@@ -211,21 +213,32 @@ class History:
                         found[task_id] = (seq, blob)
         return {task_id: _decode(blob) for task_id, (_, blob) in found.items()}
 
-    def page(self, want: Filter, current: Callable[[int], bool], limit: int) -> Iterator[Task]:
-        """Tasks matching `want`, newest first, whose row is current (`current(id)`: the
-        task is in the history now, so rows left by one taken back are skipped): read
-        `limit` at a time at first, then more at a time, for as long as the caller reads."""
-        before, chunk, seen = want.before, max(limit, 50), None
+    def page(self, want: Filter, candidates: Iterable[int], current: Callable[[int], bool], limit: int) -> Iterator[Task]:
+        """Tasks matching `want`, newest first, each by its current row (see `count` for
+        `candidates` and `current`): read `limit` at a time at first, then more at a time,
+        for as long as the caller reads. Each status is read through its index, in id
+        order, and the statuses merged here: one query for several would sort them all."""
+        with self._lock, self._reading():
+            stale = set(self._stale(candidates, current))
+        statuses = [None] if not want.status or set(want.status) >= FINISHED else sorted(set(want.status), key=lambda s: s.value)
+        rows = heapq.merge(*(self._rows(want._replace(status=() if s is None else (s,)), limit) for s in statuses),
+                           key=lambda row: (-row[0], -row[1]))
+        for task_id, seq, blob in rows:
+            if (task_id, seq) not in stale and current(task_id):
+                yield _decode(blob)
+
+    def _rows(self, want: Filter, limit: int) -> Iterator[tuple[int, int, bytes]]:
+        """(id, seq, task) of the rows matching `want`, newest first, in growing reads."""
+        before, chunk = want.before, max(limit, 50)
         while True:
             where, args = _where(want._replace(before=before))
             with self._lock:
-                found = self._db.execute(f"SELECT id, task FROM tasks {where} ORDER BY id DESC, seq DESC LIMIT ?", [*args, chunk]).fetchall()
-            for task_id, blob in found:
-                if task_id != seen and current(task_id):  # the first row of a task is its newest
-                    yield _decode(blob)
-                seen = task_id
+                found = self._db.execute(f"SELECT id, seq, task FROM tasks {where} ORDER BY id DESC, seq DESC LIMIT ?",
+                                         [*args, chunk]).fetchall()
+            yield from found
             if len(found) < chunk:
                 return
+            # The next read starts below the last id: that id's other rows are older ones.
             before, chunk = found[-1][0], min(chunk * 4, 5000)
 
     def count(self, want: Filter, candidates: Iterable[int], current: Callable[[int], bool]) -> int:

@@ -279,7 +279,7 @@ class Store:
             total += sum(history_counts(state).get(s, 0) for s in ended) - moving
         else:
             total += self.history.count(want, self._candidates(), self._current)
-        return _newest_first(near, self.history.page(want._replace(before=before), self._current, 100)), total
+        return _newest_first(near, self.history.page(want._replace(before=before), self._candidates(), self._current, 100)), total
 
     def compact(self) -> tuple[int, int]:
         """Drop the oldest segments that nothing needs any more: every record in them is

@@ -102,6 +102,7 @@ action = st.one_of(
     action, st.tuples(st.just("work"), st.integers(1, 4), st.sampled_from([0, 1])), st.just(("snapshot",)),
     st.just(("soon",)),  # a snapshot written in the background while facts go on
     st.just(("yield",)),  # the loop runs: a snapshot written meanwhile is done with
+    st.just(("crash",)),  # a snapshot written, then a crash before the rows it no longer needs were let go
 )
 
 
@@ -156,6 +157,16 @@ async def drive(disk: Disk, actions) -> None:
                 before = disk.everything()
                 await disk.close()
                 disk.open()
+                assert disk.everything() == before
+            elif kind == "crash":
+                await disk.settle()
+                await disk.store.snapshot_settled()
+                before = disk.everything()
+                release, disk.store.history.release = disk.store.history.release, lambda *args: None
+                disk.store.snapshot_now()
+                disk.store.history.release = release
+                await disk.close()
+                disk.open()  # start-up lets them go
                 assert disk.everything() == before
             elif kind == "keep":
                 disk.do(p.ConfigSet(key="history_in_memory", value=a[1]))
@@ -294,3 +305,31 @@ def test_the_diff_of_a_worktree_task_in_the_history(daemon, tmp_path):
     assert history_rows(daemon.home) == [(task, "succeeded")]
     diff = daemon.call(p.Diff(task=task), p.DiffResult)
     assert diff.files == 1 and "+changed" in diff.diff
+
+
+def test_a_task_with_an_older_row_is_listed_and_counted_by_its_newest(tmp_path):
+    """Between a snapshot that moves a task out again and the release of its older row,
+    the history holds two rows of it; only the newest says how it stands now."""
+    from orchestrad.history import Filter, History, frozen
+    from orchestrad.state import Task
+
+    history = History(tmp_path / "history.db")
+    spec = ev.TaskSpec(prompt="", argv=["true"], role="generalist", agent="command", priority=0, after=[], cwd="/tmp",
+                       env={}, secret_env=[], timeout=None, idle_timeout=None, budget_usd=None, model=None, title="t")
+    failed = Task(id=7, spec=spec, status=Status.FAILED, finished_at=1.0, cost_usd=1.0)
+    succeeded = Task(id=7, spec=spec, status=Status.SUCCEEDED, finished_at=2.0, cost_usd=3.0, attempts=2)
+    history.put(5, [(frozen(failed, b""), None)])
+    history.put(9, [(frozen(succeeded, b""), None)])
+
+    def listed(*statuses: Status) -> list[Task]:
+        return list(history.page(Filter(status=statuses), [7], lambda t: True, 10))
+
+    assert listed() == [succeeded] and listed(Status.SUCCEEDED, Status.FAILED) == [succeeded]
+    assert listed(Status.FAILED) == [] and listed(Status.SUCCEEDED) == [succeeded]
+    assert history.count(Filter(status=[Status.FAILED]), [7], lambda t: True) == 0
+    assert history.count(Filter(), [7], lambda t: True) == 1
+    assert history.cost([7], lambda t: True) == 3.0
+    assert listed() == [succeeded] and history.get(7).task == succeeded and history.get(7, at_most=8).task == failed
+    history.release(9, [7], still=[7])
+    assert history.rows() == 1
+    history.close()
