@@ -67,7 +67,17 @@ CREATE INDEX IF NOT EXISTS tasks_by_status ON tasks (status, id);
 CREATE INDEX IF NOT EXISTS tasks_by_role ON tasks (role, id);
 CREATE INDEX IF NOT EXISTS tasks_by_seq ON tasks (seq);
 CREATE INDEX IF NOT EXISTS tasks_by_finish ON tasks (finished_at);
+CREATE INDEX IF NOT EXISTS tasks_by_submit ON tasks (submitted_at);
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, tokenize = 'trigram');
+CREATE TABLE IF NOT EXISTS sums (cost REAL NOT NULL);
+CREATE TRIGGER IF NOT EXISTS sums_on_insert AFTER INSERT ON tasks BEGIN UPDATE sums SET cost = cost + NEW.cost; END;
+CREATE TRIGGER IF NOT EXISTS sums_on_delete AFTER DELETE ON tasks BEGIN UPDATE sums SET cost = cost - OLD.cost; END;
 """
+# `search` holds, for each task (its rowid is the task's id), the text of its newest row,
+# indexed by trigrams: a `--grep` of three characters or more finds its tasks through the
+# index instead of reading every row. `sums` holds what the rows cost together, kept by
+# triggers (a row a REPLACE removes counts too: recursive triggers are on).
+_VERSION = 2  # PRAGMA user_version: 1 has `search`, 2 `sums`
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Task).decode
@@ -130,6 +140,16 @@ class History:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._db.execute("PRAGMA recursive_triggers = ON")
+            if not readonly and self._db.execute("PRAGMA user_version").fetchone()[0] < _VERSION:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM search")
+                self._db.execute("INSERT INTO search (rowid, text) SELECT id, text FROM tasks AS t "
+                                 "WHERE seq = (SELECT max(seq) FROM tasks WHERE id = t.id)")
+                self._db.execute("DELETE FROM sums")
+                self._db.execute("INSERT INTO sums SELECT total(cost) FROM tasks")
+                self._db.execute(f"PRAGMA user_version = {_VERSION}")
+                self._db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise HistoryError(
                 f"{self.path} cannot be opened ({exc}); stop the daemon, move it and the snapshots aside, "
@@ -154,6 +174,9 @@ class History:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                # The rows put are each task's newest: its text is what --grep searches now.
+                self._db.executemany("DELETE FROM search WHERE rowid = ?", [(v[0],) for v in values])
+                self._db.executemany("INSERT INTO search (rowid, text) VALUES (?, ?)", [(v[0], v[8]) for v in values])
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -176,6 +199,7 @@ class History:
                         )
                     else:
                         self._db.execute("DELETE FROM tasks WHERE id = ? AND seq <= ?", (task, seq))
+                    self._reindex(task)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -184,7 +208,22 @@ class History:
     def discard_after(self, seq: int) -> int:
         """Delete the rows newer than the snapshot the daemon starts from (see above)."""
         with self._lock:
-            return self._db.execute("DELETE FROM tasks WHERE seq > ?", (seq,)).rowcount
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [row[0] for row in self._db.execute("SELECT DISTINCT id FROM tasks WHERE seq > ?", (seq,))]
+                dropped = self._db.execute("DELETE FROM tasks WHERE seq > ?", (seq,)).rowcount
+                for task in ids:
+                    self._reindex(task)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return dropped
+
+    def _reindex(self, task: int) -> None:
+        """Search the text of task `task`'s newest row (none if it has none left)."""
+        self._db.execute("DELETE FROM search WHERE rowid = ?", (task,))
+        self._db.execute("INSERT INTO search (rowid, text) SELECT id, text FROM tasks WHERE id = ? ORDER BY seq DESC LIMIT 1", (task,))
 
     # -- reading ------------------------------------------------------------------------
 
@@ -229,7 +268,10 @@ class History:
 
     def _rows(self, want: Filter, limit: int) -> Iterator[tuple[int, int, bytes]]:
         """(id, seq, task) of the rows matching `want`, newest first, in growing reads."""
-        before, chunk = want.before, max(limit, 50)
+        if want.grep:
+            yield from self._found(want, limit)
+            return
+        before, chunk = want.before, max(limit, 1)
         while True:
             where, args = _where(want._replace(before=before))
             with self._lock:
@@ -241,9 +283,31 @@ class History:
             # The next read starts below the last id: that id's other rows are older ones.
             before, chunk = found[-1][0], min(chunk * 4, 5000)
 
+    def _found(self, want: Filter, limit: int) -> Iterator[tuple[int, int, bytes]]:
+        """`_rows` for a text: the tasks whose text holds it, from the search index, newest
+        first, then their rows that match the rest of `want`."""
+        before, chunk, rest = want.before, max(limit, 1), want._replace(grep="", before=None)
+        where, args = _where(rest)
+        glue = "AND" if where else "WHERE"
+        while True:
+            with self._lock:
+                match, text = _search(want.grep)
+                ids = [row[0] for row in self._db.execute(
+                    f"SELECT rowid FROM search WHERE {match}" + (" AND rowid < ?" if before is not None else "")
+                    + " ORDER BY rowid DESC LIMIT ?", [text, *([before] if before is not None else []), chunk])]
+                found = self._db.execute(
+                    f"SELECT id, seq, task FROM tasks {where} {glue} id IN ({','.join('?' * len(ids))}) ORDER BY id DESC, seq DESC",
+                    [*args, *ids]).fetchall() if ids else []
+            yield from found
+            if len(ids) < chunk:
+                return
+            before, chunk = ids[-1], min(chunk * 4, 5000)
+
     def count(self, want: Filter, candidates: Iterable[int], current: Callable[[int], bool]) -> int:
         """How many tasks match `want`: rows, but of the `candidates` (tasks that may have
         rows that are not their current one) only the newest, and only if `current(id)`."""
+        if want.grep and not _where(want._replace(grep=""))[0]:
+            return self._count_text(want.grep, candidates, current)
         where, args = _where(want)
         glue = "AND" if where else "WHERE"
         with self._lock, self._reading():
@@ -255,10 +319,22 @@ class History:
                     [*args, *flat]).fetchone()[0]
         return total
 
+    def _count_text(self, grep: str, candidates: Iterable[int], current: Callable[[int], bool]) -> int:
+        """`count` of a text alone, from the search index, which holds one row per task (its
+        newest row's text), less the candidates whose rows are not current."""
+        match, text = _search(grep)
+        gone = sorted({t for t in candidates if not current(t)})
+        with self._lock, self._reading():
+            total = self._db.execute(f"SELECT count(*) FROM search WHERE {match}", [text]).fetchone()[0]
+            for part in _parts(gone):
+                total -= self._db.execute(f"SELECT count(*) FROM search WHERE {match} AND rowid IN ({','.join('?' * len(part))})",
+                                          [text, *part]).fetchone()[0]
+        return total
+
     def cost(self, candidates: Iterable[int], current: Callable[[int], bool]) -> float:
         """What the tasks in the history cost together (see `count`)."""
         with self._lock, self._reading():
-            total = self._db.execute("SELECT total(cost) FROM tasks").fetchone()[0]
+            total = self._db.execute("SELECT total(cost) FROM sums").fetchone()[0]
             for part in _parts(self._stale(candidates, current)):
                 flat = [x for pair in part for x in pair]
                 total -= self._db.execute(
@@ -318,6 +394,15 @@ class History:
                 yield Row(_decode(blob), outputs or b"")
 
 
+def _search(text: str) -> tuple[str, str]:
+    """The condition on `search` for rows holding `text`, and its parameter: a trigram
+    phrase (the index's own lookup) for three characters or more; for fewer, which have
+    no trigram, a LIKE, its own % and _ matched as themselves."""
+    if len(text) >= 3:
+        return "search MATCH ?", '"' + text.replace('"', '""') + '"'
+    return "text LIKE ? ESCAPE '\\'", "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _parts(items: Sequence, size: int = 400) -> Iterator[Sequence]:
     """`items` in parts small enough for one statement's parameters."""
     for i in range(0, len(items), size):
@@ -327,7 +412,7 @@ def _parts(items: Sequence, size: int = 400) -> Iterator[Sequence]:
 def _where(want: Filter) -> tuple[str, list]:
     parts: list[str] = []
     args: list = []
-    if want.status:
+    if want.status and not set(want.status) >= FINISHED:  # every row is of a finished task
         parts.append(f"status IN ({','.join('?' * len(want.status))})")
         args += [s.value for s in want.status]
     if want.role is not None:
@@ -337,8 +422,9 @@ def _where(want: Filter) -> tuple[str, list]:
         parts.append("submitted_at >= ?")
         args.append(want.since)
     if want.grep:
-        parts.append("instr(text, ?) > 0")
-        args.append(want.grep)
+        match, text = _search(want.grep)
+        parts.append(f"id IN (SELECT rowid FROM search WHERE {match})")
+        args.append(text)
     if want.before is not None:
         parts.append("id < ?")
         args.append(want.before)

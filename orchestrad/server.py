@@ -50,7 +50,7 @@ from orchestrad.connections import Client, Clients
 from orchestrad.decide import Actor, authorize, get_task
 from orchestrad.engine import Engine, Watcher, named
 from orchestrad.log import LogCorrupt
-from orchestrad.state import Task, history_counts, view
+from orchestrad.state import Task, view
 
 log = logging.getLogger(__name__)
 
@@ -521,7 +521,7 @@ class Server:
             raise p.bad_request(f"--grep takes at most {p.MAX_NAME} characters, not {len(request.grep):,}")
         matching, total = self.engine.store.listing(
             request.status, request.role, request.since, request.grep.casefold(), request.before,
-            active_only=not request.include_finished,
+            active_only=not request.include_finished, limit=min(request.limit or p.PAGE_MAX, p.PAGE_MAX),
         )
         views, more = self._page(matching, request.limit)
         return p.TaskPage(tasks=views, more=more, next=views[-1].id if more else None, total=total)
@@ -597,7 +597,7 @@ class Server:
         for t in self.engine.state.tasks.values():
             counts[t.status.value] = counts.get(t.status.value, 0) + 1
             cost += t.cost_usd
-        for status, n in history_counts(self.engine.state).items():
+        for status, n in self.engine.store.history_counts().items():
             counts[status.value] = counts.get(status.value, 0) + n
         return p.DaemonStatus(
             pid=os.getpid(),

@@ -61,6 +61,7 @@ class Store:
         self.history = history
         self._moving: dict[int, Row] = moving or {}  # moved out of memory, rows not committed yet
         self._releasing: list[int] = []  # released by the snapshot being written
+        self._counts = history_counts(state)  # tasks in the history by how they ended, kept as they come and go
         self._commit: GroupCommit | None = None
         self._since_snapshot = 0
         self._snapshot_task: asyncio.Future | None = None
@@ -114,6 +115,10 @@ class Store:
             self.take_back([t for event, _ in pairs for t in _touched(event)])
         results, durable = self._commit.append_nowait(records)
         for (event, _), (seq, _position, data_ref) in zip(pairs, results):
+            if type(event) is ev.TasksPurged and self.state.cold:
+                for task_id in event.tasks:
+                    if in_history(self.state, task_id):
+                        self._count(status_of(self.state, task_id), -1)
             evolve(self.state, event, seq=seq, ts=ts, data=data_ref)
             if self._moving and type(event) is ev.TasksPurged:
                 for task_id in event.tasks:  # gone from the history before its row was written
@@ -159,6 +164,7 @@ class Store:
         state = self.state
         for task, outputs in move_out(state, self._movable()):
             self._moving[task.id] = frozen(task, outputs)
+            self._count(task.status, 1)
         released = state.released
         payload = to_snapshot(state)
         state.released = []
@@ -229,6 +235,7 @@ class Store:
 
     def _row(self, task_id: int) -> Row:
         """The row to take task `task_id` back from: one being moved out, or the history's."""
+        self._count(status_of(self.state, task_id), -1)
         moving = self._moving.pop(task_id, None)
         return Row(thawed(moving), moving.outputs) if moving is not None else self.history.get(task_id)
 
@@ -240,24 +247,33 @@ class Store:
         row = self._moving.get(task_id)
         return row.task if row is not None else self.history.get(task_id).task
 
+    def _count(self, status: Status | None, by: int) -> None:
+        if status is not None:
+            self._counts[status] = self._counts.get(status, 0) + by
+
+    def history_counts(self) -> dict[Status, int]:
+        """How many tasks in the history ended each way."""
+        return {status: n for status, n in self._counts.items() if n}
+
     def history_cost(self) -> float:
         """What the tasks in the history cost together."""
         return self.history.cost(self._candidates(), self._current) + sum(r.task.cost_usd for r in self._moving.values())
 
     def _candidates(self) -> set[int]:
-        """The tasks that may have rows that are not their current one: in memory, being
-        moved out, or let go of and not yet released."""
-        return {*self.state.released, *self._releasing, *self._moving, *self.state.tasks}
+        """The tasks that may have rows that are not their current one: those being moved
+        out, and those taken back or purged whose rows are not released yet (a task in
+        memory with rows was taken back since the last snapshot: it is among these)."""
+        return {*self.state.released, *self._releasing, *self._moving}
 
     def _current(self, task_id: int) -> bool:
         """Task `task_id`'s newest row is the task as it is now."""
         return in_history(self.state, task_id) and task_id not in self._moving
 
     def listing(self, status: list[Status], role: str | None, since: float | None, grep: str, before: int | None,
-                active_only: bool) -> tuple[Iterator[Task], int]:
+                active_only: bool, limit: int = 100) -> tuple[Iterator[Task], int]:
         """Tasks matching every filter given, newest first and below `before`, from memory
         and the history alike, and how many match in all, below `before` or not (`grep`
-        casefolded; `active_only`: none finished)."""
+        casefolded; `active_only`: none finished); `limit`: about how many will be read."""
         state = self.state
         wanted = set(status)
         low = -math.inf if since is None else since
@@ -276,10 +292,10 @@ class Store:
         want = Filter(status=ended, role=role, since=since, grep=grep)
         if role is None and since is None and not grep:  # the state counts the history's tasks by how they ended
             moving = sum(1 for r in self._moving.values() if r.task.status in ended)
-            total += sum(history_counts(state).get(s, 0) for s in ended) - moving
+            total += sum(self._counts.get(s, 0) for s in ended) - moving
         else:
             total += self.history.count(want, self._candidates(), self._current)
-        return _newest_first(near, self.history.page(want._replace(before=before), self._candidates(), self._current, 100)), total
+        return _newest_first(near, self.history.page(want._replace(before=before), self._candidates(), self._current, limit)), total
 
     def compact(self) -> tuple[int, int]:
         """Drop the oldest segments that nothing needs any more: every record in them is

@@ -17,7 +17,7 @@ from orchestrad import events as ev
 from orchestrad import scheduler
 from orchestrad.engine import named
 from orchestrad.log import Log
-from orchestrad.state import State, in_history, status_of, whole
+from orchestrad.state import State, Task, history_counts, in_history, status_of, whole
 from orchestrad.store import Store, replay_log
 
 
@@ -203,6 +203,7 @@ def check_listing(disk: Disk) -> None:
     newest = sorted(every.values(), key=lambda t: -t.id)
     listed, total = disk.listed()
     assert listed == newest and total == len(newest)
+    assert disk.store.history_counts() == history_counts(disk.state)  # kept as tasks come and go: what a count says
     failed = [t for t in newest if t.status is Status.FAILED]
     listed, total = disk.listed(status=[Status.FAILED])
     assert listed == failed and total == len(failed)
@@ -332,4 +333,55 @@ def test_a_task_with_an_older_row_is_listed_and_counted_by_its_newest(tmp_path):
     assert listed() == [succeeded] and history.get(7).task == succeeded and history.get(7, at_most=8).task == failed
     history.release(9, [7], still=[7])
     assert history.rows() == 1
+    history.close()
+
+
+def test_text_is_found_through_the_search_index_as_written(tmp_path):
+    from orchestrad.history import Filter, History, frozen, searchable
+    from orchestrad.state import Task
+
+    history = History(tmp_path / "history.db")
+
+    def task(task_id: int, title: str, result: str = "") -> Task:
+        spec = ev.TaskSpec(prompt="", argv=["true"], role="generalist", agent="command", priority=0, after=[], cwd="/tmp",
+                           env={}, secret_env=[], timeout=None, idle_timeout=None, budget_usd=None, model=None, title=title)
+        return Task(id=task_id, spec=spec, status=Status.SUCCEEDED, finished_at=1.0, result=result)
+
+    tasks = [task(1, "Fix the Parser"), task(2, "100% done_now", "ok"), task(3, "tidy", "the PARSER is fine"), task(4, "ab")]
+    history.put(5, [(frozen(t, b""), None) for t in tasks])
+
+    def found(text: str) -> list[int]:
+        want = Filter(grep=text.casefold())
+        ids = [t.id for t in history.page(want, [1], lambda t: True, 10)]  # task 1 comes to have two rows
+        assert history.count(want, [1], lambda t: True) == len(ids)
+        return ids
+
+    assert found("parser") == [3, 1] and found("PARSER") == [3, 1]  # title or result, any case
+    assert found("0% d") == [2] and found("e_n") == [2] and found("%") == [2] and found("_") == [2]  # as written, not patterns
+    assert found("ab") == [4] and found("zzz") == []  # two characters: no trigram, found all the same
+    history.put(9, [(frozen(task(1, "Fix the lexer"), b""), None)])  # its newest row is what is searched
+    assert found("parser") == [3] and found("lexer") == [1]
+    history.release(9, [3], still=[])
+    assert found("parser") == []
+    assert history.discard_after(8) == 1 and found("parser") == [1] and found("lexer") == []
+    history.close()
+    reopened = History(tmp_path / "history.db")
+    assert [t.id for t in reopened.page(Filter(grep="parser"), [], lambda t: True, 10)] == [1]
+    assert searchable(tasks[2]) == "tidy\nthe parser is fine"
+    reopened.close()
+
+
+def test_what_the_history_cost_is_kept_as_rows_come_and_go(tmp_path):
+    from orchestrad.history import Filter, History, frozen
+
+    history = History(tmp_path / "history.db")
+    spec = ev.TaskSpec(prompt="", argv=["true"], role="generalist", agent="command", priority=0, after=[], cwd="/tmp",
+                       env={}, secret_env=[], timeout=None, idle_timeout=None, budget_usd=None, model=None, title="t")
+    rows = [frozen(Task(id=i, spec=spec, status=Status.SUCCEEDED, finished_at=1.0, cost_usd=float(i)), b"") for i in range(1, 5)]
+    history.put(5, [(row, None) for row in rows])
+    history.put(5, [(rows[0], None)])  # the same row again (a snapshot tried again at the same record)
+    assert history.cost([], lambda t: True) == 10.0
+    history.release(6, [2], still=[])
+    assert history.cost([], lambda t: True) == 8.0 and history.count(Filter(), [], lambda t: True) == 3
+    assert history.discard_after(4) == 3 and history.cost([], lambda t: True) == 0.0
     history.close()
