@@ -376,6 +376,10 @@ class History:
         with self._lock:
             return self._db.execute("SELECT min(first_segment) FROM tasks").fetchone()[0]
 
+    def empty(self) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
+
     def rows(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM tasks").fetchone()[0]

@@ -413,6 +413,11 @@ def _restore(log_: Log, snapshots: SnapshotStore, history: History, notes: list[
         latest = None  # ahead of the log (its tail was cut): replay instead
     if latest is not None:
         state = from_snapshot(latest.payload, latest.version)
+        if first == 1 and history.empty() and any(state.cold):
+            notes.append(f"the history database {history.path} has none of the tasks the snapshot at record {state.last_seq} "
+                         "moved there (it was removed?): replaying the whole log instead")
+            latest = None
+    if latest is not None:
         if readonly:
             history.upto = state.last_seq  # a running daemon may have written rows for its next snapshot
         else:

@@ -385,3 +385,19 @@ def test_what_the_history_cost_is_kept_as_rows_come_and_go(tmp_path):
     assert history.cost([], lambda t: True) == 8.0 and history.count(Filter(), [], lambda t: True) == 3
     assert history.discard_after(4) == 3 and history.cost([], lambda t: True) == 0.0
     history.close()
+
+
+def test_a_history_database_removed_is_made_again_from_the_log(daemon):
+    from orchestra.shared.paths import resolve
+
+    daemon.call(p.ConfigSet(key="history_in_memory", value=0))
+    ids = [daemon.submit("sh", "-c", f"echo {n}", title=f"job {n}") for n in range(3)]
+    for task in ids:
+        daemon.wait_status(task, *p.FINISHED)
+    daemon.stop()  # its shutdown snapshot moves them out
+    assert [row[0] for row in history_rows(daemon.home)] == ids
+    for path in resolve(daemon.home).snapshot_dir.glob("history.db*"):
+        path.unlink()
+    daemon.start()
+    assert [t.id for t in daemon.tasks()] == ids and daemon.output_of(ids[0]) == b"0\n"
+    assert "replaying the whole log instead" in daemon.output()
