@@ -14,6 +14,10 @@ from orchestrad.log import DataRef, Log
 from orchestrad.log.segmentlog import Position
 
 
+LAZY_SYNC = 0.02
+"""Seconds a lazy append's fsync may wait for company (see `GroupCommit`)."""
+
+
 class GroupCommit:
     """Durable appends for an asyncio daemon: one fsync covers every append made meanwhile.
 
@@ -35,6 +39,13 @@ class GroupCommit:
       log then checks every record of the active segment. Later appends are fsynced again
       as usual (they do not inherit the error).
 
+    Lazy appends: an append no one waits on (an agent's output, which nothing replies to)
+    may say so (`lazy=True`). It is written at once like any other, but its fsync waits up
+    to `LAZY_SYNC` seconds for company, unless an append that is waited on comes first and
+    its fsync covers both. A chatty agent's lines then cost one fsync per `LAZY_SYNC`, not
+    one each. The record is in the page cache from the start: only a crash of the machine
+    itself within that time could lose it.
+
     `close()` waits for pending fsyncs; it does not close the Log, which its owner closes.
     """
 
@@ -43,6 +54,8 @@ class GroupCommit:
         self._executor = executor
         self._waiting: list[asyncio.Future[None]] = []
         self._syncer: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # a lazy append's fsync, due later
+        self._urgent = False  # an append waited on came since the running fsync began
         self._closed = False
         self.fsyncs = 0  # how many fsyncs ran; appends / fsyncs is the batching factor
 
@@ -57,7 +70,7 @@ class GroupCommit:
         return results
 
     def append_nowait(
-        self, records: Sequence[tuple[bytes, bytes]]
+        self, records: Sequence[tuple[bytes, bytes]], *, lazy: bool = False,
     ) -> tuple[list[tuple[int, Position, DataRef | None]], asyncio.Future[None]]:
         """Write now; return the results and a future that is done once they are durable.
 
@@ -71,9 +84,19 @@ class GroupCommit:
         results = self._log.append(records)
         durable: asyncio.Future[None] = loop.create_future()
         self._waiting.append(durable)
-        if self._syncer is None:
-            self._syncer = loop.create_task(self._sync_until_idle())
+        if not lazy:
+            self._urgent = True
+            self._sync_now()
+        elif self._syncer is None and self._timer is None:
+            self._timer = loop.call_later(LAZY_SYNC, self._sync_now)
         return results, durable
+
+    def _sync_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._syncer is None and self._waiting:
+            self._syncer = asyncio.get_running_loop().create_task(self._sync_until_idle())
 
     async def _sync_until_idle(self) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +104,7 @@ class GroupCommit:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
+                self._urgent = False
                 try:
                     await loop.run_in_executor(self._executor, self._log.sync)
                 except asyncio.CancelledError:
@@ -91,16 +115,22 @@ class GroupCommit:
                     self.fsyncs += 1
                     _settle(batch, None)
                 batch = []
+                if not self._urgent:
+                    break  # only lazy appends came meanwhile: they wait for company
         except asyncio.CancelledError:
             _cancel(batch + self._waiting)
             self._waiting = []
             raise
         finally:
             self._syncer = None
+            if self._waiting and not self._closed and self._timer is None:
+                self._timer = loop.call_later(0 if self._urgent else LAZY_SYNC, self._sync_now)
 
     async def close(self) -> None:
         """Refuse new appends and wait until every pending one is fsynced (or has failed)."""
         self._closed = True
+        self._urgent = True
+        self._sync_now()
         while self._syncer is not None:
             await asyncio.shield(self._syncer)
 

@@ -113,7 +113,9 @@ class Store:
         records = [(ev.encode(ts, event), data) for event, data in pairs]
         if self.state.cold:
             self.take_back([t for event, _ in pairs for t in _touched(event)])
-        results, durable = self._commit.append_nowait(records)
+        # Output alone is waited on by no one: its fsync may wait a moment for company.
+        lazy = all(type(event) is ev.OutputAppended for event, _ in pairs)
+        results, durable = self._commit.append_nowait(records, lazy=lazy)
         for (event, _), (seq, _position, data_ref) in zip(pairs, results):
             if type(event) is ev.TasksPurged and self.state.cold:
                 for task_id in event.tasks:

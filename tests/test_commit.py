@@ -136,3 +136,30 @@ def test_group_commit_across_segment_rolls(tmp_path, fsyncs):
         assert [e.seq for e in logreaders.read(log)] == list(range(1, 201))
         assert [seq for seq, _, _ in logreaders.replay(log)] == list(range(1, 201))
     verify(tmp_path, deep=True)
+
+
+def test_a_lazy_append_waits_for_company_and_an_awaited_one_brings_it_along(tmp_path, fsyncs, monkeypatch):
+    """Output no one waits on is fsynced once per LAZY_SYNC, not once per append; an
+    append that is waited on is fsynced at once, and covers the lazy ones before it."""
+    import orchestrad.commit as commit_mod
+
+    async def main():
+        with Log.open(tmp_path) as log:
+            fsyncs.clear()
+            commit = GroupCommit(log)
+            lazy = [commit.append_nowait([(b"out%d" % i, b"")], lazy=True)[1] for i in range(50)]
+            await asyncio.sleep(0)
+            assert not any(f.done() for f in lazy) and len(fsyncs) == 0  # written, not yet fsynced
+            await asyncio.gather(*lazy)
+            assert len(fsyncs) == 1  # one fsync for all fifty, once their wait was up
+            monkeypatch.setattr(commit_mod, "LAZY_SYNC", 3600.0)  # from here, only an awaited append can sync them
+            more = [commit.append_nowait([(b"more%d" % i, b"")], lazy=True)[1] for i in range(5)]
+            _, urgent = commit.append_nowait([(b"reply", b"")])
+            await asyncio.wait_for(urgent, 30)
+            assert all(f.done() for f in more) and len(fsyncs) == 2  # brought along
+            tail = commit.append_nowait([(b"last", b"")], lazy=True)[1]
+            await asyncio.wait_for(commit.close(), 30)  # close does not wait out the delay, and leaves nothing unsynced
+            assert tail.done() and len(fsyncs) == 3
+
+    asyncio.run(main())
+    assert [body for _, body in records(tmp_path)][-1] == b"last"
