@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -788,6 +789,31 @@ def code_version() -> str:
     return f"{head}" + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
 
 
+def run_each(chosen: list[str], benches: dict[str, Callable], table: "Table", args: argparse.Namespace,
+             before: Callable[[str], None] | None = None) -> list[str]:
+    """Run each chosen benchmark once the machine is quiet enough (or say it was not),
+    with its time and load; one that fails is noted in `table` and the rest go on.
+    Returns the names of those that failed."""
+    failed: list[str] = []
+    for name in chosen:
+        if before is not None:
+            before(name)
+        busy = wait_quiet(args.busy_limit, args.wait_quiet)
+        print(f"[{name}] machine {busy:.0%} busy before starting", flush=True)
+        if busy > args.busy_limit:
+            table.note(f"{name}: the machine was {busy:.0%} busy (other processes) when it started; its figures are pessimistic")
+        t0 = time.perf_counter()
+        load0 = os.getloadavg()[0]
+        try:
+            benches[name](table, args)
+        except Exception as exc:  # one failing benchmark must not hide the others' figures
+            failed.append(name)
+            table.add(name, "FAILED", type(exc).__name__, str(exc).splitlines()[0][:90] if str(exc) else "")
+            traceback.print_exc()
+        print(f"  ({time.perf_counter() - t0:.0f} s; load average {load0:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller runs, to check the script (not figures to quote)")
@@ -811,20 +837,7 @@ def main() -> int:
     print(f"bench_daemon: {machine()}; daemon loop {args.daemon_loop}; nice {os.getpriority(os.PRIO_PROCESS, 0)}"
           f"{'; QUICK' if args.quick else ''}\ncode: {code_version()}", flush=True)
     table = Table()
-    failed: list[str] = []
-    for name in chosen:
-        busy = wait_quiet(args.busy_limit, args.wait_quiet)
-        print(f"[{name}] machine {busy:.0%} busy before starting", flush=True)
-        if busy > args.busy_limit:
-            table.note(f"{name}: the machine was {busy:.0%} busy (other processes) when it started; its figures are pessimistic")
-        t0 = time.perf_counter()
-        load0 = os.getloadavg()[0]
-        try:
-            BENCHES[name](table, args)
-        except Exception as exc:  # one failing benchmark must not hide the others' figures
-            failed.append(name)
-            table.add(name, "FAILED", type(exc).__name__, str(exc).splitlines()[0][:60] if str(exc) else "")
-        print(f"  ({time.perf_counter() - t0:.0f} s; load average {load0:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+    failed = run_each(chosen, BENCHES, table, args)
     print()
     print(table.render())
     for title, lines in table.sections:
