@@ -241,17 +241,6 @@ class History:
             )
         return Row(_decode(found[0]), found[1] or b"")
 
-    def get_many(self, task_ids: Sequence[int]) -> dict[int, Task]:
-        """The newest rows of `task_ids` that are in the history."""
-        found: dict[int, tuple[int, bytes]] = {}
-        with self._lock:
-            for part in _parts(task_ids):
-                marks = ",".join("?" * len(part))
-                for task_id, seq, blob in self._db.execute(f"SELECT id, seq, task FROM tasks WHERE id IN ({marks})", part):
-                    if task_id not in found or seq > found[task_id][0]:
-                        found[task_id] = (seq, blob)
-        return {task_id: _decode(blob) for task_id, (_, blob) in found.items()}
-
     def page(self, want: Filter, candidates: Iterable[int], current: Callable[[int], bool], limit: int) -> Iterator[Task]:
         """Tasks matching `want`, newest first, each by its current row (see `count` for
         `candidates` and `current`): read `limit` at a time at first, then more at a time,
