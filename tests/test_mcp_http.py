@@ -36,21 +36,23 @@ def http_server(daemon, *args: str, token: str | None = TOKEN):
     env.pop("ORCHESTRA_MCP_TOKEN", None)
     if token is not None:
         env["ORCHESTRA_MCP_TOKEN"] = token
-    err = open(daemon.home / "mcp-http.err", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "orchestra", "mcp", "--http", "127.0.0.1:0", *args],
-                            env=env, stderr=err, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    # The child writes to a file of its own opening, appending: one the test also read and
+    # seeked would share its offset, and a seek back to 0 made the child's next line
+    # overwrite the address line, which then never showed (seen as a server "too slow").
+    errors = daemon.home / "mcp-http.err"
+    with open(errors, "ab") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestra", "mcp", "--http", "127.0.0.1:0", *args],
+                                env=env, stderr=sink, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     try:
         def url():
-            err.seek(0)
-            found = re.search(r"at (http://\S+/mcp)", err.read())
-            assert proc.poll() is None, open(err.name).read()
+            found = re.search(r"at (http://\S+/mcp)", errors.read_text())
+            assert proc.poll() is None, errors.read_text()
             return found and found.group(1)
 
         yield wait_for(url, 60, "the server listening")  # a loaded CI machine imports slowly
     finally:
         proc.terminate()
         proc.wait(10)
-        err.close()
 
 
 @asynccontextmanager
